@@ -1,0 +1,316 @@
+// Package protocol is the wire format spoken between vmpersona-hostd and
+// vmpersona-guestd over one byte stream (a virtio-serial port, a vsock
+// connection or a unix socket). The format is specified in README.md beside
+// this file; this package is its reference implementation.
+//
+// A stream carries frames. Each frame is a fixed 32-byte header followed by a
+// payload whose length the header gives. Both the header and the payload carry
+// a CRC-32C, so a receiver that starts reading in the middle of a stale frame
+// (virtio-serial keeps bytes written before the peer opened the port) skips
+// forward to the next valid header instead of desynchronising.
+package protocol
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// Version is the protocol version this package speaks. It is the value of the
+// header's version byte and the highest version offered in a Hello.
+const Version uint8 = 1
+
+// MinVersion is the oldest protocol version this package still speaks.
+const MinVersion uint8 = 1
+
+// HeaderSize is the size of the fixed frame header in bytes.
+const HeaderSize = 32
+
+// DefaultMaxPayload is the largest payload a Reader accepts unless told
+// otherwise (16 MiB).
+const DefaultMaxPayload = 16 << 20
+
+// magic opens every frame: "VMPF".
+var magic = [4]byte{'V', 'M', 'P', 'F'}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Header is the decoded fixed part of a frame.
+type Header struct {
+	Version uint8  // protocol version of this frame
+	Type    Type   // message type
+	Flags   Flags  // see Flag constants
+	Epoch   uint32 // session epoch, set by the host's Hello; 0 before a session exists
+	ID      uint64 // request id; a response carries the id of its request
+	Length  uint32 // payload length in bytes
+}
+
+// Flags is the header's 16-bit flag field.
+type Flags uint16
+
+const (
+	// FlagResponse marks a frame that answers the request with the same ID.
+	FlagResponse Flags = 1 << 0
+	// FlagMore marks a response that is not the last one for its request
+	// (streamed exec output). The final response has FlagMore clear.
+	FlagMore Flags = 1 << 1
+)
+
+// knownFlags are the flags version 1 defines; the others must be zero.
+const knownFlags = FlagResponse | FlagMore
+
+// Frame is a header with its payload. Payloads returned by Reader.Next alias
+// the reader's buffer and are valid only until the next call to Next; use
+// Clone to keep one.
+type Frame struct {
+	Header
+	Payload []byte
+}
+
+// Clone returns a copy of f whose payload does not alias any buffer.
+func (f Frame) Clone() Frame {
+	f.Payload = bytes.Clone(f.Payload)
+	return f
+}
+
+// Errors the framing layer reports.
+var (
+	// ErrFrameTooLarge: a frame's length prefix exceeds the reader's limit.
+	// The reader skipped the payload without buffering it; the stream stays
+	// in step. It is returned wrapped in a *FrameError carrying the header.
+	ErrFrameTooLarge = errors.New("protocol: frame payload exceeds the limit")
+	// ErrUnsupportedVersion: a frame's header names a version this peer does
+	// not speak. Returned wrapped in a *FrameError; the payload was skipped.
+	ErrUnsupportedVersion = errors.New("protocol: unsupported protocol version")
+)
+
+// FrameError reports a well-formed header whose frame could not be delivered.
+// The stream is still in step: the next Next reads the following frame.
+type FrameError struct {
+	Header Header
+	Err    error
+}
+
+func (e *FrameError) Error() string {
+	return fmt.Sprintf("%v (type %s, id %d, length %d)", e.Err, e.Header.Type, e.Header.ID, e.Header.Length)
+}
+
+func (e *FrameError) Unwrap() error { return e.Err }
+
+// AppendFrame appends the encoding of one frame (header and payload) to dst.
+// h.Length is ignored and taken from len(payload); h.Version 0 means Version.
+func AppendFrame(dst []byte, h Header, payload []byte) []byte {
+	var hdr [HeaderSize]byte
+	putHeader(&hdr, h, payload)
+	dst = append(dst, hdr[:]...)
+	return append(dst, payload...)
+}
+
+func putHeader(hdr *[HeaderSize]byte, h Header, payload []byte) {
+	if h.Version == 0 {
+		h.Version = Version
+	}
+	copy(hdr[0:4], magic[:])
+	hdr[4] = h.Version
+	hdr[5] = byte(h.Type)
+	binary.BigEndian.PutUint16(hdr[6:8], uint16(h.Flags))
+	binary.BigEndian.PutUint32(hdr[8:12], h.Epoch)
+	binary.BigEndian.PutUint64(hdr[12:20], h.ID)
+	binary.BigEndian.PutUint32(hdr[20:24], uint32(len(payload)))
+	binary.BigEndian.PutUint32(hdr[24:28], crc32.Checksum(payload, castagnoli))
+	binary.BigEndian.PutUint32(hdr[28:32], crc32.Checksum(hdr[0:28], castagnoli))
+}
+
+// parseHeader checks magic and header checksum of b (at least HeaderSize
+// bytes) and returns the header and the payload checksum it announces.
+func parseHeader(b []byte) (h Header, payloadCRC uint32, ok bool) {
+	if b[0] != magic[0] || b[1] != magic[1] || b[2] != magic[2] || b[3] != magic[3] {
+		return h, 0, false
+	}
+	if crc32.Checksum(b[0:28], castagnoli) != binary.BigEndian.Uint32(b[28:32]) {
+		return h, 0, false
+	}
+	h.Version = b[4]
+	h.Type = Type(b[5])
+	h.Flags = Flags(binary.BigEndian.Uint16(b[6:8]))
+	h.Epoch = binary.BigEndian.Uint32(b[8:12])
+	h.ID = binary.BigEndian.Uint64(b[12:20])
+	h.Length = binary.BigEndian.Uint32(b[20:24])
+	return h, binary.BigEndian.Uint32(b[24:28]), true
+}
+
+// Reader decodes frames from a byte stream. It is not safe for concurrent use.
+type Reader struct {
+	r          io.Reader
+	buf        []byte
+	start, end int // buffered, unconsumed bytes are buf[start:end]
+	maxPayload uint32
+	skipped    uint64
+}
+
+// NewReader returns a Reader over r that refuses payloads above maxPayload
+// bytes (DefaultMaxPayload when maxPayload is 0).
+func NewReader(r io.Reader, maxPayload uint32) *Reader {
+	if maxPayload == 0 {
+		maxPayload = DefaultMaxPayload
+	}
+	return &Reader{r: r, buf: make([]byte, 0, 64<<10), maxPayload: maxPayload}
+}
+
+// Reset drops any buffered bytes (a partial frame from a session that ended)
+// and reads from r from now on.
+func (r *Reader) Reset(rd io.Reader) {
+	r.r = rd
+	r.start, r.end = 0, 0
+}
+
+// Skipped reports how many bytes the reader has discarded while looking for
+// a valid header (garbage, stale partial frames, bad checksums).
+func (r *Reader) Skipped() uint64 { return r.skipped }
+
+// Buffered reports how many bytes are buffered but not yet returned.
+func (r *Reader) Buffered() int { return r.end - r.start }
+
+// fill makes at least n bytes available in buf[start:end]. It allocates only
+// when the buffer is smaller than n, and n is bounded by HeaderSize+maxPayload.
+func (r *Reader) fill(n int) error {
+	for r.end-r.start < n {
+		if r.start+n > cap(r.buf) {
+			if n > cap(r.buf) {
+				nb := make([]byte, 0, max(n, 2*cap(r.buf)))
+				r.buf = append(nb, r.buf[r.start:r.end]...)
+			} else {
+				r.buf = append(r.buf[:0], r.buf[r.start:r.end]...)
+			}
+			r.end -= r.start
+			r.start = 0
+		}
+		m, err := r.r.Read(r.buf[r.end:cap(r.buf)])
+		r.end += m
+		r.buf = r.buf[:r.end]
+		if err != nil {
+			if r.end-r.start >= n {
+				return nil
+			}
+			if errors.Is(err, io.EOF) && r.end-r.start > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Reader) discard(n int) {
+	r.start += n
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+		r.buf = r.buf[:0]
+	}
+}
+
+// skipStream discards n bytes of the stream without buffering them.
+func (r *Reader) skipStream(n int) error {
+	for n > 0 {
+		if r.end == r.start {
+			if err := r.fill(1); err != nil {
+				return err
+			}
+		}
+		k := min(n, r.end-r.start)
+		r.discard(k)
+		n -= k
+	}
+	return nil
+}
+
+// Next returns the next valid frame. Bytes that do not form a valid frame
+// (bad magic, bad header or payload checksum) are skipped. A header whose
+// length exceeds the limit or whose version is not spoken here yields a
+// *FrameError after its payload was skipped; the caller may go on reading.
+// Transport errors (io.EOF, a closed connection) are returned as they are.
+func (r *Reader) Next() (Frame, error) {
+	for {
+		if err := r.fill(HeaderSize); err != nil {
+			return Frame{}, err
+		}
+		b := r.buf[r.start:r.end]
+		h, payloadCRC, ok := parseHeader(b)
+		if !ok {
+			// Skip to the next possible magic; keep a tail that may be
+			// the start of one.
+			i := bytes.Index(b[1:], magic[:])
+			if i < 0 {
+				i = len(b) - len(magic)
+			} else {
+				i++
+			}
+			r.skipped += uint64(i)
+			r.discard(i)
+			continue
+		}
+		if h.Length > r.maxPayload {
+			r.discard(HeaderSize)
+			if err := r.skipStream(int(h.Length)); err != nil {
+				return Frame{}, err
+			}
+			return Frame{}, &FrameError{Header: h, Err: ErrFrameTooLarge}
+		}
+		n := HeaderSize + int(h.Length)
+		if err := r.fill(n); err != nil {
+			return Frame{}, err
+		}
+		b = r.buf[r.start : r.start+n]
+		if crc32.Checksum(b[HeaderSize:], castagnoli) != payloadCRC {
+			// A stale header whose payload was cut short: the bytes after
+			// the header may hold the next real frame.
+			r.skipped++
+			r.discard(1)
+			continue
+		}
+		r.discard(n)
+		if h.Version < MinVersion || h.Version > Version || h.Flags&^knownFlags != 0 {
+			return Frame{}, &FrameError{Header: h, Err: ErrUnsupportedVersion}
+		}
+		return Frame{Header: h, Payload: b[HeaderSize:]}, nil
+	}
+}
+
+// Writer encodes frames onto a byte stream. It is safe for concurrent use:
+// each frame is written whole, never interleaved with another.
+type Writer struct {
+	w   io.Writer
+	mu  sync.Mutex
+	buf []byte
+}
+
+// NewWriter returns a Writer onto w.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{w: w, buf: make([]byte, 0, 4096)}
+}
+
+// largeFrame is the payload size above which header and payload are written
+// with two calls instead of being copied into one buffer.
+const largeFrame = 64 << 10
+
+// WriteFrame writes one frame.
+func (w *Writer) WriteFrame(h Header, payload []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(payload) > largeFrame {
+		var hdr [HeaderSize]byte
+		putHeader(&hdr, h, payload)
+		if _, err := w.w.Write(hdr[:]); err != nil {
+			return err
+		}
+		_, err := w.w.Write(payload)
+		return err
+	}
+	w.buf = AppendFrame(w.buf[:0], h, payload)
+	_, err := w.w.Write(w.buf)
+	return err
+}

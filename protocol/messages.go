@@ -1,0 +1,314 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Type is a frame's message type.
+type Type uint8
+
+// Message types. Requests are sent with FlagResponse clear; their answers carry
+// FlagResponse and the request's ID. Every payload is JSON (UTF-8, one object)
+// except ExecOutput, whose payload is binary (see ExecOutputChunk).
+const (
+	TypeHello          Type = 0x01 // host → guest: Hello; answered by HelloAck
+	TypeHelloAck       Type = 0x02 // guest → host: HelloAck
+	TypePing           Type = 0x03 // either way: empty payload; answered by Pong
+	TypePong           Type = 0x04 // answer to Ping: empty payload
+	TypeActivate       Type = 0x10 // host → guest: Activate; answered by ActivateResult
+	TypeActivateResult Type = 0x11 // guest → host: ActivateResult
+	TypeDeactivate     Type = 0x12 // host → guest: Deactivate; answered by ActivateResult
+	TypeExec           Type = 0x20 // host → guest: Exec; answered by ExecOutput* then ExecResult
+	TypeExecOutput     Type = 0x21 // guest → host: binary output chunk, FlagMore set
+	TypeExecResult     Type = 0x22 // guest → host: ExecResult
+	TypeAuditBatch     Type = 0x30 // guest → host: AuditBatch (unsolicited request)
+	TypeAuditAck       Type = 0x31 // host → guest: AuditAck (answers an AuditBatch)
+	TypeError          Type = 0x7f // either way: Error, answers any request
+)
+
+var typeNames = map[Type]string{
+	TypeHello: "hello", TypeHelloAck: "hello_ack", TypePing: "ping", TypePong: "pong",
+	TypeActivate: "activate", TypeActivateResult: "activate_result", TypeDeactivate: "deactivate",
+	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result",
+	TypeAuditBatch: "audit_batch", TypeAuditAck: "audit_ack", TypeError: "error",
+}
+
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type(0x%02x)", uint8(t))
+}
+
+// Known reports whether t is a message type of this protocol version.
+func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
+
+// Capabilities a guest may announce in its HelloAck.
+const (
+	CapExecStream = "exec-stream" // ExecOutput chunks while a command runs
+	CapAllowlist  = "allowlist"   // Persona.AllowedCommands is enforced
+	CapAuditSpool = "audit-spool" // audit events survive restarts until acknowledged
+	CapProfile    = "profile"     // the persona's environment reaches login shells
+)
+
+// Persona is a persona definition: the fields of the product's contract plus
+// the server-kept ones. The same type is the REST API's body and the payload
+// an activation carries to the guest.
+type Persona struct {
+	Name                 string            `json:"name"`
+	EnvironmentVariables map[string]string `json:"environment_variables"`
+	PreActivationScript  string            `json:"pre_activation_script"`
+	PostActivationScript string            `json:"post_activation_script"`
+	CommandOverrides     map[string]string `json:"command_overrides"`
+	RestrictedCommands   []string          `json:"restricted_commands"`
+	// AllowedCommands, when non-empty, is an allowlist: only these commands
+	// and the overridden ones may run.
+	AllowedCommands []string `json:"allowed_commands,omitempty"`
+	DefaultPersona  bool     `json:"default_persona"`
+
+	// Server-kept fields, ignored on input.
+	Revision  uint64    `json:"revision"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+// ActiveState is the persona a guest holds.
+type ActiveState struct {
+	Persona      Persona   `json:"persona"`
+	Revision     uint64    `json:"revision"`
+	ActivationID string    `json:"activation_id"`
+	ActivatedAt  time.Time `json:"activated_at"`
+}
+
+// Hello opens a session (host → guest).
+type Hello struct {
+	// Epoch identifies the session. The guest stamps every frame it sends
+	// with it; the host drops frames with any other epoch. Never 0.
+	Epoch uint32 `json:"epoch"`
+	// MinVersion and MaxVersion bound the protocol versions the host speaks.
+	MinVersion  uint8  `json:"min_version"`
+	MaxVersion  uint8  `json:"max_version"`
+	HostVersion string `json:"host_version"`
+	// HeartbeatMillis is how often the host pings. The guest treats a
+	// silence of three intervals as the end of the session.
+	HeartbeatMillis int64 `json:"heartbeat_ms"`
+}
+
+// HelloAck answers Hello (guest → host).
+type HelloAck struct {
+	ProtocolVersion uint8    `json:"protocol_version"`
+	AgentVersion    string   `json:"agent_version"`
+	Capabilities    []string `json:"capabilities"`
+	// BootID is the guest kernel's boot id: it changes when the VM reboots.
+	BootID string `json:"boot_id"`
+	// SpoolID names the guest's audit sequence space; it changes only when
+	// the guest's state directory is created anew. (SpoolID, Seq) is unique.
+	SpoolID string `json:"spool_id"`
+	// Active is the persona the guest holds, nil when none.
+	Active *ActiveState `json:"active"`
+	// PendingAudit is how many audit events wait for acknowledgement.
+	PendingAudit int `json:"pending_audit"`
+}
+
+// Activate asks the guest to activate a persona (host → guest).
+type Activate struct {
+	Persona      Persona `json:"persona"`
+	Revision     uint64  `json:"revision"`
+	ActivationID string  `json:"activation_id"`
+	// ScriptTimeoutMillis bounds each script; 0 means the guest's default
+	// (5 minutes).
+	ScriptTimeoutMillis int64 `json:"script_timeout_ms,omitempty"`
+	// Actor is the API user on whose behalf the host asks, for the audit.
+	Actor string `json:"actor,omitempty"`
+	// Reason is "api" or "default" (the default persona on VM creation).
+	Reason string `json:"reason,omitempty"`
+}
+
+// Deactivate asks the guest to return to no persona (host → guest).
+type Deactivate struct {
+	ActivationID        string `json:"activation_id"`
+	ScriptTimeoutMillis int64  `json:"script_timeout_ms,omitempty"`
+	Actor               string `json:"actor,omitempty"`
+}
+
+// Activation results.
+const (
+	ResultActivated   = "activated"
+	ResultDeactivated = "deactivated"
+	ResultAborted     = "aborted"     // the pre-activation script failed: nothing changed
+	ResultRolledBack  = "rolled_back" // the post-activation script failed: the previous persona is back
+	ResultFailed      = "failed"      // the guest could not persist or apply the change: nothing changed
+)
+
+// ScriptResult is the outcome of one script run.
+type ScriptResult struct {
+	ExitCode        int     `json:"exit_code"`
+	Signal          string  `json:"signal,omitempty"`
+	TimedOut        bool    `json:"timed_out,omitempty"`
+	Stdout          string  `json:"stdout"`
+	Stderr          string  `json:"stderr"`
+	StdoutTruncated bool    `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool    `json:"stderr_truncated,omitempty"`
+	DurationMillis  float64 `json:"duration_ms"`
+}
+
+// ActivateResult answers Activate and Deactivate (guest → host).
+type ActivateResult struct {
+	Result string `json:"result"`
+	// Phase names the script that failed: "pre" or "post".
+	Phase string `json:"phase,omitempty"`
+	// Script is the failing script's outcome (aborted, rolled_back).
+	Script *ScriptResult `json:"script,omitempty"`
+	// Error explains a "failed" result.
+	Error string `json:"error,omitempty"`
+	// Active is what the guest holds after the request, nil for none.
+	Active         *ActiveState `json:"active"`
+	DurationMillis float64      `json:"duration_ms"`
+}
+
+// Exec asks the guest to run a command through its routing table.
+type Exec struct {
+	Command       string            `json:"command"`
+	Args          []string          `json:"args,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	Stdin         []byte            `json:"stdin,omitempty"` // base64 in JSON
+	Cwd           string            `json:"cwd,omitempty"`
+	TimeoutMillis int64             `json:"timeout_ms,omitempty"`
+	// Stream asks for ExecOutput chunks as output is produced; the final
+	// ExecResult then carries no output.
+	Stream bool `json:"stream,omitempty"`
+	// MaxOutput bounds each captured stream in bytes; 0 means the guest's
+	// default (1 MiB).
+	MaxOutput int    `json:"max_output,omitempty"`
+	Actor     string `json:"actor,omitempty"`
+}
+
+// Routes an exec can take.
+const (
+	RouteDefault  = "default"
+	RouteOverride = "override"
+	RouteDenied   = "denied"
+)
+
+// ExecResult answers Exec (guest → host).
+type ExecResult struct {
+	ExitCode        int     `json:"exit_code"`
+	Signal          string  `json:"signal"`
+	TimedOut        bool    `json:"timed_out,omitempty"`
+	Stdout          string  `json:"stdout"`
+	Stderr          string  `json:"stderr"`
+	StdoutTruncated bool    `json:"stdout_truncated"`
+	StderrTruncated bool    `json:"stderr_truncated"`
+	Route           string  `json:"route"`
+	Persona         *string `json:"persona"`
+	DurationMillis  float64 `json:"duration_ms"`
+}
+
+// Output streams in an ExecOutput chunk.
+const (
+	StreamStdout byte = 1
+	StreamStderr byte = 2
+)
+
+// AppendExecOutput appends an ExecOutput payload: one stream byte, then the
+// raw output bytes (no encoding, so binary output costs nothing extra).
+func AppendExecOutput(dst []byte, stream byte, data []byte) []byte {
+	dst = append(dst, stream)
+	return append(dst, data...)
+}
+
+// ParseExecOutput splits an ExecOutput payload.
+func ParseExecOutput(payload []byte) (stream byte, data []byte, err error) {
+	if len(payload) == 0 || (payload[0] != StreamStdout && payload[0] != StreamStderr) {
+		return 0, nil, fmt.Errorf("protocol: malformed exec output chunk")
+	}
+	return payload[0], payload[1:], nil
+}
+
+// Audit event types.
+const (
+	AuditActivation   = "activation"
+	AuditDeactivation = "deactivation"
+	AuditOverride     = "override"
+	AuditDenial       = "denial"
+	AuditExec         = "exec"
+)
+
+// AuditEvent is one event recorded by the guest.
+type AuditEvent struct {
+	Seq          uint64    `json:"seq"`
+	Time         time.Time `json:"time"`
+	Type         string    `json:"type"`
+	Persona      string    `json:"persona,omitempty"`
+	Command      string    `json:"command,omitempty"`
+	Route        string    `json:"route,omitempty"`
+	Result       string    `json:"result,omitempty"`
+	ActivationID string    `json:"activation_id,omitempty"`
+	Actor        string    `json:"actor,omitempty"`
+	Detail       string    `json:"detail,omitempty"`
+}
+
+// AuditBatch carries audit events, oldest first (guest → host). The guest
+// sends it unprompted after the handshake and whenever events are recorded.
+type AuditBatch struct {
+	SpoolID string       `json:"spool_id"`
+	Events  []AuditEvent `json:"events"`
+}
+
+// AuditAck acknowledges every event up to and including UpToSeq
+// (host → guest, answering an AuditBatch). The guest then drops them.
+type AuditAck struct {
+	UpToSeq uint64 `json:"up_to_seq"`
+}
+
+// Error codes.
+const (
+	CodeDenied             = "denied"              // restricted in the current persona
+	CodeNotFound           = "not_found"           // the command does not exist in the guest
+	CodeNotExecutable      = "not_executable"      // the command exists but cannot be run
+	CodeBadRequest         = "bad_request"         // the payload could not be decoded or is invalid
+	CodeUnsupportedType    = "unsupported_type"    // the message type is unknown to the receiver
+	CodeUnsupportedVersion = "unsupported_version" // no protocol version in common
+	CodeTooLarge           = "too_large"           // the frame exceeded the receiver's limit
+	CodeBusy               = "busy"                // too many requests in flight
+	CodeNoSession          = "no_session"          // a request arrived before Hello
+	CodeInternal           = "internal"
+)
+
+// DeniedMessage is the message of a refused command, exactly as users know it.
+const DeniedMessage = "Error: Command not allowed in current persona"
+
+// Error answers a request that failed (either way).
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Command names the command an exec error is about.
+	Command string `json:"command,omitempty"`
+	// Persona is the active persona when an exec was denied.
+	Persona string `json:"persona,omitempty"`
+}
+
+func (e *Error) Error() string {
+	if e.Command != "" {
+		return fmt.Sprintf("%s: %s (%s)", e.Code, e.Message, e.Command)
+	}
+	return e.Code + ": " + e.Message
+}
+
+// Marshal encodes a JSON message payload.
+func Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal decodes a JSON message payload. Unknown fields are ignored so
+// that newer peers may add fields within a protocol version.
+func Unmarshal(payload []byte, v any) error {
+	if err := json.Unmarshal(payload, v); err != nil {
+		return &Error{Code: CodeBadRequest, Message: err.Error()}
+	}
+	return nil
+}
+
+// SoftwareVersion is the vmpersona release both daemons report (set at build
+// time with -ldflags "-X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=…").
+var SoftwareVersion = "0.1.0-dev"
