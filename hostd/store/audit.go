@@ -1,0 +1,353 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Audit event sources.
+const (
+	SourceHost  = "host"
+	SourceGuest = "guest"
+)
+
+// Host-side audit event types (guest events keep the guest's type:
+// protocol.AuditActivation and the others).
+const (
+	AuditPersonaCreated        = "persona_created"
+	AuditPersonaUpdated        = "persona_updated"
+	AuditPersonaDeleted        = "persona_deleted"
+	AuditActivationRequested   = "activation_requested"
+	AuditDeactivationRequested = "deactivation_requested"
+	AuditAuthFailure           = "auth_failure"
+	AuditExec                  = "exec"
+	AuditDefaultActivation     = "default_activation"
+	DefaultAuditLimit          = 100
+	MaxAuditLimit              = 10000
+	auditIDLen                 = 32 // hex of 8 bytes time + 8 bytes sequence
+)
+
+// AuditEvent is one entry of the audit log.
+type AuditEvent struct {
+	ID           string    `json:"id"` // assigned by the store, sortable (time-ordered), used as a cursor
+	Time         time.Time `json:"time"`
+	Instance     string    `json:"instance,omitempty"`
+	Actor        string    `json:"actor,omitempty"`
+	Type         string    `json:"type"`
+	Persona      string    `json:"persona,omitempty"`
+	Command      string    `json:"command,omitempty"`
+	Route        string    `json:"route,omitempty"`
+	Result       string    `json:"result,omitempty"`
+	ActivationID string    `json:"activation_id,omitempty"`
+	Source       string    `json:"source"` // "host" or "guest"
+	GuestSpool   string    `json:"guest_spool,omitempty"`
+	GuestSeq     uint64    `json:"guest_seq,omitempty"`
+	Detail       string    `json:"detail,omitempty"`
+}
+
+// AuditQuery selects audit events. Empty fields do not filter.
+type AuditQuery struct {
+	Instance, Persona, Type string
+	// Since (inclusive) and Until (exclusive) bound the event time.
+	Since, Until time.Time
+	// After is an event ID (a cursor): only events after it are returned.
+	After string
+	// Limit caps the answer: 0 (or less) means 100, more than 10000 means 10000.
+	Limit int
+}
+
+// auditID is the event's key suffix and public ID: the event time in
+// nanoseconds since the epoch (clamped to 0 before 1970), then an insertion
+// sequence number, both big-endian, in hex. It sorts by time, then insertion.
+func auditID(t time.Time, seq uint64) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], timeNanos(t))
+	binary.BigEndian.PutUint64(b[8:], seq)
+	return hex.EncodeToString(b[:])
+}
+
+func timeNanos(t time.Time) uint64 {
+	if t.Before(time.Unix(0, 0)) {
+		return 0
+	}
+	if t.After(time.Unix(0, math.MaxInt64)) {
+		return math.MaxInt64
+	}
+	return uint64(t.UnixNano())
+}
+
+// timePrefix is the part of an audit key shared by every event at t.
+func timePrefix(t time.Time) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], timeNanos(t))
+	return []byte(prefixAudit + hex.EncodeToString(b[:]))
+}
+
+func auditKey(id string) []byte { return []byte(prefixAudit + id) }
+
+func validAuditID(id string) bool {
+	if len(id) != auditIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func dedupKey(instance, spool string, seq uint64) []byte {
+	k := make([]byte, 0, len(prefixDedup)+len(instance)+len(spool)+2+8)
+	k = append(k, prefixDedup...)
+	k = append(k, instance...)
+	k = append(k, 0)
+	k = append(k, spool...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func (s *Store) entry(k, v []byte) *badger.Entry {
+	e := badger.NewEntry(k, v)
+	if s.retention > 0 {
+		e = e.WithTTL(s.retention)
+	}
+	return e
+}
+
+// putAudit assigns ev an ID and sets it in txn.
+func (s *Store) putAudit(txn *badger.Txn, ev *AuditEvent) error {
+	seq, err := s.seq.Next()
+	if err != nil {
+		return fmt.Errorf("audit sequence: %w", err)
+	}
+	ev.ID = auditID(ev.Time, seq)
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("audit event: encode: %w", err)
+	}
+	return txn.SetEntry(s.entry(auditKey(ev.ID), b))
+}
+
+// Transaction budget for audit writes: Badger refuses a transaction larger
+// than 15% of its memtable (ErrTxnTooBig); staying well below that means a
+// transaction is never cut in the middle of an event (an audit entry without
+// its dedup key, or the reverse).
+const (
+	txnBudgetBytes  = 2 << 20
+	txnBudgetEvents = 1000
+)
+
+// estimateEvent is a generous upper bound on what an event adds to a
+// transaction (JSON escaping may expand a byte to six).
+func estimateEvent(ev *AuditEvent) int {
+	n := len(ev.Instance) + len(ev.Actor) + len(ev.Type) + len(ev.Persona) + len(ev.Command) +
+		len(ev.Route) + len(ev.Result) + len(ev.ActivationID) + len(ev.GuestSpool) + len(ev.Detail)
+	return 6*n + 512
+}
+
+// writeChunks writes items 0..n-1 in as few transactions as the budget
+// allows: put handles item i inside the current transaction, size estimates
+// it beforehand. reset is called before each attempt at a transaction (a
+// conflict retries it) with the index it starts from, so callers can discard
+// what a failed attempt collected. Each transaction is committed (synced)
+// before the next starts; an error leaves the earlier ones committed.
+func (s *Store) writeChunks(n int, size func(i int) int, reset func(from int), put func(txn *badger.Txn, i int) error) error {
+	for from := 0; from < n; {
+		next := from
+		err := s.update(func(txn *badger.Txn) error {
+			reset(from)
+			next = from
+			used := 0
+			for i := from; i < n; i++ {
+				sz := size(i)
+				if i > from && (used+sz > txnBudgetBytes || i-from >= txnBudgetEvents) {
+					break
+				}
+				if err := put(txn, i); err != nil {
+					return err
+				}
+				used += sz
+				next = i + 1
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		from = next
+	}
+	return nil
+}
+
+// AppendAudit records host events and returns them with their IDs. A zero
+// Time becomes now; times are stored in UTC; Source is set to "host". The
+// events are durable when it returns. Type must not be empty.
+func (s *Store) AppendAudit(evs ...AuditEvent) ([]AuditEvent, error) {
+	out := make([]AuditEvent, len(evs))
+	now := s.now()
+	for i, ev := range evs {
+		if ev.Type == "" {
+			return nil, fmt.Errorf("audit event %d has no type: %w", i, ErrInvalidArgument)
+		}
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
+		ev.Time = ev.Time.UTC()
+		ev.Source = SourceHost
+		out[i] = ev
+	}
+	err := s.writeChunks(len(out), func(i int) int { return estimateEvent(&out[i]) }, func(int) {}, func(txn *badger.Txn, i int) error {
+		return s.putAudit(txn, &out[i])
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// IngestGuestAudit stores a guest's audit batch exactly once: events whose
+// (instance, spool ID, seq) is already stored are skipped. Everything is
+// durable when it returns. upTo is the highest seq of the batch (all of its
+// events are stored now, whether by this call or an earlier one) — what the
+// AuditAck carries; 0 for an empty batch. inserted are the events stored by
+// this call, with their IDs.
+func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo uint64, inserted []AuditEvent, err error) {
+	if err := checkInstance(instance); err != nil {
+		return 0, nil, err
+	}
+	switch {
+	case b.SpoolID == "":
+		return 0, nil, fmt.Errorf("audit batch has no spool ID: %w", ErrInvalidArgument)
+	case len(b.SpoolID) > maxSpoolID || strings.IndexByte(b.SpoolID, 0) >= 0 || !utf8.ValidString(b.SpoolID):
+		return 0, nil, fmt.Errorf("audit batch has a malformed spool ID: %w", ErrInvalidArgument)
+	}
+	if len(b.Events) == 0 {
+		return 0, []AuditEvent{}, nil
+	}
+	now := s.now()
+	// inserted grows per transaction; marks[i] is len(inserted) before the
+	// transaction that starts at event i, so a retried one can drop its part.
+	marks := make(map[int]int)
+	inserted = []AuditEvent{}
+	size := func(i int) int {
+		g := &b.Events[i]
+		return estimateEvent(&AuditEvent{Instance: instance, Actor: g.Actor, Type: g.Type, Persona: g.Persona,
+			Command: g.Command, Route: g.Route, Result: g.Result, ActivationID: g.ActivationID,
+			GuestSpool: b.SpoolID, Detail: g.Detail}) + len(prefixDedup) + len(instance) + len(b.SpoolID) + 64
+	}
+	err = s.writeChunks(len(b.Events), size, func(from int) {
+		if m, ok := marks[from]; ok {
+			inserted = inserted[:m]
+		} else {
+			marks[from] = len(inserted)
+		}
+	}, func(txn *badger.Txn, i int) error {
+		g := b.Events[i]
+		dk := dedupKey(instance, b.SpoolID, g.Seq)
+		_, err := txn.Get(dk)
+		if err == nil {
+			return nil // stored before (or earlier in this batch)
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		ev := AuditEvent{
+			Time: g.Time, Instance: instance, Actor: g.Actor, Type: g.Type, Persona: g.Persona,
+			Command: g.Command, Route: g.Route, Result: g.Result, ActivationID: g.ActivationID,
+			Source: SourceGuest, GuestSpool: b.SpoolID, GuestSeq: g.Seq, Detail: g.Detail,
+		}
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
+		ev.Time = ev.Time.UTC()
+		if err := s.putAudit(txn, &ev); err != nil {
+			return err
+		}
+		if err := txn.SetEntry(s.entry(dk, []byte(ev.ID))); err != nil {
+			return err
+		}
+		inserted = append(inserted, ev)
+		return nil
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	for _, g := range b.Events {
+		upTo = max(upTo, g.Seq)
+	}
+	return upTo, inserted, nil
+}
+
+// QueryAudit returns the events q selects, oldest first. With more than
+// q.Limit matches, the last event's ID is the cursor for the next page
+// (q.After). Events are ordered by their own time, so a guest event that
+// arrives late with an old time lands before a cursor already handed out.
+func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = DefaultAuditLimit
+	}
+	limit = min(limit, MaxAuditLimit)
+	if q.After != "" && !validAuditID(q.After) {
+		return nil, fmt.Errorf("audit cursor %q: %w", q.After, ErrInvalidArgument)
+	}
+	start := []byte(prefixAudit)
+	if !q.Since.IsZero() {
+		start = timePrefix(q.Since)
+	}
+	var after []byte
+	if q.After != "" {
+		after = auditKey(q.After)
+		if string(after) > string(start) {
+			start = after
+		}
+	}
+	var until []byte
+	if !q.Until.IsZero() {
+		until = timePrefix(q.Until)
+	}
+
+	out := []AuditEvent{}
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{
+			PrefetchValues: true, PrefetchSize: min(limit, 100), Prefix: []byte(prefixAudit),
+		})
+		defer it.Close()
+		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
+			k := it.Item().Key()
+			if after != nil && string(k) == string(after) {
+				continue
+			}
+			if until != nil && string(k) >= string(until) {
+				break
+			}
+			var ev AuditEvent
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &ev) }); err != nil {
+				return fmt.Errorf("audit event %s: decode: %w", k[len(prefixAudit):], err)
+			}
+			if q.Instance != "" && ev.Instance != q.Instance ||
+				q.Persona != "" && ev.Persona != q.Persona ||
+				q.Type != "" && ev.Type != q.Type {
+				continue
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

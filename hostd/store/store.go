@@ -1,0 +1,223 @@
+// Package store keeps the host daemon's state in Badger: persona
+// definitions, the persona each instance last confirmed, and the audit log.
+//
+// Every write is a single Badger transaction (read, check, write; retried
+// on a conflict) committed with SyncWrites, so a write that has returned
+// survives a crash of the process or the machine.
+//
+// Key layout (one byte-ordered keyspace):
+//
+//	p/<name>                         persona (JSON protocol.Persona)
+//	m/default                        name of the default persona
+//	m/auditseq                       Badger sequence for audit IDs
+//	i/<instance>                     InstanceRecord (JSON)
+//	a/<id>                           AuditEvent (JSON); id sorts by time, then insertion
+//	g/<instance>\x00<spool>\x00<seq> audit ID of an ingested guest event (dedup)
+package store
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Sentinel errors. Callers match them with errors.Is.
+var (
+	ErrNotFound           = errors.New("not found")
+	ErrExists             = errors.New("already exists")
+	ErrDefaultConflict    = errors.New("another persona is the default") // wrapped in *DefaultConflictError{Current string}
+	ErrPreconditionFailed = errors.New("revision does not match")
+	ErrInUse              = errors.New("persona is active on instances") // wrapped in *InUseError{Instances []string}
+	// ErrInvalidArgument: an instance name, spool ID or audit cursor the
+	// store cannot use as a key.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store closed")
+)
+
+// DefaultConflictError refuses a second default persona; Current names the
+// persona that is the default now.
+type DefaultConflictError struct{ Current string }
+
+func (e *DefaultConflictError) Error() string {
+	return fmt.Sprintf("%s: %q is the default persona", ErrDefaultConflict, e.Current)
+}
+
+func (e *DefaultConflictError) Unwrap() error { return ErrDefaultConflict }
+
+// InUseError refuses to delete a persona that instances hold; Instances
+// names them, sorted.
+type InUseError struct {
+	Persona   string
+	Instances []string
+}
+
+func (e *InUseError) Error() string {
+	return fmt.Sprintf("%s: persona %q is active on %s", ErrInUse, e.Persona, strings.Join(e.Instances, ", "))
+}
+
+func (e *InUseError) Unwrap() error { return ErrInUse }
+
+// Options configure Open.
+type Options struct {
+	// Logger receives the store's and Badger's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// AuditRetention is how long audit events (and guest dedup keys) are
+	// kept after they are written; 0 keeps them forever. Badger expires
+	// entries with a one-second granularity.
+	AuditRetention time.Duration
+}
+
+// Store is the host daemon's Badger store. Its methods are safe for
+// concurrent use.
+type Store struct {
+	db        *badger.DB
+	log       *slog.Logger
+	retention time.Duration
+	seq       *badger.Sequence
+	now       func() time.Time
+
+	stop     chan struct{}
+	gcDone   chan struct{}
+	closeMu  sync.Mutex
+	isClosed bool
+}
+
+const (
+	prefixPersona  = "p/"
+	prefixInstance = "i/"
+	prefixAudit    = "a/"
+	prefixDedup    = "g/"
+	keyDefault     = "m/default"
+	keyAuditSeq    = "m/auditseq"
+
+	maxRetries      = 64
+	gcInterval      = 10 * time.Minute
+	maxInstanceName = 1024
+	maxSpoolID      = 256
+)
+
+// Open opens (creating if needed) the store in dir. Only one process may
+// have a directory open at a time (Badger holds a lock file).
+func Open(dir string, opts Options) (*Store, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if opts.AuditRetention < 0 {
+		return nil, fmt.Errorf("store: negative audit retention: %w", ErrInvalidArgument)
+	}
+	bopts := badger.DefaultOptions(dir).
+		WithSyncWrites(true).
+		WithLogger(badgerLogger{log.With("component", "badger")}).
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(64 << 20).
+		WithValueThreshold(64 << 10). // large personas go to the value log
+		WithValueLogFileSize(256 << 20).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		WithNumCompactors(2).
+		WithCompactL0OnClose(true).
+		WithDetectConflicts(true)
+	db, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
+	seq, err := db.GetSequence([]byte(keyAuditSeq), 1000)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: audit sequence: %w", err)
+	}
+	s := &Store{
+		db:        db,
+		log:       log,
+		retention: opts.AuditRetention,
+		seq:       seq,
+		now:       func() time.Time { return time.Now().UTC() },
+		stop:      make(chan struct{}),
+		gcDone:    make(chan struct{}),
+	}
+	go s.gcLoop()
+	return s, nil
+}
+
+// Close stops background work and closes Badger. Further calls return nil.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.isClosed {
+		return nil
+	}
+	s.isClosed = true
+	close(s.stop)
+	<-s.gcDone
+	var errs []error
+	if err := s.seq.Release(); err != nil {
+		errs = append(errs, fmt.Errorf("store: release audit sequence: %w", err))
+	}
+	if err := s.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("store: close: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// gcLoop reclaims value-log space now and then (expired audit events,
+// replaced personas).
+func (s *Store) gcLoop() {
+	defer close(s.gcDone)
+	t := time.NewTicker(gcInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			for s.db.RunValueLogGC(0.5) == nil {
+				select {
+				case <-s.stop:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// update runs fn in a read-write transaction and commits it, retrying the
+// whole of it when Badger reports a conflict with a concurrent writer.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	var err error
+	for range maxRetries {
+		err = s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			break
+		}
+	}
+	if errors.Is(err, badger.ErrDBClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+func (s *Store) view(fn func(txn *badger.Txn) error) error {
+	err := s.db.View(fn)
+	if errors.Is(err, badger.ErrDBClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// badgerLogger hands Badger's logs to slog.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(trimMsg(f, a)) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(trimMsg(f, a)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Info(trimMsg(f, a)) }
+func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(trimMsg(f, a)) }
+
+func trimMsg(f string, a []any) string { return strings.TrimSpace(fmt.Sprintf(f, a...)) }

@@ -1,0 +1,307 @@
+// Package validate checks persona definitions before the host daemon stores
+// them or sends them to a guest.
+//
+// Every rule is a limit a guest must be able to honour: names that are
+// usable as file names and keys, environment variables the kernel accepts,
+// scripts and overrides that are text, command lists that name commands.
+// A refusal is a *Error naming the offending field as a JSON path
+// (`environment_variables.FOO`, `restricted_commands[2]`), so that the REST
+// API can put it in a problem detail as it is.
+package validate
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// ErrInvalid is matched (errors.Is) by every *Error.
+var ErrInvalid = errors.New("invalid persona")
+
+// Limits. Each is inclusive: a value of exactly the limit is accepted.
+const (
+	MaxNameLen         = 63
+	MaxEnvVars         = 4096
+	MaxEnvNameLen      = 255
+	MaxEnvValueLen     = 32 << 10 // bytes
+	MaxScriptLen       = 1 << 20  // bytes, pre/post scripts and inline overrides
+	MaxOverrides       = 4096
+	MaxCommandNameLen  = 255  // a command name (one path element)
+	MaxCommandPathLen  = 4096 // an absolute path (PATH_MAX)
+	MaxCommandEntries  = 10000
+	MaxPersonaTextSize = 16 << 20 // bytes: all names, values and scripts together
+)
+
+// Error is a refused persona: Field is the JSON path of the offending value,
+// Detail says what is wrong with it.
+type Error struct {
+	Field  string
+	Detail string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s: %s: %s", ErrInvalid.Error(), e.Field, e.Detail)
+}
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Is(target error) bool { return target == ErrInvalid }
+
+func fail(field, format string, args ...any) *Error {
+	return &Error{Field: field, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Name checks a persona name: 1–63 characters of [a-z0-9][a-z0-9_.-]*.
+func Name(name string) error {
+	if e := checkName(name); e != nil {
+		return e
+	}
+	return nil
+}
+
+func checkName(name string) *Error {
+	if name == "" {
+		return fail("name", "must not be empty")
+	}
+	if len(name) > MaxNameLen {
+		return fail("name", "is %d characters long, at most %d allowed", len(name), MaxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return fail("name", "must match [a-z0-9][a-z0-9_.-]* (bad character %q at %d)", rune(c), i)
+		}
+	}
+	return nil
+}
+
+// Normalize replaces nil maps and slices by empty ones, so that JSON answers
+// show {} and [] rather than null. It leaves everything else alone.
+func Normalize(p *protocol.Persona) {
+	if p.EnvironmentVariables == nil {
+		p.EnvironmentVariables = map[string]string{}
+	}
+	if p.CommandOverrides == nil {
+		p.CommandOverrides = map[string]string{}
+	}
+	if p.RestrictedCommands == nil {
+		p.RestrictedCommands = []string{}
+	}
+	if p.AllowedCommands == nil {
+		p.AllowedCommands = []string{}
+	}
+}
+
+// Persona checks every rule of a persona definition. It returns nil or a
+// *Error for the first offending field (fields in document order, map keys
+// in sorted order, so the answer is the same every time). The server-kept
+// fields (revision, timestamps) are not checked.
+func Persona(p *protocol.Persona) error {
+	if p == nil {
+		return fail("", "persona is missing")
+	}
+	if e := checkPersona(p); e != nil {
+		return e
+	}
+	return nil
+}
+
+func checkPersona(p *protocol.Persona) *Error {
+	if e := checkName(p.Name); e != nil {
+		return e
+	}
+	total := len(p.Name)
+
+	if n := len(p.EnvironmentVariables); n > MaxEnvVars {
+		return fail("environment_variables", "has %d variables, at most %d allowed", n, MaxEnvVars)
+	}
+	for _, k := range sortedKeys(p.EnvironmentVariables) {
+		f := mapField("environment_variables", k)
+		if e := checkEnvName(f, k); e != nil {
+			return e
+		}
+		v := p.EnvironmentVariables[k]
+		if e := checkText(f, v, MaxEnvValueLen); e != nil {
+			return e
+		}
+		total += len(k) + len(v)
+	}
+
+	if e := checkText("pre_activation_script", p.PreActivationScript, MaxScriptLen); e != nil {
+		return e
+	}
+	if e := checkText("post_activation_script", p.PostActivationScript, MaxScriptLen); e != nil {
+		return e
+	}
+	total += len(p.PreActivationScript) + len(p.PostActivationScript)
+
+	if n := len(p.CommandOverrides); n > MaxOverrides {
+		return fail("command_overrides", "has %d overrides, at most %d allowed", n, MaxOverrides)
+	}
+	for _, k := range sortedKeys(p.CommandOverrides) {
+		f := mapField("command_overrides", k)
+		if e := checkCommandName(f, k); e != nil {
+			return e
+		}
+		v := p.CommandOverrides[k]
+		if e := checkOverrideTarget(f, v); e != nil {
+			return e
+		}
+		total += len(k) + len(v)
+	}
+
+	for _, list := range []struct {
+		field   string
+		entries []string
+	}{
+		{"restricted_commands", p.RestrictedCommands},
+		{"allowed_commands", p.AllowedCommands},
+	} {
+		if n := len(list.entries); n > MaxCommandEntries {
+			return fail(list.field, "has %d entries, at most %d allowed", n, MaxCommandEntries)
+		}
+		for i, c := range list.entries {
+			if e := checkCommand(list.field+"["+strconv.Itoa(i)+"]", c); e != nil {
+				return e
+			}
+			total += len(c)
+		}
+	}
+
+	if total > MaxPersonaTextSize {
+		return fail("", "names, values and scripts add up to %d bytes, at most %d allowed", total, MaxPersonaTextSize)
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// mapField is the JSON path of a map member: parent.key when the key is a
+// plain identifier, parent["key"] (Go-quoted) otherwise.
+func mapField(parent, key string) string {
+	plain := key != ""
+	for i := 0; i < len(key) && plain; i++ {
+		c := key[i]
+		plain = c == '_' || c == '-' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+	}
+	if plain {
+		return parent + "." + key
+	}
+	return parent + "[" + strconv.Quote(key) + "]"
+}
+
+func checkEnvName(field, k string) *Error {
+	if k == "" {
+		return fail(field, "variable name must not be empty")
+	}
+	if len(k) > MaxEnvNameLen {
+		return fail(field, "variable name is %d bytes long, at most %d allowed", len(k), MaxEnvNameLen)
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case i > 0 && c >= '0' && c <= '9':
+		default:
+			return fail(field, "variable name must match [A-Za-z_][A-Za-z0-9_]* (bad character %q at %d)", rune(c), i)
+		}
+	}
+	return nil
+}
+
+// checkText: valid UTF-8, no NUL, at most max bytes. Empty is fine.
+func checkText(field, s string, max int) *Error {
+	if len(s) > max {
+		return fail(field, "is %d bytes long, at most %d allowed", len(s), max)
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return fail(field, "contains a NUL byte at %d", i)
+	}
+	if !utf8.ValidString(s) {
+		return fail(field, "is not valid UTF-8")
+	}
+	return nil
+}
+
+// checkCommandName: one path element naming a command.
+func checkCommandName(field, c string) *Error {
+	switch {
+	case c == "":
+		return fail(field, "command name must not be empty")
+	case len(c) > MaxCommandNameLen:
+		return fail(field, "command name is %d bytes long, at most %d allowed", len(c), MaxCommandNameLen)
+	case strings.IndexByte(c, 0) >= 0:
+		return fail(field, "command name contains a NUL byte")
+	case strings.IndexByte(c, '/') >= 0:
+		return fail(field, "command name must not contain '/'")
+	case c == "." || c == "..":
+		return fail(field, "%q is not a command name", c)
+	case !utf8.ValidString(c):
+		return fail(field, "command name is not valid UTF-8")
+	}
+	return nil
+}
+
+// checkAbsPath: an absolute, clean path with a file name.
+func checkAbsPath(field, p string) *Error {
+	switch {
+	case len(p) > MaxCommandPathLen:
+		return fail(field, "path is %d bytes long, at most %d allowed", len(p), MaxCommandPathLen)
+	case strings.IndexByte(p, 0) >= 0:
+		return fail(field, "path contains a NUL byte")
+	case !utf8.ValidString(p):
+		return fail(field, "path is not valid UTF-8")
+	case !strings.HasPrefix(p, "/"):
+		return fail(field, "must be an absolute path")
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		return fail(field, "path must not contain '..' segments")
+	case path.Clean(p) != p:
+		return fail(field, "path is not clean (want %q)", path.Clean(p))
+	case p == "/":
+		return fail(field, "path names no file")
+	}
+	return nil
+}
+
+// checkCommand: a restricted_commands or allowed_commands entry.
+func checkCommand(field, c string) *Error {
+	if c == "" {
+		return fail(field, "must not be empty")
+	}
+	if strings.HasPrefix(c, "/") {
+		return checkAbsPath(field, c)
+	}
+	if strings.IndexByte(c, '/') >= 0 {
+		return fail(field, "must be a command name or an absolute path")
+	}
+	return checkCommandName(field, c)
+}
+
+// checkOverrideTarget: an absolute clean path or an inline "#!" script.
+func checkOverrideTarget(field, v string) *Error {
+	switch {
+	case strings.HasPrefix(v, "#!"):
+		return checkText(field, v, MaxScriptLen)
+	case strings.HasPrefix(v, "/"):
+		return checkAbsPath(field, v)
+	case v == "":
+		return fail(field, "override must not be empty: give an absolute path or a script starting with #!")
+	default:
+		return fail(field, "override must be an absolute path or a script starting with #!")
+	}
+}
