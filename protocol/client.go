@@ -166,10 +166,18 @@ func (c *Client) write(h Header, payload []byte) error {
 // non-nil) in order, from a goroutine of the client's: onOutput must not
 // block for long. An Error answer is returned as *Error. The context bounds
 // the whole call; its expiry returns ctx.Err() and the late answer is dropped.
+//
+// A nil req sends an empty payload (Ping).
 func (c *Client) Call(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte)) error {
-	payload, err := Marshal(req)
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return err
+	}
+	var payload []byte
+	if req != nil {
+		var err error
+		if payload, err = Marshal(req); err != nil {
+			return err
+		}
 	}
 	id := c.nextID.Add(1)
 	cl := &call{frames: make(chan Frame, 64), done: make(chan struct{})}
@@ -230,37 +238,24 @@ func (c *Client) readLoop(r *Reader) {
 		if err != nil {
 			var fe *FrameError
 			if errors.As(err, &fe) {
-				c.cfg.Logger.Warn("agent frame refused", "err", err)
-				if fe.Header.Flags&FlagResponse == 0 {
-					c.answerError(fe.Header.ID, CodeTooLarge, err.Error())
-				}
+				c.refused(fe)
 				continue
 			}
 			c.Close(fmt.Errorf("read: %w", err))
 			return
 		}
-		c.lastRecv.Store(time.Now().UnixNano())
 		if f.Epoch != c.cfg.Epoch {
+			// Another session's frame proves nothing about this one's
+			// peer: it does not count for the heartbeat either.
 			c.dropped.Add(1)
 			continue
 		}
+		c.lastRecv.Store(time.Now().UnixNano())
 		if f.Flags&FlagResponse != 0 {
-			c.mu.Lock()
-			cl := c.pending[f.ID]
-			c.mu.Unlock()
-			if cl == nil {
-				if f.Type != TypePong { // pongs answer the heartbeat, which waits for none
-					c.dropped.Add(1)
-				}
-				continue
+			if f.Type == TypePong && !c.waited(f.ID) {
+				continue // pongs answer the heartbeat, which waits for none
 			}
-			select {
-			case cl.frames <- f.Clone():
-			case <-cl.done:
-				c.dropped.Add(1)
-			case <-c.closed:
-				return
-			}
+			c.deliver(f.Clone())
 			continue
 		}
 		switch f.Type {
@@ -276,6 +271,54 @@ func (c *Client) readLoop(r *Reader) {
 			c.answerError(f.ID, CodeUnsupportedType, "the host does not accept "+f.Type.String())
 		}
 	}
+}
+
+// waited reports whether a call waits for answers to id.
+func (c *Client) waited(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending[id] != nil
+}
+
+// deliver hands a response to the call waiting for it, or drops it.
+func (c *Client) deliver(f Frame) {
+	c.mu.Lock()
+	cl := c.pending[f.ID]
+	c.mu.Unlock()
+	if cl == nil {
+		c.dropped.Add(1)
+		return
+	}
+	select {
+	case cl.frames <- f:
+	case <-cl.done:
+		c.dropped.Add(1)
+	case <-c.closed:
+	}
+}
+
+// refused handles a frame the reader could not deliver (too large, or a
+// version or flags this package does not speak). A request is answered with
+// an Error; a response fails the call waiting for it at once instead of
+// leaving it to its deadline.
+func (c *Client) refused(fe *FrameError) {
+	h := fe.Header
+	if h.Epoch != c.cfg.Epoch {
+		c.dropped.Add(1)
+		return
+	}
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.cfg.Logger.Warn("agent frame refused", "err", fe)
+	code := CodeTooLarge
+	if errors.Is(fe, ErrUnsupportedVersion) {
+		code = CodeUnsupportedVersion
+	}
+	if h.Flags&FlagResponse == 0 {
+		c.answerError(h.ID, code, fe.Error())
+		return
+	}
+	payload, _ := Marshal(Error{Code: code, Message: fe.Error()})
+	c.deliver(Frame{Header: Header{Version: Version, Type: TypeError, Flags: FlagResponse, Epoch: h.Epoch, ID: h.ID, Length: uint32(len(payload))}, Payload: payload})
 }
 
 func (c *Client) answerError(id uint64, code, msg string) {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"sync"
 )
 
@@ -158,6 +159,11 @@ func NewReader(r io.Reader, maxPayload uint32) *Reader {
 	if maxPayload == 0 {
 		maxPayload = DefaultMaxPayload
 	}
+	// A frame must fit in an int (32-bit platforms).
+	if uint64(maxPayload) > uint64(math.MaxInt-HeaderSize) {
+		limit := math.MaxInt - HeaderSize // reached only where int has 32 bits
+		maxPayload = uint32(limit)
+	}
 	return &Reader{r: r, buf: make([]byte, 0, 64<<10), maxPayload: maxPayload}
 }
 
@@ -179,30 +185,94 @@ func (r *Reader) Buffered() int { return r.end - r.start }
 // when the buffer is smaller than n, and n is bounded by HeaderSize+maxPayload.
 func (r *Reader) fill(n int) error {
 	for r.end-r.start < n {
-		if r.start+n > cap(r.buf) {
-			if n > cap(r.buf) {
-				nb := make([]byte, 0, max(n, 2*cap(r.buf)))
-				r.buf = append(nb, r.buf[r.start:r.end]...)
-			} else {
-				r.buf = append(r.buf[:0], r.buf[r.start:r.end]...)
-			}
-			r.end -= r.start
-			r.start = 0
-		}
-		m, err := r.r.Read(r.buf[r.end:cap(r.buf)])
-		r.end += m
-		r.buf = r.buf[:r.end]
-		if err != nil {
-			if r.end-r.start >= n {
-				return nil
-			}
-			if errors.Is(err, io.EOF) && r.end-r.start > 0 {
-				return io.ErrUnexpectedEOF
-			}
+		if err := r.readOnce(n); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// readOnce makes room for n buffered bytes and reads once from the stream.
+// It returns an error only when the read failed and fewer than n bytes are
+// buffered.
+func (r *Reader) readOnce(n int) error {
+	if r.start+n > cap(r.buf) {
+		if n > cap(r.buf) {
+			nb := make([]byte, 0, max(n, 2*cap(r.buf)))
+			r.buf = append(nb, r.buf[r.start:r.end]...)
+		} else {
+			r.buf = append(r.buf[:0], r.buf[r.start:r.end]...)
+		}
+		r.end -= r.start
+		r.start = 0
+	}
+	m, err := r.r.Read(r.buf[r.end:cap(r.buf)])
+	r.end += m
+	r.buf = r.buf[:r.end]
+	if err != nil {
+		if r.end-r.start >= n {
+			return nil
+		}
+		if errors.Is(err, io.EOF) && r.end-r.start > 0 {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return nil
+}
+
+// fillPayload makes the n bytes of the frame whose header h starts the
+// buffer available. While they are incomplete it watches the bytes already
+// buffered behind the header for the start of a new session (see
+// newSession): then the frame is a stale one whose payload was cut short and
+// will never be completed, and fillPayload reports stale instead of waiting
+// for bytes that may never come.
+func (r *Reader) fillPayload(h Header, n int) (stale bool, err error) {
+	scan := HeaderSize // bytes before start+scan have been searched
+	for r.end-r.start < n {
+		if r.newSession(h, &scan) {
+			return true, nil
+		}
+		if err := r.readOnce(n); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// newSession reports whether the buffered bytes after the current header,
+// from offset *scan on, hold a complete, valid header that opens a session
+// other than h's: a Hello request or a HelloAck response with an epoch that
+// differs from h.Epoch. It advances *scan past what has been searched.
+//
+// Payloads encoded by encoding/json cannot contain a header (the version
+// byte is a raw control character), so only binary payloads (ExecOutput)
+// could hold such bytes by accident.
+func (r *Reader) newSession(h Header, scan *int) bool {
+	b := r.buf[r.start:r.end]
+	for *scan+len(magic) <= len(b) {
+		i := bytes.Index(b[*scan:], magic[:])
+		if i < 0 {
+			// Keep a tail that may be the start of a magic.
+			*scan = max(*scan, len(b)-len(magic)+1)
+			return false
+		}
+		p := *scan + i
+		if p+HeaderSize > len(b) {
+			*scan = p // check again when the header is complete
+			return false
+		}
+		*scan = p + 1
+		o, _, ok := parseHeader(b[p : p+HeaderSize])
+		if !ok || o.Epoch == h.Epoch {
+			continue
+		}
+		if (o.Type == TypeHello && o.Flags&FlagResponse == 0) ||
+			(o.Type == TypeHelloAck && o.Flags&FlagResponse != 0) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Reader) discard(n int) {
@@ -214,15 +284,15 @@ func (r *Reader) discard(n int) {
 }
 
 // skipStream discards n bytes of the stream without buffering them.
-func (r *Reader) skipStream(n int) error {
+func (r *Reader) skipStream(n uint64) error {
 	for n > 0 {
 		if r.end == r.start {
 			if err := r.fill(1); err != nil {
 				return err
 			}
 		}
-		k := min(n, r.end-r.start)
-		r.discard(k)
+		k := min(n, uint64(r.end-r.start))
+		r.discard(int(k))
 		n -= k
 	}
 	return nil
@@ -255,19 +325,23 @@ func (r *Reader) Next() (Frame, error) {
 		}
 		if h.Length > r.maxPayload {
 			r.discard(HeaderSize)
-			if err := r.skipStream(int(h.Length)); err != nil {
+			if err := r.skipStream(uint64(h.Length)); err != nil {
 				return Frame{}, err
 			}
 			return Frame{}, &FrameError{Header: h, Err: ErrFrameTooLarge}
 		}
 		n := HeaderSize + int(h.Length)
-		if err := r.fill(n); err != nil {
+		stale, err := r.fillPayload(h, n)
+		if err != nil {
 			return Frame{}, err
 		}
-		b = r.buf[r.start : r.start+n]
-		if crc32.Checksum(b[HeaderSize:], castagnoli) != payloadCRC {
+		if !stale {
+			b = r.buf[r.start : r.start+n]
+		}
+		if stale || crc32.Checksum(b[HeaderSize:], castagnoli) != payloadCRC {
 			// A stale header whose payload was cut short: the bytes after
-			// the header may hold the next real frame.
+			// the header may hold the next real frame (a new session's
+			// Hello). Skip one byte and look for the next magic.
 			r.skipped++
 			r.discard(1)
 			continue
