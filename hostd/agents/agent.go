@@ -1,0 +1,440 @@
+package agents
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// errEndpointChanged ends a session whose instance moved to a new endpoint.
+var errEndpointChanged = errors.New("endpoint changed")
+
+// agent is one instance's connection loop and the state it publishes.
+type agent struct {
+	m            *Manager
+	name, source string
+	log          *slog.Logger
+
+	ctx    context.Context // cancelled by Remove and Close
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+	redial chan struct{} // cap 1: the endpoint changed
+	// actSem (cap 1) serialises activations and deactivations of this
+	// instance, so that the default activation on connect never overtakes
+	// an API activation or the other way round.
+	actSem chan struct{}
+
+	mu        sync.Mutex
+	ep        Endpoint
+	state     string
+	sess      *session // the live session, nil when not connected
+	lastErr   string
+	lastEpoch uint32
+	stopOnce  sync.Once
+}
+
+// session is one connected protocol session.
+type session struct {
+	cl          *protocol.Client
+	ep          Endpoint
+	hello       protocol.HelloAck
+	connectedAt time.Time
+	// active is what the guest holds as far as this session knows;
+	// guarded by agent.mu.
+	active *protocol.ActiveState
+}
+
+func newAgent(m *Manager, name string, ep Endpoint, source string) *agent {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &agent{
+		m: m, name: name, source: source, ep: ep, state: StateConnecting,
+		log: m.log.With("instance", name),
+		ctx: ctx, cancel: cancel,
+		done:   make(chan struct{}),
+		redial: make(chan struct{}, 1),
+		actSem: make(chan struct{}, 1),
+	}
+}
+
+func (a *agent) stop() {
+	a.cancel()
+	<-a.done
+}
+
+func (a *agent) setEndpoint(ep Endpoint) {
+	a.mu.Lock()
+	changed := a.ep != ep
+	a.ep = ep
+	a.mu.Unlock()
+	if changed {
+		a.log.Info("agent endpoint changed", "endpoint", ep.String())
+		select {
+		case a.redial <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (a *agent) status() AgentStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := AgentStatus{
+		Name: a.name, Source: a.source, Endpoint: a.ep.String(),
+		State: a.state, LastError: a.lastErr,
+	}
+	if s := a.sess; s != nil {
+		st.AgentVersion = s.hello.AgentVersion
+		st.BootID = s.hello.BootID
+		st.Capabilities = slices.Clone(s.hello.Capabilities)
+		st.ConnectedAt = s.connectedAt
+		st.Active = cloneActive(s.active)
+	}
+	return st
+}
+
+// run is the connection loop: connect, serve until the session ends,
+// back off, again, until the agent is stopped.
+func (a *agent) run() {
+	defer close(a.done)
+	defer a.cancel()
+	backoff := backoffMin
+	for {
+		// Drain a stale endpoint-change signal before reading the
+		// endpoint: a change after this point is signalled again.
+		select {
+		case <-a.redial:
+		default:
+		}
+		a.mu.Lock()
+		ep := a.ep
+		a.state = StateConnecting
+		a.mu.Unlock()
+
+		s, err := a.connect(ep)
+		if err == nil {
+			if a.serve(s) >= stableSession {
+				backoff = backoffMin
+			}
+		} else if a.ctx.Err() == nil {
+			a.connectFailed(ep, err)
+		}
+		if a.ctx.Err() != nil {
+			a.setState(StateDisconnected)
+			return
+		}
+		t := time.NewTimer(jitter(backoff))
+		backoff = min(2*backoff, backoffMax)
+		select {
+		case <-t.C:
+		case <-a.redial:
+			t.Stop()
+			backoff = backoffMin
+		case <-a.ctx.Done():
+			t.Stop()
+			a.setState(StateDisconnected)
+			return
+		}
+	}
+}
+
+func (a *agent) setState(state string) {
+	a.mu.Lock()
+	a.state = state
+	a.mu.Unlock()
+}
+
+// nextEpoch picks a random session epoch, never 0 and never the previous
+// session's.
+func (a *agent) nextEpoch() uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var b [4]byte
+	for {
+		rand.Read(b[:])
+		e := binary.BigEndian.Uint32(b[:])
+		if e != 0 && e != a.lastEpoch {
+			a.lastEpoch = e
+			return e
+		}
+	}
+}
+
+// connect dials ep and performs the handshake, within DialTimeout.
+func (a *agent) connect(ep Endpoint) (*session, error) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.m.cfg.DialTimeout)
+	defer cancel()
+	conn, err := ep.dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", ep, err)
+	}
+	hb := a.m.cfg.Heartbeat
+	cl, err := protocol.Handshake(ctx, conn, protocol.ClientConfig{
+		Epoch:        a.nextEpoch(),
+		HostVersion:  protocol.SoftwareVersion,
+		Heartbeat:    hb,
+		WriteTimeout: 3 * hb,
+		OnAudit:      a.ingestAudit,
+		Logger:       a.log,
+	})
+	if err != nil { // Handshake closed conn
+		return nil, fmt.Errorf("%s: %w", ep, err)
+	}
+	hello := cl.Hello()
+	return &session{cl: cl, ep: ep, hello: hello, connectedAt: time.Now(), active: cloneActive(hello.Active)}, nil
+}
+
+func (a *agent) connectFailed(ep Endpoint, err error) {
+	msg := err.Error()
+	a.mu.Lock()
+	repeated := a.lastErr == msg
+	a.lastErr = msg
+	a.state = StateDisconnected
+	a.mu.Unlock()
+	if repeated {
+		a.log.Debug("agent still unreachable", "endpoint", ep.String(), "err", err)
+	} else {
+		a.log.Warn("agent unreachable", "endpoint", ep.String(), "err", err)
+	}
+}
+
+// serve publishes a new session, reconciles, and waits for the session to
+// end. It returns how long the session lasted.
+func (a *agent) serve(s *session) time.Duration {
+	a.reconcileStore(s)
+
+	a.mu.Lock()
+	a.sess = s
+	a.state = StateConnected
+	a.lastErr = ""
+	a.mu.Unlock()
+	a.m.met.AgentsConnected.Inc()
+	a.log.Info("agent connected", "endpoint", s.ep.String(), "epoch", s.cl.Epoch(),
+		"agent_version", s.hello.AgentVersion, "boot_id", s.hello.BootID,
+		"active", activeName(s.hello.Active), "pending_audit", s.hello.PendingAudit)
+
+	a.activateDefault(s)
+
+	select {
+	case <-s.cl.Done():
+	case <-a.ctx.Done():
+		s.cl.Close(nil)
+	case <-a.redial:
+		s.cl.Close(errEndpointChanged)
+	}
+	lasted := time.Since(s.connectedAt)
+	cause := s.cl.Err()
+
+	a.mu.Lock()
+	a.sess = nil
+	a.state = StateDisconnected
+	if cause != nil && !errors.Is(cause, protocol.ErrClosed) {
+		a.lastErr = cause.Error()
+	}
+	a.mu.Unlock()
+	a.m.met.AgentsConnected.Dec()
+	a.log.Info("agent disconnected", "endpoint", s.ep.String(), "after", lasted.Round(time.Millisecond), "cause", cause)
+	return lasted
+}
+
+// ingestAudit is the session's OnAudit: store the batch, count what was new.
+func (a *agent) ingestAudit(b protocol.AuditBatch) (uint64, error) {
+	upTo, inserted, err := a.m.st.IngestGuestAudit(a.name, b)
+	if err != nil {
+		return 0, fmt.Errorf("ingest audit of %s: %w", a.name, err)
+	}
+	a.m.countAudit(inserted)
+	return upTo, nil
+}
+
+// reconcileStore writes what the guest reports into the instance record: the
+// guest is the truth for what it enforces. A change is audited.
+func (a *agent) reconcileStore(s *session) {
+	st := a.m.st
+	prev, err := st.GetInstance(a.name)
+	had := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		a.log.Error("reconcile: read instance record", "err", err)
+		return
+	}
+	rec := recordOf(a.name, s.hello.Active, s.hello.BootID)
+	if had && sameState(prev, rec) && prev.BootID == rec.BootID {
+		return
+	}
+	rec.UpdatedAt = time.Now().UTC()
+	if err := st.PutInstance(rec); err != nil {
+		a.log.Error("reconcile: write instance record", "err", err)
+		return
+	}
+	if !had && rec.Persona == nil || had && sameState(prev, rec) {
+		return
+	}
+	from := "none"
+	if had {
+		from = describe(prev)
+	}
+	to := describe(rec)
+	a.log.Info("reconciled instance record with the guest", "from", from, "to", to)
+	a.appendAudit(store.AuditEvent{
+		Type:         AuditReconciled,
+		Persona:      personaName(rec.Persona),
+		ActivationID: rec.ActivationID,
+		Result:       "reconciled",
+		Detail:       fmt.Sprintf("guest reports %s; store had %s", to, from),
+	})
+}
+
+// activateDefault activates the default persona when the guest holds none.
+func (a *agent) activateDefault(s *session) {
+	if !a.m.cfg.DefaultPersonaOnConnect {
+		return
+	}
+	if s.hello.Active != nil {
+		return
+	}
+	p, ok, err := a.m.st.DefaultPersona()
+	if err != nil {
+		a.log.Error("read default persona", "err", err)
+		return
+	}
+	if !ok {
+		return
+	}
+	ctx, cancel := a.m.withDefaultDeadline(a.ctx, activationWant(0))
+	defer cancel()
+	if err := a.acquire(ctx); err != nil {
+		return
+	}
+	defer a.release()
+	a.mu.Lock()
+	current := s.active
+	a.mu.Unlock()
+	if current != nil { // an API activation came first
+		return
+	}
+	res, id, err := a.activate(ctx, s, p, SystemActor, ReasonDefault, 0)
+	ev := store.AuditEvent{
+		Type: AuditDefaultActivation, Persona: p.Name, ActivationID: id, Result: res.Result,
+	}
+	switch {
+	case err != nil:
+		ev.Result = resultError
+		ev.Detail = err.Error()
+		a.log.Warn("default persona activation failed", "persona", p.Name, "err", err)
+	default:
+		ev.Detail = describeResult(res)
+		a.log.Info("default persona activation", "persona", p.Name, "result", res.Result)
+	}
+	a.appendAudit(ev)
+}
+
+// appendAudit stores a host audit event about this instance.
+func (a *agent) appendAudit(ev store.AuditEvent) {
+	ev.Time = time.Now().UTC()
+	ev.Instance = a.name
+	ev.Source = store.SourceHost
+	if ev.Actor == "" {
+		ev.Actor = SystemActor
+	}
+	stored, err := a.m.st.AppendAudit(ev)
+	if err != nil {
+		a.log.Error("append audit event", "type", ev.Type, "err", err)
+		return
+	}
+	a.m.countAudit(stored)
+}
+
+// acquire takes the instance's activation slot within ctx.
+func (a *agent) acquire(ctx context.Context) error {
+	select {
+	case a.actSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *agent) release() { <-a.actSem }
+
+// recordOf is the instance record of what a guest holds.
+func recordOf(instance string, act *protocol.ActiveState, bootID string) store.InstanceRecord {
+	rec := store.InstanceRecord{Instance: instance, BootID: bootID}
+	if act != nil {
+		p := clonePersona(act.Persona)
+		rec.Persona = &p
+		rec.Revision = act.Revision
+		rec.ActivationID = act.ActivationID
+		rec.ActivatedAt = act.ActivatedAt
+	}
+	return rec
+}
+
+// sameState reports whether two records name the same activation.
+func sameState(x, y store.InstanceRecord) bool {
+	return personaName(x.Persona) == personaName(y.Persona) &&
+		x.Revision == y.Revision && x.ActivationID == y.ActivationID
+}
+
+func describe(rec store.InstanceRecord) string {
+	if rec.Persona == nil {
+		return "no persona"
+	}
+	return fmt.Sprintf("persona %q (revision %d, activation %s)", rec.Persona.Name, rec.Revision, rec.ActivationID)
+}
+
+func describeResult(res protocol.ActivateResult) string {
+	s := "result " + res.Result
+	if res.Phase != "" {
+		s += ", " + res.Phase + "-activation script"
+	}
+	if res.Script != nil {
+		s += fmt.Sprintf(" exited %d", res.Script.ExitCode)
+		if res.Script.TimedOut {
+			s += " (timed out)"
+		}
+	}
+	if res.Error != "" {
+		s += ": " + res.Error
+	}
+	return s
+}
+
+func personaName(p *protocol.Persona) string {
+	if p == nil {
+		return ""
+	}
+	return p.Name
+}
+
+func activeName(act *protocol.ActiveState) string {
+	if act == nil {
+		return ""
+	}
+	return act.Persona.Name
+}
+
+func cloneActive(act *protocol.ActiveState) *protocol.ActiveState {
+	if act == nil {
+		return nil
+	}
+	c := *act
+	c.Persona = clonePersona(act.Persona)
+	return &c
+}
+
+func clonePersona(p protocol.Persona) protocol.Persona {
+	p.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
+	p.CommandOverrides = maps.Clone(p.CommandOverrides)
+	p.RestrictedCommands = slices.Clone(p.RestrictedCommands)
+	p.AllowedCommands = slices.Clone(p.AllowedCommands)
+	return p
+}

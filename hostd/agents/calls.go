@@ -1,0 +1,232 @@
+package agents
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Activate asks the instance's guest to activate persona p and waits for the
+// outcome (res.Result: activated, aborted, rolled_back, failed). The store's
+// instance record follows what the guest confirms. scriptTimeout bounds each
+// script in the guest (0: the guest's default, 5 minutes). Without a
+// deadline in ctx, the call gets the larger of CallTimeout and
+// 2×scriptTimeout+10 s.
+//
+// Errors: ErrUnknownInstance, ErrNotConnected (also when the session ends
+// during the call), context.DeadlineExceeded, or a *protocol.Error with
+// which the guest refused the request.
+func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Persona, actor, reason string, scriptTimeout time.Duration) (protocol.ActivateResult, error) {
+	a, s, err := m.connected(instance)
+	if err != nil {
+		return protocol.ActivateResult{}, err
+	}
+	ctx, cancel := m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
+	defer cancel()
+	if err := a.acquire(ctx); err != nil {
+		return protocol.ActivateResult{}, err
+	}
+	defer a.release()
+	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout)
+	return res, err
+}
+
+// Deactivate asks the instance's guest to return to no persona (running the
+// active persona's scripts as the guest does), with the same deadlines and
+// errors as Activate.
+func (m *Manager) Deactivate(ctx context.Context, instance, actor string, scriptTimeout time.Duration) (protocol.ActivateResult, error) {
+	a, s, err := m.connected(instance)
+	if err != nil {
+		return protocol.ActivateResult{}, err
+	}
+	ctx, cancel := m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
+	defer cancel()
+	if err := a.acquire(ctx); err != nil {
+		return protocol.ActivateResult{}, err
+	}
+	defer a.release()
+
+	a.mu.Lock()
+	persona := activeName(s.active)
+	a.mu.Unlock()
+	id := newActivationID()
+	start := time.Now()
+	res, err := call[protocol.ActivateResult](ctx, s.cl, protocol.TypeDeactivate, protocol.Deactivate{
+		ActivationID: id, ScriptTimeoutMillis: scriptTimeout.Milliseconds(), Actor: actor,
+	}, nil)
+	m.observeActivation(persona, res.Result, err, time.Since(start))
+	if err != nil {
+		return protocol.ActivateResult{}, a.callErr(s, err)
+	}
+	a.apply(s, res, protocol.Persona{}, id)
+	return res, nil
+}
+
+// Exec runs a command through the instance's guest routing table. With
+// onOutput non-nil the command is streamed: onOutput receives each chunk
+// (protocol.StreamStdout or StreamStderr) in order, from the session's reader
+// goroutine, so it must not block for long; the result then carries no
+// output. Without a deadline in ctx, the call gets the larger of CallTimeout
+// and the command's timeout+10 s.
+//
+// Errors: ErrUnknownInstance, ErrNotConnected, context.DeadlineExceeded, or
+// *protocol.Error (Code denied, not_found, not_executable, …).
+func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, onOutput func(stream byte, data []byte)) (protocol.ExecResult, error) {
+	a, s, err := m.connected(instance)
+	if err != nil {
+		return protocol.ExecResult{}, err
+	}
+	ctx, cancel := m.withDefaultDeadline(ctx, time.Duration(req.TimeoutMillis)*time.Millisecond+callSlack)
+	defer cancel()
+	if onOutput != nil {
+		req.Stream = true
+	}
+	res, err := call[protocol.ExecResult](ctx, s.cl, protocol.TypeExec, req, onOutput)
+	if err != nil {
+		var pe *protocol.Error
+		if errors.As(err, &pe) && pe.Code == protocol.CodeDenied {
+			m.met.Commands.WithLabelValues(protocol.RouteDenied).Inc()
+		}
+		return protocol.ExecResult{}, a.callErr(s, err)
+	}
+	switch res.Route {
+	case protocol.RouteDefault, protocol.RouteOverride, protocol.RouteDenied:
+		m.met.Commands.WithLabelValues(res.Route).Inc()
+	default:
+		a.log.Warn("guest answered an exec with an unknown route", "route", res.Route)
+	}
+	return res, nil
+}
+
+// activate carries one activation to the guest and applies the outcome. The
+// caller holds the activation slot.
+func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, actor, reason string, scriptTimeout time.Duration) (protocol.ActivateResult, string, error) {
+	id := newActivationID()
+	start := time.Now()
+	res, err := call[protocol.ActivateResult](ctx, s.cl, protocol.TypeActivate, protocol.Activate{
+		Persona: p, Revision: p.Revision, ActivationID: id,
+		ScriptTimeoutMillis: scriptTimeout.Milliseconds(), Actor: actor, Reason: reason,
+	}, nil)
+	a.m.observeActivation(p.Name, res.Result, err, time.Since(start))
+	if err != nil {
+		return protocol.ActivateResult{}, id, a.callErr(s, err)
+	}
+	a.apply(s, res, p, id)
+	return res, id, nil
+}
+
+// apply records an activation outcome: the session's view of what the guest
+// holds, and the instance record when the guest changed persona.
+func (a *agent) apply(s *session, res protocol.ActivateResult, requested protocol.Persona, id string) {
+	a.mu.Lock()
+	s.active = cloneActive(res.Active)
+	a.mu.Unlock()
+
+	var rec store.InstanceRecord
+	switch res.Result {
+	case protocol.ResultActivated:
+		act := res.Active
+		if act == nil { // a guest that did not say: what it confirmed
+			act = &protocol.ActiveState{Persona: requested, Revision: requested.Revision, ActivationID: id, ActivatedAt: time.Now().UTC()}
+		}
+		rec = recordOf(a.name, act, s.hello.BootID)
+	case protocol.ResultDeactivated:
+		rec = store.InstanceRecord{Instance: a.name, BootID: s.hello.BootID, ActivationID: id, ActivatedAt: time.Now().UTC()}
+	default:
+		return
+	}
+	rec.UpdatedAt = time.Now().UTC()
+	if err := a.m.st.PutInstance(rec); err != nil {
+		// The guest holds the persona: the next connect reconciles the
+		// record. The caller still gets the guest's answer.
+		a.log.Error("write instance record after activation", "result", res.Result, "err", err)
+	}
+}
+
+// callErr maps a session error: a session that ended is ErrNotConnected;
+// context errors and guest refusals pass through.
+func (a *agent) callErr(s *session, err error) error {
+	if errors.Is(err, protocol.ErrClosed) {
+		if cause := s.cl.Err(); cause != nil && !errors.Is(cause, protocol.ErrClosed) {
+			return fmt.Errorf("%w: %s: session ended: %v", ErrNotConnected, a.name, cause)
+		}
+		return fmt.Errorf("%w: %s: session ended", ErrNotConnected, a.name)
+	}
+	return err
+}
+
+func (m *Manager) observeActivation(persona, result string, err error, d time.Duration) {
+	if err != nil || result == "" {
+		result = resultError
+	}
+	m.met.Activations.WithLabelValues(persona, result).Inc()
+	m.met.ActivationDuration.Observe(d.Seconds())
+}
+
+// activationWant is the deadline an activation needs: two scripts and slack.
+func activationWant(scriptTimeout time.Duration) time.Duration {
+	if scriptTimeout <= 0 {
+		scriptTimeout = guestScriptTimeout
+	}
+	return 2*scriptTimeout + callSlack
+}
+
+// newActivationID returns 16 random bytes in hex.
+func newActivationID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// call runs one request on a session and returns as soon as ctx is done,
+// even when the session is stuck writing to a peer that stopped reading (the
+// request's goroutine then ends within the session's write timeout, or when
+// the session closes). onOutput is never called after call has returned.
+func call[T any](ctx context.Context, cl *protocol.Client, t protocol.Type, req any, onOutput func(stream byte, data []byte)) (T, error) {
+	type answer struct {
+		v   T
+		err error
+	}
+	var (
+		mu       sync.Mutex
+		returned bool
+		out      func(byte, []byte)
+	)
+	if onOutput != nil {
+		out = func(stream byte, data []byte) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !returned {
+				onOutput(stream, data)
+			}
+		}
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		var v T
+		err := cl.Call(ctx, t, req, &v, out)
+		ch <- answer{v, err}
+	}()
+	select {
+	case ans := <-ch:
+		return ans.v, ans.err
+	case <-ctx.Done():
+		select {
+		case ans := <-ch:
+			return ans.v, ans.err
+		default:
+		}
+		mu.Lock()
+		returned = true
+		mu.Unlock()
+		var zero T
+		return zero, ctx.Err()
+	}
+}

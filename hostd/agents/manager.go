@@ -1,0 +1,332 @@
+// Package agents keeps one managed connection per guest agent: it dials each
+// instance's endpoint, runs the protocol session (handshake, heartbeats,
+// audit ingestion), reconnects with backoff when the session ends, reconciles
+// the store with what the guest reports, and carries activations and commands
+// to the guest with a deadline on every call.
+//
+// No lock is held across I/O: List and Get answer from a snapshot at once,
+// and a hung or absent agent never blocks calls to other instances.
+package agents
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Errors the manager returns. Timeouts surface as context.DeadlineExceeded;
+// guest refusals as *protocol.Error; activation outcomes in
+// protocol.ActivateResult.Result.
+var (
+	ErrUnknownInstance = errors.New("unknown instance")
+	ErrNotConnected    = errors.New("agent not connected")
+	// ErrExists: Add with a name the manager already manages.
+	ErrExists = errors.New("instance already managed")
+	// ErrManagerClosed: Add after Close.
+	ErrManagerClosed = errors.New("agent manager closed")
+)
+
+// Agent states in AgentStatus.State.
+const (
+	StateConnected    = "connected"
+	StateConnecting   = "connecting"
+	StateDisconnected = "disconnected"
+)
+
+// Actor, reason and host audit event types of the manager's own actions.
+const (
+	SystemActor            = "vmpersona-hostd"
+	ReasonDefault          = "default"
+	AuditReconciled        = "reconciled"
+	AuditDefaultActivation = store.AuditDefaultActivation
+)
+
+// Result label of activations that got no answer from the guest (transport
+// errors, timeouts, refusals).
+const resultError = "error"
+
+const (
+	backoffMin = 100 * time.Millisecond
+	backoffMax = 5 * time.Second
+	// stableSession is how long a session must have lasted for the
+	// reconnect backoff to start again from backoffMin.
+	stableSession = 10 * time.Second
+	// guestScriptTimeout is the guest's default per-script timeout
+	// (protocol.Activate.ScriptTimeoutMillis 0).
+	guestScriptTimeout = 5 * time.Minute
+	// callSlack is added to a guest-side timeout to get the host's deadline.
+	callSlack = 10 * time.Second
+)
+
+// Store is the part of the host store the manager uses; *store.Store
+// satisfies it.
+type Store interface {
+	GetInstance(instance string) (store.InstanceRecord, error)
+	PutInstance(rec store.InstanceRecord) error
+	DefaultPersona() (protocol.Persona, bool, error)
+	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
+	IngestGuestAudit(instance string, b protocol.AuditBatch) (uint64, []store.AuditEvent, error)
+}
+
+// Config configures a Manager. Zero durations take their defaults.
+type Config struct {
+	Store   Store
+	Metrics *metrics.Metrics // nil: a private, unexported set
+	Logger  *slog.Logger     // nil: slog.Default()
+	// Heartbeat is the ping interval of each session (default 2 s); three
+	// silent intervals end a session.
+	Heartbeat time.Duration
+	// DialTimeout bounds dial plus handshake (default 3 s).
+	DialTimeout time.Duration
+	// CallTimeout is the deadline of a call whose context has none
+	// (default 60 s); activations get 2×script timeout+10 s when larger,
+	// execs the command's timeout+10 s when larger.
+	CallTimeout time.Duration
+	// DefaultPersonaOnConnect activates the default persona when a guest
+	// reports none on connect. The field's zero value is false: the host
+	// daemon sets it true (see DefaultConfig).
+	DefaultPersonaOnConnect bool
+}
+
+// DefaultConfig returns the configuration the host daemon runs with, for a
+// store: default timeouts and DefaultPersonaOnConnect true.
+func DefaultConfig(st Store) Config {
+	return Config{
+		Store: st, Heartbeat: 2 * time.Second, DialTimeout: 3 * time.Second,
+		CallTimeout: 60 * time.Second, DefaultPersonaOnConnect: true,
+	}
+}
+
+// AgentStatus is a snapshot of one managed agent.
+type AgentStatus struct {
+	Name, Source, Endpoint string
+	State                  string // StateConnected, StateConnecting or StateDisconnected
+	AgentVersion, BootID   string
+	Capabilities           []string
+	ConnectedAt            time.Time
+	LastError              string
+	// Active is the persona the guest reported in this session, kept up to
+	// date after activations; nil when it holds none or is not connected.
+	Active *protocol.ActiveState
+}
+
+// Manager runs one connection loop per instance. Its methods are safe for
+// concurrent use.
+type Manager struct {
+	cfg Config
+	st  Store
+	met *metrics.Metrics
+	log *slog.Logger
+
+	mu     sync.Mutex
+	agents map[string]*agent
+	closed bool
+}
+
+// NewManager returns a manager with no instances; Add starts them.
+func NewManager(cfg Config) *Manager {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 2 * time.Second
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 3 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 60 * time.Second
+	}
+	m := &Manager{cfg: cfg, st: cfg.Store, met: cfg.Metrics, log: cfg.Logger, agents: make(map[string]*agent)}
+	if m.st == nil {
+		m.st = noStore{}
+	}
+	if m.met == nil {
+		m.met = metrics.New()
+	}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	m.log = m.log.With("component", "agents")
+	return m
+}
+
+// Add starts managing an instance: its connection loop dials ep until the
+// instance is removed or the manager closed. source says where the instance
+// came from (static, libvirt, qmp).
+func (m *Manager) Add(name string, ep Endpoint, source string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty instance name", ErrUnknownInstance)
+	}
+	if err := ep.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrManagerClosed
+	}
+	if _, ok := m.agents[name]; ok {
+		return fmt.Errorf("%w: %s", ErrExists, name)
+	}
+	a := newAgent(m, name, ep, source)
+	m.agents[name] = a
+	go a.run()
+	return nil
+}
+
+// Remove stops an instance's loop and closes its session; it returns once
+// the loop has ended. Unknown names are ignored.
+func (m *Manager) Remove(name string) {
+	m.mu.Lock()
+	a := m.agents[name]
+	delete(m.agents, name)
+	m.mu.Unlock()
+	if a != nil {
+		a.stop()
+	}
+}
+
+// SetEndpoint changes where an instance's agent is reached (a domain that
+// restarted with a new socket): a session on the old endpoint is closed and
+// the new one dialled at once.
+func (m *Manager) SetEndpoint(name string, ep Endpoint) error {
+	if err := ep.Validate(); err != nil {
+		return err
+	}
+	a, err := m.agent(name)
+	if err != nil {
+		return err
+	}
+	a.setEndpoint(ep)
+	return nil
+}
+
+// List returns every managed agent's status, sorted by name.
+func (m *Manager) List() []AgentStatus {
+	m.mu.Lock()
+	as := make([]*agent, 0, len(m.agents))
+	for _, a := range m.agents {
+		as = append(as, a)
+	}
+	m.mu.Unlock()
+	out := make([]AgentStatus, 0, len(as))
+	for _, a := range as {
+		out = append(out, a.status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get returns one agent's status; ErrUnknownInstance when not managed.
+func (m *Manager) Get(name string) (AgentStatus, error) {
+	a, err := m.agent(name)
+	if err != nil {
+		return AgentStatus{}, err
+	}
+	return a.status(), nil
+}
+
+// Close stops every loop and closes every session; it returns once all of
+// them have ended. Add fails afterwards.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	as := make([]*agent, 0, len(m.agents))
+	for _, a := range m.agents {
+		as = append(as, a)
+	}
+	clear(m.agents)
+	m.mu.Unlock()
+	for _, a := range as {
+		a.cancel()
+	}
+	for _, a := range as {
+		<-a.done
+	}
+}
+
+func (m *Manager) agent(name string) (*agent, error) {
+	m.mu.Lock()
+	a := m.agents[name]
+	m.mu.Unlock()
+	if a == nil {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownInstance, name)
+	}
+	return a, nil
+}
+
+// connected returns an instance's live session.
+func (m *Manager) connected(name string) (*agent, *session, error) {
+	a, err := m.agent(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	s, state, lastErr := a.sess, a.state, a.lastErr
+	a.mu.Unlock()
+	if s == nil {
+		if lastErr != "" {
+			return nil, nil, fmt.Errorf("%w: %s is %s: %s", ErrNotConnected, name, state, lastErr)
+		}
+		return nil, nil, fmt.Errorf("%w: %s is %s", ErrNotConnected, name, state)
+	}
+	return a, s, nil
+}
+
+// withDefaultDeadline gives ctx a deadline when it has none: the larger of
+// CallTimeout and want.
+func (m *Manager) withDefaultDeadline(ctx context.Context, want time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, max(m.cfg.CallTimeout, want))
+}
+
+// jitter spreads a backoff over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// knownAuditTypes bounds the type label of the audit counter: a guest is
+// not trusted to keep it low-cardinality.
+var knownAuditTypes = []string{
+	protocol.AuditActivation, protocol.AuditDeactivation, protocol.AuditOverride,
+	protocol.AuditDenial, protocol.AuditExec, AuditReconciled, AuditDefaultActivation,
+}
+
+func (m *Manager) countAudit(evs []store.AuditEvent) {
+	for _, ev := range evs {
+		t := ev.Type
+		if !slices.Contains(knownAuditTypes, t) {
+			t = "other"
+		}
+		m.met.AuditEvents.WithLabelValues(t).Inc()
+	}
+}
+
+// noStore stands in for a missing Config.Store: nothing is kept, and guest
+// audit batches are refused so that the guest keeps them.
+type noStore struct{}
+
+func (noStore) GetInstance(instance string) (store.InstanceRecord, error) {
+	return store.InstanceRecord{}, fmt.Errorf("instance %q: %w", instance, store.ErrNotFound)
+}
+func (noStore) PutInstance(store.InstanceRecord) error { return nil }
+func (noStore) DefaultPersona() (protocol.Persona, bool, error) {
+	return protocol.Persona{}, false, nil
+}
+func (noStore) AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error) {
+	return evs, nil
+}
+func (noStore) IngestGuestAudit(instance string, _ protocol.AuditBatch) (uint64, []store.AuditEvent, error) {
+	// Refusing leaves the events in the guest's spool.
+	return 0, nil, fmt.Errorf("instance %q: no store configured to keep guest audit events", instance)
+}
