@@ -1,0 +1,65 @@
+package api
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/vmpersona/vmpersona/hostd/store"
+)
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	q := r.URL.Query()
+	aq := store.AuditQuery{
+		Instance: q.Get("instance"), Persona: q.Get("persona"), Type: q.Get("type"), After: q.Get("after"),
+	}
+	var err error
+	if aq.Since, err = timeQuery(q.Get("since"), "since"); err != nil {
+		return err
+	}
+	if aq.Until, err = timeQuery(q.Get("until"), "until"); err != nil {
+		return err
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("limit=%q must be a number from 1 to 10000", v)).with("field", "limit")
+		}
+		aq.Limit = n
+	}
+	evs, err := s.cfg.Store.QueryAudit(aq)
+	if err != nil {
+		return err
+	}
+	if evs == nil {
+		evs = []store.AuditEvent{}
+	}
+	next := aq.After
+	if len(evs) > 0 {
+		next = evs[len(evs)-1].ID
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"events": evs, "next": next})
+	return nil
+}
+
+// timeQuery accepts RFC 3339 times and, for convenience, durations back from
+// now ("15m" means 15 minutes ago).
+func timeQuery(v, field string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return time.Now().Add(-d), nil
+	}
+	return time.Time{}, problem(http.StatusBadRequest, "bad-query", "Bad query parameter",
+		fmt.Sprintf("%s=%q is neither an RFC 3339 time nor a duration such as 15m", field, v)).with("field", field)
+}

@@ -1,0 +1,164 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/hostd/validate"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func (s *Server) listPersonas(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	ps, err := s.cfg.Store.ListPersonas()
+	if err != nil {
+		return err
+	}
+	for i := range ps {
+		validate.Normalize(&ps[i])
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"personas": ps})
+	return nil
+}
+
+func (s *Server) getPersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := validate.Name(name); err != nil {
+		return err
+	}
+	p, err := s.cfg.Store.GetPersona(name)
+	if err != nil {
+		return personaErr(name, err)
+	}
+	writePersona(w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	var p protocol.Persona
+	if err := decodeJSON(r, &p); err != nil {
+		return err
+	}
+	if err := validate.Persona(&p); err != nil {
+		return err
+	}
+	created, err := s.cfg.Store.CreatePersona(p)
+	if err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return problem(http.StatusConflict, "exists", "Persona exists", fmt.Sprintf("persona %q already exists; use PUT /personas/%s to change it", p.Name, p.Name))
+		}
+		return err
+	}
+	s.appendAudit(store.AuditEvent{Type: "persona_created", Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
+	w.Header().Set("Location", "/personas/"+url.PathEscape(created.Name))
+	writePersona(w, http.StatusCreated, created)
+	return nil
+}
+
+func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := validate.Name(name); err != nil {
+		return err
+	}
+	ifMatch, err := parseIfMatch(r)
+	if err != nil {
+		return err
+	}
+	var p protocol.Persona
+	if err := decodeJSON(r, &p); err != nil {
+		return err
+	}
+	if p.Name == "" {
+		p.Name = name
+	}
+	if p.Name != name {
+		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field",
+			fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name)).with("field", "name")
+	}
+	if err := validate.Persona(&p); err != nil {
+		return err
+	}
+	updated, err := s.cfg.Store.UpdatePersona(p, ifMatch)
+	if err != nil {
+		return personaErr(name, err)
+	}
+	s.appendAudit(store.AuditEvent{Type: "persona_updated", Actor: identityOf(r).User, Persona: name, Result: "revision " + strconv.FormatUint(updated.Revision, 10)})
+	writePersona(w, http.StatusOK, updated)
+	return nil
+}
+
+func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := validate.Name(name); err != nil {
+		return err
+	}
+	ifMatch, err := parseIfMatch(r)
+	if err != nil {
+		return err
+	}
+	force, err := boolQuery(r, "force")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Store.DeletePersona(name, ifMatch, force); err != nil {
+		return personaErr(name, err)
+	}
+	detail := ""
+	if force {
+		detail = "force"
+	}
+	s.appendAudit(store.AuditEvent{Type: "persona_deleted", Actor: identityOf(r).User, Persona: name, Detail: detail})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func personaErr(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return problem(http.StatusNotFound, "not-found", "Persona not found", fmt.Sprintf("no persona named %q", name)).with("persona", name)
+	}
+	return err
+}
+
+func writePersona(w http.ResponseWriter, status int, p protocol.Persona) {
+	validate.Normalize(&p)
+	w.Header().Set("ETag", etag(p.Revision))
+	writeJSON(w, status, p)
+}
+
+func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
+
+// parseIfMatch returns the revision an If-Match header requires, 0 for none.
+func parseIfMatch(r *http.Request) (uint64, error) {
+	h := strings.TrimSpace(r.Header.Get("If-Match"))
+	if h == "" || h == "*" {
+		return 0, nil
+	}
+	v := strings.TrimPrefix(h, "W/")
+	v = strings.Trim(v, `"`)
+	rev, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || rev == 0 {
+		return 0, problem(http.StatusBadRequest, "bad-if-match", "Bad If-Match", fmt.Sprintf("If-Match %q is not a revision ETag such as \"3\"", h)).with("field", "If-Match")
+	}
+	return rev, nil
+}
+
+func boolQuery(r *http.Request, key string) (bool, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("%s=%q is not true or false", key, v)).with("field", key)
+	}
+	return b, nil
+}

@@ -1,0 +1,167 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/hostd/validate"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Problem is an RFC 9457 problem document. Extra members ride in Extra.
+type Problem struct {
+	Type   string
+	Title  string
+	Status int
+	Detail string
+	Extra  map[string]any
+}
+
+func (p *Problem) Error() string { return fmt.Sprintf("%d %s: %s", p.Status, p.Title, p.Detail) }
+
+// MarshalJSON flattens Extra beside the standard members.
+func (p *Problem) MarshalJSON() ([]byte, error) {
+	m := make(map[string]any, len(p.Extra)+4)
+	for k, v := range p.Extra {
+		m[k] = v
+	}
+	m["type"] = p.Type
+	m["title"] = p.Title
+	m["status"] = p.Status
+	m["detail"] = p.Detail
+	return json.Marshal(m)
+}
+
+func problem(status int, slug, title, detail string) *Problem {
+	return &Problem{Type: "urn:vmpersona:problem:" + slug, Title: title, Status: status, Detail: detail}
+}
+
+func (p *Problem) with(k string, v any) *Problem {
+	if p.Extra == nil {
+		p.Extra = map[string]any{}
+	}
+	p.Extra[k] = v
+	return p
+}
+
+// toProblem is the one place where errors from the store, the agent
+// connections, the guest and request decoding become HTTP answers.
+func toProblem(err error) *Problem {
+	var p *Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	var ve *validate.Error
+	if errors.As(err, &ve) {
+		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", ve.Error()).with("field", ve.Field)
+	}
+	var dc *store.DefaultConflictError
+	if errors.As(err, &dc) {
+		return problem(http.StatusConflict, "default-conflict", "Another persona is the default",
+			fmt.Sprintf("persona %q is already the default persona; clear its default_persona first", dc.Current)).with("current_default", dc.Current)
+	}
+	var iu *store.InUseError
+	if errors.As(err, &iu) {
+		return problem(http.StatusConflict, "persona-in-use", "Persona is active",
+			fmt.Sprintf("persona is active on %s; deactivate it there or delete with ?force=true", strings.Join(iu.Instances, ", "))).with("instances", iu.Instances)
+	}
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case protocol.CodeDenied:
+			return problem(http.StatusForbidden, "command-denied", "Command not allowed", protocol.DeniedMessage).
+				with("command", pe.Command).with("persona", pe.Persona)
+		case protocol.CodeNotFound, protocol.CodeNotExecutable:
+			return problem(http.StatusUnprocessableEntity, "command-not-startable", "Command cannot be started",
+				fmt.Sprintf("%s: %s", pe.Command, pe.Message)).with("command", pe.Command).with("reason", pe.Code)
+		case protocol.CodeBadRequest:
+			return problem(http.StatusBadRequest, "guest-refused", "The guest refused the request", pe.Message)
+		case protocol.CodeBusy:
+			return problem(http.StatusServiceUnavailable, "agent-busy", "Agent busy", pe.Message)
+		}
+		return problem(http.StatusBadGateway, "agent-error", "The guest agent failed", pe.Error())
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return problem(http.StatusNotFound, "not-found", "Not found", err.Error())
+	case errors.Is(err, agents.ErrUnknownInstance):
+		return problem(http.StatusNotFound, "unknown-instance", "Unknown instance", err.Error())
+	case errors.Is(err, store.ErrExists):
+		return problem(http.StatusConflict, "exists", "Already exists", err.Error())
+	case errors.Is(err, store.ErrPreconditionFailed):
+		return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch", err.Error())
+	case errors.Is(err, agents.ErrNotConnected), errors.Is(err, protocol.ErrClosed):
+		return problem(http.StatusServiceUnavailable, "agent-unavailable", "Agent not connected", err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return problem(http.StatusGatewayTimeout, "agent-timeout", "Agent did not answer in time", err.Error())
+	case errors.Is(err, context.Canceled):
+		return problem(499, "canceled", "Request canceled", err.Error())
+	}
+	return problem(http.StatusInternalServerError, "internal", "Internal error", err.Error())
+}
+
+// decodeJSON reads one JSON value from the body into v, refusing unknown
+// fields, trailing data and bodies over the route's limit.
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonProblem(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body holds more than one JSON value")
+	}
+	return nil
+}
+
+func jsonProblem(err error) *Problem {
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		return problem(http.StatusRequestEntityTooLarge, "body-too-large", "Request body too large",
+			fmt.Sprintf("the body exceeds %d bytes", mbe.Limit))
+	case errors.As(err, &se):
+		return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", fmt.Sprintf("%v (at byte %d)", se, se.Offset))
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			field = "(body)"
+		}
+		return problem(http.StatusBadRequest, "wrong-type", "Wrong type",
+			fmt.Sprintf("field %s: expected %s, got JSON %s", field, te.Type, te.Value)).with("field", field)
+	case errors.Is(err, io.EOF):
+		return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is empty")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body ends in the middle of a JSON value")
+	}
+	msg := err.Error()
+	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
+		f = strings.Trim(f, `"`)
+		return problem(http.StatusBadRequest, "unknown-field", "Unknown field", fmt.Sprintf("unknown field %q", f)).with("field", f)
+	}
+	return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", msg)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeProblem(w http.ResponseWriter, p *Problem) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(p.Status)
+	json.NewEncoder(w).Encode(p)
+}

@@ -1,0 +1,299 @@
+// Package api is the host daemon's REST API: one table of routes with the
+// role each requires, one authentication step, and one mapping from errors
+// to problem documents.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/julienschmidt/httprouter"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/auth"
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/store"
+)
+
+// Limits of request bodies.
+const (
+	MaxPersonaBody = 8 << 20 // a persona with its scripts and inline overrides
+	MaxExecBody    = 8 << 20 // an exec request with its stdin
+	MaxSmallBody   = 64 << 10
+)
+
+// Config wires the API to the daemon's parts.
+type Config struct {
+	Store   *store.Store
+	Agents  *agents.Manager
+	Metrics *metrics.Metrics
+	Tokens  *auth.Tokens // nil: no tokens accepted
+	Logger  *slog.Logger
+	// DefaultScriptTimeout bounds activation scripts when a request names none.
+	DefaultScriptTimeout time.Duration
+}
+
+// Server is the REST API handler.
+type Server struct {
+	cfg    Config
+	router *httprouter.Router
+	routes []route
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
+
+// route is one endpoint: method, path, who may call it, and what it does.
+type route struct {
+	method  string
+	path    string
+	role    auth.Role // RoleNone: open to everyone
+	bodyMax int64
+	// long routes wait on the guest: their write deadline follows the request.
+	long    bool
+	handler handlerFunc
+}
+
+// routeTable is every endpoint of the API. Access is declared here, beside
+// each route, and enforced in one place (serve).
+func (s *Server) routeTable() []route {
+	return []route{
+		{method: "GET", path: "/healthz", handler: s.healthz},
+		{method: "GET", path: "/readyz", handler: s.readyz},
+		{method: "GET", path: "/metrics", handler: s.metricsHandler()},
+		{method: "GET", path: "/openapi.json", handler: s.openapi},
+
+		{method: "GET", path: "/personas", role: auth.RoleViewer, handler: s.listPersonas},
+		{method: "POST", path: "/personas", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.createPersona},
+		{method: "GET", path: "/personas/:name", role: auth.RoleViewer, handler: s.getPersona},
+		{method: "PUT", path: "/personas/:name", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona},
+		{method: "DELETE", path: "/personas/:name", role: auth.RoleAdmin, handler: s.deletePersona},
+
+		{method: "GET", path: "/instances", role: auth.RoleViewer, handler: s.listInstances},
+		{method: "GET", path: "/instances/:id", role: auth.RoleViewer, handler: s.getInstance},
+		{method: "GET", path: "/instances/:id/active_persona", role: auth.RoleViewer, handler: s.activePersona},
+		{method: "POST", path: "/instances/:id/personas/:persona/activate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate},
+		{method: "POST", path: "/instances/:id/deactivate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate},
+		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec},
+
+		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit},
+	}
+}
+
+// New builds the API handler.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
+	if cfg.DefaultScriptTimeout <= 0 {
+		cfg.DefaultScriptTimeout = 5 * time.Minute
+	}
+	s := &Server{cfg: cfg, router: httprouter.New()}
+	s.routes = s.routeTable()
+	for _, rt := range s.routes {
+		s.router.Handle(rt.method, rt.path, s.serve(rt))
+	}
+	s.router.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem(http.StatusNotFound, "no-route", "Not found", "no endpoint "+r.URL.Path+"; see /openapi.json"))
+	})
+	s.router.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem(http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed",
+			r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+w.Header().Get("Allow")))
+	})
+	s.router.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
+		cfg.Logger.Error("handler panic", "path", r.URL.Path, "panic", v)
+		writeProblem(w, problem(http.StatusInternalServerError, "internal", "Internal error", "the request failed; see the daemon's log"))
+	}
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+type identityKey struct{}
+
+// identityOf returns the caller recognised for this request.
+func identityOf(r *http.Request) auth.Identity {
+	id, _ := r.Context().Value(identityKey{}).(auth.Identity)
+	return id
+}
+
+// serve wraps a route's handler with authentication, authorisation, body
+// limits, metrics and error mapping.
+func (s *Server) serve(rt route) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			code := sw.status
+			if code == 0 {
+				code = http.StatusOK
+			}
+			s.cfg.Metrics.HTTPDuration.WithLabelValues(rt.path, r.Method, strconv.Itoa(code)).Observe(time.Since(start).Seconds())
+		}()
+		if rt.role != auth.RoleNone {
+			id, p := s.authenticate(r)
+			if p == nil && id.Role < rt.role {
+				p = problem(http.StatusForbidden, "forbidden", "Forbidden",
+					"user "+id.User+" has role "+id.Role.String()+"; "+r.Method+" "+rt.path+" needs "+rt.role.String())
+			}
+			if p != nil {
+				s.auditAuthFailure(r, rt, id, p)
+				writeProblem(sw, p)
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+		}
+		if rt.bodyMax > 0 {
+			r.Body = http.MaxBytesReader(sw, r.Body, rt.bodyMax)
+		} else {
+			r.Body = http.MaxBytesReader(sw, r.Body, MaxSmallBody)
+		}
+		if rt.long {
+			// Activations and execs last as long as the guest needs, within
+			// their own deadlines; lift the server's write timeout for them.
+			http.NewResponseController(sw).SetWriteDeadline(time.Time{})
+		}
+		if err := rt.handler(sw, r, ps); err != nil {
+			p := toProblem(err)
+			if p.Status >= 500 {
+				s.cfg.Logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", p.Status, "err", err)
+			}
+			if sw.status == 0 {
+				writeProblem(sw, p)
+			}
+		}
+	}
+}
+
+// authenticate recognises the caller: a bearer token wins; without one, the
+// unix socket's peer credentials.
+func (s *Server) authenticate(r *http.Request) (auth.Identity, *Problem) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok {
+			return auth.Identity{}, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized", "the Authorization header must be \"Bearer TOKEN\"")
+		}
+		id, ok := s.cfg.Tokens.Lookup(strings.TrimSpace(tok))
+		if !ok {
+			return auth.Identity{}, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized", "unknown token")
+		}
+		return id, nil
+	}
+	if peer, ok := r.Context().Value(peerKey{}).(auth.Peer); ok {
+		id := auth.PeerIdentity(peer)
+		if id.Role != auth.RoleNone {
+			return id, nil
+		}
+		return id, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized",
+			"socket peer "+id.User+" is neither root nor in group "+auth.AdminGroup+"; send a bearer token")
+	}
+	return auth.Identity{}, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized", "send a bearer token (Authorization: Bearer TOKEN)")
+}
+
+func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p *Problem) {
+	actor := id.User
+	if actor == "" {
+		actor = "anonymous"
+	}
+	_, err := s.cfg.Store.AppendAudit(store.AuditEvent{
+		Type: "auth_failure", Actor: actor, Source: "host",
+		Result: strconv.Itoa(p.Status), Detail: r.Method + " " + r.URL.Path + ": " + p.Detail,
+	})
+	if err != nil {
+		s.cfg.Logger.Error("audit write failed", "err", err)
+		return
+	}
+	s.cfg.Metrics.AuditEvents.WithLabelValues("auth_failure").Inc()
+}
+
+// appendAudit records a host-side event and counts it.
+func (s *Server) appendAudit(ev store.AuditEvent) error {
+	ev.Source = "host"
+	if _, err := s.cfg.Store.AppendAudit(ev); err != nil {
+		return err
+	}
+	s.cfg.Metrics.AuditEvents.WithLabelValues(ev.Type).Inc()
+	return nil
+}
+
+type peerKey struct{}
+
+// ConnContext records unix socket peer credentials on each connection's
+// context; set it as http.Server.ConnContext.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if p, ok := auth.PeerOf(c); ok {
+		return context.WithValue(ctx, peerKey{}, p)
+	}
+	return ctx
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	if _, err := s.cfg.Store.ListPersonas(); err != nil {
+		return problem(http.StatusServiceUnavailable, "not-ready", "Not ready", "store: "+err.Error())
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "agents": len(s.cfg.Agents.List())})
+	return nil
+}
+
+func (s *Server) metricsHandler() handlerFunc {
+	h := promhttp.HandlerFor(s.cfg.Metrics.Registry, promhttp.HandlerOpts{})
+	return func(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+		h.ServeHTTP(w, r)
+		return nil
+	}
+}
+
+// NewHTTPServer returns an http.Server for h with the daemon's timeouts.
+func NewHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext:       ConnContext,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}

@@ -1,0 +1,99 @@
+// Command vmpersona-hostd is the vmpersona host daemon: it keeps persona
+// definitions and the audit log, serves the REST API, and drives the guest
+// agents of the host's VMs.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/daemon"
+	"github.com/vmpersona/vmpersona/hostd/logging"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+const usage = `vmpersona-hostd — the vmpersona host daemon
+
+Keeps persona definitions and the audit log (Badger, --data-dir), serves the
+REST API (unix socket and/or TCP), and keeps one session with the guest agent
+(vmpersona-guestd) of every VM it knows.
+
+Usage:
+  vmpersona-hostd [flags]
+
+Examples:
+  vmpersona-hostd --data-dir /var/lib/vmpersona --unix-socket /run/vmpersona/hostd.sock
+  vmpersona-hostd --data-dir /tmp/vp --listen 127.0.0.1:7080 --token-auth-file /etc/vmpersona/tokens.csv \
+      --libvirt-uri "" --instance vm1=unix:/var/lib/libvirt/qemu/channel/target/vm1.agent
+
+Access: on the unix socket, root and members of group vmpersona are admin.
+Bearer tokens (--token-auth-file) are CSV lines token,user,uid,"groups" with
+groups admin, operator or viewer; the file must not be world-readable.
+
+Flags:
+`
+
+func main() {
+	fs := flag.NewFlagSet("vmpersona-hostd", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	var cfg daemon.Config
+	var instances, qmp multiFlag
+	var logLevel, logFormat string
+	var version bool
+	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/vmpersona", "Badger directory: personas, instance records, audit log")
+	fs.StringVar(&cfg.Listen, "listen", "", "TCP address of the REST API, e.g. 127.0.0.1:7080 (TLS with --tls-cert/--tls-key)")
+	fs.StringVar(&cfg.UnixSocket, "unix-socket", "/run/vmpersona/hostd.sock", "REST API unix socket (a systemd-activated socket wins; empty disables)")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate for --listen")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key for --listen")
+	fs.StringVar(&cfg.TokenFile, "token-auth-file", "", `bearer tokens, CSV: token,user,uid,"group1,group2"`)
+	fs.StringVar(&cfg.LibvirtURI, "libvirt-uri", "qemu:///system", "libvirt connection (empty disables libvirt)")
+	fs.Var(&instances, "instance", "NAME=ENDPOINT of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT")
+	fs.Var(&qmp, "qmp", "NAME=PATH of a plain QEMU instance's QMP socket (repeatable)")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 0, "how long audit events are kept (0 keeps them forever), e.g. 2160h")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; three missed intervals drop the session")
+	fs.DurationVar(&cfg.ScriptTimeout, "script-timeout", 5*time.Minute, "default timeout of activation scripts")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "auto", "auto (journal under systemd, else text), text or json")
+	fs.BoolVar(&version, "version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if version {
+		fmt.Printf("vmpersona-hostd %s (protocol %d)\n", protocol.SoftwareVersion, protocol.Version)
+		return
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "vmpersona-hostd: unexpected argument %q; see --help\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	logger, err := logging.New(logFormat, logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmpersona-hostd:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(logger)
+	cfg.Logger = logger
+	cfg.Instances, cfg.QMP = instances, qmp
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.Run(ctx, cfg); err != nil {
+		logger.Error("vmpersona-hostd stopped", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,247 @@
+// Package daemon wires the host daemon together: store, agent connections,
+// REST API listeners, systemd readiness and watchdog, and orderly shutdown.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/api"
+	"github.com/vmpersona/vmpersona/hostd/auth"
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/store"
+)
+
+// Config is the host daemon's configuration, from its flags.
+type Config struct {
+	DataDir        string
+	Listen         string // TCP address, empty for none
+	UnixSocket     string // unix socket path, empty for none
+	TLSCert        string
+	TLSKey         string
+	TokenFile      string
+	LibvirtURI     string
+	Instances      []string // NAME=ENDPOINT
+	QMP            []string // NAME=PATH
+	AuditRetention time.Duration
+	Heartbeat      time.Duration
+	ScriptTimeout  time.Duration
+	Logger         *slog.Logger
+}
+
+// ParseInstance splits a NAME=ENDPOINT flag value.
+func ParseInstance(v string) (string, agents.Endpoint, error) {
+	name, ep, ok := strings.Cut(v, "=")
+	if !ok || name == "" || ep == "" {
+		return "", agents.Endpoint{}, fmt.Errorf("--instance %q: want NAME=ENDPOINT, e.g. vm1=unix:/run/vm1.agent", v)
+	}
+	e, err := agents.ParseEndpoint(ep)
+	if err != nil {
+		return "", agents.Endpoint{}, fmt.Errorf("--instance %q: %w", v, err)
+	}
+	return name, e, nil
+}
+
+// Run starts the daemon and serves until ctx ends, then shuts down in order:
+// listeners, agent connections, store.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	var tokens *auth.Tokens
+	if cfg.TokenFile != "" {
+		t, err := auth.LoadTokenFile(cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-auth-file: %w", err)
+		}
+		tokens = t
+		log.Info("bearer tokens loaded", "file", cfg.TokenFile, "tokens", t.Len())
+	}
+	type inst struct {
+		name string
+		ep   agents.Endpoint
+	}
+	var statics []inst
+	for _, v := range cfg.Instances {
+		name, ep, err := ParseInstance(v)
+		if err != nil {
+			return err
+		}
+		statics = append(statics, inst{name, ep})
+	}
+	if len(cfg.QMP) > 0 {
+		return errors.New("--qmp: plain QEMU discovery is not available in this build yet; use --instance NAME=unix:CHARDEV_SOCKET")
+	}
+	if cfg.LibvirtURI != "" {
+		log.Warn("libvirt discovery is not available in this build yet; only --instance instances are served", "libvirt_uri", cfg.LibvirtURI)
+	}
+
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return err
+	}
+	st, err := store.Open(cfg.DataDir, store.Options{Logger: log.With("component", "badger"), AuditRetention: cfg.AuditRetention})
+	if err != nil {
+		return fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	defer st.Close()
+
+	m := metrics.New()
+	mgr := agents.NewManager(agents.Config{Store: st, Metrics: m, Logger: log.With("component", "agents"), Heartbeat: cfg.Heartbeat})
+	defer mgr.Close()
+	for _, i := range statics {
+		if err := mgr.Add(i.name, i.ep, "static"); err != nil {
+			return err
+		}
+	}
+
+	srv := api.New(api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout})
+	listeners, err := listen(cfg, log)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var servers []*http.Server
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		hs := api.NewHTTPServer(srv, log)
+		servers = append(servers, hs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if l.tls {
+				err = hs.ServeTLS(l.Listener, cfg.TLSCert, cfg.TLSKey)
+			} else {
+				err = hs.Serve(l.Listener)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", l.Addr(), err)
+			}
+		}()
+		log.Info("API listening", "addr", l.Addr().String(), "network", l.Addr().Network(), "tls", l.tls)
+	}
+
+	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	stopWatchdog := watchdog(log)
+	defer stopWatchdog()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("listener failed", "err", runErr)
+	}
+	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, hs := range servers {
+		hs.Shutdown(shutdownCtx)
+	}
+	wg.Wait()
+	return runErr
+}
+
+type listener struct {
+	net.Listener
+	tls bool
+}
+
+// listen opens the API listeners: a systemd-activated socket wins over
+// --unix-socket; --listen adds a TCP listener.
+func listen(cfg Config, log *slog.Logger) ([]listener, error) {
+	var out []listener
+	activated, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("systemd socket activation: %w", err)
+	}
+	for _, l := range activated {
+		if l != nil {
+			out = append(out, listener{Listener: l})
+		}
+	}
+	if len(out) > 0 {
+		log.Info("using sockets from systemd socket activation", "count", len(out))
+	} else if cfg.UnixSocket != "" {
+		l, err := listenUnix(cfg.UnixSocket)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, listener{Listener: l})
+	}
+	if cfg.Listen != "" {
+		if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+			return nil, errors.New("--tls-cert and --tls-key go together")
+		}
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("--listen: %w", err)
+		}
+		out = append(out, listener{Listener: l, tls: cfg.TLSCert != ""})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no API listener: give --unix-socket or --listen")
+	}
+	return out, nil
+}
+
+// listenUnix listens on path, replacing a stale socket left by a previous
+// run, and makes it reachable by the vmpersona group (mode 0660).
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("--unix-socket %s: another daemon is serving it", path)
+		}
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("--unix-socket: %w", err)
+	}
+	os.Chmod(path, 0o660)
+	return l, nil
+}
+
+// watchdog pings systemd's watchdog at half its interval when enabled.
+func watchdog(log *slog.Logger) func() {
+	interval, err := sddaemon.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		return func() {}
+	}
+	log.Info("systemd watchdog enabled", "interval", interval)
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
