@@ -1,0 +1,141 @@
+package apiclient
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// maxStreamLine bounds one NDJSON line of a streamed exec.
+const maxStreamLine = 16 << 20
+
+func (c *Client) execDeadline(ctx context.Context, req ExecRequest) (context.Context, context.CancelFunc) {
+	limit := serverExecDefault
+	if req.TimeoutSeconds > 0 {
+		limit = time.Duration(req.TimeoutSeconds) * time.Second
+	}
+	return c.withDeadline(ctx, limit)
+}
+
+func execBody(req ExecRequest) ExecRequest {
+	if req.Args == nil {
+		req.Args = []string{}
+	}
+	return req
+}
+
+// Exec runs a command in an instance's guest and returns its outcome with
+// the captured output. A command that ran and failed is not an error: see
+// ExecResult.ExitCode and Signal. A denied command answers a *Problem
+// wrapping ErrForbidden and ErrCommandDenied; one that cannot be started,
+// ErrUnprocessable and ErrCommandNotFound or ErrCommandNotExecutable.
+func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	ctx, cancel := c.execDeadline(ctx, req)
+	defer cancel()
+	var out ExecResult
+	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req), &out); err != nil {
+		return ExecResult{}, err
+	}
+	return out, nil
+}
+
+// streamLine is one line of a streamed exec: output, the exit, or (should
+// the server fail after the output began) a problem.
+type streamLine struct {
+	Stream string `json:"stream"`
+	Data   string `json:"data"`
+	ExecResult
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+}
+
+// ExecStream runs a command like Exec but writes its output to stdout and
+// stderr as it arrives. The result carries no output. Errors before any
+// output are the same as Exec's; a stream that ends without its exit line
+// is an error wrapping ErrProtocol.
+func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (ExecResult, error) {
+	ctx, cancel := c.execDeadline(ctx, req)
+	defer cancel()
+	q := url.Values{"stream": {"true"}}
+	resp, err := c.request(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", q,
+		http.Header{"Accept": {"application/x-ndjson, application/json, application/problem+json"}}, execBody(req))
+	if err != nil {
+		return ExecResult{}, err
+	}
+	defer resp.Body.Close()
+
+	ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
+	if isJSON(ct) {
+		// A server that does not stream answers the whole result at once.
+		var out ExecResult
+		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&out); err != nil {
+			return ExecResult{}, c.streamErr(err)
+		}
+		if _, err := io.WriteString(stdout, out.Stdout); err != nil {
+			return out, fmt.Errorf("apiclient: write stdout: %w", err)
+		}
+		if _, err := io.WriteString(stderr, out.Stderr); err != nil {
+			return out, fmt.Errorf("apiclient: write stderr: %w", err)
+		}
+		out.Stdout, out.Stderr = "", ""
+		return out, nil
+	}
+	if strings.TrimSpace(ct) != "application/x-ndjson" {
+		return ExecResult{}, fmt.Errorf("%w: exec stream answered %q", ErrProtocol, ct)
+	}
+
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(strings.TrimSpace(string(line))) == 0 {
+			continue
+		}
+		var l streamLine
+		if err := json.Unmarshal(line, &l); err != nil {
+			return ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
+		}
+		switch l.Stream {
+		case "stdout", "stderr":
+			w := stdout
+			if l.Stream == "stderr" {
+				w = stderr
+			}
+			if _, err := io.WriteString(w, l.Data); err != nil {
+				return ExecResult{}, fmt.Errorf("apiclient: write %s: %w", l.Stream, err)
+			}
+		case "exit":
+			res := l.ExecResult
+			res.Stdout, res.Stderr = "", ""
+			return res, nil
+		default:
+			if l.Status != 0 {
+				return ExecResult{}, &Problem{Type: l.Type, Title: l.Title, Status: l.Status, Detail: l.Detail}
+			}
+			// Unknown kinds of lines are ignored: newer servers may add some.
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return ExecResult{}, c.streamErr(err)
+	}
+	return ExecResult{}, fmt.Errorf("%w: exec stream ended without an exit status", ErrProtocol)
+}
+
+func (c *Client) streamErr(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return &TransportError{Target: c.target, Err: err}
+	}
+	if errors.Is(err, bufio.ErrTooLong) {
+		return fmt.Errorf("%w: exec stream line longer than %d bytes", ErrProtocol, maxStreamLine)
+	}
+	return fmt.Errorf("%w: exec stream: %v", ErrProtocol, err)
+}
