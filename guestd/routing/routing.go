@@ -1,0 +1,455 @@
+// Package routing decides what happens to a command the host asks the guest
+// to run under the active persona: denied (restricted, or outside the
+// allowlist), overridden (an absolute path or an inline script runs instead),
+// run as it is (default), or refused because it does not exist or cannot be
+// executed.
+//
+// A restriction holds however the command is named. The request's command is
+// resolved the way the guest resolves it, through the guest's own PATH
+// (never a PATH from the request), or relative to the request's working
+// directory when it contains a slash. It is then compared with the table by
+// basename, by the path found, by its real path when that path is a symbolic
+// link, and by device and inode, which catches hard links, bind mounts and
+// the /bin versus /usr/bin aliases of a merged /usr.
+//
+// Multi-call binaries (busybox: /bin/rm is a symbolic link to
+// /bin/busybox, which picks its applet from argv[0]) are recognised when a
+// table is built: an entry whose real file has another name is matched by
+// name and by the linked path, never by inode, so restricting rm does not
+// restrict every applet.
+//
+// Route, the decision, does not allocate in the common case (a command found
+// in PATH that is not a symbolic link); see BenchmarkRoute.
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind is the outcome of a routing decision.
+type Kind uint8
+
+const (
+	// Default: run the command itself.
+	Default Kind = iota
+	// Override: run the persona's override instead.
+	Override
+	// Denied: the persona forbids the command; nothing is started.
+	Denied
+	// NotFound: the command does not exist in the guest.
+	NotFound
+	// NotExecutable: the command exists but cannot be executed.
+	NotExecutable
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Default:
+		return "default"
+	case Override:
+		return "override"
+	case Denied:
+		return "denied"
+	case NotFound:
+		return "not_found"
+	case NotExecutable:
+		return "not_executable"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Reasons a command is denied.
+const (
+	ReasonRestricted = "restricted in the current persona"
+	ReasonNotAllowed = "not in the current persona's allowed commands"
+)
+
+// ErrInvalidEntry reports a restricted, allowed or override entry the table
+// cannot use (a relative path, an empty name).
+var ErrInvalidEntry = errors.New("routing: invalid entry")
+
+// DefaultPath is the PATH used when the guest's own environment has none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// OverrideTarget is what runs instead of an overridden command.
+type OverrideTarget struct {
+	// Command is the override's key in the persona.
+	Command string
+	// Path is the absolute path executed (an inline script is materialised
+	// into a file by the caller before the table is built).
+	Path string
+	// Inline reports that Path is a materialised inline script.
+	Inline bool
+}
+
+// Spec describes a table to build.
+type Spec struct {
+	// Persona is the active persona's name, empty for none.
+	Persona    string
+	Restricted []string
+	// Allowed, when non-empty, turns the table into an allowlist.
+	Allowed []string
+	// Overrides maps a command (name or absolute path) to its target.
+	Overrides map[string]OverrideTarget
+	// PathEnv is the PATH commands are resolved through (DefaultPath when
+	// empty). Relative entries are ignored: they would depend on the
+	// request's working directory.
+	PathEnv string
+}
+
+type fileID struct{ dev, ino uint64 }
+
+// matchSet is one way of naming a set of files.
+type matchSet struct {
+	names map[string]struct{}
+	paths map[string]struct{}
+	ids   map[fileID]struct{}
+}
+
+func newMatchSet() matchSet {
+	return matchSet{names: map[string]struct{}{}, paths: map[string]struct{}{}, ids: map[fileID]struct{}{}}
+}
+
+// Table is an immutable routing table. It is safe for concurrent use.
+type Table struct {
+	persona    string
+	dirs       []string
+	restricted matchSet
+	allowlist  bool
+	allowed    matchSet
+	ovNames    map[string]*OverrideTarget
+	ovPaths    map[string]*OverrideTarget
+	ovIDs      map[fileID]*OverrideTarget
+}
+
+// Decision is the outcome of Route.
+type Decision struct {
+	Kind Kind
+	// Override is the target when Kind is Override.
+	Override *OverrideTarget
+	// Reason explains a denial (one of the Reason constants).
+	Reason string
+	// where is the index in the table's PATH where the command was found,
+	// or -1 when the command was named by a path.
+	where int
+}
+
+// Empty returns the table of a guest with no persona: everything runs as it is.
+func Empty(pathEnv string) *Table {
+	t, _ := Build(Spec{PathEnv: pathEnv})
+	return t
+}
+
+// Build resolves a persona's entries into a table. Entries are resolved now,
+// through spec.PathEnv: a restricted name is matched by name and by every
+// file of that name in PATH.
+func Build(spec Spec) (*Table, error) {
+	t := &Table{
+		persona:    spec.Persona,
+		dirs:       splitPath(spec.PathEnv),
+		restricted: newMatchSet(),
+		allowed:    newMatchSet(),
+		ovNames:    map[string]*OverrideTarget{},
+		ovPaths:    map[string]*OverrideTarget{},
+		ovIDs:      map[fileID]*OverrideTarget{},
+	}
+	for _, e := range spec.Restricted {
+		if err := t.add(e, func(kind int, key any) { put(t.restricted, kind, key) }, true); err != nil {
+			return nil, fmt.Errorf("restricted_commands: %w", err)
+		}
+	}
+	for _, e := range spec.Allowed {
+		t.allowlist = true
+		if err := t.add(e, func(kind int, key any) { put(t.allowed, kind, key) }, false); err != nil {
+			return nil, fmt.Errorf("allowed_commands: %w", err)
+		}
+	}
+	for key, target := range spec.Overrides {
+		if !filepath.IsAbs(target.Path) {
+			return nil, fmt.Errorf("command_overrides[%q]: %w: target %q is not an absolute path", key, ErrInvalidEntry, target.Path)
+		}
+		tg := target
+		tg.Command = key
+		err := t.add(key, func(kind int, k any) {
+			switch kind {
+			case keyName:
+				t.ovNames[k.(string)] = &tg
+			case keyPath:
+				t.ovPaths[k.(string)] = &tg
+			case keyID:
+				t.ovIDs[k.(fileID)] = &tg
+			}
+		}, true)
+		if err != nil {
+			return nil, fmt.Errorf("command_overrides: %w", err)
+		}
+	}
+	return t, nil
+}
+
+const (
+	keyName = iota
+	keyPath
+	keyID
+)
+
+func put(s matchSet, kind int, key any) {
+	switch kind {
+	case keyName:
+		s.names[key.(string)] = struct{}{}
+	case keyPath:
+		s.paths[key.(string)] = struct{}{}
+	case keyID:
+		s.ids[key.(fileID)] = struct{}{}
+	}
+}
+
+// add resolves one entry and reports its keys. byName says whether a bare
+// name matches by itself (restrictions, overrides) or only grants what it
+// resolves to (allowlist: a file merely named like an allowed command is not
+// allowed).
+func (t *Table) add(entry string, emit func(kind int, key any), byName bool) error {
+	entry = strings.TrimSpace(entry)
+	if entry == "" {
+		return fmt.Errorf("%w: empty command", ErrInvalidEntry)
+	}
+	if strings.ContainsRune(entry, '/') {
+		if !filepath.IsAbs(entry) {
+			return fmt.Errorf("%w: %q is neither a command name nor an absolute path", ErrInvalidEntry, entry)
+		}
+		p := filepath.Clean(entry)
+		emit(keyPath, p)
+		if multi := t.addFile(p, filepath.Base(p), emit); multi && byName {
+			emit(keyName, filepath.Base(p))
+		}
+		return nil
+	}
+	if byName {
+		emit(keyName, entry)
+	}
+	for _, d := range t.dirs {
+		p := d + "/" + entry
+		if _, err := os.Stat(p); err == nil {
+			emit(keyPath, p)
+			t.addFile(p, entry, emit)
+		}
+	}
+	return nil
+}
+
+// addFile emits the real path and inode of an existing file p named name.
+// It reports whether p is an alias of a multi-call binary (its real file has
+// another name), in which case only the path and the name identify it.
+func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi bool) {
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return false
+	}
+	if filepath.Base(real) != name {
+		return true
+	}
+	emit(keyPath, real)
+	var st unix.Stat_t
+	if unix.Stat(real, &st) == nil {
+		emit(keyID, fileID{uint64(st.Dev), uint64(st.Ino)})
+	}
+	return false
+}
+
+func splitPath(pathEnv string) []string {
+	if pathEnv == "" {
+		pathEnv = DefaultPath
+	}
+	var dirs []string
+	for _, d := range filepath.SplitList(pathEnv) {
+		if filepath.IsAbs(d) {
+			dirs = append(dirs, filepath.Clean(d))
+		}
+	}
+	return dirs
+}
+
+// Persona returns the name of the persona the table belongs to, "" for none.
+func (t *Table) Persona() string { return t.persona }
+
+// Allowlist reports whether the table only runs allowed commands.
+func (t *Table) Allowlist() bool { return t.allowlist }
+
+// pathMax bounds the paths Route builds on its stack.
+const pathMax = 4096
+
+func basename(s string) string {
+	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// Route decides what happens to command under this table. cwd is the
+// request's working directory (absolute; "" means "/"), against which a
+// command such as ./rm is resolved.
+func (t *Table) Route(command, cwd string) Decision {
+	if command == "" {
+		return Decision{Kind: NotFound}
+	}
+	base := basename(command)
+	if _, ok := t.restricted.names[base]; ok {
+		return Decision{Kind: Denied, Reason: ReasonRestricted}
+	}
+
+	var buf [pathMax + 1]byte
+	var st unix.Stat_t
+	p, where, found, executable := t.resolve(&buf, command, cwd, &st)
+	var id fileID
+	var real string
+	if found {
+		id = fileID{uint64(st.Dev), uint64(st.Ino)}
+		if _, ok := t.restricted.ids[id]; ok {
+			return Decision{Kind: Denied, Reason: ReasonRestricted}
+		}
+		if _, ok := t.restricted.paths[string(p)]; ok {
+			return Decision{Kind: Denied, Reason: ReasonRestricted}
+		}
+		var lst unix.Stat_t
+		buf[len(p)] = 0
+		if statBytes(buf[:len(p)+1], &lst, false) == nil && lst.Mode&unix.S_IFMT == unix.S_IFLNK {
+			// Rare: named through a symbolic link. Its target decides.
+			if r, err := filepath.EvalSymlinks(string(p)); err == nil {
+				real = r
+				if _, ok := t.restricted.paths[real]; ok {
+					return Decision{Kind: Denied, Reason: ReasonRestricted}
+				}
+				if _, ok := t.restricted.names[basename(real)]; ok {
+					return Decision{Kind: Denied, Reason: ReasonRestricted}
+				}
+			}
+		}
+	}
+
+	if o := t.ovNames[base]; o != nil {
+		return Decision{Kind: Override, Override: o}
+	}
+	if found {
+		if o := t.ovIDs[id]; o != nil {
+			return Decision{Kind: Override, Override: o}
+		}
+		if o := t.ovPaths[string(p)]; o != nil {
+			return Decision{Kind: Override, Override: o}
+		}
+		if real != "" {
+			if o := t.ovPaths[real]; o != nil {
+				return Decision{Kind: Override, Override: o}
+			}
+		}
+	}
+
+	if t.allowlist {
+		allowed := false
+		if found {
+			_, a := t.allowed.ids[id]
+			_, b := t.allowed.paths[string(p)]
+			_, c := t.allowed.paths[real]
+			allowed = a || b || (real != "" && c)
+		}
+		if !allowed {
+			return Decision{Kind: Denied, Reason: ReasonNotAllowed}
+		}
+	}
+	if !found {
+		return Decision{Kind: NotFound}
+	}
+	if !executable {
+		return Decision{Kind: NotExecutable, where: where}
+	}
+	return Decision{Kind: Default, where: where}
+}
+
+// resolve finds the file command names. It returns the path found (aliasing
+// buf), the PATH index it was found at (-1 for a command given as a path),
+// whether a file exists and whether it is executable; st holds its stat.
+func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable bool) {
+	if strings.IndexByte(command, '/') >= 0 {
+		var n int
+		if command[0] == '/' {
+			if len(command) > pathMax {
+				return nil, -1, false, false
+			}
+			n = copy(buf[:], command)
+		} else {
+			if cwd == "" {
+				cwd = "/"
+			}
+			if len(cwd)+1+len(command) > pathMax {
+				return nil, -1, false, false
+			}
+			n = copy(buf[:], cwd)
+			buf[n] = '/'
+			n++
+			n += copy(buf[n:], command)
+		}
+		buf[n] = 0
+		if statBytes(buf[:n+1], st, true) != nil {
+			return nil, -1, false, false
+		}
+		return buf[:n], -1, true, isExecutable(st)
+	}
+	// PATH search: the first executable file wins; failing that, the first
+	// file that exists (reported as not executable).
+	firstNonExec := -1
+	var nonExecSt unix.Stat_t
+	for i, d := range t.dirs {
+		if len(d)+1+len(command) > pathMax {
+			continue
+		}
+		n := copy(buf[:], d)
+		buf[n] = '/'
+		n++
+		n += copy(buf[n:], command)
+		buf[n] = 0
+		if statBytes(buf[:n+1], st, true) != nil || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			continue
+		}
+		if isExecutable(st) {
+			return buf[:n], i, true, true
+		}
+		if firstNonExec < 0 {
+			firstNonExec, nonExecSt = i, *st
+		}
+	}
+	if firstNonExec < 0 {
+		return nil, -1, false, false
+	}
+	d := t.dirs[firstNonExec]
+	n := copy(buf[:], d)
+	buf[n] = '/'
+	n++
+	n += copy(buf[n:], command)
+	*st = nonExecSt
+	return buf[:n], firstNonExec, true, false
+}
+
+func isExecutable(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0
+}
+
+// Path returns the file a Default (or NotExecutable) decision runs: the
+// command as found in PATH, the command itself when it is absolute, or the
+// command joined to cwd.
+func (t *Table) Path(command, cwd string, d Decision) string {
+	if d.where >= 0 && d.where < len(t.dirs) && strings.IndexByte(command, '/') < 0 {
+		return t.dirs[d.where] + "/" + command
+	}
+	if filepath.IsAbs(command) {
+		return command
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	return filepath.Join(cwd, command)
+}

@@ -1,0 +1,126 @@
+// Package state persists what the guest daemon must remember across restarts
+// (the active persona) and provides the crash-safe file write the other
+// packages use: write a temporary file, fsync it, rename it over the target,
+// fsync the directory.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// ErrCorrupt reports a state file that exists but cannot be decoded.
+var ErrCorrupt = errors.New("state: corrupt state file")
+
+// fileVersion is the layout version of the active persona file.
+const fileVersion = 1
+
+// activeFile is the name of the active persona file inside the state dir.
+const activeFile = "active.json"
+
+// WriteFileAtomic replaces path with data so that after a crash the file holds
+// either the old or the new content, never a mix: the data goes to a
+// temporary file in the same directory, which is fsynced and renamed over
+// path; then the directory is fsynced so the rename itself is durable.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	ok = true
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory so that entries created, renamed or removed in
+// it are durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Store keeps the active persona in a state directory.
+type Store struct {
+	dir string
+}
+
+// Open returns the store in dir, creating the directory (mode 0700) when it
+// does not exist.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir returns the state directory.
+func (s *Store) Dir() string { return s.dir }
+
+type activeDoc struct {
+	Version int                   `json:"version"`
+	Active  *protocol.ActiveState `json:"active"`
+}
+
+// Load returns the persisted active persona, nil when none is active (also
+// when the file has never been written).
+func (s *Store) Load() (*protocol.ActiveState, error) {
+	data, err := os.ReadFile(filepath.Join(s.dir, activeFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load active persona: %w", err)
+	}
+	var doc activeDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, activeFile, err)
+	}
+	if doc.Version != fileVersion {
+		return nil, fmt.Errorf("%w: %s: layout version %d, want %d", ErrCorrupt, activeFile, doc.Version, fileVersion)
+	}
+	return doc.Active, nil
+}
+
+// Save persists the active persona (nil for none) atomically and durably.
+func (s *Store) Save(a *protocol.ActiveState) error {
+	data, err := json.MarshalIndent(activeDoc{Version: fileVersion, Active: a}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save active persona: %w", err)
+	}
+	return WriteFileAtomic(filepath.Join(s.dir, activeFile), data, 0o600)
+}
