@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type daemon struct {
+type hostdProc struct {
 	cmd    *exec.Cmd
 	sock   string
 	stderr *bytes.Buffer
@@ -49,11 +49,11 @@ type daemon struct {
 
 // start runs the real host daemon with the given extra flags; it is killed
 // when the test ends.
-func start(t *testing.T, dataDir string, extra ...string) *daemon {
+func start(t *testing.T, dataDir string, extra ...string) *hostdProc {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "hostd.sock")
 	args := append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms"}, extra...)
-	d := &daemon{cmd: exec.Command(hostdBin, args...), sock: sock, stderr: &bytes.Buffer{}, done: make(chan struct{})}
+	d := &hostdProc{cmd: exec.Command(hostdBin, args...), sock: sock, stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -75,19 +75,19 @@ func start(t *testing.T, dataDir string, extra ...string) *daemon {
 	return nil
 }
 
-func (d *daemon) kill() {
+func (d *hostdProc) kill() {
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	<-d.done
 }
 
-func (d *daemon) client() *http.Client {
+func (d *hostdProc) client() *http.Client {
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", d.sock)
 		}}}
 }
 
-func (d *daemon) do(t *testing.T, method, path string, body any) (int, map[string]any) {
+func (d *hostdProc) do(t *testing.T, method, path string, body any) (int, map[string]any) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -273,7 +273,7 @@ func TestGuestGoneMidRequest(t *testing.T) {
 	}
 }
 
-func waitAgent(t *testing.T, d *daemon, id string) {
+func waitAgent(t *testing.T, d *hostdProc, id string) {
 	t.Helper()
 	for i := 0; i < 500; i++ {
 		_, inst := d.do(t, "GET", "/instances/"+id, nil)
