@@ -207,10 +207,16 @@ func (a *agent) connectFailed(ep Endpoint, err error) {
 	}
 }
 
-// serve publishes a new session, reconciles, and waits for the session to
-// end. It returns how long the session lasted.
+// serve reconciles a new session with the store, activates the default
+// persona when the guest holds none, publishes the session, and waits for
+// it to end. It returns how long the session lasted.
+//
+// The session is published only after the default activation: no command
+// reaches a new guest before its default persona is in place, and no API
+// activation races with the default one.
 func (a *agent) serve(s *session) time.Duration {
 	a.reconcileStore(s)
+	a.activateDefault(s)
 
 	a.mu.Lock()
 	a.sess = s
@@ -221,8 +227,6 @@ func (a *agent) serve(s *session) time.Duration {
 	a.log.Info("agent connected", "endpoint", s.ep.String(), "epoch", s.cl.Epoch(),
 		"agent_version", s.hello.AgentVersion, "boot_id", s.hello.BootID,
 		"active", activeName(s.hello.Active), "pending_audit", s.hello.PendingAudit)
-
-	a.activateDefault(s)
 
 	select {
 	case <-s.cl.Done():
@@ -315,12 +319,6 @@ func (a *agent) activateDefault(s *session) {
 		return
 	}
 	defer a.release()
-	a.mu.Lock()
-	current := s.active
-	a.mu.Unlock()
-	if current != nil { // an API activation came first
-		return
-	}
 	res, id, err := a.activate(ctx, s, p, SystemActor, ReasonDefault, 0)
 	ev := store.AuditEvent{
 		Type: AuditDefaultActivation, Persona: p.Name, ActivationID: id, Result: res.Result,

@@ -1,0 +1,586 @@
+package agents
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// guestdBin is the real guest daemon, built once by TestMain.
+var (
+	guestdBin string
+	guestdErr error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "agents-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	guestdBin = filepath.Join(dir, "vmpersona-guestd")
+	cmd := exec.Command("go", "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		guestdErr = fmt.Errorf("build vmpersona-guestd: %v\n%s", err, out)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// limit (a hang guard, not a timing assertion).
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// shortDir is a temporary directory with a short path: unix socket paths are
+// limited to 108 bytes, which t.TempDir() paths can exceed.
+func shortDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// guest is a real vmpersona-guestd process listening on a unix socket.
+type guest struct {
+	t        testing.TB
+	sock     string
+	stateDir string
+	profile  string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	log      *bytes.Buffer
+}
+
+func newGuest(t testing.TB) *guest {
+	t.Helper()
+	if guestdErr != nil {
+		t.Fatal(guestdErr)
+	}
+	dir := shortDir(t)
+	g := &guest{
+		t: t, sock: filepath.Join(dir, "g.sock"),
+		stateDir: filepath.Join(dir, "state"), profile: filepath.Join(dir, "profile.sh"),
+	}
+	g.start()
+	t.Cleanup(g.kill)
+	return g
+}
+
+func (g *guest) endpoint() Endpoint { return Endpoint{Kind: KindUnix, Path: g.sock} }
+
+func (g *guest) start() {
+	g.t.Helper()
+	g.log = new(bytes.Buffer)
+	g.cmd = exec.Command(guestdBin, "--listen", "unix:"+g.sock, "--state-dir", g.stateDir, "--profile-file", g.profile)
+	g.cmd.Stdout = g.log
+	g.cmd.Stderr = g.log
+	if err := g.cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	g.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		cmd.Wait()
+		close(exited)
+	}(g.cmd, g.exited)
+	waitFor(g.t, "the guest daemon's socket", func() bool {
+		select {
+		case <-g.exited:
+			g.t.Fatalf("vmpersona-guestd exited: %s", g.log)
+		default:
+		}
+		c, err := net.Dial("unix", g.sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// kill ends the guest daemon with SIGKILL (also when stopped) and waits.
+func (g *guest) kill() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-g.exited:
+		return
+	default:
+	}
+	g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.exited
+}
+
+func (g *guest) signal(sig syscall.Signal) {
+	g.t.Helper()
+	if err := g.cmd.Process.Signal(sig); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// host is the host side under test: a real Badger store and a manager.
+type host struct {
+	t   testing.TB
+	dir string
+	st  *store.Store
+	met *metrics.Metrics
+	m   *Manager
+	cfg Config
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func openStore(t testing.TB, dir string) *store.Store {
+	t.Helper()
+	st, err := store.Open(dir, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// newHost opens a store in a fresh directory and starts a manager on it.
+// configure may adjust the configuration before the manager starts.
+func newHost(t testing.TB, configure func(*Config)) *host {
+	t.Helper()
+	h := &host{t: t, dir: t.TempDir()}
+	h.st = openStore(t, h.dir)
+	t.Cleanup(func() { h.st.Close() })
+	h.cfg = Config{
+		Store: h.st, Logger: testLogger(t),
+		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 20 * time.Second,
+		DefaultPersonaOnConnect: true,
+	}
+	if configure != nil {
+		configure(&h.cfg)
+	}
+	h.startManager()
+	return h
+}
+
+// startManager starts a fresh manager (fresh metrics) on the host's store,
+// as a restarted host daemon would.
+func (h *host) startManager() {
+	h.met = metrics.New()
+	h.cfg.Metrics = h.met
+	m := NewManager(h.cfg)
+	h.m = m
+	h.t.Cleanup(m.Close)
+}
+
+func (h *host) add(name string, ep Endpoint) {
+	h.t.Helper()
+	if err := h.m.Add(name, ep, "static"); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *host) waitState(name, state string) AgentStatus {
+	h.t.Helper()
+	var st AgentStatus
+	waitFor(h.t, name+" "+state, func() bool {
+		var err error
+		st, err = h.m.Get(name)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		return st.State == state
+	})
+	return st
+}
+
+func (h *host) record(name string) store.InstanceRecord {
+	h.t.Helper()
+	rec, err := h.st.GetInstance(name)
+	if err != nil {
+		h.t.Fatalf("instance record of %s: %v", name, err)
+	}
+	return rec
+}
+
+func (h *host) audit(q store.AuditQuery) []store.AuditEvent {
+	h.t.Helper()
+	q.Limit = store.MaxAuditLimit
+	evs, err := h.st.QueryAudit(q)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return evs
+}
+
+func (h *host) createPersona(p protocol.Persona) protocol.Persona {
+	h.t.Helper()
+	out, err := h.st.CreatePersona(p)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+// value reads a counter's or gauge's current value.
+func value(t testing.TB, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
+
+func histogramCount(t testing.TB, h prometheus.Histogram) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.Histogram.GetSampleCount()
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func hardened() protocol.Persona {
+	return protocol.Persona{
+		Name:                 "hardened",
+		EnvironmentVariables: map[string]string{"APP_ENV": "staging"},
+		PreActivationScript:  "#!/bin/sh\necho preparing",
+		PostActivationScript: "#!/bin/sh\ntest -n \"$APP_ENV\"",
+		CommandOverrides:     map[string]string{"deploy": "#!/bin/sh\necho dry-run: \"$@\""},
+		RestrictedCommands:   []string{"rm", "shutdown"},
+	}
+}
+
+func TestConnectAndStatus(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, nil)
+	absent := Endpoint{Kind: KindUnix, Path: filepath.Join(shortDir(t), "absent.sock")}
+	h.add("vm-b", g.endpoint())
+	h.add("vm-a", absent)
+
+	st := h.waitState("vm-b", StateConnected)
+	if st.Name != "vm-b" || st.Source != "static" || st.Endpoint != "unix:"+g.sock {
+		t.Errorf("status names: %+v", st)
+	}
+	if st.AgentVersion == "" || st.BootID == "" || st.ConnectedAt.IsZero() || st.LastError != "" {
+		t.Errorf("status of a connected agent: %+v", st)
+	}
+	if st.Active != nil {
+		t.Errorf("a fresh guest reports persona %+v", st.Active)
+	}
+	if got := value(t, h.met.AgentsConnected); got != 1 {
+		t.Errorf("agents connected = %v, want 1", got)
+	}
+
+	list := h.m.List()
+	if len(list) != 2 || list[0].Name != "vm-a" || list[1].Name != "vm-b" {
+		t.Fatalf("List = %+v, want vm-a then vm-b", list)
+	}
+	if list[0].State == StateConnected {
+		t.Errorf("agent on an absent socket is %s", list[0].State)
+	}
+	// A new store record says what the fresh guest holds: nothing.
+	if rec := h.record("vm-b"); rec.Persona != nil || rec.BootID != st.BootID {
+		t.Errorf("record after connect: %+v", rec)
+	}
+
+	if err := h.m.Add("vm-b", g.endpoint(), "static"); !errors.Is(err, ErrExists) {
+		t.Errorf("second Add: %v, want ErrExists", err)
+	}
+	if _, err := h.m.Get("nope"); !errors.Is(err, ErrUnknownInstance) {
+		t.Errorf("Get unknown: %v", err)
+	}
+	if _, err := h.m.Exec(context.Background(), "nope", protocol.Exec{Command: "true"}, nil); !errors.Is(err, ErrUnknownInstance) {
+		t.Errorf("Exec unknown: %v", err)
+	}
+
+	h.m.Remove("vm-b")
+	if got := value(t, h.met.AgentsConnected); got != 0 {
+		t.Errorf("agents connected after Remove = %v, want 0", got)
+	}
+	if _, err := h.m.Get("vm-b"); !errors.Is(err, ErrUnknownInstance) {
+		t.Errorf("Get after Remove: %v", err)
+	}
+}
+
+func TestActivateExecDeactivate(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, nil)
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	p := h.createPersona(hardened())
+	ctx := ctxTimeout(t, 30*time.Second)
+
+	res, err := h.m.Activate(ctx, "vm", p, "alice", "api", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Result != protocol.ResultActivated || res.Active == nil || res.Active.Persona.Name != "hardened" {
+		t.Fatalf("activate: %+v", res)
+	}
+	if len(res.Active.ActivationID) != 32 {
+		t.Errorf("activation id %q is not 16 hex bytes", res.Active.ActivationID)
+	}
+	rec := h.record("vm")
+	if rec.Persona == nil || rec.Persona.Name != "hardened" || rec.ActivationID != res.Active.ActivationID ||
+		rec.Revision != p.Revision || rec.BootID == "" {
+		t.Errorf("record after activation: %+v", rec)
+	}
+	if st, _ := h.m.Get("vm"); st.Active == nil || st.Active.ActivationID != res.Active.ActivationID {
+		t.Errorf("status after activation: %+v", st.Active)
+	}
+
+	// An override runs the persona's script with the arguments.
+	out, err := h.m.Exec(ctx, "vm", protocol.Exec{Command: "deploy", Args: []string{"v1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Route != protocol.RouteOverride || out.ExitCode != 0 || !strings.Contains(out.Stdout, "dry-run: v1") {
+		t.Errorf("override exec: %+v", out)
+	}
+	// A restricted command is refused before it runs.
+	_, err = h.m.Exec(ctx, "vm", protocol.Exec{Command: "rm", Args: []string{"-rf", "/nonexistent"}}, nil)
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Code != protocol.CodeDenied {
+		t.Errorf("restricted exec: %v, want a denied *protocol.Error", err)
+	}
+	// A missing command is a refusal too, not a transport error.
+	_, err = h.m.Exec(ctx, "vm", protocol.Exec{Command: "/nonexistent/cmd"}, nil)
+	if !errors.As(err, &pe) || pe.Code != protocol.CodeNotFound {
+		t.Errorf("missing command: %v, want a not_found *protocol.Error", err)
+	}
+	// Streamed output arrives through onOutput, in order.
+	var streamed bytes.Buffer
+	out, err = h.m.Exec(ctx, "vm", protocol.Exec{Command: "sh", Args: []string{"-c", "echo one; echo two; exit 3"}},
+		func(stream byte, data []byte) {
+			if stream == protocol.StreamStdout {
+				streamed.Write(data)
+			}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.ExitCode != 3 || out.Route != protocol.RouteDefault || streamed.String() != "one\ntwo\n" {
+		t.Errorf("streamed exec: %+v, output %q", out, streamed.String())
+	}
+
+	// A failing pre-activation script aborts: nothing changes.
+	bad := h.createPersona(protocol.Persona{Name: "broken", PreActivationScript: "#!/bin/sh\necho no >&2\nexit 7"})
+	res, err = h.m.Activate(ctx, "vm", bad, "alice", "api", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Result != protocol.ResultAborted || res.Script == nil || res.Script.ExitCode != 7 {
+		t.Errorf("aborted activation: %+v", res)
+	}
+	if rec := h.record("vm"); rec.Persona == nil || rec.Persona.Name != "hardened" {
+		t.Errorf("record after an aborted activation: %+v", rec)
+	}
+
+	res, err = h.m.Deactivate(ctx, "vm", "alice", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Result != protocol.ResultDeactivated || res.Active != nil {
+		t.Errorf("deactivate: %+v", res)
+	}
+	if rec := h.record("vm"); rec.Persona != nil {
+		t.Errorf("record after deactivation: %+v", rec)
+	}
+	if st, _ := h.m.Get("vm"); st.Active != nil {
+		t.Errorf("status after deactivation: %+v", st.Active)
+	}
+	// Without a persona, rm is no longer restricted by one (it fails on its own).
+	out, err = h.m.Exec(ctx, "vm", protocol.Exec{Command: "rm", Args: []string{"/nonexistent/file"}}, nil)
+	if err != nil || out.Route != protocol.RouteDefault || out.ExitCode == 0 {
+		t.Errorf("rm without a persona: %+v, %v", out, err)
+	}
+
+	for _, c := range []struct {
+		m    prometheus.Metric
+		want float64
+	}{
+		{h.met.Activations.WithLabelValues("hardened", protocol.ResultActivated), 1},
+		{h.met.Activations.WithLabelValues("broken", protocol.ResultAborted), 1},
+		{h.met.Activations.WithLabelValues("hardened", protocol.ResultDeactivated), 1},
+		{h.met.Commands.WithLabelValues(protocol.RouteOverride), 1},
+		{h.met.Commands.WithLabelValues(protocol.RouteDenied), 1},
+		{h.met.Commands.WithLabelValues(protocol.RouteDefault), 2},
+	} {
+		if got := value(t, c.m); got != c.want {
+			t.Errorf("%s = %v, want %v", c.m.Desc(), got, c.want)
+		}
+	}
+	if n := histogramCount(t, h.met.ActivationDuration); n != 3 {
+		t.Errorf("activation duration observations = %d, want 3", n)
+	}
+}
+
+func TestReconcileAfterHostRestart(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, nil)
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	p := h.createPersona(hardened())
+	res, err := h.m.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", "api", 0)
+	if err != nil || res.Result != protocol.ResultActivated {
+		t.Fatalf("activate: %+v, %v", res, err)
+	}
+	h.m.Close()
+
+	// The host lost track: its record says no persona.
+	if err := h.st.PutInstance(store.InstanceRecord{Instance: "vm"}); err != nil {
+		t.Fatal(err)
+	}
+	h.st.Close()
+	h.st = openStore(t, h.dir)
+	t.Cleanup(func() { h.st.Close() })
+	h.cfg.Store = h.st
+	h.startManager()
+	h.add("vm", g.endpoint())
+	st := h.waitState("vm", StateConnected)
+	if st.Active == nil || st.Active.ActivationID != res.Active.ActivationID {
+		t.Fatalf("status after restart: %+v", st.Active)
+	}
+	rec := h.record("vm")
+	if rec.Persona == nil || rec.Persona.Name != "hardened" || rec.ActivationID != res.Active.ActivationID ||
+		rec.Revision != p.Revision || !rec.ActivatedAt.Equal(res.Active.ActivatedAt) || rec.BootID != st.BootID {
+		t.Errorf("reconciled record: %+v, want the guest's %+v", rec, res.Active)
+	}
+	evs := h.audit(store.AuditQuery{Instance: "vm", Type: AuditReconciled})
+	if len(evs) != 1 {
+		t.Fatalf("reconciled events: %+v, want one", evs)
+	}
+	if ev := evs[0]; ev.Source != store.SourceHost || ev.Persona != "hardened" || ev.ActivationID != res.Active.ActivationID ||
+		!strings.Contains(ev.Detail, "no persona") || !strings.Contains(ev.Detail, `"hardened"`) {
+		t.Errorf("reconciled event: %+v", ev)
+	}
+	if got := value(t, h.met.AuditEvents.WithLabelValues(AuditReconciled)); got != 1 {
+		t.Errorf("audit events{reconciled} = %v", got)
+	}
+
+	// Another restart with the record in step: nothing to reconcile.
+	h.m.Close()
+	h.startManager()
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	if evs := h.audit(store.AuditQuery{Instance: "vm", Type: AuditReconciled}); len(evs) != 1 {
+		t.Errorf("reconciled events after a restart in step: %d, want still 1", len(evs))
+	}
+}
+
+func TestDefaultPersonaOnConnect(t *testing.T) {
+	h := newHost(t, nil)
+	def := h.createPersona(protocol.Persona{Name: "baseline", DefaultPersona: true, RestrictedCommands: []string{"shutdown"}})
+	other := h.createPersona(hardened())
+
+	// A guest that already holds a persona keeps it.
+	held := newGuest(t)
+	setup := NewManager(Config{Store: h.st, Logger: testLogger(t), DialTimeout: 2 * time.Second})
+	if err := setup.Add("held", held.endpoint(), "static"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "setup connection", func() bool { st, _ := setup.Get("held"); return st.State == StateConnected })
+	if res, err := setup.Activate(ctxTimeout(t, 30*time.Second), "held", other, "alice", "api", 0); err != nil || res.Result != protocol.ResultActivated {
+		t.Fatalf("setup activation: %+v, %v", res, err)
+	}
+	setup.Close()
+
+	fresh := newGuest(t)
+	h.add("fresh", fresh.endpoint())
+	h.add("held", held.endpoint())
+
+	waitFor(t, "the default persona on the fresh guest", func() bool {
+		st, _ := h.m.Get("fresh")
+		return st.Active != nil && st.Active.Persona.Name == "baseline"
+	})
+	rec := h.record("fresh")
+	if rec.Persona == nil || rec.Persona.Name != "baseline" || rec.Revision != def.Revision {
+		t.Errorf("fresh record: %+v", rec)
+	}
+	var evs []store.AuditEvent
+	waitFor(t, "the default_activation event", func() bool {
+		evs = h.audit(store.AuditQuery{Instance: "fresh", Type: AuditDefaultActivation})
+		return len(evs) > 0
+	})
+	if len(evs) != 1 || evs[0].Result != protocol.ResultActivated || evs[0].Persona != "baseline" ||
+		evs[0].Actor != SystemActor || evs[0].ActivationID != rec.ActivationID {
+		t.Errorf("default_activation events: %+v", evs)
+	}
+	if got := value(t, h.met.Activations.WithLabelValues("baseline", protocol.ResultActivated)); got != 1 {
+		t.Errorf("activations{baseline,activated} = %v", got)
+	}
+
+	st := h.waitState("held", StateConnected)
+	if st.Active == nil || st.Active.Persona.Name != "hardened" {
+		t.Errorf("held guest's persona: %+v, want hardened kept", st.Active)
+	}
+	if evs := h.audit(store.AuditQuery{Instance: "held", Type: AuditDefaultActivation}); len(evs) != 0 {
+		t.Errorf("default activation on a guest holding a persona: %+v", evs)
+	}
+
+	// Reconnecting to a guest that holds the default does not activate it again.
+	h.m.Close()
+	h.startManager()
+	h.add("fresh", fresh.endpoint())
+	h.waitState("fresh", StateConnected)
+	if evs := h.audit(store.AuditQuery{Instance: "fresh", Type: AuditDefaultActivation}); len(evs) != 1 {
+		t.Errorf("default_activation events after reconnect: %d, want 1", len(evs))
+	}
+}
+
+func TestDefaultPersonaOnConnectDisabled(t *testing.T) {
+	h := newHost(t, func(c *Config) { c.DefaultPersonaOnConnect = false })
+	h.createPersona(protocol.Persona{Name: "baseline", DefaultPersona: true})
+	g := newGuest(t)
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	// The record is written before the agent is published as connected.
+	if rec := h.record("vm"); rec.Persona != nil {
+		t.Errorf("record: %+v, want no persona", rec)
+	}
+	if st, _ := h.m.Get("vm"); st.Active != nil {
+		t.Errorf("status: %+v, want no persona", st.Active)
+	}
+}
