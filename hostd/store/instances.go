@@ -10,6 +10,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -128,6 +129,9 @@ func eachInstance(txn *badger.Txn, fn func(InstanceRecord) error) error {
 func decodeInstance(v []byte, r *InstanceRecord) error {
 	if err := json.Unmarshal(v, r); err != nil {
 		return fmt.Errorf("instance record: decode: %w", err)
+	}
+	if r.Persona != nil {
+		validate.Normalize(r.Persona)
 	}
 	return nil
 }
