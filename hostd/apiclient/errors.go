@@ -67,8 +67,13 @@ type Problem struct {
 	Result   string `json:"result,omitempty"`
 	Phase    string `json:"phase,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
+	Signal   string `json:"signal,omitempty"`
+	TimedOut bool   `json:"timed_out,omitempty"`
 	Stdout   string `json:"stdout,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
+
+	// Instance names the instance an activation or lookup is about.
+	Instance string `json:"instance,omitempty"`
 
 	// Field names the offending field of a 400 or 422.
 	Field string `json:"field,omitempty"`

@@ -19,7 +19,7 @@ const maxStreamLine = 16 << 20
 func (c *Client) execDeadline(ctx context.Context, req ExecRequest) (context.Context, context.CancelFunc) {
 	limit := serverExecDefault
 	if req.TimeoutSeconds > 0 {
-		limit = time.Duration(req.TimeoutSeconds) * time.Second
+		limit = time.Duration(req.TimeoutSeconds * float64(time.Second))
 	}
 	return c.withDeadline(ctx, limit)
 }

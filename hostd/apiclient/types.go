@@ -88,16 +88,18 @@ type ExecRequest struct {
 	Env     map[string]string `json:"env,omitempty"`
 	Stdin   string            `json:"stdin,omitempty"`
 	Cwd     string            `json:"cwd,omitempty"`
-	// TimeoutSeconds bounds the command in the guest; 0 leaves the
-	// server's default.
-	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+	// TimeoutSeconds bounds the command in the guest (the guest kills it
+	// then); 0 leaves the server's default (30 s).
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
 }
 
 // ExecResult is the outcome of a command that ran. In a streamed exec,
 // Stdout and Stderr are empty: the output went to the writers.
 type ExecResult struct {
-	ExitCode        int     `json:"exit_code"`
-	Signal          string  `json:"signal"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal"`
+	// TimedOut is true when the guest killed the command at its timeout.
+	TimedOut        bool    `json:"timed_out,omitempty"`
 	Stdout          string  `json:"stdout"`
 	Stderr          string  `json:"stderr"`
 	StdoutTruncated bool    `json:"stdout_truncated"`
@@ -119,9 +121,11 @@ type AuditEvent struct {
 	Route        string    `json:"route,omitempty"`
 	Result       string    `json:"result,omitempty"`
 	ActivationID string    `json:"activation_id,omitempty"`
-	Source       string    `json:"source,omitempty"`
-	GuestSeq     uint64    `json:"guest_seq,omitempty"`
-	Detail       string    `json:"detail,omitempty"`
+	// Source is "host" or "guest".
+	Source     string `json:"source,omitempty"`
+	GuestSpool string `json:"guest_spool,omitempty"`
+	GuestSeq   uint64 `json:"guest_seq,omitempty"`
+	Detail     string `json:"detail,omitempty"`
 }
 
 // AuditQuery filters the audit log. Zero fields do not filter.

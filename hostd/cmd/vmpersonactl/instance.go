@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func instancesCommand() *command {
+	return &command{
+		name: "instances", summary: "list instances and their agents",
+		long: `Lists the instances the daemon knows (libvirt domains, static and QMP
+instances) with their state, the state of their guest agent and the
+active persona.`,
+		example: `vmpersonactl instances
+vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="connected") | .id'`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				list, err := c.ListInstances(ctx)
+				if err != nil {
+					return err
+				}
+				if a.json() {
+					if list == nil {
+						list = []apiclient.Instance{}
+					}
+					return writeJSON(a.io.out, map[string]any{"instances": list})
+				}
+				t := newTable(a.io.out, "ID", "SOURCE", "STATE", "AGENT", "PERSONA", "ENDPOINT")
+				for _, in := range list {
+					t.row(in.ID, in.Source, in.State, in.Agent.State, strOrEmpty(in.ActivePersona), in.Endpoint)
+				}
+				return t.flush()
+			}
+		},
+	}
+}
+
+func strOrEmpty(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func instanceCommand() *command {
+	return &command{
+		name: "instance", summary: "show one instance",
+		example: `vmpersonactl instance get vm1`,
+		subs: []*command{{
+			name: "get", summary: "show one instance and its agent", args: "ID",
+			complete: []argKind{argInstance},
+			long: `Shows an instance: where it comes from, its endpoint, its guest agent
+(version, capabilities, boot id, last error) and the active persona. ID is
+the instance name (a libvirt domain's UUID is accepted too).`,
+			example: `vmpersonactl instance get vm1
+vmpersonactl instance get vm1 -o json`,
+			setup: func(fs *flag.FlagSet) runner {
+				return func(ctx context.Context, a *app, args []string) error {
+					if err := wantArgs(args, 1, 1, "ID"); err != nil {
+						return err
+					}
+					c, err := a.api()
+					if err != nil {
+						return err
+					}
+					in, err := c.GetInstance(ctx, args[0])
+					if err != nil {
+						return err
+					}
+					if a.json() {
+						return writeJSON(a.io.out, in)
+					}
+					kv := &keyValues{w: a.io.out}
+					kv.add("ID", in.ID)
+					kv.add("Source", in.Source)
+					kv.add("Endpoint", in.Endpoint)
+					kv.add("State", in.State)
+					kv.add("Persona", strOrEmpty(in.ActivePersona))
+					kv.add("Agent", in.Agent.State)
+					kv.add("Agent version", in.Agent.Version)
+					kv.add("Capabilities", strings.Join(in.Agent.Capabilities, ", "))
+					kv.add("Boot ID", in.Agent.BootID)
+					kv.add("Connected", timeText(in.Agent.ConnectedAt))
+					kv.add("Last error", in.Agent.LastError)
+					if in.Reason != "" {
+						kv.add("Reason", in.Reason)
+					}
+					return kv.flush()
+				}
+			},
+		}},
+	}
+}
+
+func activateCommand() *command {
+	return &command{
+		name: "activate", summary: "activate a persona on an instance", args: "INSTANCE PERSONA",
+		complete: []argKind{argInstance, argPersona},
+		long: `Activates PERSONA on INSTANCE and answers when the guest has finished:
+the pre-activation script runs, the environment and routing table change,
+then the post-activation script runs. A failing pre-activation script
+aborts (nothing changed); a failing post-activation script rolls back to
+the previous persona. Either exits 4 and prints the script's exit code and
+output.`,
+		example: `vmpersonactl activate vm1 hardened
+vmpersonactl activate vm1 hardened --script-timeout 2m`,
+		setup: func(fs *flag.FlagSet) runner {
+			st := fs.Duration("script-timeout", 0, "limit for each activation script in the guest (default: the daemon's, 5m)")
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 2, 2, "INSTANCE PERSONA"); err != nil {
+					return err
+				}
+				if *st < 0 {
+					return usageErrorf("--script-timeout must not be negative")
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				res, err := c.Activate(ctx, args[0], args[1], apiclient.ActivateOptions{ScriptTimeout: *st})
+				if err != nil {
+					return activationError(err)
+				}
+				if a.json() {
+					return writeJSON(a.io.out, res)
+				}
+				_, err = fmt.Fprintf(a.io.out, "Persona %s (revision %d) active on %s, activation %s, in %s.\n",
+					res.Persona, res.Revision, res.Instance, res.ActivationID, millis(res.DurationMillis))
+				return err
+			}
+		},
+	}
+}
+
+// activationError adds a refused activation's script outcome to the error.
+func activationError(err error) error {
+	var p *apiclient.Problem
+	if !errors.As(err, &p) || !errors.Is(err, apiclient.ErrActivationRefused) {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString(describe(p))
+	phase := map[string]string{"pre": "pre-activation", "post": "post-activation"}[p.Phase]
+	if phase == "" {
+		phase = p.Phase
+	}
+	fmt.Fprintf(&b, "\n  result:    %s", p.Result)
+	if phase != "" {
+		fmt.Fprintf(&b, "\n  script:    %s", phase)
+	}
+	if p.ExitCode != nil {
+		fmt.Fprintf(&b, "\n  exit code: %d", *p.ExitCode)
+	}
+	if p.Signal != "" {
+		fmt.Fprintf(&b, "\n  signal:    %s", p.Signal)
+	}
+	if p.TimedOut {
+		b.WriteString("\n  timed out: yes")
+	}
+	for _, s := range [][2]string{{"stdout", p.Stdout}, {"stderr", p.Stderr}} {
+		if strings.TrimSpace(s[1]) == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "\n  %s:", s[0])
+		for _, l := range strings.Split(strings.TrimRight(s[1], "\n"), "\n") {
+			b.WriteString("\n    " + l)
+		}
+	}
+	return &detailedError{msg: b.String(), err: err}
+}
+
+// detailedError replaces an error's message but keeps what it wraps.
+type detailedError struct {
+	msg string
+	err error
+}
+
+func (e *detailedError) Error() string { return e.msg }
+func (e *detailedError) Unwrap() error { return e.err }
+
+func activeCommand() *command {
+	return &command{
+		name: "active", summary: "show the persona active on an instance", args: "INSTANCE",
+		complete: []argKind{argInstance},
+		long: `Shows the persona active on INSTANCE as the guest last confirmed it, with
+its revision and activation. "Stale" is yes while no connected agent
+confirms it (the agent is away, or the guest holds something else).`,
+		example: `vmpersonactl active vm1
+vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 1, 1, "INSTANCE"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				ap, err := c.ActivePersona(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if a.json() {
+					return writeJSON(a.io.out, ap)
+				}
+				kv := &keyValues{w: a.io.out}
+				kv.add("Instance", ap.Instance)
+				if ap.Persona == nil {
+					kv.add("Persona", "(none)")
+				} else {
+					kv.add("Persona", ap.Persona.Name)
+					kv.add("Revision", fmt.Sprint(ap.Revision))
+					kv.add("Activation", ap.ActivationID)
+					kv.add("Activated", timeText(ap.ActivatedAt))
+				}
+				kv.add("Stale", yesNo(ap.Stale))
+				return kv.flush()
+			}
+		},
+	}
+}
+
+func deactivateCommand() *command {
+	return &command{
+		name: "deactivate", summary: "return an instance to no persona", args: "INSTANCE",
+		complete: []argKind{argInstance},
+		long: `Removes the active persona from INSTANCE: its environment, overrides and
+restrictions no longer apply.`,
+		example: `vmpersonactl deactivate vm1`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 1, 1, "INSTANCE"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				res, err := c.Deactivate(ctx, args[0])
+				if err != nil {
+					return activationError(err)
+				}
+				if a.json() {
+					return writeJSON(a.io.out, res)
+				}
+				_, err = fmt.Fprintf(a.io.out, "No persona active on %s (%s).\n", res.Instance, millis(res.DurationMillis))
+				return err
+			}
+		},
+	}
+}
+
+func versionCommand() *command {
+	return &command{
+		name: "version", summary: "print the client's version",
+		example: `vmpersonactl version`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
+					return err
+				}
+				if a.json() {
+					return writeJSON(a.io.out, map[string]any{"client": protocol.SoftwareVersion, "protocol": protocol.Version})
+				}
+				_, err := fmt.Fprintf(a.io.out, "%s %s (protocol %d)\n", progName, protocol.SoftwareVersion, protocol.Version)
+				return err
+			}
+		},
+	}
+}
+
+// parseWhen reads a point in time: RFC 3339, or a duration back from now.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is neither a duration (15m, 2h) nor a time (2026-11-26T09:00:00Z, 2026-11-26)", s)
+}
