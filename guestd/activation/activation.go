@@ -1,0 +1,395 @@
+// Package activation applies personas in the guest: it runs the persona's
+// scripts, replaces the environment commands get, swaps the routing table,
+// writes the login-shell profile and persists the active persona, undoing
+// every applied step when a later one fails. Activations are serialised;
+// readers (command execution) see one consistent View at a time.
+package activation
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmpersona/vmpersona/guestd/audit"
+	"github.com/vmpersona/vmpersona/guestd/execute"
+	"github.com/vmpersona/vmpersona/guestd/routing"
+	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Defaults.
+const (
+	DefaultScriptTimeout = 5 * time.Minute
+	// MaxScriptOutput bounds each captured stream of a script.
+	MaxScriptOutput = 64 << 10
+)
+
+// ErrInvalidPersona reports a persona the guest cannot apply.
+var ErrInvalidPersona = errors.New("activation: invalid persona")
+
+var personaName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// View is what commands run under: the active persona (nil for none), its
+// routing table and the complete environment. A View is never modified.
+type View struct {
+	Active *protocol.ActiveState
+	Table  *routing.Table
+	Env    []string
+}
+
+// PersonaName returns the active persona's name, "" for none.
+func (v *View) PersonaName() string {
+	if v.Active == nil {
+		return ""
+	}
+	return v.Active.Persona.Name
+}
+
+// Config configures a Manager.
+type Config struct {
+	Store *state.Store
+	Spool *audit.Spool
+	// ProfileFile receives the persona's variables as export lines; empty
+	// disables it.
+	ProfileFile string
+	// Environ is the daemon's environment at start (os.Environ()).
+	Environ       []string
+	ScriptTimeout time.Duration
+	Logger        *slog.Logger
+}
+
+// Manager holds the active persona and changes it.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	base []string
+	mu   sync.Mutex // serialises activations
+	view atomic.Pointer[View]
+}
+
+// New restores the persisted persona (environment and routing, scripts not
+// re-run) and returns the manager.
+func New(cfg Config) (*Manager, error) {
+	if cfg.ScriptTimeout <= 0 {
+		cfg.ScriptTimeout = DefaultScriptTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	active, err := cfg.Store.Load()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, base: BaseEnv(cfg.Environ, active)}
+	for _, d := range []string{"overrides", "scripts"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Store.Dir(), d), 0o700); err != nil {
+			return nil, fmt.Errorf("activation: %w", err)
+		}
+	}
+	v, err := m.buildView(active)
+	if err != nil {
+		return nil, fmt.Errorf("activation: restoring the persisted persona: %w", err)
+	}
+	m.view.Store(v)
+	if active != nil {
+		// Scripts are not re-run; the profile is rewritten in case it was lost.
+		m.writeProfile(v)
+		m.log.Info("persona restored", "persona", active.Persona.Name, "revision", active.Revision, "activation_id", active.ActivationID)
+	}
+	return m, nil
+}
+
+// View returns the current view.
+func (m *Manager) View() *View { return m.view.Load() }
+
+// buildView computes the environment and routing table of active (nil for
+// none), materialising inline overrides in the state directory.
+func (m *Manager) buildView(active *protocol.ActiveState) (*View, error) {
+	if active == nil {
+		return &View{Table: routing.Empty(Lookup(m.base, "PATH")), Env: m.base}, nil
+	}
+	p := &active.Persona
+	env := ComposeEnv(m.base, p.EnvironmentVariables)
+	overrides := make(map[string]routing.OverrideTarget, len(p.CommandOverrides))
+	for cmd, target := range p.CommandOverrides {
+		switch {
+		case strings.HasPrefix(target, "#!"):
+			path, err := m.materialise("overrides", target, 0o755)
+			if err != nil {
+				return nil, err
+			}
+			overrides[cmd] = routing.OverrideTarget{Path: path, Inline: true}
+		case filepath.IsAbs(target):
+			overrides[cmd] = routing.OverrideTarget{Path: filepath.Clean(target)}
+		default:
+			return nil, fmt.Errorf("%w: command_overrides[%q] is neither an absolute path nor a #! script", ErrInvalidPersona, cmd)
+		}
+	}
+	table, err := routing.Build(routing.Spec{
+		Persona:    p.Name,
+		Restricted: p.RestrictedCommands,
+		Allowed:    p.AllowedCommands,
+		Overrides:  overrides,
+		PathEnv:    Lookup(env, "PATH"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidPersona, err)
+	}
+	return &View{Active: active, Table: table, Env: env}, nil
+}
+
+// materialise writes content to a content-addressed file under the state
+// directory's sub directory and returns its path. Identical content shares a
+// file, so a running command never sees its file replaced.
+func (m *Manager) materialise(sub, content string, perm os.FileMode) (string, error) {
+	sum := sha256.Sum256([]byte(content))
+	path := filepath.Join(m.cfg.Store.Dir(), sub, hex.EncodeToString(sum[:16]))
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, []byte(content)) {
+		return path, nil
+	}
+	if err := state.WriteFileAtomic(path, []byte(content), perm); err != nil {
+		return "", fmt.Errorf("activation: materialise: %w", err)
+	}
+	return path, nil
+}
+
+func validate(p *protocol.Persona) error {
+	if !personaName.MatchString(p.Name) {
+		return fmt.Errorf("%w: name %q", ErrInvalidPersona, p.Name)
+	}
+	for k, v := range p.EnvironmentVariables {
+		if !validName(k) || strings.ContainsRune(v, 0) {
+			return fmt.Errorf("%w: environment variable %q", ErrInvalidPersona, k)
+		}
+	}
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Activate applies req.Persona. The answer is one of ResultActivated,
+// ResultAborted (the pre-activation script failed; nothing changed),
+// ResultRolledBack (the post-activation script failed; the previous persona
+// is back) or ResultFailed (the persona is invalid or could not be
+// persisted; nothing changed).
+func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.ActivateResult {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	start := time.Now()
+	prev := m.view.Load()
+	p := req.Persona
+	ev := protocol.AuditEvent{Type: protocol.AuditActivation, Persona: p.Name, ActivationID: req.ActivationID, Actor: req.Actor, Detail: req.Reason}
+	finish := func(res protocol.ActivateResult) protocol.ActivateResult {
+		res.Active = m.view.Load().Active
+		res.DurationMillis = ms(time.Since(start))
+		ev.Result = res.Result
+		if res.Phase != "" {
+			ev.Detail = strings.TrimSpace(ev.Detail + " phase=" + res.Phase)
+		}
+		if res.Error != "" {
+			ev.Detail = strings.TrimSpace(ev.Detail + " error=" + res.Error)
+		}
+		m.record(ev)
+		return res
+	}
+	if err := validate(&p); err != nil {
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	}
+	timeout := m.cfg.ScriptTimeout
+	if req.ScriptTimeoutMillis > 0 {
+		timeout = time.Duration(req.ScriptTimeoutMillis) * time.Millisecond
+	}
+	scriptEnv := func(env []string) []string {
+		return append(env[:len(env):len(env)],
+			"VMPERSONA_PERSONA="+p.Name,
+			"VMPERSONA_PREVIOUS_PERSONA="+prev.PersonaName(),
+			"VMPERSONA_ACTIVATION_ID="+req.ActivationID)
+	}
+
+	// 1. The pre-activation script, in the current environment.
+	if sr, err := m.runScript(ctx, "pre", p.PreActivationScript, scriptEnv(prev.Env), timeout); err != nil {
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	} else if sr != nil {
+		return finish(protocol.ActivateResult{Result: protocol.ResultAborted, Phase: "pre", Script: sr})
+	}
+
+	// 2. The new environment and routing table.
+	active := &protocol.ActiveState{Persona: p, Revision: req.Revision, ActivationID: req.ActivationID, ActivatedAt: time.Now().UTC()}
+	next, err := m.buildView(active)
+	if err != nil {
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	}
+
+	var r reverter
+	defer r.Fail()
+	// 3. Apply: one atomic swap of table and environment, and the profile.
+	m.view.Store(next)
+	r.Add(func() { m.view.Store(prev) })
+	r.Add(m.writeProfile(next))
+
+	// 4. The post-activation script, in the new environment.
+	if sr, err := m.runScript(ctx, "post", p.PostActivationScript, scriptEnv(next.Env), timeout); err != nil {
+		r.Fail()
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	} else if sr != nil {
+		r.Fail()
+		return finish(protocol.ActivateResult{Result: protocol.ResultRolledBack, Phase: "post", Script: sr})
+	}
+
+	// 5. Persist before answering.
+	if err := m.cfg.Store.Save(active); err != nil {
+		r.Fail()
+		m.log.Error("activation: persisting the active persona failed", "persona", p.Name, "err", err)
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	}
+	r.Success()
+	m.gcOverrides(next, prev)
+	return finish(protocol.ActivateResult{Result: protocol.ResultActivated})
+}
+
+// Deactivate returns the guest to no persona: base environment, empty table,
+// no profile file, persisted.
+func (m *Manager) Deactivate(ctx context.Context, req protocol.Deactivate) protocol.ActivateResult {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	start := time.Now()
+	prev := m.view.Load()
+	ev := protocol.AuditEvent{Type: protocol.AuditDeactivation, Persona: prev.PersonaName(), ActivationID: req.ActivationID, Actor: req.Actor}
+	next, _ := m.buildView(nil)
+
+	var r reverter
+	defer r.Fail()
+	m.view.Store(next)
+	r.Add(func() { m.view.Store(prev) })
+	r.Add(m.writeProfile(next))
+	res := protocol.ActivateResult{Result: protocol.ResultDeactivated}
+	if err := m.cfg.Store.Save(nil); err != nil {
+		r.Fail()
+		m.log.Error("deactivation: persisting failed", "err", err)
+		res = protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()}
+	} else {
+		r.Success()
+		m.gcOverrides(next, prev)
+	}
+	res.Active = m.view.Load().Active
+	res.DurationMillis = ms(time.Since(start))
+	ev.Result = res.Result
+	ev.Detail = res.Error
+	m.record(ev)
+	return res
+}
+
+func (m *Manager) record(ev protocol.AuditEvent) {
+	if m.cfg.Spool == nil {
+		return
+	}
+	if _, err := m.cfg.Spool.Record(ev); err != nil {
+		m.log.Error("audit record failed", "err", err)
+	}
+}
+
+// runScript runs one script. It returns nil, nil when the script is empty or
+// succeeded, the script's result when it failed (non-zero exit, signal,
+// timeout), and an error when it could not be started.
+func (m *Manager) runScript(ctx context.Context, phase, script string, env []string, timeout time.Duration) (*protocol.ScriptResult, error) {
+	if strings.TrimSpace(script) == "" {
+		return nil, nil
+	}
+	path, err := m.materialise("scripts", script, 0o700)
+	if err != nil {
+		return nil, err
+	}
+	spec := execute.Spec{Path: path, Args: []string{path}, Env: env, Dir: "/", Timeout: timeout, MaxOutput: MaxScriptOutput}
+	if !strings.HasPrefix(script, "#!") {
+		spec.Path, spec.Args = "/bin/sh", []string{"sh", path}
+	}
+	res, err := execute.Run(ctx, spec)
+	os.Remove(path)
+	if err != nil {
+		return &protocol.ScriptResult{ExitCode: -1, Stderr: err.Error()}, nil
+	}
+	m.log.Info("persona script finished", "phase", phase, "exit_code", res.ExitCode, "signal", res.Signal,
+		"timed_out", res.TimedOut, "duration", res.Duration)
+	if res.ExitCode == 0 && res.Signal == "" && !res.TimedOut {
+		return nil, nil
+	}
+	return &protocol.ScriptResult{
+		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut,
+		Stdout: string(res.Stdout), Stderr: string(res.Stderr),
+		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated,
+		DurationMillis: ms(res.Duration),
+	}, nil
+}
+
+// writeProfile makes the profile file match v (export lines, or no file when
+// no persona is active) and returns the undo. A missing profile directory is
+// logged and ignored.
+func (m *Manager) writeProfile(v *View) (undo func()) {
+	path := m.cfg.ProfileFile
+	if path == "" {
+		return func() {}
+	}
+	old, readErr := os.ReadFile(path)
+	restore := func() {
+		if readErr == nil {
+			if err := state.WriteFileAtomic(path, old, 0o644); err != nil {
+				m.log.Error("profile: restore failed", "path", path, "err", err)
+			}
+		} else if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Error("profile: remove failed", "path", path, "err", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Dir(path)); err != nil {
+		m.log.Warn("profile: directory missing; login shells will not see the persona's environment", "path", path, "err", err)
+		return func() {}
+	}
+	if v.Active == nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Error("profile: remove failed", "path", path, "err", err)
+		}
+		return restore
+	}
+	if err := state.WriteFileAtomic(path, profileScript(v.Active.Persona.Name, v.Active.Persona.EnvironmentVariables), 0o644); err != nil {
+		m.log.Error("profile: write failed", "path", path, "err", err)
+	}
+	return restore
+}
+
+// gcOverrides removes materialised override files that neither the current
+// nor the previous view uses (the previous one may still have commands
+// running).
+func (m *Manager) gcOverrides(views ...*View) {
+	keep := map[string]bool{}
+	for _, v := range views {
+		if v == nil || v.Active == nil {
+			continue
+		}
+		for _, t := range v.Active.Persona.CommandOverrides {
+			if strings.HasPrefix(t, "#!") {
+				sum := sha256.Sum256([]byte(t))
+				keep[hex.EncodeToString(sum[:16])] = true
+			}
+		}
+	}
+	dir := filepath.Join(m.cfg.Store.Dir(), "overrides")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}

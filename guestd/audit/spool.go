@@ -1,0 +1,320 @@
+// Package audit keeps the guest's audit events until the host acknowledges
+// them. Events are numbered with a sequence that only grows, persisted
+// across restarts, and appended (with fsync) to a spool file in the state
+// directory before anything else learns of them. The host acknowledges
+// everything up to a sequence number; those events are then dropped. After a
+// reconnect or a restart the unacknowledged events are sent again, in order:
+// the host deduplicates by (spool id, seq).
+//
+// The spool is bounded by a number of events and a number of bytes. When a
+// new event would exceed a bound, the oldest unacknowledged events are
+// dropped to make room (a tenth of the spool at once, so the file is not
+// rewritten on every event). The gap in sequence numbers shows the host what
+// was lost, Dropped counts it, and each drop is logged at error level.
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+const (
+	spoolFile = "audit-spool.jsonl"
+	metaFile  = "audit-meta.json"
+)
+
+// Default bounds of the spool.
+const (
+	DefaultMaxEvents = 10000
+	DefaultMaxBytes  = 8 << 20
+)
+
+// ErrCorrupt reports spool metadata that cannot be decoded.
+var ErrCorrupt = errors.New("audit: corrupt spool metadata")
+
+// Limits bounds the spool.
+type Limits struct {
+	MaxEvents int
+	MaxBytes  int
+}
+
+type meta struct {
+	SpoolID   string `json:"spool_id"`
+	AckedUpTo uint64 `json:"acked_up_to"`
+}
+
+type entry struct {
+	ev   protocol.AuditEvent
+	size int
+}
+
+// Spool is the persistent queue of unacknowledged audit events. It is safe
+// for concurrent use.
+type Spool struct {
+	dir    string
+	limits Limits
+	log    *slog.Logger
+	notify chan struct{}
+
+	mu      sync.Mutex
+	f       *os.File
+	meta    meta
+	nextSeq uint64
+	events  []entry
+	bytes   int
+	dropped uint64
+}
+
+// Open loads (or creates) the spool in dir. A new spool id is generated when
+// the directory has none.
+func Open(dir string, limits Limits, log *slog.Logger) (*Spool, error) {
+	if limits.MaxEvents <= 0 {
+		limits.MaxEvents = DefaultMaxEvents
+	}
+	if limits.MaxBytes <= 0 {
+		limits.MaxBytes = DefaultMaxBytes
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Spool{dir: dir, limits: limits, log: log, notify: make(chan struct{}, 1)}
+	data, err := os.ReadFile(filepath.Join(dir, metaFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		var b [16]byte
+		rand.Read(b[:])
+		s.meta = meta{SpoolID: hex.EncodeToString(b[:])}
+		if err := s.writeMeta(s.meta); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, fmt.Errorf("audit spool: %w", err)
+	default:
+		if err := json.Unmarshal(data, &s.meta); err != nil || s.meta.SpoolID == "" {
+			return nil, fmt.Errorf("%w: %s", ErrCorrupt, metaFile)
+		}
+	}
+	s.nextSeq = s.meta.AckedUpTo + 1
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if err := s.rewrite(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// load reads the spool file. A line that does not decode (the tail of an
+// append cut short by a crash) is skipped.
+func (s *Spool) load() error {
+	f, err := os.Open(filepath.Join(s.dir, spoolFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev protocol.AuditEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || ev.Seq == 0 {
+			s.log.Warn("audit spool: skipping an unreadable line", "bytes", len(sc.Bytes()))
+			continue
+		}
+		if ev.Seq >= s.nextSeq {
+			s.nextSeq = ev.Seq + 1
+		}
+		if ev.Seq <= s.meta.AckedUpTo {
+			continue
+		}
+		s.events = append(s.events, entry{ev: ev, size: len(sc.Bytes()) + 1})
+		s.bytes += len(sc.Bytes()) + 1
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	return nil
+}
+
+func (s *Spool) writeMeta(m meta) error {
+	data, _ := json.Marshal(m)
+	return state.WriteFileAtomic(filepath.Join(s.dir, metaFile), data, 0o600)
+}
+
+// rewrite replaces the spool file with the events held in memory and
+// reopens it for appending. Called with mu held (or before s is shared).
+func (s *Spool) rewrite() error {
+	var buf bytes.Buffer
+	for _, e := range s.events {
+		line, _ := json.Marshal(e.ev)
+		buf.Write(line)
+		buf.WriteByte('\n')
+	}
+	path := filepath.Join(s.dir, spoolFile)
+	if err := state.WriteFileAtomic(path, buf.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	if s.f != nil {
+		s.f.Close()
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		s.f = nil
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	s.f = f
+	return nil
+}
+
+// ID returns the spool id: (ID, Seq) is unique.
+func (s *Spool) ID() string { return s.meta.SpoolID }
+
+// Notify receives a value whenever events have been recorded.
+func (s *Spool) Notify() <-chan struct{} { return s.notify }
+
+// Len returns the number of unacknowledged events.
+func (s *Spool) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.events)
+}
+
+// Dropped returns how many unacknowledged events were dropped because the
+// spool was full.
+func (s *Spool) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+// Record numbers ev, appends it durably and logs it. The returned event
+// carries its sequence number. An error means the event could not be made
+// durable; it is still queued in memory for sending.
+func (s *Spool) Record(ev protocol.AuditEvent) (protocol.AuditEvent, error) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	s.mu.Lock()
+	ev.Seq = s.nextSeq
+	s.nextSeq++
+	line, _ := json.Marshal(ev)
+	line = append(line, '\n')
+	if len(s.events)+1 > s.limits.MaxEvents || s.bytes+len(line) > s.limits.MaxBytes {
+		s.makeRoomLocked(len(line))
+	}
+	s.events = append(s.events, entry{ev: ev, size: len(line)})
+	s.bytes += len(line)
+	var err error
+	if s.f == nil {
+		err = errors.New("audit spool: file not open")
+	} else if _, err = s.f.Write(line); err == nil {
+		err = s.f.Sync()
+	}
+	s.mu.Unlock()
+
+	s.log.Info("audit", "seq", ev.Seq, "type", ev.Type, "persona", ev.Persona, "command", ev.Command,
+		"route", ev.Route, "result", ev.Result, "activation_id", ev.ActivationID, "actor", ev.Actor, "detail", ev.Detail)
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	if err != nil {
+		return ev, fmt.Errorf("audit spool: append: %w", err)
+	}
+	return ev, nil
+}
+
+func (s *Spool) makeRoomLocked(need int) {
+	drop := max(len(s.events)/10, 1)
+	for drop < len(s.events) && s.bytes-sumSize(s.events[:drop])+need > s.limits.MaxBytes {
+		drop++
+	}
+	drop = min(drop, len(s.events))
+	first, last := uint64(0), uint64(0)
+	if drop > 0 {
+		first, last = s.events[0].ev.Seq, s.events[drop-1].ev.Seq
+	}
+	s.bytes -= sumSize(s.events[:drop])
+	s.events = append([]entry(nil), s.events[drop:]...)
+	s.dropped += uint64(drop)
+	s.log.Error("audit spool full: dropped the oldest unacknowledged events",
+		"dropped", drop, "first_seq", first, "last_seq", last,
+		"max_events", s.limits.MaxEvents, "max_bytes", s.limits.MaxBytes)
+	if err := s.rewrite(); err != nil {
+		s.log.Error("audit spool: compaction failed", "err", err)
+	}
+}
+
+func sumSize(es []entry) int {
+	n := 0
+	for _, e := range es {
+		n += e.size
+	}
+	return n
+}
+
+// Pending returns up to max of the oldest unacknowledged events.
+func (s *Spool) Pending(max int) []protocol.AuditEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := min(max, len(s.events))
+	out := make([]protocol.AuditEvent, n)
+	for i := range n {
+		out[i] = s.events[i].ev
+	}
+	return out
+}
+
+// Ack drops every event up to and including upTo. The acknowledgement is
+// persisted before the events leave the spool file.
+func (s *Spool) Ack(upTo uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	upTo = min(upTo, s.nextSeq-1)
+	if upTo <= s.meta.AckedUpTo {
+		return nil
+	}
+	m := s.meta
+	m.AckedUpTo = upTo
+	if err := s.writeMeta(m); err != nil {
+		return err
+	}
+	s.meta = m
+	i := 0
+	for i < len(s.events) && s.events[i].ev.Seq <= upTo {
+		s.bytes -= s.events[i].size
+		i++
+	}
+	if i == 0 {
+		return nil
+	}
+	s.events = append([]entry(nil), s.events[i:]...)
+	return s.rewrite()
+}
+
+// Close closes the spool file.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return nil
+	}
+	err := s.f.Close()
+	s.f = nil
+	return err
+}

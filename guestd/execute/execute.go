@@ -1,0 +1,181 @@
+// Package execute runs a process for the guest daemon: no shell, argv as
+// given, its own process group (so a timeout kills the children it spawned
+// too), bounded output capture or streaming, and a reaped exit status.
+package execute
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults applied when a Spec leaves a bound at zero.
+const (
+	DefaultTimeout   = 30 * time.Second
+	DefaultMaxOutput = 1 << 20
+	// waitDelay bounds how long Wait waits for output pipes held open by
+	// descendants after the process itself has exited or was killed.
+	waitDelay = 2 * time.Second
+)
+
+// ErrStart reports a process that could not be started.
+var ErrStart = errors.New("execute: cannot start process")
+
+// ErrBusy reports that the concurrency limit is reached.
+var ErrBusy = errors.New("execute: too many processes running")
+
+// Stream identifiers for OnOutput (the protocol's values).
+const (
+	Stdout byte = 1
+	Stderr byte = 2
+)
+
+// Spec describes one process.
+type Spec struct {
+	// Path is the file executed; Args is the full argv (Args[0] included).
+	Path string
+	Args []string
+	// Env is the complete environment.
+	Env   []string
+	Dir   string
+	Stdin []byte
+	// Timeout bounds the run (DefaultTimeout when 0); on expiry the whole
+	// process group is killed.
+	Timeout time.Duration
+	// MaxOutput bounds each of stdout and stderr (DefaultMaxOutput when 0).
+	MaxOutput int
+	// OnOutput, when set, receives output as it is produced instead of it
+	// being captured (still bounded by MaxOutput). It is called from two
+	// goroutines (stdout, stderr) and must be safe for that.
+	OnOutput func(stream byte, data []byte)
+}
+
+// Result is a finished process.
+type Result struct {
+	ExitCode        int
+	Signal          string // "SIGKILL", empty when the process exited
+	TimedOut        bool
+	Stdout, Stderr  []byte
+	StdoutTruncated bool
+	StderrTruncated bool
+	Duration        time.Duration
+}
+
+// Run starts the process and waits for it. It returns an error wrapping
+// ErrStart only when the process could not be started; a process that ran
+// and failed is a Result with its exit code or signal. Cancelling ctx kills
+// the process group.
+func Run(ctx context.Context, spec Spec) (Result, error) {
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	limit := spec.MaxOutput
+	if limit <= 0 {
+		limit = DefaultMaxOutput
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	cmd := exec.CommandContext(ctx, spec.Path)
+	cmd.Args = spec.Args
+	if len(cmd.Args) == 0 {
+		cmd.Args = []string{spec.Path}
+	}
+	cmd.Env = spec.Env
+	if cmd.Env == nil {
+		cmd.Env = []string{}
+	}
+	cmd.Dir = spec.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if len(spec.Stdin) > 0 {
+		cmd.Stdin = bytes.NewReader(spec.Stdin)
+	}
+	stdout := &capture{limit: limit, stream: Stdout, emit: spec.OnOutput}
+	stderr := &capture{limit: limit, stream: Stderr, emit: spec.OnOutput}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Cancel = func() error {
+		// The negative pid names the process group: the command and every
+		// descendant that did not leave it.
+		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+	}
+	cmd.WaitDelay = waitDelay
+
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return Result{}, fmt.Errorf("%w: %s: %w", ErrStart, spec.Path, err)
+	}
+	waitErr := cmd.Wait()
+	res := Result{Duration: time.Since(start)}
+	if ctx.Err() != nil {
+		// Whatever the leader did, leave nothing of the group behind.
+		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+		res.TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
+	}
+	if ps := cmd.ProcessState; ps != nil {
+		res.ExitCode = ps.ExitCode()
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			res.Signal = unix.SignalName(ws.Signal())
+		}
+	} else if waitErr != nil {
+		res.ExitCode = -1
+	}
+	res.Stdout, res.StdoutTruncated = stdout.buf.Bytes(), stdout.truncated
+	res.Stderr, res.StderrTruncated = stderr.buf.Bytes(), stderr.truncated
+	return res, nil
+}
+
+// capture keeps (or forwards) at most limit bytes of one stream and drains
+// the rest, so a chatty process never blocks on a full pipe.
+type capture struct {
+	mu        sync.Mutex
+	limit     int
+	n         int
+	stream    byte
+	emit      func(byte, []byte)
+	buf       bytes.Buffer
+	truncated bool
+}
+
+func (c *capture) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := p
+	if room := c.limit - c.n; len(keep) > room {
+		keep = keep[:max(room, 0)]
+		c.truncated = true
+	}
+	c.n += len(keep)
+	if len(keep) > 0 {
+		if c.emit != nil {
+			c.emit(c.stream, keep)
+		} else {
+			c.buf.Write(keep)
+		}
+	}
+	return len(p), nil
+}
+
+// Limiter bounds how many processes run at once.
+type Limiter struct{ slots chan struct{} }
+
+// NewLimiter returns a limiter admitting n concurrent processes (n >= 1).
+func NewLimiter(n int) *Limiter { return &Limiter{slots: make(chan struct{}, max(n, 1))} }
+
+// TryAcquire takes a slot or fails with ErrBusy at once; call the returned
+// function to give the slot back.
+func (l *Limiter) TryAcquire() (release func(), err error) {
+	select {
+	case l.slots <- struct{}{}:
+		return func() { <-l.slots }, nil
+	default:
+		return nil, ErrBusy
+	}
+}
