@@ -1,12 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -87,11 +89,48 @@ func timeNanos(t time.Time) uint64 {
 	return uint64(t.UnixNano())
 }
 
-// timePrefix is the part of an audit key shared by every event at t.
-func timePrefix(t time.Time) []byte {
+// timeHex is the part of an audit ID shared by every event at t.
+func timeHex(t time.Time) string {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], timeNanos(t))
-	return []byte(prefixAudit + hex.EncodeToString(b[:]))
+	return hex.EncodeToString(b[:])
+}
+
+// Secondary indexes: x/<field>/<value>\x00<id> (no value) for the fields
+// AuditQuery filters on, with the event's TTL. Values longer than
+// maxIndexedValue are not indexed (a query for one scans the log instead).
+// A value containing NUL may share a prefix with a shorter one; queries
+// re-check every filter on the event itself, so that only costs a read.
+const (
+	indexInstance   = 'i'
+	indexPersona    = 'p'
+	indexType       = 't'
+	maxIndexedValue = 1024
+)
+
+func indexPrefix(field byte, value string) []byte {
+	k := make([]byte, 0, len(prefixIndex)+2+len(value)+1+auditIDLen)
+	k = append(k, prefixIndex...)
+	k = append(k, field, '/')
+	k = append(k, value...)
+	return append(k, 0)
+}
+
+func indexed(value string) bool { return value != "" && len(value) <= maxIndexedValue }
+
+func (s *Store) putIndexes(txn *badger.Txn, ev *AuditEvent) error {
+	for _, ix := range []struct {
+		field byte
+		value string
+	}{{indexInstance, ev.Instance}, {indexPersona, ev.Persona}, {indexType, ev.Type}} {
+		if !indexed(ix.value) {
+			continue
+		}
+		if err := txn.SetEntry(s.entry(append(indexPrefix(ix.field, ix.value), ev.ID...), nil)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func auditKey(id string) []byte { return []byte(prefixAudit + id) }
@@ -137,7 +176,10 @@ func (s *Store) putAudit(txn *badger.Txn, ev *AuditEvent) error {
 	if err != nil {
 		return fmt.Errorf("audit event: encode: %w", err)
 	}
-	return txn.SetEntry(s.entry(auditKey(ev.ID), b))
+	if err := txn.SetEntry(s.entry(auditKey(ev.ID), b)); err != nil {
+		return err
+	}
+	return s.putIndexes(txn, ev)
 }
 
 // Transaction budget for audit writes: Badger refuses a transaction larger
@@ -154,7 +196,7 @@ const (
 func estimateEvent(ev *AuditEvent) int {
 	n := len(ev.Instance) + len(ev.Actor) + len(ev.Type) + len(ev.Persona) + len(ev.Command) +
 		len(ev.Route) + len(ev.Result) + len(ev.ActivationID) + len(ev.GuestSpool) + len(ev.Detail)
-	return 6*n + 512
+	return 6*n + 4*len(ev.Instance) + 4*len(ev.Persona) + 4*len(ev.Type) + 1024
 }
 
 // writeChunks writes items 0..n-1 in as few transactions as the budget
@@ -303,39 +345,68 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 	if q.After != "" && !validAuditID(q.After) {
 		return nil, fmt.Errorf("audit cursor %q: %w", q.After, ErrInvalidArgument)
 	}
-	start := []byte(prefixAudit)
+	// Walk the primary log, or the index of one filter (instance first,
+	// then persona, then type). Both are ordered by ID.
+	base := []byte(prefixAudit)
+	useIndex := true
+	switch {
+	case indexed(q.Instance):
+		base = indexPrefix(indexInstance, q.Instance)
+	case indexed(q.Persona):
+		base = indexPrefix(indexPersona, q.Persona)
+	case indexed(q.Type):
+		base = indexPrefix(indexType, q.Type)
+	default:
+		useIndex = false
+	}
+	key := func(suffix string) []byte { return append(slices.Clip(base), suffix...) }
+	start := base
 	if !q.Since.IsZero() {
-		start = timePrefix(q.Since)
+		start = key(timeHex(q.Since))
 	}
 	var after []byte
 	if q.After != "" {
-		after = auditKey(q.After)
-		if string(after) > string(start) {
+		after = key(q.After)
+		if bytes.Compare(after, start) > 0 {
 			start = after
 		}
 	}
 	var until []byte
 	if !q.Until.IsZero() {
-		until = timePrefix(q.Until)
+		until = key(timeHex(q.Until))
 	}
 
 	out := []AuditEvent{}
 	err := s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{
-			PrefetchValues: true, PrefetchSize: min(limit, 100), Prefix: []byte(prefixAudit),
+			PrefetchValues: !useIndex, PrefetchSize: min(limit, 100), Prefix: base,
 		})
 		defer it.Close()
 		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
 			k := it.Item().Key()
-			if after != nil && string(k) == string(after) {
+			if after != nil && bytes.Equal(k, after) {
 				continue
 			}
-			if until != nil && string(k) >= string(until) {
+			if until != nil && bytes.Compare(k, until) >= 0 {
 				break
 			}
+			if len(k) != len(base)+auditIDLen {
+				continue // a longer value with a NUL: not this one
+			}
+			item := it.Item()
+			if useIndex {
+				var err error
+				item, err = txn.Get(auditKey(string(k[len(base):])))
+				if errors.Is(err, badger.ErrKeyNotFound) {
+					continue // expired a moment before its index entry
+				}
+				if err != nil {
+					return err
+				}
+			}
 			var ev AuditEvent
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &ev) }); err != nil {
-				return fmt.Errorf("audit event %s: decode: %w", k[len(prefixAudit):], err)
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &ev) }); err != nil {
+				return fmt.Errorf("audit event %s: decode: %w", k[len(base):], err)
 			}
 			if q.Instance != "" && ev.Instance != q.Instance ||
 				q.Persona != "" && ev.Persona != q.Persona ||

@@ -278,6 +278,10 @@ func TestQueryAudit(t *testing.T) {
 		{"after cursor", AuditQuery{After: all[16].ID}, ids(all[17:])},
 		{"after cursor and since before it", AuditQuery{After: all[16].ID, Since: t0}, ids(all[17:])},
 		{"after cursor before since", AuditQuery{After: all[2].ID, Since: t0.Add(18 * time.Minute)}, ids(all[18:])},
+		{"instance since", AuditQuery{Instance: "vm1", Since: t0.Add(13 * time.Minute)}, filter(func(i int, e AuditEvent) bool { return i%2 == 0 && i >= 13 })},
+		{"persona until", AuditQuery{Persona: "p", Until: t0.Add(9 * time.Minute)}, filter(func(i int, e AuditEvent) bool { return i%3 == 0 && i < 9 })},
+		{"type after cursor", AuditQuery{Type: AuditExec, After: all[4].ID}, ids(all[5:10])},
+		{"type after a cursor of another type", AuditQuery{Type: AuditActivationRequested, After: all[3].ID}, ids(all[10:])},
 		{"limit", AuditQuery{Limit: 3}, ids(all[:3])},
 		{"limit with filter", AuditQuery{Limit: 2, Persona: "r"}, []string{all[2].ID, all[5].ID}},
 		{"nothing", AuditQuery{Instance: "vm9"}, nil},
@@ -319,6 +323,42 @@ func TestQueryAudit(t *testing.T) {
 	for _, bad := range []string{"x", strings.Repeat("g", 32), strings.ToUpper(all[0].ID)} {
 		if _, err := s.QueryAudit(AuditQuery{After: bad}); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("QueryAudit(After %q) = %v, want ErrInvalidArgument", bad, err)
+		}
+	}
+}
+
+// Values the indexes cannot hold as they are: over the indexed length, or
+// with a NUL that makes one value a prefix of another.
+func TestQueryAuditOddValues(t *testing.T) {
+	s := openTemp(t)
+	long := strings.Repeat("L", maxIndexedValue+1)
+	evs, err := s.AppendAudit(
+		AuditEvent{Type: "t", Time: t0, Persona: long},
+		AuditEvent{Type: "t", Time: t0.Add(1), Persona: "a"},
+		AuditEvent{Type: "t", Time: t0.Add(2), Persona: "a\x00b"},
+		AuditEvent{Type: "t\x00" + strings.Repeat("z", 40), Time: t0.Add(3), Persona: "a\x00"},
+		AuditEvent{Type: "t", Time: t0.Add(4), Persona: long + "x"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		q    AuditQuery
+		want []string
+	}{
+		{AuditQuery{Persona: long}, []string{evs[0].ID}},
+		{AuditQuery{Persona: "a"}, []string{evs[1].ID}},
+		{AuditQuery{Persona: "a\x00b"}, []string{evs[2].ID}},
+		{AuditQuery{Persona: "a\x00"}, []string{evs[3].ID}},
+		{AuditQuery{Type: "t"}, []string{evs[0].ID, evs[1].ID, evs[2].ID, evs[4].ID}},
+		{AuditQuery{Type: "t\x00" + strings.Repeat("z", 40)}, []string{evs[3].ID}},
+	} {
+		got, err := s.QueryAudit(tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := ids(got); !slices.Equal(g, tc.want) {
+			t.Errorf("QueryAudit(persona %.10q type %.10q) = %v, want %v", tc.q.Persona, tc.q.Type, g, tc.want)
 		}
 	}
 }
@@ -386,7 +426,11 @@ func TestAuditRetention(t *testing.T) {
 	}
 	// Every audit entry and the dedup key carry the TTL.
 	limit := uint64(written.Add(retention).Unix()) + 1
-	for _, k := range [][]byte{auditKey(host[0].ID), auditKey(guest[0].ID), dedupKey("vm1", "s", 1)} {
+	for _, k := range [][]byte{
+		auditKey(host[0].ID), auditKey(guest[0].ID), dedupKey("vm1", "s", 1),
+		append(indexPrefix(indexInstance, "vm1"), guest[0].ID...),
+		append(indexPrefix(indexType, AuditPersonaCreated), host[0].ID...),
+	} {
 		if exp := expiresAt(t, s, k); exp == 0 || exp > limit {
 			t.Errorf("key %q expires at %d, want in (0, %d]", k, exp, limit)
 		}
@@ -402,7 +446,11 @@ func TestAuditRetention(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(got) == 0 {
+		byIndex, err := s.QueryAudit(AuditQuery{Instance: "vm1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 && len(byIndex) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

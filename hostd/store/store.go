@@ -13,6 +13,7 @@
 //	i/<instance>                     InstanceRecord (JSON)
 //	a/<id>                           AuditEvent (JSON); id sorts by time, then insertion
 //	g/<instance>\x00<spool>\x00<seq> audit ID of an ingested guest event (dedup)
+//	x/<i|p|t>/<value>\x00<id>       audit index by instance, persona, type (no value)
 package store
 
 import (
@@ -93,6 +94,7 @@ const (
 	prefixInstance = "i/"
 	prefixAudit    = "a/"
 	prefixDedup    = "g/"
+	prefixIndex    = "x/"
 	keyDefault     = "m/default"
 	keyAuditSeq    = "m/auditseq"
 
