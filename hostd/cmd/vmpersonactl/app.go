@@ -315,9 +315,6 @@ func parseInterspersed(fs *flag.FlagSet, args []string, stopAfter int) ([]string
 		pos = append(pos, rest[0])
 		args = rest[1:]
 		if stopAfter > 0 && len(pos) >= stopAfter {
-			if len(args) > 0 && args[0] == "--" && len(pos) == stopAfter {
-				args = args[1:]
-			}
 			return append(pos, args...), nil
 		}
 	}

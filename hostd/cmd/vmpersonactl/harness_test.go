@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The binaries under test, built once in TestMain: vmpersonactl itself, the
+// real host daemon and the real guest daemon. A daemon that does not build
+// leaves its error here and the tests that need it skip, naming it.
+var bins struct {
+	dir                 string
+	ctl, hostd, guestd  string
+	hostdErr, guestdErr error
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmpersonactl-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins.dir = dir
+	bins.ctl = filepath.Join(dir, "vmpersonactl")
+	bins.hostd = filepath.Join(dir, "vmpersona-hostd")
+	bins.guestd = filepath.Join(dir, "vmpersona-guestd")
+	if err := goBuild(bins.ctl, "./hostd/cmd/vmpersonactl", nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	bins.hostdErr = goBuild(bins.hostd, "./hostd/cmd/vmpersona-hostd", nil)
+	bins.guestdErr = goBuild(bins.guestd, "./guestd/cmd/vmpersona-guestd", []string{"CGO_ENABLED=0"})
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func goBuild(out, pkg string, env []string) error {
+	goTool := "go"
+	if _, err := exec.LookPath(goTool); err != nil {
+		goTool = "/usr/local/go/bin/go"
+	}
+	root, err := filepath.Abs("../../..")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+func needHostd(t *testing.T) {
+	t.Helper()
+	if bins.hostdErr != nil {
+		t.Skipf("the real vmpersona-hostd does not build, so this test cannot run: %v", bins.hostdErr)
+	}
+}
+
+func needGuestd(t *testing.T) {
+	t.Helper()
+	needHostd(t)
+	if bins.guestdErr != nil {
+		t.Skipf("the real vmpersona-guestd does not build, so this activate/exec test cannot run: %v", bins.guestdErr)
+	}
+}
+
+// syncBuffer is a buffer written by a process and read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Tokens of the host daemon under test, one per role.
+const (
+	tokAdmin    = "admin-token-0123456789"
+	tokOperator = "operator-token-0123456789"
+	tokViewer   = "viewer-token-0123456789"
+)
+
+// daemons is a running host daemon, with a guest daemon behind instance
+// "vm1" when the test asked for one.
+type daemons struct {
+	dir  string
+	sock string // the API's unix socket (root is admin there)
+	url  string // the API over TCP (bearer tokens)
+	logs *syncBuffer
+}
+
+// startDaemons starts the host daemon; withGuest also starts a guest
+// daemon and declares it as instance vm1 (without one, vm1 points at a
+// socket nobody listens on).
+func startDaemons(t *testing.T, withGuest bool) *daemons {
+	t.Helper()
+	needHostd(t)
+	if withGuest {
+		needGuestd(t)
+	}
+	// Unix socket paths must be short: keep them out of t.TempDir()'s
+	// long names.
+	dir, err := os.MkdirTemp("", "ctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	guestSock := filepath.Join(dir, "guest.sock")
+	if withGuest {
+		startProcess(t, "guestd", nil, bins.guestd, "--listen", "unix:"+guestSock,
+			"--state-dir", filepath.Join(dir, "guest-state"), "--profile-file", filepath.Join(dir, "profile.sh"))
+		waitFor(t, "the guest daemon's socket", func() bool { _, err := os.Stat(guestSock); return err == nil })
+	}
+	tokens := filepath.Join(dir, "tokens.csv")
+	csv := fmt.Sprintf("%s,alice,1001,\"admin\"\n%s,olivia,1002,\"operator\"\n%s,victor,1003,\"viewer\"\n", tokAdmin, tokOperator, tokViewer)
+	if err := os.WriteFile(tokens, []byte(csv), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemons{dir: dir, sock: filepath.Join(dir, "hostd.sock")}
+	d.logs = startProcess(t, "hostd", nil, bins.hostd, "--data-dir", filepath.Join(dir, "data"),
+		"--unix-socket", d.sock, "--listen", "127.0.0.1:0", "--libvirt-uri", "",
+		"--token-auth-file", tokens, "--instance", "vm1=unix:"+guestSock,
+		"--heartbeat", "500ms", "--log-format", "json")
+	waitFor(t, "the host daemon's TCP listener", func() bool {
+		d.url = tcpAddr(d.logs.String())
+		return d.url != ""
+	})
+	if withGuest {
+		waitFor(t, "the guest agent to connect", func() bool {
+			r := d.ctl(t, "-o", "json", "instance", "get", "vm1")
+			var in struct {
+				Agent struct{ State string } `json:"agent"`
+			}
+			return r.code == 0 && json.Unmarshal([]byte(r.stdout), &in) == nil && in.Agent.State == "connected"
+		})
+	}
+	return d
+}
+
+// tcpAddr finds the TCP listener in the host daemon's JSON log.
+func tcpAddr(logs string) string {
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var l struct {
+			Msg     string `json:"msg"`
+			Addr    string `json:"addr"`
+			Network string `json:"network"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "API listening" && l.Network == "tcp" {
+			return "http://" + l.Addr
+		}
+	}
+	return ""
+}
+
+// startProcess runs a daemon until the test ends (SIGTERM, then SIGKILL
+// if it does not stop) and returns its standard error.
+func startProcess(t *testing.T, name string, env []string, bin string, args ...string) *syncBuffer {
+	t.Helper()
+	logs := &syncBuffer{}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() || testing.Verbose() {
+			t.Logf("%s log:\n%s", name, lastLines(logs.String(), 40))
+		}
+	})
+	return logs
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// bound (a wait for readiness, not a timing assertion).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// result is one run of vmpersonactl.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// ctl runs vmpersonactl against the daemon's unix socket (as root: admin).
+func (d *daemons) ctl(t *testing.T, args ...string) result {
+	t.Helper()
+	return runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, "", args...)
+}
+
+// ctlTCP runs vmpersonactl over TCP with a token ("" for none).
+func (d *daemons) ctlTCP(t *testing.T, token string, args ...string) result {
+	t.Helper()
+	env := []string{"VMPERSONA_URL=" + d.url}
+	if token != "" {
+		env = append(env, "VMPERSONA_TOKEN="+token)
+	}
+	return runCtl(t, env, "", args...)
+}
+
+// runCtl runs the vmpersonactl binary with env added to a clean
+// environment and stdin as its standard input.
+func runCtl(t *testing.T, env []string, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.ctl, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("vmpersonactl %q: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+// want fails the test unless r exited with code.
+func want(t *testing.T, r result, code int, what string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("%s: want exit %d, got %s", what, code, r)
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
