@@ -266,6 +266,9 @@ func TestAuditExactlyOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// Stored once; the acknowledgement may still be on its way when
+		// the guest or the host goes down.
+		waitFor(t, "this round's exec events", func() bool { return execs(guestEvents()) >= (round+1)*perRound })
 		switch round {
 		case 0: // the guest dies, maybe with unacknowledged events
 			g.kill()
@@ -312,7 +315,7 @@ func TestSetEndpoint(t *testing.T) {
 	b := newGuest(t)
 	h := newHost(t, nil)
 	h.add("vm", a.endpoint())
-	h.waitState("vm", StateConnected)
+	first := h.waitState("vm", StateConnected)
 	p := h.createPersona(hardened())
 	if _, err := h.m.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", "api", 0); err != nil {
 		t.Fatal(err)
@@ -323,7 +326,7 @@ func TestSetEndpoint(t *testing.T) {
 	}
 	waitFor(t, "the session on the new endpoint", func() bool {
 		st, _ := h.m.Get("vm")
-		return st.State == StateConnected && st.Endpoint == b.endpoint().String()
+		return st.State == StateConnected && st.ConnectedAt.After(first.ConnectedAt)
 	})
 	// b holds no persona: the record follows the guest now reached.
 	if st, _ := h.m.Get("vm"); st.Active != nil {
@@ -386,5 +389,32 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	if after > before {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines before, %d after Close:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestStoppedAgentBlockedWrite stops a connected guest daemon and sends it
+// more than a socket buffer holds: the request's write blocks. The call still
+// ends at its own deadline (DeadlineExceeded), not when the session's write
+// timeout (here 3×5 s) gives up (which would be ErrNotConnected).
+func TestStoppedAgentBlockedWrite(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, func(c *Config) { c.Heartbeat = 5 * time.Second })
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	g.signal(syscall.SIGSTOP)
+	defer g.signal(syscall.SIGCONT)
+
+	big := make([]byte, 8<<20)
+	_, err := h.m.Exec(ctxTimeout(t, 500*time.Millisecond), "vm", protocol.Exec{Command: "true", Stdin: big}, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Exec blocked in its write: %v, want DeadlineExceeded", err)
+	}
+	// Other calls to the same agent are bounded by their own deadlines too.
+	_, err = h.m.Exec(ctxTimeout(t, 200*time.Millisecond), "vm", protocol.Exec{Command: "true"}, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Exec behind a blocked write: %v, want DeadlineExceeded", err)
+	}
+	if st, _ := h.m.Get("vm"); st.Name != "vm" {
+		t.Errorf("Get: %+v", st)
 	}
 }

@@ -37,14 +37,21 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	guestdBin = filepath.Join(dir, "vmpersona-guestd")
-	cmd := exec.Command("go", "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if bin := os.Getenv("VMPERSONA_TEST_GUESTD"); bin != "" {
+		// A prebuilt guest daemon (e.g. from make build).
+		guestdBin = bin
+	} else if out, err := buildGuestd(guestdBin); err != nil {
 		guestdErr = fmt.Errorf("build vmpersona-guestd: %v\n%s", err, out)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+func buildGuestd(bin string) ([]byte, error) {
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	return cmd.CombinedOutput()
 }
 
 // waitFor polls cond until it holds, failing the test after a generous
