@@ -83,7 +83,7 @@ func validName(k string) bool {
 }
 
 // shellQuote quotes v for a POSIX shell: single quotes, with each single
-// quote written as '\''.
+// quote written as '\”.
 func shellQuote(v string) string {
 	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
 }

@@ -144,6 +144,7 @@ type session struct {
 	heartbeat time.Duration
 	// the audit batch waiting for its ack: request id and when it was sent
 	auditID   uint64
+	auditLast uint64 // highest seq of that batch
 	auditSent time.Time
 	auditHold time.Time // no new batch before this (after a refusal)
 }
@@ -402,6 +403,12 @@ func (c *conn) handleResponse(f protocol.Frame) {
 			sess.auditHold = time.Now().Add(auditRetry)
 			return
 		}
+		if ack.UpToSeq < sess.auditLast {
+			// The host kept only part of the batch: send the rest later,
+			// not in a tight loop.
+			sess.auditHold = time.Now().Add(auditRetry)
+			return
+		}
 		c.kickAudit()
 	case protocol.TypeError:
 		var e protocol.Error
@@ -434,7 +441,7 @@ func (c *conn) sendAudit() {
 		return
 	}
 	id := c.nextID.Add(1)
-	sess.auditID, sess.auditSent = id, time.Now()
+	sess.auditID, sess.auditSent, sess.auditLast = id, time.Now(), events[len(events)-1].Seq
 	epoch := sess.epoch
 	c.mu.Unlock()
 	payload, err := protocol.Marshal(protocol.AuditBatch{SpoolID: c.s.cfg.Spool.ID(), Events: events})
