@@ -591,3 +591,56 @@ func TestDefaultPersonaOnConnectDisabled(t *testing.T) {
 		t.Errorf("status: %+v, want no persona", st.Active)
 	}
 }
+
+// TestSlowOutputConsumer streams many chunks to a consumer that blocks: the
+// session goes on serving other calls (the client buffers 64 frames per
+// call; without the manager's queue the reader would stall behind them), and
+// every chunk arrives in order once the consumer resumes.
+func TestSlowOutputConsumer(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, nil)
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+
+	const lines = 300
+	release := make(chan struct{})
+	first := make(chan struct{})
+	var got bytes.Buffer
+	chunks := 0
+	streamDone := make(chan error, 1)
+	go func() {
+		_, err := h.m.Exec(ctxTimeout(t, 60*time.Second), "vm", protocol.Exec{
+			Command: "sh", Args: []string{"-c", fmt.Sprintf("i=0; while [ $i -lt %d ]; do i=$((i+1)); echo $i; sleep 0.002; done", lines)},
+		}, func(stream byte, data []byte) {
+			if chunks == 0 {
+				close(first)
+				<-release
+			}
+			chunks++
+			got.Write(data)
+		})
+		streamDone <- err
+	}()
+	<-first
+	// While the consumer is blocked, the command goes on producing; other
+	// calls on the same session must still be answered.
+	for range 3 {
+		time.Sleep(200 * time.Millisecond) // let output pile up (not an assertion)
+		out, err := h.m.Exec(ctxTimeout(t, 10*time.Second), "vm", protocol.Exec{Command: "echo", Args: []string{"ok"}}, nil)
+		if err != nil || out.Stdout != "ok\n" {
+			t.Fatalf("Exec beside a blocked stream: %+v, %v", out, err)
+		}
+	}
+	close(release)
+	if err := <-streamDone; err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := 1; i <= lines; i++ {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if got.String() != want.String() {
+		t.Errorf("streamed output out of order or incomplete: %d bytes in %d chunks", got.Len(), chunks)
+	}
+	t.Logf("%d chunks", chunks)
+}
