@@ -66,3 +66,22 @@ func BenchmarkQueryAudit(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQueryAuditRare finds the one auth_failure among 10,000 events
+// (through the type index).
+func BenchmarkQueryAuditRare(b *testing.B) {
+	s := openTemp(b)
+	evs := make([]AuditEvent, 10000)
+	for i := range evs {
+		evs[i] = AuditEvent{Type: AuditExec, Instance: "vm1", Command: "ls"}
+	}
+	evs[5000].Type = AuditAuthFailure
+	if _, err := s.AppendAudit(evs...); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if got, err := s.QueryAudit(AuditQuery{Type: AuditAuthFailure}); err != nil || len(got) != 1 {
+			b.Fatalf("query: %d, %v", len(got), err)
+		}
+	}
+}

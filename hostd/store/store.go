@@ -214,12 +214,20 @@ func (s *Store) view(fn func(txn *badger.Txn) error) error {
 	return err
 }
 
-// badgerLogger hands Badger's logs to slog.
+// Ready reports whether the store answers reads (nil) or is closed
+// (ErrClosed): for a readiness probe.
+func (s *Store) Ready() error {
+	return s.view(func(*badger.Txn) error { return nil })
+}
+
+// badgerLogger hands Badger's logs to slog. Badger's informational lines
+// (tables opened, compactions, value-log replay) are internal bookkeeping:
+// they go out at debug level.
 type badgerLogger struct{ l *slog.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(trimMsg(f, a)) }
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(trimMsg(f, a)) }
-func (b badgerLogger) Infof(f string, a ...any)    { b.l.Info(trimMsg(f, a)) }
+func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(trimMsg(f, a)) }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(trimMsg(f, a)) }
 
 func trimMsg(f string, a []any) string { return strings.TrimSpace(fmt.Sprintf(f, a...)) }

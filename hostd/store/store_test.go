@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -469,4 +470,39 @@ func TestOpenLocked(t *testing.T) {
 		s.Close()
 		t.Fatal("a second Open of the same directory succeeded")
 	}
+}
+
+// Badger's own logs reach the slog logger given in Options.
+func TestBadgerLogsViaSlog(t *testing.T) {
+	var buf syncBuffer
+	s := openAt(t, t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err := s.Ready(); err != nil {
+		t.Fatalf("Ready = %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ready after Close = %v, want ErrClosed", err)
+	}
+	if out := buf.String(); !strings.Contains(out, "component=badger") {
+		t.Fatalf("no Badger log line reached slog; got:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
