@@ -375,6 +375,10 @@ func report(a *app, err error) int {
 
 // describe renders an error for people.
 func describe(err error) string {
+	var um userMessager
+	if errors.As(err, &um) {
+		return um.userMessage()
+	}
 	var p *apiclient.Problem
 	if errors.As(err, &p) {
 		title := p.Title
@@ -390,6 +394,12 @@ func describe(err error) string {
 		return err.Error() + " (the daemon did not answer in time; see --timeout)"
 	}
 	return err.Error()
+}
+
+// userMessager is an error that composed its own message for people.
+type userMessager interface {
+	error
+	userMessage() string
 }
 
 // exitCode maps an error to the documented exit codes.

@@ -189,8 +189,9 @@ type detailedError struct {
 	err error
 }
 
-func (e *detailedError) Error() string { return e.msg }
-func (e *detailedError) Unwrap() error { return e.err }
+func (e *detailedError) Error() string       { return e.msg }
+func (e *detailedError) userMessage() string { return e.msg }
+func (e *detailedError) Unwrap() error       { return e.err }
 
 func activeCommand() *command {
 	return &command{

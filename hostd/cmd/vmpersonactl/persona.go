@@ -388,7 +388,8 @@ func (e keptEditError) Error() string {
 		describe(e.err), e.path, progName, e.name, e.path)
 }
 
-func (e keptEditError) Unwrap() error { return e.err }
+func (e keptEditError) Unwrap() error       { return e.err }
+func (e keptEditError) userMessage() string { return e.Error() }
 
 // runEditor opens path in the user's editor. $VISUAL or $EDITOR may hold
 // arguments ("code --wait"); they run through the shell, as git does.

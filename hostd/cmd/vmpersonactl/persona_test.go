@@ -190,6 +190,15 @@ func TestPersonaEditInEditor(t *testing.T) {
 		t.Errorf("broken edit: %q", r.stderr)
 	}
 
+	// An edit the daemon refuses: its reason, and the text is kept.
+	invalid := writeFile(t, dir, "invalid.sh", "#!/bin/sh\nsed -i 's/\"APP_ENV\"/\"1BAD\"/' \"$1\"\n")
+	chmodX(t, invalid)
+	r = runCtl(t, []string{sock, "EDITOR=" + invalid}, "", "persona", "edit", "hardened")
+	want(t, r, exitGeneral, "edit the daemon refuses")
+	if !strings.Contains(r.stderr, "Invalid field") || !strings.Contains(r.stderr, "1BAD") || !strings.Contains(r.stderr, "Your edit is saved in ") {
+		t.Errorf("refused edit: %q", r.stderr)
+	}
+
 	// A concurrent change between reading and saving is refused (412):
 	// this editor changes the persona through the API while "open".
 	racer := writeFile(t, dir, "race.sh", "#!/bin/sh\n"+bins.ctl+" persona edit hardened -f "+
