@@ -21,24 +21,32 @@ func reportLatencies(b *testing.B, lat []time.Duration) {
 }
 
 // BenchmarkExecTrue runs /bin/true in the real guest daemon through the
-// manager: the host's full exec round trip over a unix socket.
+// manager: the host's full exec round trip over a unix socket. audited: the
+// guest records every exec (--audit-exec), which the host ingests meanwhile.
 func BenchmarkExecTrue(b *testing.B) {
-	g := newGuest(b)
-	h := newHost(b, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
-	ctx := context.Background()
-	req := protocol.Exec{Command: "/bin/true"}
-	var lat []time.Duration
-	for b.Loop() {
-		start := time.Now()
-		res, err := h.m.Exec(ctx, "vm", req, nil)
-		lat = append(lat, time.Since(start))
-		if err != nil || res.ExitCode != 0 {
-			b.Fatalf("exec: %+v, %v", res, err)
-		}
+	for _, bc := range []struct {
+		name string
+		args []string
+	}{{"plain", nil}, {"audited", []string{"--audit-exec"}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			g := newGuest(b, bc.args...)
+			h := newHost(b, nil)
+			h.add("vm", g.endpoint())
+			h.waitState("vm", StateConnected)
+			ctx := context.Background()
+			req := protocol.Exec{Command: "/bin/true"}
+			var lat []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				res, err := h.m.Exec(ctx, "vm", req, nil)
+				lat = append(lat, time.Since(start))
+				if err != nil || res.ExitCode != 0 {
+					b.Fatalf("exec: %+v, %v", res, err)
+				}
+			}
+			reportLatencies(b, lat)
+		})
 	}
-	reportLatencies(b, lat)
 }
 
 // BenchmarkLocalExecTrue is the floor: the same process started locally.

@@ -236,7 +236,7 @@ func TestGuestKilledAndRestarted(t *testing.T) {
 // one (before it may have seen the host's acknowledgement), restarts the
 // guest and the host's manager, and expects each guest event stored once.
 func TestAuditExactlyOnce(t *testing.T) {
-	g := newGuest(t)
+	g := newGuest(t, "--audit-exec")
 	h := newHost(t, nil)
 	h.add("vm", g.endpoint())
 	h.waitState("vm", StateConnected)

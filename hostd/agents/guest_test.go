@@ -88,9 +88,11 @@ type guest struct {
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	log      *bytes.Buffer
+	args     []string
 }
 
-func newGuest(t testing.TB) *guest {
+// newGuest starts a guest daemon with the given extra flags.
+func newGuest(t testing.TB, extra ...string) *guest {
 	t.Helper()
 	if guestdErr != nil {
 		t.Fatal(guestdErr)
@@ -100,6 +102,7 @@ func newGuest(t testing.TB) *guest {
 		t: t, sock: filepath.Join(dir, "g.sock"),
 		stateDir: filepath.Join(dir, "state"), profile: filepath.Join(dir, "profile.sh"),
 	}
+	g.args = append([]string{"--listen", "unix:" + g.sock, "--state-dir", g.stateDir, "--profile-file", g.profile}, extra...)
 	g.start()
 	t.Cleanup(g.kill)
 	return g
@@ -110,7 +113,7 @@ func (g *guest) endpoint() Endpoint { return Endpoint{Kind: KindUnix, Path: g.so
 func (g *guest) start() {
 	g.t.Helper()
 	g.log = new(bytes.Buffer)
-	g.cmd = exec.Command(guestdBin, "--listen", "unix:"+g.sock, "--state-dir", g.stateDir, "--profile-file", g.profile)
+	g.cmd = exec.Command(guestdBin, g.args...)
 	g.cmd.Stdout = g.log
 	g.cmd.Stderr = g.log
 	if err := g.cmd.Start(); err != nil {
