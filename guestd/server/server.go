@@ -65,6 +65,9 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	handlers sync.WaitGroup
+	// reader is reused by each connection in turn (one at a time), Reset
+	// in between so partial stale bytes are dropped.
+	reader *protocol.Reader
 }
 
 // New returns a server.
@@ -87,7 +90,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}
+	return &Server{cfg: cfg, log: cfg.Logger, reader: protocol.NewReader(nil, cfg.MaxPayload)}
 }
 
 // Serve accepts connections until ctx is done. A new connection replaces
@@ -168,7 +171,9 @@ func (c *conn) run() {
 	defer close(c.done)
 	defer c.close()
 	go c.watch()
-	r := protocol.NewReader(c.rw, c.s.cfg.MaxPayload)
+	r := c.s.reader
+	r.Reset(c.rw)
+	defer r.Reset(nil)
 	for {
 		f, err := r.Next()
 		if err != nil {

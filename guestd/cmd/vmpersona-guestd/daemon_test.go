@@ -861,6 +861,7 @@ func TestExecTimeoutKillsProcessGroup(t *testing.T) {
 	if !res.TimedOut || res.Signal != "SIGKILL" {
 		t.Fatalf("want a timeout killed by SIGKILL, got %+v", res)
 	}
+	t.Logf("exec took %.1f ms", res.DurationMillis)
 	data, err := os.ReadFile(pids)
 	if err != nil {
 		t.Fatal(err)

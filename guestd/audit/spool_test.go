@@ -1,0 +1,148 @@
+package audit
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func seqs(evs []protocol.AuditEvent) []uint64 {
+	var s []uint64
+	for _, e := range evs {
+		s = append(s, e.Seq)
+	}
+	return s
+}
+
+func record(t *testing.T, s *Spool, n int) {
+	t.Helper()
+	for range n {
+		if _, err := s.Record(protocol.AuditEvent{Type: protocol.AuditDenial, Command: "rm"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestSequencePersistsAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	record(t, s, 3)
+	if err := s.Ack(2); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("pending after ack 2: %v", got)
+	}
+	s.Close()
+
+	s, err = Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ID() != id {
+		t.Fatal("spool id changed")
+	}
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("pending after reopen: %v", got)
+	}
+	record(t, s, 1)
+	if err := s.Ack(4); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Everything acknowledged: the sequence still goes on from 5.
+	s, _ = Open(dir, Limits{}, nil)
+	defer s.Close()
+	if s.Len() != 0 {
+		t.Fatalf("pending: %d", s.Len())
+	}
+	ev, _ := s.Record(protocol.AuditEvent{Type: protocol.AuditExec})
+	if ev.Seq != 5 || ev.Time.IsZero() {
+		t.Fatalf("next event: %+v", ev)
+	}
+	// Acks are monotonic and bounded by what exists.
+	if err := s.Ack(1); err != nil || s.Len() != 1 {
+		t.Fatalf("stale ack: %v, len %d", err, s.Len())
+	}
+	if err := s.Ack(1000); err != nil || s.Len() != 0 {
+		t.Fatalf("ack beyond: %v, len %d", err, s.Len())
+	}
+	ev, _ = s.Record(protocol.AuditEvent{Type: protocol.AuditExec})
+	if ev.Seq != 6 {
+		t.Fatalf("seq after an ack beyond the end: %d", ev.Seq)
+	}
+}
+
+func TestTornTailSkipped(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir, Limits{}, nil)
+	record(t, s, 2)
+	s.Close()
+	f, _ := os.OpenFile(filepath.Join(dir, spoolFile), os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte(`{"seq":3,"type":"den`)) // a crash mid-append
+	f.Close()
+	s, err := Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("pending: %v", got)
+	}
+	if ev, _ := s.Record(protocol.AuditEvent{Type: protocol.AuditExec}); ev.Seq != 3 {
+		t.Fatalf("seq after torn tail: %d", ev.Seq)
+	}
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("pending: %v", got)
+	}
+}
+
+func TestFullSpoolDropsOldest(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir, Limits{MaxEvents: 20}, nil)
+	record(t, s, 25)
+	got := seqs(s.Pending(100))
+	if len(got) > 20 || got[len(got)-1] != 25 || s.Dropped() == 0 {
+		t.Fatalf("pending %v dropped %d", got, s.Dropped())
+	}
+	// Contiguous newest events are kept; the file agrees after a reopen.
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			t.Fatalf("gap inside the kept events: %v", got)
+		}
+	}
+	s.Close()
+	s, _ = Open(dir, Limits{MaxEvents: 20}, nil)
+	defer s.Close()
+	if again := seqs(s.Pending(100)); !slices.Equal(again, got) {
+		t.Fatalf("after reopen %v, before %v", again, got)
+	}
+
+	// The byte bound too.
+	dir2 := t.TempDir()
+	s2, _ := Open(dir2, Limits{MaxBytes: 1000}, nil)
+	defer s2.Close()
+	record(t, s2, 50)
+	data, _ := os.ReadFile(filepath.Join(dir2, spoolFile))
+	if len(data) > 1000 || s2.Dropped() == 0 {
+		t.Fatalf("spool file %d bytes, dropped %d", len(data), s2.Dropped())
+	}
+}
+
+func TestNotify(t *testing.T) {
+	s, _ := Open(t.TempDir(), Limits{}, nil)
+	defer s.Close()
+	record(t, s, 2)
+	select {
+	case <-s.Notify():
+	default:
+		t.Fatal("no notification after recording")
+	}
+}

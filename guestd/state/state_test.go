@@ -1,0 +1,88 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("state dir: %v %v", fi, err)
+	}
+	if a, err := s.Load(); a != nil || err != nil {
+		t.Fatalf("fresh store: %+v %v", a, err)
+	}
+	want := &protocol.ActiveState{
+		Persona: protocol.Persona{
+			Name: "p", EnvironmentVariables: map[string]string{"A": "1"},
+			PostActivationScript: "#!/bin/sh\ntrue\n", RestrictedCommands: []string{"rm"},
+			CommandOverrides: map[string]string{"ls": "/bin/true"}, AllowedCommands: []string{"ls"},
+		},
+		Revision: 7, ActivationID: "act", ActivatedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
+	}
+	if err := s.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	// A second store on the same dir (a restart) reads it back.
+	s2, _ := Open(dir)
+	got, err := s2.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Persona.Name != "p" || got.Revision != 7 || got.ActivationID != "act" || !got.ActivatedAt.Equal(want.ActivatedAt) ||
+		got.Persona.EnvironmentVariables["A"] != "1" || got.Persona.CommandOverrides["ls"] != "/bin/true" ||
+		got.Persona.RestrictedCommands[0] != "rm" || got.Persona.AllowedCommands[0] != "ls" ||
+		got.Persona.PostActivationScript != want.Persona.PostActivationScript {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if err := s.Save(nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.Load(); a != nil || err != nil {
+		t.Fatalf("after saving none: %+v %v", a, err)
+	}
+	// No temporary files are left behind.
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != activeFile {
+		t.Fatalf("state dir holds %v", ents)
+	}
+}
+
+func TestLoadCorrupt(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	for _, content := range []string{"{not json", `{"version": 99, "active": null}`, ""} {
+		os.WriteFile(filepath.Join(dir, activeFile), []byte(content), 0o600)
+		if _, err := s.Load(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%q: want ErrCorrupt, got %v", content, err)
+		}
+	}
+}
+
+func TestWriteFileAtomicReplaces(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	for _, content := range []string{"one", "two, longer"} {
+		if err := WriteFileAtomic(p, []byte(content), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(p)
+		fi, _ := os.Stat(p)
+		if string(data) != content || fi.Mode().Perm() != 0o640 {
+			t.Fatalf("got %q mode %v", data, fi.Mode())
+		}
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, "missing", "f"), nil, 0o600); err == nil {
+		t.Fatal("write into a missing directory succeeded")
+	}
+}
