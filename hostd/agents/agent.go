@@ -173,6 +173,9 @@ func (a *agent) nextEpoch() uint32 {
 func (a *agent) connect(ep Endpoint) (*session, error) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.m.cfg.DialTimeout)
 	defer cancel()
+	if a.m.dialHook != nil {
+		a.m.dialHook(ep)
+	}
 	conn, err := ep.dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", ep, err)

@@ -131,6 +131,9 @@ type Manager struct {
 	mu     sync.Mutex
 	agents map[string]*agent
 	closed bool
+
+	// dialHook, when set (tests only), is called before each dial.
+	dialHook func(Endpoint)
 }
 
 // NewManager returns a manager with no instances; Add starts them.
