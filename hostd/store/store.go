@@ -116,7 +116,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	bopts := badger.DefaultOptions(dir).
 		WithSyncWrites(true).
-		WithLogger(badgerLogger{log.With("component", "badger")}).
+		WithLogger(badgerLogger{log.With("lib", "badger")}).
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(64 << 20).
 		WithValueThreshold(64 << 10). // large personas go to the value log

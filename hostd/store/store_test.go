@@ -485,7 +485,7 @@ func TestBadgerLogsViaSlog(t *testing.T) {
 	if err := s.Ready(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Ready after Close = %v, want ErrClosed", err)
 	}
-	if out := buf.String(); !strings.Contains(out, "component=badger") {
+	if out := buf.String(); !strings.Contains(out, "lib=badger") {
 		t.Fatalf("no Badger log line reached slog; got:\n%s", out)
 	}
 }

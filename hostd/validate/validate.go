@@ -45,8 +45,13 @@ type Error struct {
 	Detail string
 }
 
+// Error is "field: detail", or the detail alone when Field is empty (the
+// persona as a whole, or a lone value checked by EnvName).
 func (e *Error) Error() string {
-	return fmt.Sprintf("%s: %s: %s", ErrInvalid.Error(), e.Field, e.Detail)
+	if e.Field == "" {
+		return e.Detail
+	}
+	return e.Field + ": " + e.Detail
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.

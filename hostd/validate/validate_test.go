@@ -220,12 +220,34 @@ func TestName(t *testing.T) {
 	}
 }
 
+func TestEnvName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"PATH", true}, {"_", true}, {"a1_B2", true}, {strings.Repeat("A", 255), true},
+		{"", false}, {"1A", false}, {"A-B", false}, {"A=B", false}, {"A\x00", false}, {"É", false},
+		{strings.Repeat("A", 256), false},
+	} {
+		err := EnvName(tc.name)
+		if (err == nil) != tc.ok {
+			t.Errorf("EnvName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("EnvName(%q) = %v, does not match ErrInvalid", tc.name, err)
+		}
+	}
+}
+
 func TestErrorMessage(t *testing.T) {
 	p := good()
 	p.RestrictedCommands[1] = ""
 	err := Persona(&p)
-	if got := err.Error(); !strings.Contains(got, "restricted_commands[1]") || !strings.Contains(got, "invalid persona") {
-		t.Fatalf("Error() = %q, want it to name the field and say invalid persona", got)
+	if got := err.Error(); got != "restricted_commands[1]: must not be empty" {
+		t.Fatalf("Error() = %q, want the field and the detail", got)
+	}
+	if got := (&Error{Detail: "too big"}).Error(); got != "too big" {
+		t.Fatalf("Error() without field = %q", got)
 	}
 }
 
