@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -93,6 +94,11 @@ vmpersonactl -o json exec vm1 -- id`,
 					}
 					if len(b) > maxInput {
 						return fmt.Errorf("standard input is larger than %d bytes", maxInput)
+					}
+					if !utf8.Valid(b) {
+						// The REST API carries stdin as a JSON string: bytes
+						// that are not UTF-8 would arrive altered.
+						return fmt.Errorf("standard input is not UTF-8 text; the daemon's API carries text only")
 					}
 					req.Stdin = string(b)
 				}

@@ -119,7 +119,7 @@ type daemons struct {
 // startDaemons starts the host daemon; withGuest also starts a guest
 // daemon and declares it as instance vm1 (without one, vm1 points at a
 // socket nobody listens on).
-func startDaemons(t *testing.T, withGuest bool) *daemons {
+func startDaemons(t *testing.T, withGuest bool, hostdArgs ...string) *daemons {
 	t.Helper()
 	needHostd(t)
 	if withGuest {
@@ -144,10 +144,11 @@ func startDaemons(t *testing.T, withGuest bool) *daemons {
 		t.Fatal(err)
 	}
 	d := &daemons{dir: dir, sock: filepath.Join(dir, "hostd.sock")}
-	d.logs = startProcess(t, "hostd", nil, bins.hostd, "--data-dir", filepath.Join(dir, "data"),
+	args := []string{"--data-dir", filepath.Join(dir, "data"),
 		"--unix-socket", d.sock, "--listen", "127.0.0.1:0", "--libvirt-uri", "",
-		"--token-auth-file", tokens, "--instance", "vm1=unix:"+guestSock,
-		"--heartbeat", "500ms", "--log-format", "json")
+		"--token-auth-file", tokens, "--instance", "vm1=unix:" + guestSock,
+		"--heartbeat", "500ms", "--log-format", "json"}
+	d.logs = startProcess(t, "hostd", nil, bins.hostd, append(args, hostdArgs...)...)
 	waitFor(t, "the host daemon's TCP listener", func() bool {
 		d.url = tcpAddr(d.logs.String())
 		return d.url != ""
@@ -172,8 +173,12 @@ func tcpAddr(logs string) string {
 			Msg     string `json:"msg"`
 			Addr    string `json:"addr"`
 			Network string `json:"network"`
+			TLS     bool   `json:"tls"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "API listening" && l.Network == "tcp" {
+			if l.TLS {
+				return "https://" + l.Addr
+			}
 			return "http://" + l.Addr
 		}
 	}
