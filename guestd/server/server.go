@@ -516,7 +516,12 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 		fail(protocol.CodeBusy, "too many commands running")
 		return
 	}
-	defer release()
+	released := false
+	defer func() {
+		if !released {
+			release()
+		}
+	}()
 
 	route := protocol.RouteDefault
 	path := ""
@@ -555,6 +560,9 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 		}
 	}
 	res, err := execute.Run(c.ctx, spec)
+	// The slot is free before the host hears the answer.
+	released = true
+	release()
 	if err != nil {
 		code := protocol.CodeNotExecutable
 		if errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOEXEC) {

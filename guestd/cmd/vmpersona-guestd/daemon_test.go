@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 // env is one test's guest: a state dir, a profile file and a bin dir on the
 // daemon's PATH holding test commands.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	root    string
 	state   string
 	profile string
@@ -58,7 +58,7 @@ type env struct {
 	path    string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	root := t.TempDir()
 	e := &env{
@@ -159,7 +159,7 @@ func (d *daemon) kill() {
 	<-d.done
 }
 
-func (d *daemon) term(t *testing.T) {
+func (d *daemon) term(t testing.TB) {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -219,7 +219,7 @@ func (a *auditLog) get() []protocol.AuditEvent {
 }
 
 // waitFor waits until cond holds for the received events.
-func (a *auditLog) waitFor(t *testing.T, what string, cond func([]protocol.AuditEvent) bool) {
+func (a *auditLog) waitFor(t testing.TB, what string, cond func([]protocol.AuditEvent) bool) {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for !cond(a.get()) {
@@ -258,13 +258,13 @@ func (e *env) connect(a *auditLog) *protocol.Client {
 	return c
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func activate(t *testing.T, c *protocol.Client, p protocol.Persona) protocol.ActivateResult {
+func activate(t testing.TB, c *protocol.Client, p protocol.Persona) protocol.ActivateResult {
 	t.Helper()
 	var res protocol.ActivateResult
 	err := c.Call(ctxT(t), protocol.TypeActivate, protocol.Activate{
@@ -276,21 +276,21 @@ func activate(t *testing.T, c *protocol.Client, p protocol.Persona) protocol.Act
 	return res
 }
 
-func mustActivate(t *testing.T, c *protocol.Client, p protocol.Persona) {
+func mustActivate(t testing.TB, c *protocol.Client, p protocol.Persona) {
 	t.Helper()
 	if res := activate(t, c, p); res.Result != protocol.ResultActivated {
 		t.Fatalf("activate %s: %+v (script %+v)", p.Name, res, res.Script)
 	}
 }
 
-func run(t *testing.T, c *protocol.Client, req protocol.Exec) (protocol.ExecResult, error) {
+func run(t testing.TB, c *protocol.Client, req protocol.Exec) (protocol.ExecResult, error) {
 	t.Helper()
 	var res protocol.ExecResult
 	err := c.Call(ctxT(t), protocol.TypeExec, req, &res, nil)
 	return res, err
 }
 
-func mustRun(t *testing.T, c *protocol.Client, req protocol.Exec) protocol.ExecResult {
+func mustRun(t testing.TB, c *protocol.Client, req protocol.Exec) protocol.ExecResult {
 	t.Helper()
 	res, err := run(t, c, req)
 	if err != nil {
@@ -308,7 +308,7 @@ func errCode(err error) string {
 }
 
 // guestEnv returns the environment commands get, via env(1).
-func guestEnv(t *testing.T, c *protocol.Client) map[string]string {
+func guestEnv(t testing.TB, c *protocol.Client) map[string]string {
 	t.Helper()
 	res := mustRun(t, c, protocol.Exec{Command: "env"})
 	m := map[string]string{}
@@ -352,7 +352,7 @@ func TestHandshake(t *testing.T) {
 
 // rawConn speaks frames directly, for what the client never sends.
 type rawConn struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *protocol.Reader
 	w *protocol.Writer
@@ -1123,4 +1123,76 @@ func TestSIGTERMStopsCleanly(t *testing.T) {
 	c := e.connect(nil)
 	mustRun(t, c, protocol.Exec{Command: "true"})
 	d.term(t)
+}
+
+func rssKiB(pid int) float64 {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// BenchmarkExecRoundTrip measures an exec of /bin/true through the daemon
+// (routing, fork/exec, wait, answer) under a persona with restrictions, and
+// reports the daemon's RSS before and after.
+func BenchmarkExecRoundTrip(b *testing.B) {
+	e := newEnv(b)
+	d := e.start()
+	idle := rssKiB(d.cmd.Process.Pid)
+	c := e.connect(nil)
+	mustActivate(e.t, c, protocol.Persona{Name: "bench", RestrictedCommands: []string{"rm", "shutdown"},
+		EnvironmentVariables: map[string]string{"APP_ENV": "bench"}})
+	b.ResetTimer()
+	for b.Loop() {
+		var res protocol.ExecResult
+		if err := c.Call(context.Background(), protocol.TypeExec, protocol.Exec{Command: "/bin/true"}, &res, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(idle, "idle-rss-KiB")
+	b.ReportMetric(rssKiB(d.cmd.Process.Pid), "rss-after-KiB")
+}
+
+func TestExecLimitAndAuditExec(t *testing.T) {
+	e := newEnv(t)
+	e.start("--max-exec", "1", "--audit-exec")
+	audit := newAuditLog(0)
+	c := e.connect(audit)
+	fifo := filepath.Join(e.root, "hold")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		var res protocol.ExecResult
+		done <- c.Call(ctxT(t), protocol.TypeExec, protocol.Exec{
+			Command: "sh", Args: []string{"-c", "echo started; read x < " + fifo}, Stream: true,
+		}, &res, func(byte, []byte) { once.Do(func() { close(started) }) })
+	}()
+	<-started
+	if _, err := run(t, c, protocol.Exec{Command: "true"}); errCode(err) != protocol.CodeBusy {
+		t.Fatalf("second exec with --max-exec 1: want busy, got %v", err)
+	}
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("x\n"))
+	w.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, c, protocol.Exec{Command: "true", Actor: "alice"})
+	audit.waitFor(t, "exec events", func(evs []protocol.AuditEvent) bool {
+		return slices.ContainsFunc(evs, func(ev protocol.AuditEvent) bool {
+			return ev.Type == protocol.AuditExec && ev.Command == "true" && ev.Actor == "alice" && ev.Route == protocol.RouteDefault
+		})
+	})
 }

@@ -1,0 +1,111 @@
+package execute
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRunCapturesAndReports(t *testing.T) {
+	res, err := Run(context.Background(), Spec{
+		Path: "/bin/sh", Args: []string{"sh", "-c", `cat; echo "$FOO" >&2; exit 5`},
+		Env: []string{"FOO=bar"}, Stdin: []byte("input"), Dir: "/",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res.Stdout) != "input" || string(res.Stderr) != "bar\n" || res.ExitCode != 5 || res.Signal != "" || res.TimedOut {
+		t.Fatalf("%+v", res)
+	}
+}
+
+func TestRunSignalName(t *testing.T) {
+	res, err := Run(context.Background(), Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "kill -TERM $$"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Signal != "SIGTERM" || res.ExitCode != -1 {
+		t.Fatalf("%+v", res)
+	}
+}
+
+func TestRunStartFailure(t *testing.T) {
+	_, err := Run(context.Background(), Spec{Path: "/nonexistent/cmd"})
+	if !errors.Is(err, ErrStart) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// Cancelling the context (the host went away) kills the whole group.
+func TestCancelKillsGroup(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan Result, 1)
+	go func() {
+		res, _ := Run(ctx, Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "sleep 300 & echo $! > " + pidFile + "; wait"}})
+		done <- res
+	}()
+	var pid int
+	for pid == 0 {
+		data, _ := os.ReadFile(pidFile)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	res := <-done
+	if res.Signal != "SIGKILL" || res.TimedOut {
+		t.Fatalf("%+v", res)
+	}
+	for {
+		data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			break
+		}
+		if i := strings.LastIndexByte(string(data), ')'); i > 0 && data[i+2] == 'Z' {
+			break // killed, waiting for its new parent to reap it
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStreamingBounded(t *testing.T) {
+	var mu sync.Mutex
+	got := map[byte]int{}
+	res, err := Run(context.Background(), Spec{
+		Path: "/bin/sh", Args: []string{"sh", "-c", "head -c 10000 /dev/zero; head -c 50 /dev/zero >&2"},
+		MaxOutput: 1000,
+		OnOutput: func(s byte, d []byte) {
+			mu.Lock()
+			got[s] += len(d)
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[Stdout] != 1000 || got[Stderr] != 50 || !res.StdoutTruncated || res.StderrTruncated || len(res.Stdout) != 0 {
+		t.Fatalf("streamed %v, result %+v", got, res)
+	}
+}
+
+func TestLimiter(t *testing.T) {
+	l := NewLimiter(1)
+	release, err := l.TryAcquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.TryAcquire(); !errors.Is(err, ErrBusy) {
+		t.Fatalf("want ErrBusy, got %v", err)
+	}
+	release()
+	if _, err := l.TryAcquire(); err != nil {
+		t.Fatal(err)
+	}
+}
