@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -139,7 +140,11 @@ func newEnv(t *testing.T, instances map[string]string) *env {
 		t.Fatal(err)
 	}
 	m := metrics.New()
-	mgr := agents.NewManager(agents.Config{Store: st, Metrics: m, Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 5 * time.Second})
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.Default()
+	}
+	mgr := agents.NewManager(agents.Config{Store: st, Metrics: m, Logger: log, Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 5 * time.Second})
 	for name, ep := range instances {
 		e, err := agents.ParseEndpoint(ep)
 		if err != nil {
@@ -149,7 +154,7 @@ func newEnv(t *testing.T, instances map[string]string) *env {
 			t.Fatal(err)
 		}
 	}
-	s := New(Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, DefaultScriptTimeout: 20 * time.Second})
+	s := New(Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: 20 * time.Second})
 	srv := httptest.NewUnstartedServer(s)
 	srv.Config = NewHTTPServer(s, s.cfg.Logger)
 	srv.Start()
