@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -469,6 +470,10 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 	}
 	if req.Command == "" {
 		fail(protocol.CodeBadRequest, "exec: empty command")
+		return
+	}
+	if containsAny(req.Command, "\x00") || containsAny(req.Cwd, "\x00") || slices.ContainsFunc(req.Args, func(a string) bool { return containsAny(a, "\x00") }) {
+		fail(protocol.CodeBadRequest, "exec: NUL byte in command, argument or cwd")
 		return
 	}
 	if req.TimeoutMillis < 0 || req.MaxOutput < 0 {

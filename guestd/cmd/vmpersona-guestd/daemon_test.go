@@ -425,6 +425,11 @@ func TestRequestsBeforeHelloRefused(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Fatal("a request before Hello ran a command")
 	}
+	// No version in common: refused, still no session.
+	r.send(protocol.Header{Type: protocol.TypeHello, ID: 3, Epoch: 40}, protocol.Hello{Epoch: 40, MinVersion: 2, MaxVersion: 3})
+	r.expectError(3, protocol.CodeUnsupportedVersion)
+	r.send(protocol.Header{Type: protocol.TypePing, ID: 4, Epoch: 40}, nil)
+	r.expectError(4, protocol.CodeNoSession)
 	// Then a session, and the protocol's other refusals.
 	if ack := r.hello(42, 0); ack.ProtocolVersion != 1 {
 		t.Fatalf("highest common version: %d", ack.ProtocolVersion)
@@ -988,6 +993,8 @@ func TestNotFoundAndNotExecutable(t *testing.T) {
 		{protocol.Exec{Command: "/etc"}, protocol.CodeNotExecutable},
 		{protocol.Exec{Command: "true", Cwd: "relative"}, protocol.CodeBadRequest},
 		{protocol.Exec{Command: ""}, protocol.CodeBadRequest},
+		{protocol.Exec{Command: "rm\x00"}, protocol.CodeBadRequest},
+		{protocol.Exec{Command: "echo", Args: []string{"a\x00b"}}, protocol.CodeBadRequest},
 	} {
 		_, err := run(t, c, tc.req)
 		if errCode(err) != tc.code {
