@@ -40,7 +40,12 @@ type agent struct {
 	sess      *session // the live session, nil when not connected
 	lastErr   string
 	lastEpoch uint32
-	stopOnce  sync.Once
+
+	// ingestMu guards ingestion against the loop's end: once run has
+	// returned no audit batch is being or will be written to the store,
+	// so the store may be closed right after Remove or Close.
+	ingestMu sync.RWMutex
+	ended    bool
 }
 
 // session is one connected protocol session.
@@ -106,6 +111,11 @@ func (a *agent) status() AgentStatus {
 // back off, again, until the agent is stopped.
 func (a *agent) run() {
 	defer close(a.done)
+	defer func() {
+		a.ingestMu.Lock()
+		a.ended = true
+		a.ingestMu.Unlock()
+	}()
 	defer a.cancel()
 	backoff := backoffMin
 	for {
@@ -255,6 +265,11 @@ func (a *agent) serve(s *session) time.Duration {
 
 // ingestAudit is the session's OnAudit: store the batch, count what was new.
 func (a *agent) ingestAudit(b protocol.AuditBatch) (uint64, error) {
+	a.ingestMu.RLock()
+	defer a.ingestMu.RUnlock()
+	if a.ended {
+		return 0, fmt.Errorf("ingest audit of %s: the instance is no longer managed", a.name)
+	}
 	upTo, inserted, err := a.m.st.IngestGuestAudit(a.name, b)
 	if err != nil {
 		return 0, fmt.Errorf("ingest audit of %s: %w", a.name, err)
