@@ -157,7 +157,6 @@ func NewManager(cfg Config) *Manager {
 	if m.log == nil {
 		m.log = slog.Default()
 	}
-	m.log = m.log.With("component", "agents")
 	return m
 }
 
