@@ -200,8 +200,11 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 			break
 		}
 	}
-	if errors.Is(err, badger.ErrDBClosed) {
+	switch {
+	case errors.Is(err, badger.ErrDBClosed):
 		return ErrClosed
+	case errors.Is(err, badger.ErrConflict):
+		return fmt.Errorf("store: still conflicting after %d attempts: %w", maxRetries, err)
 	}
 	return err
 }

@@ -506,3 +506,27 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// A persona near the validator's total limit (about 15 MiB of scripts) is
+// stored, read, updated and listed like any other.
+func TestLargePersona(t *testing.T) {
+	s := openTemp(t)
+	p := persona("big")
+	p.PreActivationScript = "#!/bin/sh\n" + strings.Repeat("#", validate.MaxScriptLen-10)
+	p.CommandOverrides = map[string]string{}
+	for i := range 13 {
+		p.CommandOverrides[fmt.Sprintf("c%d", i)] = "#!/bin/sh\n" + strings.Repeat(string(rune('a'+i)), validate.MaxScriptLen-10)
+	}
+	mustCreate(t, s, p)
+	p.PostActivationScript = p.PreActivationScript
+	if _, err := s.UpdatePersona(p, 1); err != nil {
+		t.Fatalf("UpdatePersona(big) = %v", err)
+	}
+	got, err := s.GetPersona("big")
+	if err != nil || got.Revision != 2 || got.CommandOverrides["c12"] != p.CommandOverrides["c12"] || got.PostActivationScript != p.PreActivationScript {
+		t.Fatalf("GetPersona(big) = rev %d, %v (content intact: %v)", got.Revision, err, got.CommandOverrides["c12"] == p.CommandOverrides["c12"])
+	}
+	if list, err := s.ListPersonas(); err != nil || len(list) != 1 {
+		t.Fatalf("ListPersonas = %d, %v", len(list), err)
+	}
+}
