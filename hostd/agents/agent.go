@@ -71,6 +71,21 @@ func newAgent(m *Manager, name string, ep Endpoint, source string) *agent {
 	}
 }
 
+// session returns the live session, or ErrNotConnected saying why not.
+func (a *agent) session() (*session, error) {
+	a.mu.Lock()
+	s, state, lastErr := a.sess, a.state, a.lastErr
+	a.mu.Unlock()
+	switch {
+	case s != nil:
+		return s, nil
+	case lastErr != "":
+		return nil, fmt.Errorf("%w: %s is %s: %s", ErrNotConnected, a.name, state, lastErr)
+	default:
+		return nil, fmt.Errorf("%w: %s is %s", ErrNotConnected, a.name, state)
+	}
+}
+
 func (a *agent) stop() {
 	a.cancel()
 	<-a.done

@@ -34,6 +34,10 @@ func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Pers
 		return protocol.ActivateResult{}, err
 	}
 	defer a.release()
+	// The session may have been replaced while this call waited its turn.
+	if s, err = a.session(); err != nil {
+		return protocol.ActivateResult{}, err
+	}
 	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout)
 	return res, err
 }
@@ -52,6 +56,10 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 		return protocol.ActivateResult{}, err
 	}
 	defer a.release()
+	// The session may have been replaced while this call waited its turn.
+	if s, err = a.session(); err != nil {
+		return protocol.ActivateResult{}, err
+	}
 
 	a.mu.Lock()
 	persona := activeName(s.active)
@@ -71,9 +79,10 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 
 // Exec runs a command through the instance's guest routing table. With
 // onOutput non-nil the command is streamed: onOutput receives each chunk
-// (protocol.StreamStdout or StreamStderr) in order, from the session's reader
-// goroutine, so it must not block for long; the result then carries no
-// output. Without a deadline in ctx, the call gets the larger of CallTimeout
+// (protocol.StreamStdout or StreamStderr) in order, from a goroutine of the
+// call's own, and has returned for the last time when Exec returns; the
+// result then carries no output. A slow onOutput does not hold up the
+// session (up to 8 MiB of output is queued for it). Without a deadline in ctx, the call gets the larger of CallTimeout
 // and the command's timeout+10 s.
 //
 // Errors: ErrUnknownInstance, ErrNotConnected, context.DeadlineExceeded, or

@@ -647,3 +647,41 @@ func TestSlowOutputConsumer(t *testing.T) {
 	}
 	t.Logf("%d chunks", chunks)
 }
+
+// TestConcurrentActivations activates several personas at once on one
+// instance: they run one after another, each answered, and the store's
+// record ends as the guest's last confirmed state.
+func TestConcurrentActivations(t *testing.T) {
+	g := newGuest(t)
+	h := newHost(t, nil)
+	h.add("vm", g.endpoint())
+	h.waitState("vm", StateConnected)
+	const n = 4
+	personas := make([]protocol.Persona, n)
+	for i := range personas {
+		personas[i] = h.createPersona(protocol.Persona{Name: fmt.Sprintf("p%d", i), PreActivationScript: "#!/bin/sh\nsleep 0.05"})
+	}
+	errs := make(chan error, n)
+	for _, p := range personas {
+		go func() {
+			res, err := h.m.Activate(ctxTimeout(t, 60*time.Second), "vm", p, "alice", "api", 0)
+			if err == nil && res.Result != protocol.ResultActivated {
+				err = fmt.Errorf("%s: %+v", p.Name, res)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	st, _ := h.m.Get("vm")
+	rec := h.record("vm")
+	if st.Active == nil || rec.Persona == nil || st.Active.ActivationID != rec.ActivationID || st.Active.Persona.Name != rec.Persona.Name {
+		t.Errorf("status %+v and record %+v disagree", st.Active, rec)
+	}
+	if got := histogramCount(t, h.met.ActivationDuration); got != n {
+		t.Errorf("%d activation durations observed, want %d", got, n)
+	}
+}

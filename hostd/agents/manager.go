@@ -271,14 +271,9 @@ func (m *Manager) connected(name string) (*agent, *session, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	a.mu.Lock()
-	s, state, lastErr := a.sess, a.state, a.lastErr
-	a.mu.Unlock()
-	if s == nil {
-		if lastErr != "" {
-			return nil, nil, fmt.Errorf("%w: %s is %s: %s", ErrNotConnected, name, state, lastErr)
-		}
-		return nil, nil, fmt.Errorf("%w: %s is %s", ErrNotConnected, name, state)
+	s, err := a.session()
+	if err != nil {
+		return nil, nil, err
 	}
 	return a, s, nil
 }
