@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 LDFLAGS := -s -w -X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=$(VERSION)
 
 # Debian packages the tests need: gcc for -race (cgo), pkg-config, promtool.
-TEST_DEBS := gcc libc6-dev pkg-config prometheus
+TEST_DEBS := gcc libc6-dev pkg-config prometheus libvirt-dev qemu-system-x86
 
 .PHONY: all build test fuzz bench demo clean deps-test
 

@@ -1,0 +1,680 @@
+// Package libvirt finds and follows libvirt domains for the host daemon:
+// it reads each domain's agent channel from its XML, keeps the agent
+// manager in step with domain lifecycle events (and a periodic full
+// resync), reconnects to libvirt with backoff when the daemon goes away,
+// answers UUID look-ups, reports each domain's run state and whether the
+// guest has the agent port open, and adds the channel to a domain that
+// lacks it (EnableChannel).
+package libvirt
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	lv "libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+)
+
+// Source is the agents.Manager source of domains found here.
+const Source = "libvirt"
+
+// Errors of the package.
+var (
+	// ErrNotConnected: libvirt is not reachable right now.
+	ErrNotConnected = errors.New("libvirt not connected")
+	// ErrNoDomain: no domain has that name or UUID.
+	ErrNoDomain = errors.New("no such libvirt domain")
+)
+
+// Agents is the part of agents.Manager discovery drives.
+type Agents interface {
+	Add(name string, ep agents.Endpoint, source string) error
+	Remove(name string)
+	SetEndpoint(name string, ep agents.Endpoint) error
+}
+
+// Config configures a Discovery. Zero durations take their defaults.
+type Config struct {
+	URI    string // e.g. qemu:///system
+	Agents Agents
+	Logger *slog.Logger
+	// Resync is the period of the full resync (default 30 s).
+	Resync time.Duration
+	// PortPoll is how often running domains with a channel are re-read
+	// for the agent port's state (default 10 s).
+	PortPoll time.Duration
+	// BackoffMin and BackoffMax bound the wait between connection attempts
+	// (defaults 1 s and 30 s).
+	BackoffMin, BackoffMax time.Duration
+}
+
+// Status is a snapshot of one domain.
+type Status struct {
+	Name string `json:"name"`
+	UUID string `json:"uuid"`
+	// State is StateRunning, StatePaused, StateShutoff or StateUnknown.
+	State    string `json:"state"`
+	Endpoint string `json:"endpoint,omitempty"`
+	// Reason says why the domain has no usable agent endpoint.
+	Reason string `json:"reason,omitempty"`
+	// PortOpen: the guest has the agent port open; nil when unknown (not
+	// running, vsock, or the driver does not say).
+	PortOpen   *bool     `json:"port_open,omitempty"`
+	Persistent bool      `json:"persistent"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// Discovery follows the domains of one libvirt connection. Its methods are
+// safe for concurrent use; the read methods answer from a snapshot.
+type Discovery struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	conn      *lv.Connect // nil while disconnected
+	connErr   string
+	domains   map[string]Status // by name
+	byUUID    map[string]string // normalised UUID → name
+	added     map[string]string // name → endpoint given to Agents
+	lostEvent bool
+
+	events chan domainEvent
+}
+
+type domainEvent struct {
+	name, uuid string
+	kind       lv.DomainEventType
+	resync     bool // not a domain event: resync everything
+}
+
+// New returns a Discovery; Run starts it.
+func New(cfg Config) (*Discovery, error) {
+	if cfg.URI == "" {
+		return nil, errors.New("libvirt: empty URI")
+	}
+	if cfg.Agents == nil {
+		return nil, errors.New("libvirt: no agent manager")
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.PortPoll <= 0 {
+		cfg.PortPoll = 10 * time.Second
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = time.Second
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Discovery{
+		cfg: cfg, log: log.With("component", "libvirt", "uri", cfg.URI),
+		domains: make(map[string]Status), byUUID: make(map[string]string), added: make(map[string]string),
+		events: make(chan domainEvent, 256),
+	}, nil
+}
+
+var (
+	eventLoopOnce sync.Once
+	eventLoopErr  error
+)
+
+// startEventLoop registers libvirt's default event loop implementation
+// (before any connection is opened, as libvirt requires) and runs it in a
+// goroutine for the life of the process: libvirt offers no way to stop it.
+func startEventLoop(log *slog.Logger) error {
+	eventLoopOnce.Do(func() {
+		if eventLoopErr = lv.EventRegisterDefaultImpl(); eventLoopErr != nil {
+			return
+		}
+		go func() {
+			for {
+				if err := lv.EventRunDefaultImpl(); err != nil {
+					log.Error("libvirt event loop", "err", err)
+					time.Sleep(time.Second)
+				}
+			}
+		}()
+	})
+	return eventLoopErr
+}
+
+// Run connects and follows domains until ctx ends, reconnecting with
+// backoff when libvirt goes away. Domains already known stay listed and
+// managed while disconnected (their QEMUs keep running without libvirtd);
+// the first resync after reconnecting brings everything up to date. When
+// ctx ends, every domain Run added is removed from the agent manager.
+func (d *Discovery) Run(ctx context.Context) error {
+	if err := startEventLoop(d.log); err != nil {
+		return fmt.Errorf("libvirt event loop: %w", err)
+	}
+	defer d.unmanageAll()
+	backoff := d.cfg.BackoffMin
+	for {
+		conn, err := lv.NewConnect(d.cfg.URI)
+		if err != nil {
+			msg := lvMessage(err)
+			d.mu.Lock()
+			changed := d.connErr != msg
+			d.connErr = msg
+			d.mu.Unlock()
+			if changed {
+				d.log.Warn("libvirt not reachable; retrying", "err", msg, "backoff", backoff)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(jitter(backoff)):
+			}
+			backoff = min(2*backoff, d.cfg.BackoffMax)
+			continue
+		}
+		backoff = d.cfg.BackoffMin
+		d.log.Info("libvirt connected")
+		err = d.session(ctx, conn)
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.mu.Lock()
+		d.connErr = "connection lost: " + err.Error()
+		d.mu.Unlock()
+		d.log.Warn("libvirt connection lost; reconnecting", "err", err)
+	}
+}
+
+// session follows one connection until it is lost or ctx ends.
+func (d *Discovery) session(ctx context.Context, conn *lv.Connect) error {
+	closed := make(chan struct{})
+	var closeOnce sync.Once
+	if err := conn.RegisterCloseCallback(func(_ *lv.Connect, reason lv.ConnectCloseReason) {
+		closeOnce.Do(func() { close(closed) })
+	}); err != nil {
+		d.log.Debug("no close callback on this connection", "err", lvMessage(err))
+	}
+	// Keepalive makes a libvirtd that hangs or vanishes without closing
+	// the socket look like a closed connection (remote drivers only).
+	if err := conn.SetKeepAlive(5, 3); err != nil {
+		d.log.Debug("no keepalive on this connection", "err", lvMessage(err))
+	}
+	cbID, err := conn.DomainEventLifecycleRegister(nil, func(_ *lv.Connect, dom *lv.Domain, ev *lv.DomainEventLifecycle) {
+		name, _ := dom.GetName()
+		uuid, _ := dom.GetUUIDString()
+		d.queue(domainEvent{name: name, uuid: uuid, kind: ev.Event})
+	})
+	if err != nil {
+		conn.UnregisterCloseCallback()
+		conn.Close()
+		return fmt.Errorf("register lifecycle events: %s", lvMessage(err))
+	}
+	d.mu.Lock()
+	d.conn = conn
+	d.connErr = ""
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.conn = nil
+		d.mu.Unlock()
+		conn.DomainEventDeregister(cbID)
+		conn.UnregisterCloseCallback()
+		conn.Close()
+	}()
+
+	if err := d.resync(conn); err != nil {
+		return err
+	}
+	resync := time.NewTicker(d.cfg.Resync)
+	defer resync.Stop()
+	poll := time.NewTicker(d.cfg.PortPoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-closed:
+			return errors.New("libvirt closed the connection")
+		case ev := <-d.events:
+			d.mu.Lock()
+			lost := d.lostEvent
+			d.lostEvent = false
+			d.mu.Unlock()
+			var err error
+			if ev.resync || lost {
+				err = d.resync(conn)
+			} else {
+				d.log.Debug("domain event", "domain", ev.name, "event", eventName(ev.kind))
+				err = d.refreshDomain(conn, ev.name, ev.uuid)
+			}
+			if err != nil {
+				return err
+			}
+		case <-resync.C:
+			if err := d.resync(conn); err != nil {
+				return err
+			}
+		case <-poll.C:
+			if err := d.pollPorts(conn); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// queue hands an event to the session loop without blocking libvirt's
+// event loop; when the queue is full the next event triggers a resync.
+func (d *Discovery) queue(ev domainEvent) {
+	select {
+	case d.events <- ev:
+	default:
+		d.mu.Lock()
+		d.lostEvent = true
+		d.mu.Unlock()
+	}
+}
+
+// connLost reports whether err means the connection is unusable.
+func connLost(conn *lv.Connect, err error) bool {
+	if err == nil {
+		return false
+	}
+	alive, aerr := conn.IsAlive()
+	return aerr != nil || !alive
+}
+
+// resync reads every domain and brings the snapshot and the agent manager
+// in step; domains that no longer exist are dropped.
+func (d *Discovery) resync(conn *lv.Connect) error {
+	doms, err := conn.ListAllDomains(0)
+	if err != nil {
+		if connLost(conn, err) {
+			return fmt.Errorf("list domains: %s", lvMessage(err))
+		}
+		d.log.Warn("list domains", "err", lvMessage(err))
+		return nil
+	}
+	seen := make(map[string]bool, len(doms))
+	for i := range doms {
+		st, err := d.read(&doms[i])
+		doms[i].Free()
+		if err != nil {
+			if connLost(conn, err) {
+				return err
+			}
+			continue // gone between list and read: the next event or resync settles it
+		}
+		seen[st.Name] = true
+		d.apply(st)
+	}
+	d.mu.Lock()
+	var gone []string
+	for name := range d.domains {
+		if !seen[name] {
+			gone = append(gone, name)
+		}
+	}
+	d.mu.Unlock()
+	for _, name := range gone {
+		d.forget(name)
+	}
+	return nil
+}
+
+// refreshDomain re-reads one domain after an event; one that no longer
+// exists (undefined, or a transient domain that stopped) is dropped.
+func (d *Discovery) refreshDomain(conn *lv.Connect, name, uuid string) error {
+	dom, err := conn.LookupDomainByUUIDString(uuid)
+	if err != nil {
+		if isCode(err, lv.ERR_NO_DOMAIN) {
+			d.forget(name)
+			return nil
+		}
+		if connLost(conn, err) {
+			return fmt.Errorf("look up %s: %s", name, lvMessage(err))
+		}
+		d.log.Warn("look up domain", "domain", name, "err", lvMessage(err))
+		return nil
+	}
+	defer dom.Free()
+	st, err := d.read(dom)
+	if err != nil {
+		if isCode(err, lv.ERR_NO_DOMAIN) {
+			d.forget(name)
+			return nil
+		}
+		if connLost(conn, err) {
+			return err
+		}
+		return nil
+	}
+	if st.Name != name && name != "" {
+		d.forget(name) // renamed
+	}
+	d.apply(st)
+	return nil
+}
+
+// pollPorts re-reads running domains that have an agent channel, for the
+// port's state.
+func (d *Discovery) pollPorts(conn *lv.Connect) error {
+	d.mu.Lock()
+	var todo []Status
+	for _, s := range d.domains {
+		if s.State != StateShutoff && s.Endpoint != "" {
+			todo = append(todo, s)
+		}
+	}
+	d.mu.Unlock()
+	for _, s := range todo {
+		if err := d.refreshDomain(conn, s.Name, s.UUID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// read builds a domain's status from its state and XML (live XML when it
+// runs, so that libvirt-assigned socket paths are there).
+func (d *Discovery) read(dom *lv.Domain) (Status, error) {
+	name, err := dom.GetName()
+	if err != nil {
+		return Status{}, err
+	}
+	uuid, err := dom.GetUUIDString()
+	if err != nil {
+		return Status{}, err
+	}
+	state, reason, err := dom.GetState()
+	if err != nil {
+		return Status{}, err
+	}
+	persistent, _ := dom.IsPersistent()
+	st := Status{Name: name, UUID: uuid, State: runState(state), Persistent: persistent}
+	raw, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return Status{}, err
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(raw); err != nil {
+		st.Reason = "domain XML not understood: " + err.Error()
+		return st, nil
+	}
+	ch := findChannel(&x, name)
+	switch {
+	case st.State == StateShutoff:
+		st.Reason = "domain is not running"
+		if state == lv.DOMAIN_CRASHED || (state == lv.DOMAIN_SHUTOFF && lv.DomainShutoffReason(reason) == lv.DOMAIN_SHUTOFF_CRASHED) {
+			st.Reason = "domain crashed"
+		}
+		if ch.Endpoint.Kind == "" && strings.HasPrefix(ch.Reason, "no ") {
+			st.Reason += "; " + ch.Reason
+		}
+	case ch.Endpoint.Kind == "":
+		st.Reason = ch.Reason
+	default:
+		st.Endpoint = ch.Endpoint.String()
+		st.PortOpen = portOpen(dom, ch)
+	}
+	return st, nil
+}
+
+// portOpen says whether the guest has the agent port open, without
+// traffic: the channel state libvirt reports in live XML (from QEMU's
+// VSERPORT_CHANGE events), or else query-chardev's frontend-open through
+// the QEMU monitor passthrough (qemu driver only; libvirt marks a domain
+// that gets monitor commands as tainted, hence the XML first).
+func portOpen(dom *lv.Domain, ch agentChannel) *bool {
+	switch ch.State {
+	case "connected":
+		return ptr(true)
+	case "disconnected":
+		return ptr(false)
+	}
+	if ch.Chardev == "" {
+		return nil
+	}
+	out, err := dom.QemuMonitorCommand(`{"execute":"query-chardev"}`, lv.DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT)
+	if err != nil {
+		return nil // not the qemu driver, or no monitor
+	}
+	return frontendOpen(out, ch.Chardev)
+}
+
+// frontendOpen reads a query-chardev answer for one chardev label.
+func frontendOpen(answer, label string) *bool {
+	var r struct {
+		Return []struct {
+			Label        string `json:"label"`
+			FrontendOpen bool   `json:"frontend-open"`
+		} `json:"return"`
+	}
+	if json.Unmarshal([]byte(answer), &r) != nil {
+		return nil
+	}
+	for _, c := range r.Return {
+		if c.Label == label {
+			return ptr(c.FrontendOpen)
+		}
+	}
+	return nil
+}
+
+func eventName(t lv.DomainEventType) string {
+	switch t {
+	case lv.DOMAIN_EVENT_DEFINED:
+		return "defined"
+	case lv.DOMAIN_EVENT_UNDEFINED:
+		return "undefined"
+	case lv.DOMAIN_EVENT_STARTED:
+		return "started"
+	case lv.DOMAIN_EVENT_SUSPENDED:
+		return "suspended"
+	case lv.DOMAIN_EVENT_RESUMED:
+		return "resumed"
+	case lv.DOMAIN_EVENT_STOPPED:
+		return "stopped"
+	case lv.DOMAIN_EVENT_SHUTDOWN:
+		return "shutdown"
+	case lv.DOMAIN_EVENT_PMSUSPENDED:
+		return "pmsuspended"
+	case lv.DOMAIN_EVENT_CRASHED:
+		return "crashed"
+	default:
+		return fmt.Sprintf("event-%d", int(t))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// runState maps libvirt's domain states onto the instance states.
+func runState(s lv.DomainState) string {
+	switch s {
+	case lv.DOMAIN_RUNNING, lv.DOMAIN_BLOCKED, lv.DOMAIN_SHUTDOWN:
+		return StateRunning // DOMAIN_SHUTDOWN: shutting down, still running
+	case lv.DOMAIN_PAUSED, lv.DOMAIN_PMSUSPENDED:
+		return StatePaused
+	case lv.DOMAIN_SHUTOFF, lv.DOMAIN_CRASHED:
+		return StateShutoff
+	default:
+		return StateUnknown
+	}
+}
+
+// apply records a domain's status and brings the agent manager in step:
+// a running or paused domain with an endpoint is managed; any other is not
+// (no connection attempts) but stays listed.
+func (d *Discovery) apply(st Status) {
+	if st.Endpoint != "" && st.State != StateShutoff {
+		ep, err := agents.ParseEndpoint(st.Endpoint)
+		if err == nil {
+			err = d.manage(st.Name, ep)
+		}
+		if err != nil {
+			st.Reason = err.Error()
+			st.Endpoint = ""
+			st.PortOpen = nil
+		}
+	}
+	if st.Endpoint == "" || st.State == StateShutoff {
+		d.unmanage(st.Name)
+	}
+	st.UpdatedAt = time.Now()
+	d.mu.Lock()
+	prev, known := d.domains[st.Name]
+	if known && prev.UUID != st.UUID {
+		delete(d.byUUID, normUUID(prev.UUID))
+	}
+	d.domains[st.Name] = st
+	d.byUUID[normUUID(st.UUID)] = st.Name
+	d.mu.Unlock()
+	if !known || prev.State != st.State || prev.Endpoint != st.Endpoint || prev.Reason != st.Reason {
+		d.log.Info("domain", "domain", st.Name, "uuid", st.UUID, "state", st.State, "endpoint", st.Endpoint, "reason", st.Reason)
+	}
+}
+
+// forget drops a domain that no longer exists.
+func (d *Discovery) forget(name string) {
+	if name == "" {
+		return
+	}
+	d.unmanage(name)
+	d.mu.Lock()
+	st, ok := d.domains[name]
+	delete(d.domains, name)
+	if ok && d.byUUID[normUUID(st.UUID)] == name {
+		delete(d.byUUID, normUUID(st.UUID))
+	}
+	d.mu.Unlock()
+	if ok {
+		d.log.Info("domain gone", "domain", name, "uuid", st.UUID)
+	}
+}
+
+// manage gives the agent manager the domain at ep.
+func (d *Discovery) manage(name string, ep agents.Endpoint) error {
+	d.mu.Lock()
+	cur, ok := d.added[name]
+	d.mu.Unlock()
+	if ok && cur == ep.String() {
+		return nil
+	}
+	var err error
+	if ok {
+		err = d.cfg.Agents.SetEndpoint(name, ep)
+	} else {
+		err = d.cfg.Agents.Add(name, ep, Source)
+	}
+	if err != nil {
+		if errors.Is(err, agents.ErrExists) {
+			return fmt.Errorf("instance name %q is already used by another instance (--instance or --qmp)", name)
+		}
+		return err
+	}
+	d.mu.Lock()
+	d.added[name] = ep.String()
+	d.mu.Unlock()
+	return nil
+}
+
+// unmanage removes a domain from the agent manager if discovery added it.
+func (d *Discovery) unmanage(name string) {
+	d.mu.Lock()
+	_, ok := d.added[name]
+	delete(d.added, name)
+	d.mu.Unlock()
+	if ok {
+		d.cfg.Agents.Remove(name)
+	}
+}
+
+func (d *Discovery) unmanageAll() {
+	d.mu.Lock()
+	names := make([]string, 0, len(d.added))
+	for n := range d.added {
+		names = append(names, n)
+	}
+	d.mu.Unlock()
+	for _, n := range names {
+		d.unmanage(n)
+	}
+}
+
+// Instances returns every known domain's status, sorted by name.
+func (d *Discovery) Instances() []Status {
+	d.mu.Lock()
+	out := make([]Status, 0, len(d.domains))
+	for _, s := range d.domains {
+		out = append(out, s)
+	}
+	d.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get returns one domain's status by name or UUID.
+func (d *Discovery) Get(idOrUUID string) (Status, bool) {
+	name, ok := d.Resolve(idOrUUID)
+	if !ok {
+		return Status{}, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.domains[name]
+	return s, ok
+}
+
+// Resolve returns the domain name for a domain name or UUID (with or
+// without dashes, any case).
+func (d *Discovery) Resolve(idOrUUID string) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.domains[idOrUUID]; ok {
+		return idOrUUID, true
+	}
+	name, ok := d.byUUID[normUUID(idOrUUID)]
+	return name, ok
+}
+
+// Connected reports whether libvirt is connected, and the last connection
+// error when it is not.
+func (d *Discovery) Connected() (bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conn != nil, d.connErr
+}
+
+func normUUID(s string) string {
+	return strings.ToLower(strings.ReplaceAll(s, "-", ""))
+}
+
+func isCode(err error, code lv.ErrorNumber) bool {
+	var e lv.Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// lvMessage is libvirt's own message for an error, without the binding's
+// virError(Code=…) wrapping.
+func lvMessage(err error) string {
+	var e lv.Error
+	if errors.As(err, &e) && e.Message != "" {
+		return e.Message
+	}
+	return err.Error()
+}
+
+// jitter spreads a backoff over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
