@@ -222,6 +222,8 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 		}
 		return nil, fmt.Errorf("%w: %s %s: %v", ErrProtocol, method, path, err)
 	}
+	// Read to the end (the trailing newline) so the connection is reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	return resp.Header, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -463,5 +464,69 @@ func TestBasePathKept(t *testing.T) {
 	}
 	if _, err := c.ListPersonas(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Answers are read to the end so that one connection serves every call.
+func TestConnectionReused(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /personas/{name}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("ETag", `"7"`)
+		io.WriteString(w, personaJSON+"\n")
+	})
+	mux.HandleFunc("POST /instances/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		io.WriteString(w, `{"stream":"stdout","data":"x"}`+"\n")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, `{"stream":"exit","exit_code":0,"signal":"","route":"default","persona":null,"duration_ms":1}`+"\n")
+		// As the host daemon does: the exit line goes out on its own, the
+		// end of the chunked body a little later.
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+	})
+	mux.HandleFunc("GET /personas", func(w http.ResponseWriter, r *http.Request) {
+		// A chunked document whose end comes after the JSON value.
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"personas":[`+personaJSON+`]}`)
+		w.(http.Flusher).Flush()
+		time.Sleep(20 * time.Millisecond)
+		io.WriteString(w, "\n")
+	})
+	mux.HandleFunc("GET /instances/{id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(404)
+		io.WriteString(w, `{"title":"Unknown instance","status":404}`+"\n")
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	var conns atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := New(Config{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := 0; i < 3; i++ {
+		if _, err := c.GetPersona(ctx, "hardened"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ExecStream(ctx, "vm1", ExecRequest{Command: "x"}, io.Discard, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.GetInstance(ctx, "vm9"); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		if _, err := c.ListPersonas(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 12 sequential calls, want 1", n)
 	}
 }

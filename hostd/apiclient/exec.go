@@ -116,6 +116,8 @@ func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, std
 		case "exit":
 			res := l.ExecResult
 			res.Stdout, res.Stderr = "", ""
+			// Read to the end of the body so the connection can be reused.
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			return res, nil
 		default:
 			if l.Status != 0 {

@@ -67,14 +67,14 @@ func goBuild(out, pkg string, env []string) error {
 	return nil
 }
 
-func needHostd(t *testing.T) {
+func needHostd(t testing.TB) {
 	t.Helper()
 	if bins.hostdErr != nil {
 		t.Skipf("the real vmpersona-hostd does not build, so this test cannot run: %v", bins.hostdErr)
 	}
 }
 
-func needGuestd(t *testing.T) {
+func needGuestd(t testing.TB) {
 	t.Helper()
 	needHostd(t)
 	if bins.guestdErr != nil {
@@ -119,7 +119,7 @@ type daemons struct {
 // startDaemons starts the host daemon; withGuest also starts a guest
 // daemon and declares it as instance vm1 (without one, vm1 points at a
 // socket nobody listens on).
-func startDaemons(t *testing.T, withGuest bool, hostdArgs ...string) *daemons {
+func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	t.Helper()
 	needHostd(t)
 	if withGuest {
@@ -187,7 +187,7 @@ func tcpAddr(logs string) string {
 
 // startProcess runs a daemon until the test ends (SIGTERM, then SIGKILL
 // if it does not stop) and returns its standard error.
-func startProcess(t *testing.T, name string, env []string, bin string, args ...string) *syncBuffer {
+func startProcess(t testing.TB, name string, env []string, bin string, args ...string) *syncBuffer {
 	t.Helper()
 	logs := &syncBuffer{}
 	cmd := exec.Command(bin, args...)
@@ -206,7 +206,7 @@ func startProcess(t *testing.T, name string, env []string, bin string, args ...s
 			cmd.Process.Kill()
 			<-done
 		}
-		if t.Failed() || testing.Verbose() {
+		if t.Failed() {
 			t.Logf("%s log:\n%s", name, lastLines(logs.String(), 40))
 		}
 	})
@@ -223,7 +223,7 @@ func lastLines(s string, n int) string {
 
 // waitFor polls cond until it holds, failing the test after a generous
 // bound (a wait for readiness, not a timing assertion).
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -245,13 +245,13 @@ func (r result) String() string {
 }
 
 // ctl runs vmpersonactl against the daemon's unix socket (as root: admin).
-func (d *daemons) ctl(t *testing.T, args ...string) result {
+func (d *daemons) ctl(t testing.TB, args ...string) result {
 	t.Helper()
 	return runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, "", args...)
 }
 
 // ctlTCP runs vmpersonactl over TCP with a token ("" for none).
-func (d *daemons) ctlTCP(t *testing.T, token string, args ...string) result {
+func (d *daemons) ctlTCP(t testing.TB, token string, args ...string) result {
 	t.Helper()
 	env := []string{"VMPERSONA_URL=" + d.url}
 	if token != "" {
@@ -262,7 +262,7 @@ func (d *daemons) ctlTCP(t *testing.T, token string, args ...string) result {
 
 // runCtl runs the vmpersonactl binary with env added to a clean
 // environment and stdin as its standard input.
-func runCtl(t *testing.T, env []string, stdin string, args ...string) result {
+func runCtl(t testing.TB, env []string, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
