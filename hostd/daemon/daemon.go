@@ -21,7 +21,9 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/api"
 	"github.com/vmpersona/vmpersona/hostd/auth"
+	"github.com/vmpersona/vmpersona/hostd/libvirt"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/qmp"
 	"github.com/vmpersona/vmpersona/hostd/store"
 )
 
@@ -86,11 +88,13 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		statics = append(statics, inst{name, ep})
 	}
-	if len(cfg.QMP) > 0 {
-		return errors.New("--qmp: plain QEMU discovery is not available in this build yet; use --instance NAME=unix:CHARDEV_SOCKET")
-	}
-	if cfg.LibvirtURI != "" {
-		log.Warn("libvirt discovery is not available in this build yet; only --instance instances are served", "libvirt_uri", cfg.LibvirtURI)
+	var qmpInstances []qmp.Instance
+	for _, v := range cfg.QMP {
+		in, err := qmp.ParseFlag(v)
+		if err != nil {
+			return err
+		}
+		qmpInstances = append(qmpInstances, in)
 	}
 
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -110,6 +114,13 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	// Discovery feeds mgr; it stops (deferred after mgr.Close, so it runs
+	// first) before the manager closes.
+	_, _, stopDiscovery, err := startDiscovery(ctx, cfg.LibvirtURI, qmpInstances, mgr, log)
+	if err != nil {
+		return err
+	}
+	defer stopDiscovery()
 
 	srv := api.New(api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout})
 	listeners, err := listen(cfg, log)
@@ -157,6 +168,42 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	wg.Wait()
 	return runErr
+}
+
+// startDiscovery starts libvirt discovery (when uri is not empty) and the
+// QMP watcher (when there are --qmp instances), feeding mgr. stop ends
+// both and waits for them.
+func startDiscovery(ctx context.Context, uri string, qmps []qmp.Instance, mgr *agents.Manager, log *slog.Logger) (lvd *libvirt.Discovery, qw *qmp.Watcher, stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = func() { cancel(); wg.Wait() }
+	if uri != "" {
+		lvd, err = libvirt.New(libvirt.Config{URI: uri, Agents: mgr, Logger: log})
+		if err != nil {
+			cancel()
+			return nil, nil, nil, fmt.Errorf("--libvirt-uri: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := lvd.Run(ctx); err != nil {
+				log.Error("libvirt discovery stopped", "err", err)
+			}
+		}()
+	}
+	if len(qmps) > 0 {
+		qw, err = qmp.New(qmp.Config{Instances: qmps, Agents: mgr, Logger: log})
+		if err != nil {
+			stop()
+			return nil, nil, nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			qw.Run(ctx)
+		}()
+	}
+	return lvd, qw, stop, nil
 }
 
 type listener struct {
