@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
+	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
@@ -20,7 +23,8 @@ commands run, overridden and denied, refused requests. Filters combine.
 --since and --until take a time (RFC 3339, or a date) or a duration back
 from now (15m, 24h). Without --limit every matching event is printed.
 
---follow keeps polling (every --interval) for new events until interrupted.
+--follow keeps polling (every --interval) for new events until interrupted,
+and rides out a daemon restart (it says so on standard error).
 With --output json the events are printed as one document, or with
 --follow as one JSON object per line (NDJSON).`,
 		example: `vmpersonactl audit --instance vm1 --since 1h
@@ -73,6 +77,7 @@ vmpersonactl audit --follow -o json | jq -c 'select(.type=="denial")'`,
 					return err
 				}
 				q.After = cursor
+				waiting := false
 				tick := time.NewTicker(*interval)
 				defer tick.Stop()
 				for {
@@ -87,7 +92,20 @@ vmpersonactl audit --follow -o json | jq -c 'select(.type=="denial")'`,
 						if ctx.Err() != nil {
 							return nil
 						}
-						return err
+						if !transient(err) {
+							return err
+						}
+						// The daemon restarts or is busy: say so once and
+						// keep following from the same cursor.
+						if !waiting {
+							fmt.Fprintf(a.io.err, "%s: %s; still following\n", progName, describe(err))
+							waiting = true
+						}
+						continue
+					}
+					if waiting {
+						fmt.Fprintf(a.io.err, "%s: the daemon answers again\n", progName)
+						waiting = false
 					}
 					if err := p.print(page.Events); err != nil {
 						return err
@@ -99,6 +117,20 @@ vmpersonactl audit --follow -o json | jq -c 'select(.type=="denial")'`,
 			}
 		},
 	}
+}
+
+// transient reports whether following should outlast err: the daemon is
+// unreachable, restarting or failing for now, rather than refusing us.
+func transient(err error) bool {
+	var te *apiclient.TransportError
+	var p *apiclient.Problem
+	switch {
+	case errors.As(err, &te):
+		return true
+	case errors.As(err, &p):
+		return p.Status >= 500 || p.Status == http.StatusTooManyRequests
+	}
+	return false
 }
 
 // auditBacklog prints the events that match now, page by page, and returns

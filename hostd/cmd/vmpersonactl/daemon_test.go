@@ -248,3 +248,40 @@ func TestCompletionAgainstDaemon(t *testing.T) {
 		t.Errorf("bash completion: %v %q", err, out)
 	}
 }
+
+// audit --follow rides out a restart of the daemon.
+func TestAuditFollowAcrossRestart(t *testing.T) {
+	d := startDaemons(t, false)
+	create := func(name string) {
+		t.Helper()
+		want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-"), 0, "create "+name)
+	}
+	create("first")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.ctl, "audit", "--follow", "--interval", "50ms", "--type", "persona_created")
+	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
+	out, errb := &syncBuffer{}, &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), " first ") })
+	d.hostd.stop()
+	waitFor(t, "the follower to notice", func() bool { return strings.Contains(errb.String(), "still following") })
+	d.startHostd(t)
+	create("second")
+	waitFor(t, "the event after the restart", func() bool { return strings.Contains(out.String(), " second ") })
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("audit --follow: %v\n%s", err, errb.String())
+	}
+	if n := strings.Count(out.String(), " first "); n != 1 {
+		t.Errorf("the backlog printed %d times:\n%s", n, out.String())
+	}
+	if !strings.Contains(errb.String(), "the daemon answers again") {
+		t.Errorf("stderr: %q", errb.String())
+	}
+}

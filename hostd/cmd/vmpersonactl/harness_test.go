@@ -110,10 +110,11 @@ const (
 // daemons is a running host daemon, with a guest daemon behind instance
 // "vm1" when the test asked for one.
 type daemons struct {
-	dir  string
-	sock string // the API's unix socket (root is admin there)
-	url  string // the API over TCP (bearer tokens)
-	logs *syncBuffer
+	dir   string
+	sock  string // the API's unix socket (root is admin there)
+	url   string // the API over TCP (bearer tokens)
+	hostd *proc
+	args  []string // the host daemon's
 }
 
 // startDaemons starts the host daemon; withGuest also starts a guest
@@ -134,7 +135,7 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	guestSock := filepath.Join(dir, "guest.sock")
 	if withGuest {
-		startProcess(t, "guestd", nil, bins.guestd, "--listen", "unix:"+guestSock,
+		_ = startProcess(t, "guestd", nil, bins.guestd, "--listen", "unix:"+guestSock,
 			"--state-dir", filepath.Join(dir, "guest-state"), "--profile-file", filepath.Join(dir, "profile.sh"))
 		waitFor(t, "the guest daemon's socket", func() bool { _, err := os.Stat(guestSock); return err == nil })
 	}
@@ -148,11 +149,8 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 		"--unix-socket", d.sock, "--listen", "127.0.0.1:0", "--libvirt-uri", "",
 		"--token-auth-file", tokens, "--instance", "vm1=unix:" + guestSock,
 		"--heartbeat", "500ms", "--log-format", "json"}
-	d.logs = startProcess(t, "hostd", nil, bins.hostd, append(args, hostdArgs...)...)
-	waitFor(t, "the host daemon's TCP listener", func() bool {
-		d.url = tcpAddr(d.logs.String())
-		return d.url != ""
-	})
+	d.args = append(args, hostdArgs...)
+	d.startHostd(t)
 	if withGuest {
 		waitFor(t, "the guest agent to connect", func() bool {
 			r := d.ctl(t, "-o", "json", "instance", "get", "vm1")
@@ -163,6 +161,15 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 		})
 	}
 	return d
+}
+
+func (d *daemons) startHostd(t testing.TB) {
+	t.Helper()
+	d.hostd = startProcess(t, "hostd", nil, bins.hostd, d.args...)
+	waitFor(t, "the host daemon's TCP listener", func() bool {
+		d.url = tcpAddr(d.hostd.logs.String())
+		return d.url != ""
+	})
 }
 
 // tcpAddr finds the TCP listener in the host daemon's JSON log.
@@ -185,32 +192,46 @@ func tcpAddr(logs string) string {
 	return ""
 }
 
-// startProcess runs a daemon until the test ends (SIGTERM, then SIGKILL
-// if it does not stop) and returns its standard error.
-func startProcess(t testing.TB, name string, env []string, bin string, args ...string) *syncBuffer {
-	t.Helper()
-	logs := &syncBuffer{}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
+// proc is a running daemon.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+	once sync.Once
+}
+
+// stop ends the daemon: SIGTERM, then SIGKILL if it does not stop.
+func (p *proc) stop() {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case <-p.done:
 		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, lastLines(logs.String(), 40))
+			p.cmd.Process.Kill()
+			<-p.done
 		}
 	})
-	return logs
+}
+
+// startProcess runs a daemon until the test ends and collects its output.
+func startProcess(t testing.TB, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, lastLines(p.logs.String(), 40))
+		}
+	})
+	return p
 }
 
 func lastLines(s string, n int) string {
