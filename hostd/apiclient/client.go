@@ -196,6 +196,12 @@ type TransportError struct {
 }
 
 func (e *TransportError) Error() string {
+	switch {
+	case errors.Is(e.Err, context.DeadlineExceeded):
+		return fmt.Sprintf("vmpersona-hostd at %s did not answer in time: %v", e.Target, e.Err)
+	case errors.Is(e.Err, context.Canceled):
+		return fmt.Sprintf("request to vmpersona-hostd at %s canceled: %v", e.Target, e.Err)
+	}
 	return fmt.Sprintf("cannot reach vmpersona-hostd at %s: %v", e.Target, e.Err)
 }
 

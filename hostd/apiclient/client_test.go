@@ -440,7 +440,7 @@ func TestTransportErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.ListInstances(context.Background())
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "did not answer in time") {
 		t.Errorf("err = %v, want DeadlineExceeded", err)
 	}
 }

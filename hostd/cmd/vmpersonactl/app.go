@@ -369,6 +369,10 @@ func report(a *app, err error) int {
 		fmt.Fprintf(w, "Run '%s --help' for usage.\n", path)
 		return exitUsage
 	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintf(w, "%s: interrupted\n", progName)
+		return exitInterrupted
+	}
 	fmt.Fprintf(w, "%s: %s\n", progName, describe(err))
 	return exitCode(err)
 }

@@ -183,3 +183,30 @@ func TestExecStreamsAndInterrupt(t *testing.T) {
 		t.Errorf("stderr %q", errb.String())
 	}
 }
+
+// Ctrl-C while an activation waits on the guest: exit 130, "interrupted".
+func TestActivateInterrupted(t *testing.T) {
+	d := startDaemons(t, true)
+	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"slow","pre_activation_script":"#!/bin/sh\nexec sleep 60"}`,
+		"persona", "create", "-f", "-"), 0, "create")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.ctl, "activate", "vm1", "slow")
+	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the activation to reach the daemon", func() bool {
+		r := d.ctl(t, "-o", "json", "audit", "--type", "activation_requested")
+		return strings.Contains(r.stdout, `"slow"`)
+	})
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted || !strings.Contains(errb.String(), "interrupted") {
+		t.Fatalf("after SIGINT: %v, stderr %q", err, errb.String())
+	}
+}
