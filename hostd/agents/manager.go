@@ -165,7 +165,7 @@ func NewManager(cfg Config) *Manager {
 // came from (static, libvirt, qmp).
 func (m *Manager) Add(name string, ep Endpoint, source string) error {
 	if name == "" {
-		return fmt.Errorf("%w: empty instance name", ErrUnknownInstance)
+		return errors.New("agents: an instance needs a name")
 	}
 	if err := ep.Validate(); err != nil {
 		return err
