@@ -2,6 +2,7 @@ package apiclient
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -93,11 +94,27 @@ func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, std
 		return ExecResult{}, fmt.Errorf("%w: exec stream answered %q", ErrProtocol, ct)
 	}
 
-	sc := bufio.NewScanner(resp.Body)
+	res, err := readExecStream(resp.Body, stdout, stderr)
+	if err != nil {
+		return ExecResult{}, c.streamErr(err)
+	}
+	// Read to the end of the body so the connection can be reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return res, nil
+}
+
+// errNoExit: the stream ended without its exit line.
+var errNoExit = errors.New("exec stream ended without an exit status")
+
+// readExecStream copies a streamed exec's output lines to stdout and stderr
+// and returns the exit line's result. Lines of unknown kinds are skipped
+// (newer servers may add some); an error line becomes a *Problem.
+func readExecStream(body io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
 	for sc.Scan() {
-		line := sc.Bytes()
-		if len(strings.TrimSpace(string(line))) == 0 {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
 			continue
 		}
 		var l streamLine
@@ -111,28 +128,40 @@ func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, std
 				w = stderr
 			}
 			if _, err := io.WriteString(w, l.Data); err != nil {
-				return ExecResult{}, fmt.Errorf("apiclient: write %s: %w", l.Stream, err)
+				return ExecResult{}, &writeError{stream: l.Stream, err: err}
 			}
 		case "exit":
 			res := l.ExecResult
 			res.Stdout, res.Stderr = "", ""
-			// Read to the end of the body so the connection can be reused.
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			return res, nil
 		default:
 			if l.Status != 0 {
 				return ExecResult{}, &Problem{Type: l.Type, Title: l.Title, Status: l.Status, Detail: l.Detail}
 			}
-			// Unknown kinds of lines are ignored: newer servers may add some.
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return ExecResult{}, c.streamErr(err)
+		return ExecResult{}, err
 	}
-	return ExecResult{}, fmt.Errorf("%w: exec stream ended without an exit status", ErrProtocol)
+	return ExecResult{}, fmt.Errorf("%w: %w", ErrProtocol, errNoExit)
 }
 
+// writeError is a failure to write the command's output locally.
+type writeError struct {
+	stream string
+	err    error
+}
+
+func (e *writeError) Error() string { return fmt.Sprintf("apiclient: write %s: %v", e.stream, e.err) }
+func (e *writeError) Unwrap() error { return e.err }
+
 func (c *Client) streamErr(err error) error {
+	var p *Problem
+	var we *writeError
+	switch {
+	case errors.As(err, &p), errors.As(err, &we), errors.Is(err, ErrProtocol):
+		return err
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return &TransportError{Target: c.target, Err: err}
 	}
