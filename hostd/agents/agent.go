@@ -203,7 +203,7 @@ func (a *agent) connect(ep Endpoint) (*session, error) {
 	}
 	conn, err := ep.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", ep, err)
+		return nil, err // names the address already
 	}
 	hb := a.m.cfg.Heartbeat
 	cl, err := protocol.Handshake(ctx, conn, protocol.ClientConfig{
@@ -214,8 +214,8 @@ func (a *agent) connect(ep Endpoint) (*session, error) {
 		OnAudit:      a.ingestAudit,
 		Logger:       a.log,
 	})
-	if err != nil { // Handshake closed conn
-		return nil, fmt.Errorf("%s: %w", ep, err)
+	if err != nil { // Handshake closed conn; err says "handshake: …"
+		return nil, err
 	}
 	hello := cl.Hello()
 	return &session{cl: cl, ep: ep, hello: hello, connectedAt: time.Now(), active: cloneActive(hello.Active)}, nil
