@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,7 +50,11 @@ func TestMain(m *testing.M) {
 }
 
 func buildGuestd(bin string) ([]byte, error) {
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	return cmd.CombinedOutput()
 }
