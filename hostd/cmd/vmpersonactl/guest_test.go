@@ -155,6 +155,17 @@ func TestActivationRefused(t *testing.T) {
 	if r.stdout != "good\n" {
 		t.Errorf("WHO = %q, want the previous persona's", r.stdout)
 	}
+
+	// --force deletes an active persona; the guest keeps it until deactivated.
+	want(t, d.ctl(t, "persona", "delete", "good"), exitConflict, "delete an active persona")
+	want(t, d.ctl(t, "persona", "delete", "good", "--force"), 0, "delete --force")
+	want(t, d.ctl(t, "persona", "get", "good"), exitNotFound, "get a deleted persona")
+	r = d.ctl(t, "active", "vm1")
+	want(t, r, 0, "active after delete --force")
+	if !strings.Contains(r.stdout, "Persona:    good") {
+		t.Errorf("active after delete --force:\n%s", r.stdout)
+	}
+	want(t, d.ctl(t, "deactivate", "vm1"), 0, "deactivate a deleted persona")
 }
 
 // exec streams: output reaches our stdout while the command still runs,

@@ -154,7 +154,7 @@ func multiline(lines []string) string {
 
 func scriptText(s string) string {
 	if strings.TrimSpace(s) == "" {
-		return "(none)"
+		return "(none)\n" // on its own line, like a script
 	}
 	if !strings.Contains(strings.TrimRight(s, "\n"), "\n") {
 		return s + "\n" // shown indented on its own line all the same
