@@ -109,8 +109,9 @@ fi
 `,
 	"fish": `# fish completion for vmpersonactl
 function __vmpersonactl_complete
-    set -l words (commandline -opc) (commandline -ct)
-    $words[1] __complete $words[2..-1] 2>/dev/null
+    set -l words (commandline -opc)
+    set -l cur (commandline -ct)
+    $words[1] __complete $words[2..-1] "$cur" 2>/dev/null
 end
 complete -c vmpersonactl -f -a '(__vmpersonactl_complete)'
 `,

@@ -231,21 +231,44 @@ func TestCompletionAgainstDaemon(t *testing.T) {
 			t.Errorf("__complete %q = %q, want %q", tt.words, r.stdout, tt.want)
 		}
 	}
-	// The bash script, run by bash, asks the binary.
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("bash is not installed: the bash completion script cannot be run")
+	// Each shell's script, run by that shell, asks the binary. The shells
+	// find vmpersonactl on PATH, as users do.
+	path := filepath.Dir(bins.ctl) + ":" + os.Getenv("PATH")
+	scripts := map[string]string{}
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		r := d.ctl(t, "completion", sh)
+		want(t, r, 0, "completion "+sh)
+		scripts[sh] = filepath.Join(t.TempDir(), "completion."+sh)
+		if err := os.WriteFile(scripts[sh], []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	script := filepath.Join(t.TempDir(), "c.bash")
-	r := d.ctl(t, "completion", "bash")
-	if err := os.WriteFile(script, []byte(r.stdout), 0o644); err != nil {
-		t.Fatal(err)
+	shells := []struct {
+		shell, script string
+	}{
+		{"bash", `source "$1"; COMP_WORDS=(vmpersonactl persona get ""); COMP_CWORD=3; _vmpersonactl; printf '%s\n' "${COMPREPLY[@]}"`},
+		// Outside an interactive completion, compadd and compdef are
+		// stand-ins that print what the script offers.
+		{"zsh", `compdef() { :; }; compadd() { [[ $1 == -a ]] && print -l -- "${(@P)2}"; }; source "$1"; words=(vmpersonactl persona get ""); CURRENT=4; _vmpersonactl`},
+		{"fish", `source $argv[1]; complete -C "vmpersonactl persona get "`},
 	}
-	cmd := exec.Command(bash, "-c", `source "$1"; COMP_WORDS=("$2" persona get ""); COMP_CWORD=3; _vmpersonactl; printf '%s\n' "${COMPREPLY[@]}"`, "bash", script, bins.ctl)
-	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock, "PATH=" + os.Getenv("PATH")}
-	out, err := cmd.CombinedOutput()
-	if err != nil || string(out) != "alpha\nbeta\n" {
-		t.Errorf("bash completion: %v %q", err, out)
+	for _, sh := range shells {
+		t.Run(sh.shell, func(t *testing.T) {
+			bin, err := exec.LookPath(sh.shell)
+			if err != nil {
+				t.Skipf("%s is not installed: its completion script cannot be run here", sh.shell)
+			}
+			args := []string{"-c", sh.script, sh.shell, scripts[sh.shell]}
+			if sh.shell == "fish" {
+				args = []string{"-c", sh.script, scripts[sh.shell]}
+			}
+			cmd := exec.Command(bin, args...)
+			cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock, "PATH=" + path, "HOME=" + t.TempDir()}
+			out, err := cmd.CombinedOutput()
+			if err != nil || string(out) != "alpha\nbeta\n" {
+				t.Errorf("%s completion of \"persona get \": %v %q", sh.shell, err, out)
+			}
+		})
 	}
 }
 
