@@ -248,9 +248,6 @@ func dispatch(ctx context.Context, a *app, root *command, args []string) error {
 		}
 		args = fs.Args()
 		if len(args) == 0 {
-			if cmd.setup != nil {
-				break
-			}
 			printHelp(a.io.err, cmd, a.g)
 			return &exitStatus{exitUsage}
 		}

@@ -403,9 +403,6 @@ func runEditor(ctx context.Context, a *app, path string) error {
 	}
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", editor+` "$@"`, editor, path)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.in, a.io.out, a.io.err
-	if f, ok := a.io.in.(*os.File); ok {
-		cmd.Stdin = f
-	}
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("editor %q failed: %w; nothing was changed", editor, err)
 	}
