@@ -468,7 +468,9 @@ func TestCloseUnblocksCalls(t *testing.T) {
 	const n = 3
 	errs := make(chan error, n)
 	for range n {
-		go func() { errs <- c.Call(context.Background(), protocol.TypeExec, protocol.Exec{Command: "hang"}, nil, nil) }()
+		go func() {
+			errs <- c.Call(context.Background(), protocol.TypeExec, protocol.Exec{Command: "hang"}, nil, nil)
+		}()
 	}
 	for range n {
 		p.nextOf(protocol.TypeExec)

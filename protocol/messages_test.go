@@ -73,7 +73,7 @@ func messageCases() []messageCase {
 		{"activate_result_rolled_back", protocol.TypeActivateResult, protocol.FlagResponse,
 			&protocol.ActivateResult{Result: protocol.ResultRolledBack, Phase: "post",
 				Script: &protocol.ScriptResult{ExitCode: 1, Signal: "SIGKILL", TimedOut: true, Stdout: "o", Stderr: "e", StdoutTruncated: true, StderrTruncated: true, DurationMillis: 3},
-				Error: "x", DurationMillis: 4},
+				Error:  "x", DurationMillis: 4},
 			`{"result":"rolled_back","phase":"post","script":{"exit_code":1,"signal":"SIGKILL","timed_out":true,"stdout":"o","stderr":"e",` +
 				`"stdout_truncated":true,"stderr_truncated":true,"duration_ms":3},"error":"x","active":null,"duration_ms":4}`},
 		{"deactivate", protocol.TypeDeactivate, 0,
