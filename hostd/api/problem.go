@@ -93,6 +93,8 @@ func toProblem(err error) *Problem {
 		return problem(http.StatusNotFound, "not-found", "Not found", err.Error())
 	case errors.Is(err, agents.ErrUnknownInstance):
 		return problem(http.StatusNotFound, "unknown-instance", "Unknown instance", err.Error())
+	case errors.Is(err, store.ErrInvalidArgument):
+		return problem(http.StatusBadRequest, "bad-request", "Bad request", err.Error())
 	case errors.Is(err, store.ErrExists):
 		return problem(http.StatusConflict, "exists", "Already exists", err.Error())
 	case errors.Is(err, store.ErrPreconditionFailed):

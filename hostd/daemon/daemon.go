@@ -100,14 +100,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return err
 	}
-	st, err := store.Open(cfg.DataDir, store.Options{Logger: log.With("component", "badger"), AuditRetention: cfg.AuditRetention})
+	st, err := store.Open(cfg.DataDir, store.Options{Logger: log.With("component", "store"), AuditRetention: cfg.AuditRetention})
 	if err != nil {
 		return fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	defer st.Close()
 
 	m := metrics.New()
-	mgr := agents.NewManager(agents.Config{Store: st, Metrics: m, Logger: log.With("component", "agents"), Heartbeat: cfg.Heartbeat})
+	acfg := agents.DefaultConfig(st)
+	acfg.Metrics, acfg.Logger = m, log.With("component", "agents")
+	if cfg.Heartbeat > 0 {
+		acfg.Heartbeat = cfg.Heartbeat
+	}
+	mgr := agents.NewManager(acfg)
 	defer mgr.Close()
 	for _, i := range statics {
 		if err := mgr.Add(i.name, i.ep, "static"); err != nil {
