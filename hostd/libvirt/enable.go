@@ -115,7 +115,14 @@ func enableChannel(conn *lv.Connect, domain string) (string, error) {
 		case has:
 			did = append(did, "the running domain has it already")
 		default:
-			if err := dom.AttachDeviceFlags(chXML, lv.DOMAIN_DEVICE_MODIFY_LIVE); err != nil {
+			err := dom.AttachDeviceFlags(chXML, lv.DOMAIN_DEVICE_MODIFY_LIVE)
+			if err != nil && strings.Contains(lvMessage(err), "no virtio-serial controllers") {
+				// libvirt adds a virtio-serial controller to a definition
+				// but cannot hot-plug one (libvirt 9.0: "'virtio-serial'
+				// controller cannot be hot plugged").
+				err = errors.New("the running domain has no virtio-serial controller and libvirt cannot hot-plug one")
+			}
+			if err != nil {
 				if len(did) == 0 {
 					return "", fmt.Errorf("domain %s: attach the channel to the running domain: %s", name, lvMessage(err))
 				}
