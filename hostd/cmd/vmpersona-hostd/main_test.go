@@ -107,7 +107,11 @@ func (d *hostdProc) do(t *testing.T, method, path string, body any) (int, map[st
 
 func startGuest(t *testing.T, stateDir string) (string, func()) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+	return startGuestAt(t, filepath.Join(t.TempDir(), "agent.sock"), stateDir)
+}
+
+func startGuestAt(t *testing.T, sock, stateDir string) (string, func()) {
+	t.Helper()
 	cmd := exec.Command(guestdBin, "--listen", "unix:"+sock, "--state-dir", stateDir, "--profile-file", filepath.Join(stateDir, "profile.sh"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -283,4 +287,25 @@ func waitAgent(t *testing.T, d *hostdProc, id string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("agent of %s never connected: %s", id, d.stderr)
+}
+
+// TestDefaultPersonaOnConnect: a guest that connects holding no persona gets
+// the default persona, and the audit log says so.
+func TestDefaultPersonaOnConnect(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	d := start(t, t.TempDir(), "--instance", "vm1=unix:"+sock)
+	if code, body := d.do(t, "POST", "/personas", map[string]any{"name": "base", "default_persona": true,
+		"environment_variables": map[string]string{"TIER": "base"}}); code != 201 {
+		t.Fatalf("create: %d %v", code, body)
+	}
+	startGuestAt(t, sock, t.TempDir())
+	waitAgent(t, d, "vm1")
+	code, ap := d.do(t, "GET", "/instances/vm1/active_persona", nil)
+	if p, _ := ap["persona"].(map[string]any); code != 200 || p == nil || p["name"] != "base" {
+		t.Fatalf("active persona after connect: %d %v", code, ap)
+	}
+	code, audit := d.do(t, "GET", "/audit?type=default_activation", nil)
+	if evs, _ := audit["events"].([]any); code != 200 || len(evs) != 1 {
+		t.Fatalf("default activation audit: %d %v", code, audit)
+	}
 }
