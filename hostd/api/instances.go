@@ -36,61 +36,65 @@ type instanceView struct {
 	Agent         agentView `json:"agent"`
 	ActivePersona *string   `json:"active_persona"`
 	Reason        string    `json:"reason,omitempty"`
+	UUID          string    `json:"uuid,omitempty"`
+	PortOpen      *bool     `json:"port_open,omitempty"`
 }
 
-func (s *Server) view(st agents.AgentStatus) instanceView {
+func (s *Server) view(is instanceState) instanceView {
+	st := is.agent
 	v := instanceView{
-		ID: st.Name, Source: st.Source, Endpoint: st.Endpoint, State: "unknown",
+		ID: is.name, Source: st.Source, Endpoint: st.Endpoint, State: "unknown",
 		Agent: agentView{State: st.State, Version: st.AgentVersion, BootID: st.BootID, Capabilities: st.Capabilities, LastError: st.LastError},
+	}
+	if !is.managed {
+		v.Agent.State = agents.StateDisconnected
 	}
 	if v.Agent.Capabilities == nil {
 		v.Agent.Capabilities = []string{}
 	}
-	if !st.ConnectedAt.IsZero() && st.State == "connected" {
+	if st.State == agents.StateConnected {
 		t := st.ConnectedAt
 		v.Agent.ConnectedAt = &t
-	}
-	if st.State == "connected" {
 		v.State = "running"
+	}
+	if d := is.disc; d != nil {
+		v.Source, v.State, v.UUID, v.PortOpen = d.Source, d.State, d.UUID, d.PortOpen
+		if v.Endpoint == "" {
+			v.Endpoint = d.Endpoint
+		}
+		v.Reason = d.Reason
 	}
 	if st.Active != nil {
 		name := st.Active.Persona.Name
 		v.ActivePersona = &name
-	} else if rec, err := s.cfg.Store.GetInstance(st.Name); err == nil && rec.Persona != nil && st.State != "connected" {
-		name := rec.Persona.Name
-		v.ActivePersona = &name
+	} else if st.State != agents.StateConnected {
+		if rec, err := s.cfg.Store.GetInstance(is.name); err == nil && rec.Persona != nil {
+			name := rec.Persona.Name
+			v.ActivePersona = &name
+		}
 	}
-	if st.State != "connected" && st.LastError != "" {
+	if v.Reason == "" && st.State != agents.StateConnected && st.LastError != "" {
 		v.Reason = "agent unreachable: " + st.LastError
 	}
 	return v
 }
 
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	list := s.cfg.Agents.List()
-	out := make([]instanceView, 0, len(list))
-	for _, st := range list {
-		out = append(out, s.view(st))
+	all := s.allInstances()
+	out := make([]instanceView, 0, len(all))
+	for _, is := range all {
+		out = append(out, s.view(is))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"instances": out})
 	return nil
 }
 
-func (s *Server) instance(id string) (agents.AgentStatus, error) {
-	st, err := s.cfg.Agents.Get(id)
-	if errors.Is(err, agents.ErrUnknownInstance) {
-		return st, problem(http.StatusNotFound, "unknown-instance", "Unknown instance",
-			fmt.Sprintf("no instance %q; GET /instances lists them", id)).with("instance", id)
-	}
-	return st, err
-}
-
 func (s *Server) getInstance(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	st, err := s.instance(ps.ByName("id"))
+	is, err := s.resolve(ps.ByName("id"))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.view(st))
+	writeJSON(w, http.StatusOK, s.view(is))
 	return nil
 }
 
@@ -104,12 +108,13 @@ type activeView struct {
 }
 
 func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	st, err := s.instance(ps.ByName("id"))
+	is, err := s.resolve(ps.ByName("id"))
 	if err != nil {
 		return err
 	}
-	v := activeView{Instance: st.Name}
-	rec, err := s.cfg.Store.GetInstance(st.Name)
+	st := is.agent
+	v := activeView{Instance: is.name}
+	rec, err := s.cfg.Store.GetInstance(is.name)
 	switch {
 	case err == nil:
 		if rec.Persona != nil {
@@ -127,7 +132,7 @@ func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	}
 	// The record is what the guest last confirmed; it is stale while no
 	// session confirms it now.
-	v.Stale = st.State != "connected"
+	v.Stale = st.State != agents.StateConnected
 	if !v.Stale {
 		switch {
 		case st.Active == nil:
@@ -177,7 +182,11 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	if err != nil {
 		return err
 	}
-	st, err := s.instance(ps.ByName("id"))
+	is, err := s.resolve(ps.ByName("id"))
+	if err != nil {
+		return err
+	}
+	inst, err := is.reachable()
 	if err != nil {
 		return err
 	}
@@ -190,17 +199,17 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return personaErr(name, err)
 	}
 	actor := identityOf(r).User
-	if err := s.appendAudit(store.AuditEvent{Type: "activation_requested", Instance: st.Name, Actor: actor, Persona: name,
+	if err := s.appendAudit(store.AuditEvent{Type: "activation_requested", Instance: inst, Actor: actor, Persona: name,
 		Detail: "revision " + strconv.FormatUint(p.Revision, 10)}); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Activate(ctx, st.Name, p, actor, "api", timeout)
+	res, err := s.cfg.Agents.Activate(ctx, inst, p, actor, "api", timeout)
 	if err != nil {
 		return err
 	}
-	return writeActivation(w, st.Name, res)
+	return writeActivation(w, inst, res)
 }
 
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
@@ -212,21 +221,25 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httproute
 	if err != nil {
 		return err
 	}
-	st, err := s.instance(ps.ByName("id"))
+	is, err := s.resolve(ps.ByName("id"))
+	if err != nil {
+		return err
+	}
+	inst, err := is.reachable()
 	if err != nil {
 		return err
 	}
 	actor := identityOf(r).User
-	if err := s.appendAudit(store.AuditEvent{Type: "deactivation_requested", Instance: st.Name, Actor: actor}); err != nil {
+	if err := s.appendAudit(store.AuditEvent{Type: "deactivation_requested", Instance: inst, Actor: actor}); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Deactivate(ctx, st.Name, actor, timeout)
+	res, err := s.cfg.Agents.Deactivate(ctx, inst, actor, timeout)
 	if err != nil {
 		return err
 	}
-	return writeActivation(w, st.Name, res)
+	return writeActivation(w, inst, res)
 }
 
 // writeActivation answers an activation or deactivation by its result.
@@ -338,7 +351,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	if err := req.check(); err != nil {
 		return err
 	}
-	st, err := s.instance(ps.ByName("id"))
+	is, err := s.resolve(ps.ByName("id"))
+	if err != nil {
+		return err
+	}
+	inst, err := is.reachable()
 	if err != nil {
 		return err
 	}
@@ -359,7 +376,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	defer cancel()
 
 	if !stream {
-		res, err := s.cfg.Agents.Exec(ctx, st.Name, preq, nil)
+		res, err := s.cfg.Agents.Exec(ctx, inst, preq, nil)
 		if err != nil {
 			return err
 		}
@@ -379,7 +396,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 			w.WriteHeader(http.StatusOK)
 		}
 	}
-	res, err := s.cfg.Agents.Exec(ctx, st.Name, preq, func(sb byte, data []byte) {
+	res, err := s.cfg.Agents.Exec(ctx, inst, preq, func(sb byte, data []byte) {
 		start()
 		name := "stdout"
 		if sb == protocol.StreamStderr {

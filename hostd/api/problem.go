@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/libvirt"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -89,6 +90,12 @@ func toProblem(err error) *Problem {
 		return problem(http.StatusBadGateway, "agent-error", "The guest agent failed", pe.Error())
 	}
 	switch {
+	case errors.Is(err, libvirt.ErrNoDomain):
+		return problem(http.StatusNotFound, "unknown-domain", "Unknown libvirt domain", err.Error())
+	case errors.Is(err, libvirt.ErrAlreadyEnabled):
+		return problem(http.StatusConflict, "already-enabled", "Channel already present", err.Error())
+	case errors.Is(err, libvirt.ErrNotConnected):
+		return problem(http.StatusServiceUnavailable, "libvirt-unavailable", "libvirt not connected", err.Error())
 	case errors.Is(err, store.ErrNotFound):
 		return problem(http.StatusNotFound, "not-found", "Not found", err.Error())
 	case errors.Is(err, agents.ErrUnknownInstance):

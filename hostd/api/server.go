@@ -34,6 +34,11 @@ type Config struct {
 	Agents  *agents.Manager
 	Metrics *metrics.Metrics
 	Tokens  *auth.Tokens // nil: no tokens accepted
+	// Inventories are discovery sources (libvirt, QMP) merged into the
+	// instance listing; ids resolve through them (a libvirt UUID, say).
+	Inventories []Inventory
+	// Enabler adds the agent channel to a libvirt domain; nil without libvirt.
+	Enabler ChannelEnabler
 	Logger  *slog.Logger
 	// DefaultScriptTimeout bounds activation scripts when a request names none.
 	DefaultScriptTimeout time.Duration
@@ -79,6 +84,7 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/instances/:id/active_persona", role: auth.RoleViewer, handler: s.activePersona},
 		{method: "POST", path: "/instances/:id/personas/:persona/activate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate},
 		{method: "POST", path: "/instances/:id/deactivate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate},
+		{method: "POST", path: "/instances/:id/enable", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel},
 		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec},
 
 		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit},
@@ -240,6 +246,10 @@ func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p
 		return
 	}
 	s.cfg.Metrics.AuditEvents.WithLabelValues("auth_failure").Inc()
+}
+
+func auditHost(typ, instance, actor, detail string) store.AuditEvent {
+	return store.AuditEvent{Type: typ, Instance: instance, Actor: actor, Detail: detail}
 }
 
 // appendAudit records a host-side event and counts it.

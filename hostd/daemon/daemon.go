@@ -121,13 +121,21 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// Discovery feeds mgr; it stops (deferred after mgr.Close, so it runs
 	// first) before the manager closes.
-	_, _, stopDiscovery, err := startDiscovery(ctx, cfg.LibvirtURI, qmpInstances, mgr, log)
+	lvd, qw, stopDiscovery, err := startDiscovery(ctx, cfg.LibvirtURI, qmpInstances, mgr, log)
 	if err != nil {
 		return err
 	}
 	defer stopDiscovery()
 
-	srv := api.New(api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout})
+	acfgAPI := api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
+	if lvd != nil {
+		acfgAPI.Inventories = append(acfgAPI.Inventories, libvirtInventory{lvd})
+		acfgAPI.Enabler = lvd
+	}
+	if qw != nil {
+		acfgAPI.Inventories = append(acfgAPI.Inventories, qmpInventory{qw})
+	}
+	srv := api.New(acfgAPI)
 	listeners, err := listen(cfg, log)
 	if err != nil {
 		return err

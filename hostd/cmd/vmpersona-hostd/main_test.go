@@ -52,7 +52,11 @@ type hostdProc struct {
 func start(t *testing.T, dataDir string, extra ...string) *hostdProc {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "hostd.sock")
-	args := append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms"}, extra...)
+	return startArgs(t, sock, append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms"}, extra...)...)
+}
+
+func startArgs(t *testing.T, sock string, args ...string) *hostdProc {
+	t.Helper()
 	d := &hostdProc{cmd: exec.Command(hostdBin, args...), sock: sock, stderr: &bytes.Buffer{}, done: make(chan struct{})}
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
@@ -307,5 +311,33 @@ func TestDefaultPersonaOnConnect(t *testing.T) {
 	code, audit := d.do(t, "GET", "/audit?type=default_activation", nil)
 	if evs, _ := audit["events"].([]any); code != 200 || len(evs) != 1 {
 		t.Fatalf("default activation audit: %d %v", code, audit)
+	}
+}
+
+// TestLibvirtDomainsListed: with libvirt's built-in test driver, the daemon
+// lists its domain, resolves it by UUID, and says why its agent cannot be
+// reached.
+func TestLibvirtDomainsListed(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "hostd.sock")
+	d := startArgs(t, sock, "--data-dir", t.TempDir(), "--unix-socket", sock, "--libvirt-uri", "test:///default")
+	var inst map[string]any
+	for i := 0; i < 500; i++ {
+		var code int
+		code, inst = d.do(t, "GET", "/instances/test", nil)
+		if code == 200 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if inst["source"] != "libvirt" || inst["state"] != "running" || !strings.Contains(fmt.Sprint(inst["reason"]), "instance enable") {
+		t.Fatalf("libvirt test domain: %v", inst)
+	}
+	uuid, _ := inst["uuid"].(string)
+	if code, byUUID := d.do(t, "GET", "/instances/"+uuid, nil); code != 200 || byUUID["id"] != "test" {
+		t.Fatalf("GET by UUID %q: %d %v", uuid, code, byUUID)
+	}
+	code, p := d.do(t, "POST", "/instances/test/exec", map[string]any{"command": "true"})
+	if code != 503 || !strings.Contains(fmt.Sprint(p["detail"]), "channel") {
+		t.Fatalf("exec on a domain without the channel: %d %v", code, p)
 	}
 }
