@@ -1203,3 +1203,55 @@ func TestExecLimitAndAuditExec(t *testing.T) {
 		})
 	})
 }
+
+// Commands running while personas change see one persona's table and
+// environment, never a mix of two.
+func TestActivationIsAtomicForConcurrentExecs(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	c := e.connect(nil)
+	persona := func(tag string) protocol.Persona {
+		return protocol.Persona{
+			Name:                 strings.ToLower(tag),
+			EnvironmentVariables: map[string]string{"TAG": tag},
+			CommandOverrides:     map[string]string{"which-persona": "#!/bin/sh\necho " + tag + " $TAG\n"},
+		}
+	}
+	mustActivate(t, c, persona("X"))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]int{}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := run(t, c, protocol.Exec{Command: "which-persona"})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				seen[res.Stdout+" persona="+*res.Persona]++
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range 10 {
+		mustActivate(t, c, persona([]string{"Y", "X"}[i%2]))
+	}
+	close(stop)
+	wg.Wait()
+	for out := range seen {
+		if out != "X X\n persona=x" && out != "Y Y\n persona=y" {
+			t.Errorf("a command saw a mix: %q (all: %v)", out, seen)
+		}
+	}
+	t.Logf("outcomes: %s", strings.ReplaceAll(fmt.Sprint(seen), "\n", "\\n"))
+}
