@@ -303,25 +303,23 @@ func (c *conn) handle(f protocol.Frame) {
 		if !c.decode(epoch, f, &req) {
 			return
 		}
-		c.spawn(epoch, f.ID, func() {
-			res := c.s.cfg.Manager.Activate(c.root, req)
-			c.reply(epoch, f.ID, protocol.TypeActivateResult, res)
+		c.spawn(epoch, f.ID, func() (protocol.Type, any) {
+			return protocol.TypeActivateResult, c.s.cfg.Manager.Activate(c.root, req)
 		})
 	case protocol.TypeDeactivate:
 		var req protocol.Deactivate
 		if !c.decode(epoch, f, &req) {
 			return
 		}
-		c.spawn(epoch, f.ID, func() {
-			res := c.s.cfg.Manager.Deactivate(c.root, req)
-			c.reply(epoch, f.ID, protocol.TypeActivateResult, res)
+		c.spawn(epoch, f.ID, func() (protocol.Type, any) {
+			return protocol.TypeActivateResult, c.s.cfg.Manager.Deactivate(c.root, req)
 		})
 	case protocol.TypeExec:
 		var req protocol.Exec
 		if !c.decode(epoch, f, &req) {
 			return
 		}
-		c.spawn(epoch, f.ID, func() { c.exec(epoch, f.ID, req) })
+		c.spawn(epoch, f.ID, func() (protocol.Type, any) { return c.exec(epoch, f.ID, req) })
 	default:
 		c.sendError(epoch, f.ID, &protocol.Error{Code: protocol.CodeUnsupportedType, Message: "the guest does not accept " + f.Type.String()})
 	}
@@ -338,7 +336,10 @@ func (c *conn) decode(epoch uint32, f protocol.Frame, v any) bool {
 }
 
 // spawn runs a request handler concurrently within the in-flight bound.
-func (c *conn) spawn(epoch uint32, id uint64, fn func()) {
+// The handler returns its final answer, which is sent after the request's
+// slots are free: a host that has its answer may send the next request at
+// once without being told busy.
+func (c *conn) spawn(epoch uint32, id uint64, fn func() (protocol.Type, any)) {
 	select {
 	case c.inflight <- struct{}{}:
 	default:
@@ -348,8 +349,9 @@ func (c *conn) spawn(epoch uint32, id uint64, fn func()) {
 	c.s.handlers.Add(1)
 	go func() {
 		defer c.s.handlers.Done()
-		defer func() { <-c.inflight }()
-		fn()
+		t, msg := fn()
+		<-c.inflight
+		c.reply(epoch, id, t, msg)
 	}()
 }
 
@@ -463,39 +465,34 @@ func (c *conn) record(ev protocol.AuditEvent) {
 	}
 }
 
-// exec runs one Exec request through the routing table.
-func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
-	fail := func(code, msg string) {
-		c.sendError(epoch, id, &protocol.Error{Code: code, Message: msg, Command: req.Command})
+// exec runs one Exec request through the routing table and returns the
+// final answer (ExecOutput chunks, when streaming, are sent on the way).
+func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) (protocol.Type, any) {
+	fail := func(code, msg string) (protocol.Type, any) {
+		return protocol.TypeError, &protocol.Error{Code: code, Message: msg, Command: req.Command}
 	}
 	if req.Command == "" {
-		fail(protocol.CodeBadRequest, "exec: empty command")
-		return
+		return fail(protocol.CodeBadRequest, "exec: empty command")
 	}
 	if containsAny(req.Command, "\x00") || containsAny(req.Cwd, "\x00") || slices.ContainsFunc(req.Args, func(a string) bool { return containsAny(a, "\x00") }) {
-		fail(protocol.CodeBadRequest, "exec: NUL byte in command, argument or cwd")
-		return
+		return fail(protocol.CodeBadRequest, "exec: NUL byte in command, argument or cwd")
 	}
 	if req.TimeoutMillis < 0 || req.MaxOutput < 0 {
-		fail(protocol.CodeBadRequest, "exec: negative timeout or output bound")
-		return
+		return fail(protocol.CodeBadRequest, "exec: negative timeout or output bound")
 	}
 	cwd := req.Cwd
 	if cwd == "" {
 		cwd = "/"
 	}
 	if !filepath.IsAbs(cwd) {
-		fail(protocol.CodeBadRequest, "exec: cwd must be an absolute path")
-		return
+		return fail(protocol.CodeBadRequest, "exec: cwd must be an absolute path")
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
-		fail(protocol.CodeBadRequest, "exec: cwd "+cwd+" is not a directory")
-		return
+		return fail(protocol.CodeBadRequest, "exec: cwd "+cwd+" is not a directory")
 	}
 	for k := range req.Env {
 		if k == "" || containsAny(k, "=\x00") || containsAny(req.Env[k], "\x00") {
-			fail(protocol.CodeBadRequest, fmt.Sprintf("exec: bad environment variable %q", k))
-			return
+			return fail(protocol.CodeBadRequest, fmt.Sprintf("exec: bad environment variable %q", k))
 		}
 	}
 
@@ -507,26 +504,17 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 	case routing.Denied:
 		ev.Type, ev.Route, ev.Result, ev.Detail = protocol.AuditDenial, protocol.RouteDenied, protocol.CodeDenied, d.Reason
 		c.record(ev)
-		c.sendError(epoch, id, &protocol.Error{Code: protocol.CodeDenied, Message: protocol.DeniedMessage, Command: req.Command, Persona: persona})
-		return
+		return protocol.TypeError, &protocol.Error{Code: protocol.CodeDenied, Message: protocol.DeniedMessage, Command: req.Command, Persona: persona}
 	case routing.NotFound:
-		fail(protocol.CodeNotFound, "command not found")
-		return
+		return fail(protocol.CodeNotFound, "command not found")
 	case routing.NotExecutable:
-		fail(protocol.CodeNotExecutable, "command is not executable: "+view.Table.Path(req.Command, cwd, d))
-		return
+		return fail(protocol.CodeNotExecutable, "command is not executable: "+view.Table.Path(req.Command, cwd, d))
 	}
 	release, err := c.s.cfg.Limiter.TryAcquire()
 	if err != nil {
-		fail(protocol.CodeBusy, "too many commands running")
-		return
+		return fail(protocol.CodeBusy, "too many commands running")
 	}
-	released := false
-	defer func() {
-		if !released {
-			release()
-		}
-	}()
+	defer release()
 
 	route := protocol.RouteDefault
 	path := ""
@@ -565,16 +553,12 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 		}
 	}
 	res, err := execute.Run(c.ctx, spec)
-	// The slot is free before the host hears the answer.
-	released = true
-	release()
 	if err != nil {
 		code := protocol.CodeNotExecutable
 		if errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOEXEC) {
 			code = protocol.CodeNotFound
 		}
-		fail(code, err.Error())
-		return
+		return fail(code, err.Error())
 	}
 	out := protocol.ExecResult{
 		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut,
@@ -585,7 +569,7 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) {
 	if persona != "" {
 		out.Persona = &persona
 	}
-	c.reply(epoch, id, protocol.TypeExecResult, out)
+	return protocol.TypeExecResult, out
 }
 
 func containsAny(s, chars string) bool {

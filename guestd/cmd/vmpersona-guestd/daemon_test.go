@@ -1255,3 +1255,44 @@ func TestActivationIsAtomicForConcurrentExecs(t *testing.T) {
 	}
 	t.Logf("outcomes: %s", strings.ReplaceAll(fmt.Sprint(seen), "\n", "\\n"))
 }
+
+func TestInvalidPersonaFailsAndDeactivationIsAudited(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	audit := newAuditLog(0)
+	c := e.connect(audit)
+	mustActivate(t, c, personaA(e))
+	for _, bad := range []protocol.Persona{
+		{Name: "bad-override", CommandOverrides: map[string]string{"ls": "relative/path"}},
+		{Name: "bad-env", EnvironmentVariables: map[string]string{"NOT-A-NAME": "x"}},
+		{Name: "Bad Name"},
+		{Name: "bad-restriction", RestrictedCommands: []string{"bin/rm"}},
+	} {
+		res := activate(t, c, bad)
+		if res.Result != protocol.ResultFailed || res.Error == "" || res.Active == nil || res.Active.Persona.Name != "alpha" {
+			t.Errorf("%s: want failed with alpha still active, got %+v", bad.Name, res)
+		}
+	}
+	if env := guestEnv(t, c); env["ONLY_A"] != "a" {
+		t.Errorf("environment changed by a failed activation: %v", env)
+	}
+	var d protocol.ActivateResult
+	if err := c.Call(ctxT(t), protocol.TypeDeactivate, protocol.Deactivate{ActivationID: "deact-1", Actor: "bob"}, &d, nil); err != nil || d.Result != protocol.ResultDeactivated {
+		t.Fatalf("deactivate: %+v %v", d, err)
+	}
+	audit.waitFor(t, "activation, failures and deactivation", func(evs []protocol.AuditEvent) bool {
+		var activated, failed, deactivated int
+		for _, ev := range evs {
+			switch {
+			case ev.Type == protocol.AuditActivation && ev.Result == protocol.ResultActivated && ev.Persona == "alpha" && ev.Actor == "tester":
+				activated++
+			case ev.Type == protocol.AuditActivation && ev.Result == protocol.ResultFailed:
+				failed++
+			case ev.Type == protocol.AuditDeactivation && ev.Result == protocol.ResultDeactivated && ev.Persona == "alpha" &&
+				ev.ActivationID == "deact-1" && ev.Actor == "bob":
+				deactivated++
+			}
+		}
+		return activated == 1 && failed == 4 && deactivated == 1
+	})
+}
