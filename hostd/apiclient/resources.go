@@ -128,6 +128,18 @@ func (c *Client) GetInstance(ctx context.Context, id string) (Instance, error) {
 	return out, nil
 }
 
+// EnableChannel adds the agent channel to a libvirt domain's definition (and
+// to the running domain when it runs).
+func (c *Client) EnableChannel(ctx context.Context, id string) (EnableResult, error) {
+	ctx, cancel := c.withDeadline(ctx, 3*time.Minute)
+	defer cancel()
+	var out EnableResult
+	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/enable", nil, nil, nil, &out); err != nil {
+		return EnableResult{}, err
+	}
+	return out, nil
+}
+
 // ActivePersona returns the persona an instance holds.
 func (c *Client) ActivePersona(ctx context.Context, id string) (ActivePersona, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)

@@ -30,6 +30,17 @@ type Instance struct {
 	ActivePersona *string `json:"active_persona"`
 	// Reason says why the instance cannot be reached, when it cannot.
 	Reason string `json:"reason,omitempty"`
+	// UUID is a libvirt domain's UUID.
+	UUID string `json:"uuid,omitempty"`
+	// PortOpen says whether the guest has the agent port open (libvirt,
+	// QMP); nil when unknown.
+	PortOpen *bool `json:"port_open,omitempty"`
+}
+
+// EnableResult says what adding the agent channel to a domain did.
+type EnableResult struct {
+	Instance string `json:"instance"`
+	Did      string `json:"did"`
 }
 
 // AgentInfo is the state of the session with an instance's guest agent.

@@ -58,9 +58,37 @@ func strOrEmpty(s *string) string {
 
 func instanceCommand() *command {
 	return &command{
-		name: "instance", summary: "show one instance",
-		example: `vmpersonactl instance get vm1`,
+		name: "instance", summary: "show one instance, or give a libvirt domain the agent channel",
+		example: `vmpersonactl instance get vm1
+vmpersonactl instance enable vm1`,
 		subs: []*command{{
+			name: "enable", summary: "add the agent channel to a libvirt domain", args: "DOMAIN",
+			complete: []argKind{argInstance},
+			long: `Adds the virtio-serial channel org.vmpersona.agent.0 to DOMAIN's persistent
+libvirt definition, and to the running domain when it runs, so that its
+guest agent can be reached. Prints what it did. Needs the admin role.`,
+			example: `vmpersonactl instance enable web01`,
+			setup: func(fs *flag.FlagSet) runner {
+				return func(ctx context.Context, a *app, args []string) error {
+					if err := wantArgs(args, 1, 1, "DOMAIN"); err != nil {
+						return err
+					}
+					c, err := a.api()
+					if err != nil {
+						return err
+					}
+					res, err := c.EnableChannel(ctx, args[0])
+					if err != nil {
+						return err
+					}
+					if a.json() {
+						return writeJSON(a.io.out, res)
+					}
+					_, err = fmt.Fprintf(a.io.out, "%s: %s\n", res.Instance, res.Did)
+					return err
+				}
+			},
+		}, {
 			name: "get", summary: "show one instance and its agent", args: "ID",
 			complete: []argKind{argInstance},
 			long: `Shows an instance: where it comes from, its endpoint, its guest agent
@@ -96,6 +124,12 @@ vmpersonactl instance get vm1 -o json`,
 					kv.add("Boot ID", in.Agent.BootID)
 					kv.add("Connected", timeText(in.Agent.ConnectedAt))
 					kv.add("Last error", in.Agent.LastError)
+					if in.UUID != "" {
+						kv.add("UUID", in.UUID)
+					}
+					if in.PortOpen != nil {
+						kv.add("Port open", yesNo(*in.PortOpen))
+					}
 					if in.Reason != "" {
 						kv.add("Reason", in.Reason)
 					}
