@@ -91,7 +91,13 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, base: BaseEnv(cfg.Environ, active)}
+	base := BaseEnv(cfg.Environ, active)
+	if Lookup(base, "PATH") == "" {
+		// Commands are resolved through this PATH; their children should
+		// see the same one.
+		base = append(base, "PATH="+routing.DefaultPath)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, base: base}
 	for _, d := range []string{"overrides", "scripts"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Store.Dir(), d), 0o700); err != nil {
 			return nil, fmt.Errorf("activation: %w", err)

@@ -1,0 +1,106 @@
+package activation
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmpersona/vmpersona/guestd/audit"
+	"github.com/vmpersona/vmpersona/guestd/routing"
+	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func newManager(t *testing.T, profile string) (*Manager, string) {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool, err := audit.Open(dir, audit.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { spool.Close() })
+	m, err := New(Config{Store: store, Spool: spool, ProfileFile: profile, Environ: []string{"PATH=/usr/bin:/bin", "KEEP=1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, dir
+}
+
+// A profile directory that does not exist is logged and ignored.
+func TestMissingProfileDirIgnored(t *testing.T) {
+	m, _ := newManager(t, filepath.Join(t.TempDir(), "no", "such", "dir", "vmpersona.sh"))
+	res := m.Activate(context.Background(), protocol.Activate{Persona: protocol.Persona{Name: "p", EnvironmentVariables: map[string]string{"A": "1"}}})
+	if res.Result != protocol.ResultActivated {
+		t.Fatalf("%+v", res)
+	}
+	if Lookup(m.View().Env, "A") != "1" {
+		t.Fatal("environment not applied")
+	}
+}
+
+// When the active persona cannot be persisted, every applied step is undone:
+// view, routing table and profile file are the previous ones.
+func TestPersistFailureRevertsEverything(t *testing.T) {
+	profile := filepath.Join(t.TempDir(), "vmpersona.sh")
+	m, dir := newManager(t, profile)
+	first := protocol.Persona{Name: "first", EnvironmentVariables: map[string]string{"F": "1"}, RestrictedCommands: []string{"sh"}}
+	if res := m.Activate(context.Background(), protocol.Activate{Persona: first}); res.Result != protocol.ResultActivated {
+		t.Fatalf("%+v", res)
+	}
+	before, _ := os.ReadFile(profile)
+	// Make the rename onto active.json fail: a non-empty directory there.
+	active := filepath.Join(dir, "active.json")
+	os.Rename(active, active+".saved")
+	os.MkdirAll(filepath.Join(active, "x"), 0o700)
+
+	second := protocol.Persona{Name: "second", EnvironmentVariables: map[string]string{"S": "2"}}
+	res := m.Activate(context.Background(), protocol.Activate{Persona: second})
+	if res.Result != protocol.ResultFailed || res.Error == "" || res.Active == nil || res.Active.Persona.Name != "first" {
+		t.Fatalf("want failed with first active, got %+v", res)
+	}
+	v := m.View()
+	if v.PersonaName() != "first" || Lookup(v.Env, "F") != "1" || Lookup(v.Env, "S") != "" {
+		t.Fatalf("view not reverted: %s %v", v.PersonaName(), v.Env)
+	}
+	if d := v.Table.Route("sh", "/"); d.Kind != routing.Denied {
+		t.Fatalf("table not reverted: %v", d.Kind)
+	}
+	if after, _ := os.ReadFile(profile); string(after) != string(before) {
+		t.Fatalf("profile not reverted: %q", after)
+	}
+}
+
+func TestRestoreDoesNotRunScripts(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+	store, _ := state.Open(dir)
+	p := protocol.Persona{Name: "p", EnvironmentVariables: map[string]string{"A": "1"},
+		PreActivationScript: "#!/bin/sh\ntouch " + marker + "\n", PostActivationScript: "#!/bin/sh\ntouch " + marker + "\n"}
+	if err := store.Save(&protocol.ActiveState{Persona: p, Revision: 3}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{Store: store, Environ: []string{"A=1", "B=2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.View().PersonaName() != "p" || Lookup(m.View().Env, "A") != "1" || Lookup(m.View().Env, "B") != "2" {
+		t.Fatalf("restored view: %v", m.View().Env)
+	}
+	if Lookup(m.View().Env, "PATH") != routing.DefaultPath {
+		t.Fatalf("no PATH in the daemon's environment: commands get %q", Lookup(m.View().Env, "PATH"))
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("a script ran on restore")
+	}
+	// Deactivation then gives the base environment, which does not hold the
+	// persona's A=1 even though the daemon's environment had it.
+	res := m.Deactivate(context.Background(), protocol.Deactivate{})
+	if res.Result != protocol.ResultDeactivated || Lookup(m.View().Env, "A") != "" {
+		t.Fatalf("%+v %v", res, m.View().Env)
+	}
+}
