@@ -173,20 +173,32 @@ func (s *Server) scriptTimeout(sec float64, field string) (time.Duration, error)
 	return time.Duration(sec * float64(time.Second)), nil
 }
 
-func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+// target resolves the instance a request names and checks that its agent
+// can be reached.
+func (s *Server) target(id string) (string, error) {
+	is, err := s.resolve(id)
+	if err != nil {
+		return "", err
+	}
+	return is.reachable()
+}
+
+// activation reads what activations and deactivations share: the optional
+// body with the script timeout, and the instance.
+func (s *Server) activation(r *http.Request, ps httprouter.Params) (inst string, timeout time.Duration, err error) {
 	var req activateRequest
 	if err := readOptionalJSON(r, &req); err != nil {
-		return err
+		return "", 0, err
 	}
-	timeout, err := s.scriptTimeout(req.ScriptTimeoutSeconds, "script_timeout_seconds")
-	if err != nil {
-		return err
+	if timeout, err = s.scriptTimeout(req.ScriptTimeoutSeconds, "script_timeout_seconds"); err != nil {
+		return "", 0, err
 	}
-	is, err := s.resolve(ps.ByName("id"))
-	if err != nil {
-		return err
-	}
-	inst, err := is.reachable()
+	inst, err = s.target(ps.ByName("id"))
+	return inst, timeout, err
+}
+
+func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	inst, timeout, err := s.activation(r, ps)
 	if err != nil {
 		return err
 	}
@@ -213,19 +225,7 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 }
 
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	var req activateRequest
-	if err := readOptionalJSON(r, &req); err != nil {
-		return err
-	}
-	timeout, err := s.scriptTimeout(req.ScriptTimeoutSeconds, "script_timeout_seconds")
-	if err != nil {
-		return err
-	}
-	is, err := s.resolve(ps.ByName("id"))
-	if err != nil {
-		return err
-	}
-	inst, err := is.reachable()
+	inst, timeout, err := s.activation(r, ps)
 	if err != nil {
 		return err
 	}
@@ -351,11 +351,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	if err := req.check(); err != nil {
 		return err
 	}
-	is, err := s.resolve(ps.ByName("id"))
-	if err != nil {
-		return err
-	}
-	inst, err := is.reachable()
+	inst, err := s.target(ps.ByName("id"))
 	if err != nil {
 		return err
 	}
