@@ -1018,7 +1018,7 @@ func TestPersistenceAcrossKill9(t *testing.T) {
 	mustActivate(t, c, p)
 	d.kill() // SIGKILL
 
-	e.start()
+	d2 := e.start()
 	c = e.connect(nil)
 	ack := c.Hello()
 	if ack.Active == nil || ack.Active.Persona.Name != "alpha" || ack.Active.ActivationID != "act-alpha" {
@@ -1039,9 +1039,13 @@ func TestPersistenceAcrossKill9(t *testing.T) {
 	if post, _ := os.ReadFile(e.root + "/post.log"); strings.Count(string(post), "\n") != 1 {
 		t.Errorf("post script re-run: %q", post)
 	}
-	// A clean stop keeps it too.
-	d2 := e.start()
-	_ = d2
+	c.Close(nil)
+	// A clean stop and start keep it too.
+	d2.term(t)
+	e.start()
+	if ack := e.connect(nil).Hello(); ack.Active == nil || ack.Active.Persona.Name != "alpha" {
+		t.Fatalf("after SIGTERM and restart: active %+v", ack.Active)
+	}
 }
 
 func TestAuditSpoolResentWithoutLossOrDuplicates(t *testing.T) {
