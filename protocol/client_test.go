@@ -580,7 +580,10 @@ func TestHeartbeatKept(t *testing.T) {
 					return
 				}
 				if f.Type == protocol.TypePing {
-					p.reply(f, protocol.TypePong, nil)
+					// Not p.reply: the write may fail once the test closes
+					// the stream, and that is no failure.
+					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch}, nil)
 				}
 			}
 		}()
@@ -605,7 +608,8 @@ func TestHeartbeatIgnoresOtherEpochs(t *testing.T) {
 					return
 				}
 				if f.Type == protocol.TypePing {
-					p.send(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch + 1}, nil)
+					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch + 1}, nil)
 				}
 			}
 		}()

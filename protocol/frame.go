@@ -153,6 +153,10 @@ type Reader struct {
 	skipped    uint64
 }
 
+// initialBuffer is a Reader's buffer size: frames up to this size (all but
+// bulk ones) are read without allocating.
+const initialBuffer = 64 << 10
+
 // NewReader returns a Reader over r that refuses payloads above maxPayload
 // bytes (DefaultMaxPayload when maxPayload is 0).
 func NewReader(r io.Reader, maxPayload uint32) *Reader {
@@ -164,7 +168,7 @@ func NewReader(r io.Reader, maxPayload uint32) *Reader {
 		limit := math.MaxInt - HeaderSize // reached only where int has 32 bits
 		maxPayload = uint32(limit)
 	}
-	return &Reader{r: r, buf: make([]byte, 0, 64<<10), maxPayload: maxPayload}
+	return &Reader{r: r, buf: make([]byte, 0, initialBuffer), maxPayload: maxPayload}
 }
 
 // Reset drops any buffered bytes (a partial frame from a session that ended)
@@ -275,6 +279,19 @@ func (r *Reader) newSession(h Header, scan *int) bool {
 	return false
 }
 
+// shrinkAbove is the buffer capacity above which a Reader gives the memory
+// back once the large frame that needed it has been consumed, so that one
+// large frame does not pin megabytes for the life of a connection.
+const shrinkAbove = 4 << 20
+
+func (r *Reader) shrink() {
+	if cap(r.buf) > shrinkAbove && r.end-r.start <= initialBuffer {
+		r.buf = append(make([]byte, 0, initialBuffer), r.buf[r.start:r.end]...)
+		r.end -= r.start
+		r.start = 0
+	}
+}
+
 func (r *Reader) discard(n int) {
 	r.start += n
 	if r.start == r.end {
@@ -304,6 +321,7 @@ func (r *Reader) skipStream(n uint64) error {
 // *FrameError after its payload was skipped; the caller may go on reading.
 // Transport errors (io.EOF, a closed connection) are returned as they are.
 func (r *Reader) Next() (Frame, error) {
+	r.shrink()
 	for {
 		if err := r.fill(HeaderSize); err != nil {
 			return Frame{}, err
