@@ -4,18 +4,23 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
 LDFLAGS := -s -w -X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=$(VERSION)
 
-# Debian packages the tests need: gcc for -race (cgo), pkg-config, promtool.
-TEST_DEBS := gcc libc6-dev pkg-config prometheus libvirt-dev qemu-system-x86
+# Debian packages the host daemon builds with (cgo against libvirt).
+BUILD_DEBS := gcc libc6-dev pkg-config libvirt-dev
+# And those the tests need besides: promtool, QEMU for the QMP tests, shells for completion tests.
+TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish
 
-.PHONY: all build test fuzz bench demo clean deps-test
+.PHONY: all build test fuzz bench demo clean deps-build deps-test
 
 all: build
 
-build:
+build: deps-build
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersona-guestd ./guestd/cmd/vmpersona-guestd
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersona-hostd ./hostd/cmd/vmpersona-hostd
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersonactl ./hostd/cmd/vmpersonactl
+
+deps-build:
+	@scripts/ensure-deps $(BUILD_DEBS)
 
 deps-test:
 	@scripts/ensure-deps $(TEST_DEBS)
