@@ -1,0 +1,350 @@
+// Package reliability holds the fault, hostile-input, bypass and load suites
+// of vmpersona. Every test runs the real binaries (vmpersona-hostd and
+// vmpersona-guestd, built once in TestMain) on unix sockets in temporary
+// directories; nothing is faked. The fast suites run in `make test`; the
+// long ones are behind the build tag `reliability` (`make reliability`).
+package reliability
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var hostdBin, guestdBin, binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmpersona-reliability")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755) // the unprivileged client of the auth suite runs from here
+	binDir = dir
+	hostdBin = filepath.Join(dir, "vmpersona-hostd")
+	guestdBin = filepath.Join(dir, "vmpersona-guestd")
+	for bin, pkg := range map[string]string{
+		hostdBin:  "github.com/vmpersona/vmpersona/hostd/cmd/vmpersona-hostd",
+		guestdBin: "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd",
+	} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		if bin == guestdBin {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// envInt reads a bounded integer knob from the environment.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, err := time.ParseDuration(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// tmpDir is a short temporary directory (unix socket paths are limited to
+// 108 bytes, and t.TempDir() names can be long), removed after the test.
+func tmpDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "vpr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// proc is a real daemon process.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b.Len() > 1<<20 { // keep the last MiB or so: enough to explain a failure
+		s.b.Reset()
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startProc(t testing.TB, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	if testing.Verbose() && os.Getenv("RELIABILITY_LOG") != "" {
+		p.cmd.Stderr = io.MultiWriter(p.stderr, os.Stderr)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.kill)
+	return p
+}
+
+// kill sends SIGKILL (no chance to flush or close anything) and waits.
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// rssKB is the resident set size of the process (VmRSS), and its peak (VmHWM).
+func (p *proc) rssKB(t testing.TB) (rss, hwm int) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("reading the daemon's status: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "VmRSS:" {
+			rss, _ = strconv.Atoi(f[1])
+		}
+		if len(f) >= 2 && f[0] == "VmHWM:" {
+			hwm, _ = strconv.Atoi(f[1])
+		}
+	}
+	return rss, hwm
+}
+
+func waitSocket(t testing.TB, p *proc, sock string) {
+	t.Helper()
+	for i := 0; i < 2000; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("daemon exited before listening on %s: %s", sock, p.stderr)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s never appeared: %s", sock, p.stderr)
+}
+
+// hostd is a running vmpersona-hostd with its API on a unix socket.
+type hostd struct {
+	*proc
+	sock    string
+	dataDir string
+	client  *http.Client
+}
+
+// startHostd runs the real host daemon over dataDir; extra flags follow the
+// defaults (no libvirt, 500 ms heartbeat).
+func startHostd(t testing.TB, dataDir, sock string, extra ...string) *hostd {
+	t.Helper()
+	args := append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms", "--log-level", "warn"}, extra...)
+	p := startProc(t, hostdBin, args...)
+	waitSocket(t, p, sock)
+	return &hostd{proc: p, sock: sock, dataDir: dataDir, client: unixClient(sock, 60*time.Second)}
+}
+
+func unixClient(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 200,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
+
+// startGuest runs the real guest daemon on a unix socket; it returns the
+// process and the endpoint hostd dials.
+func startGuest(t testing.TB, dir string, extra ...string) (*proc, string) {
+	t.Helper()
+	sock := filepath.Join(dir, "agent.sock")
+	args := append([]string{"--listen", "unix:" + sock, "--state-dir", filepath.Join(dir, "state"),
+		"--profile-file", filepath.Join(dir, "profile.sh"), "--log-level", "warn"}, extra...)
+	p := startProc(t, guestdBin, args...)
+	waitSocket(t, p, sock)
+	return p, "unix:" + sock
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (a answer) json(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(a.body, &m); err != nil {
+		t.Fatalf("answer (%d) is not a JSON object: %v\n%.2000s", a.status, err, a.body)
+	}
+	return m
+}
+
+// call makes one API request; body is a string, []byte, io.Reader or a value
+// marshalled to JSON. A transport error is returned, not fatal.
+func call(c *http.Client, method, path string, body any, hdr ...string) (answer, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	case io.Reader:
+		rd = b
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			return answer{}, err
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, "http://hostd"+path, rd)
+	if err != nil {
+		return answer{}, err
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(res.Body, 64<<20))
+	return answer{status: res.StatusCode, header: res.Header, body: b}, err
+}
+
+func (h *hostd) must(t testing.TB, method, path string, body any, want int, hdr ...string) answer {
+	t.Helper()
+	a, err := call(h.client, method, path, body, hdr...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", method, path, err, h.stderr)
+	}
+	if a.status != want {
+		t.Fatalf("%s %s: status %d, want %d: %.2000s", method, path, a.status, want, a.body)
+	}
+	return a
+}
+
+// checkProblem asserts an error answer is an RFC 9457 problem document.
+func checkProblem(t testing.TB, what string, a answer) {
+	t.Helper()
+	if ct := a.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Errorf("%s: error answer %d has Content-Type %q, want application/problem+json: %.300s", what, a.status, ct, a.body)
+		return
+	}
+	var m map[string]any
+	if err := json.Unmarshal(a.body, &m); err != nil {
+		t.Errorf("%s: problem document is not JSON: %v", what, err)
+		return
+	}
+	for _, k := range []string{"type", "title", "status", "detail"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("%s: problem document lacks %q: %.300s", what, k, a.body)
+		}
+	}
+}
+
+// waitConnected waits until hostd reports the instance's agent connected.
+func (h *hostd) waitConnected(t testing.TB, id string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var last answer
+	for time.Now().Before(deadline) {
+		a, err := call(h.client, "GET", "/instances/"+id, nil)
+		if err == nil && a.status == 200 {
+			last = a
+			var m map[string]any
+			if json.Unmarshal(a.body, &m) == nil {
+				if ag, ok := m["agent"].(map[string]any); ok && ag["state"] == "connected" {
+					return
+				}
+				if m["state"] == "connected" || m["agent_state"] == "connected" {
+					return
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("instance %s never connected: %s\n%s", id, last.body, h.stderr)
+}
+
+// auditEvents reads every audit event (following the cursor) matching query.
+func (h *hostd) auditEvents(t testing.TB, query string) []map[string]any {
+	t.Helper()
+	var all []map[string]any
+	after := ""
+	for {
+		q := "/audit?limit=10000"
+		if query != "" {
+			q += "&" + query
+		}
+		if after != "" {
+			q += "&after=" + after
+		}
+		a := h.must(t, "GET", q, nil, 200)
+		var page struct {
+			Events []map[string]any `json:"events"`
+			Next   string           `json:"next"`
+		}
+		if err := json.Unmarshal(a.body, &page); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page.Events...)
+		if len(page.Events) == 0 || page.Next == after {
+			return all
+		}
+		after = page.Next
+	}
+}
