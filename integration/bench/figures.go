@@ -1,0 +1,413 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+const trueScript = "#!/bin/sh\ntrue"
+
+// footprint: idle RSS of both daemons and qemu-ga, the guest binary's size.
+func (b *bench) footprint(ctx context.Context) error {
+	// Let the daemons settle after the handshake.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(3 * time.Second):
+	}
+	g, err := rssKiB(b.guestd.pid())
+	if err != nil {
+		return err
+	}
+	h, err := rssKiB(b.hostd.pid())
+	if err != nil {
+		return err
+	}
+	q, err := rssKiB(b.qgad.pid())
+	if err != nil {
+		return err
+	}
+	b.hostdRSS1 = h
+	mib := func(k int) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }
+	b.add(row{"8. guestd idle RSS (connected)", mib(g), "qemu-ga " + mib(q), fmt.Sprintf("%.2f×", float64(g)/float64(q)), "< 10 MiB", metLE(float64(g), 10*1024)})
+	b.add(row{"8. hostd idle RSS (1 agent)", mib(h), "qemu-ga " + mib(q), fmt.Sprintf("%.2f×", float64(h)/float64(q)), "< 40 MiB", metLE(float64(h), 40*1024)})
+	fi, err := os.Stat(b.bins.guestd)
+	if err != nil {
+		return err
+	}
+	ref, ratio := "", ""
+	if qb, err := exec.LookPath("qemu-ga"); err == nil {
+		if qi, err := os.Stat(qb); err == nil {
+			ref = fmt.Sprintf("qemu-ga %.1f MiB (dynamic)", float64(qi.Size())/(1<<20))
+			ratio = fmt.Sprintf("%.2f×", float64(fi.Size())/float64(qi.Size()))
+		}
+	}
+	b.add(row{"8. guestd static stripped size", fmt.Sprintf("%.1f MiB", float64(fi.Size())/(1<<20)), ref, ratio, "< 8 MiB", metLE(float64(fi.Size()), 8<<20)})
+	return nil
+}
+
+// execLatency: /bin/true round trip, ours through the REST API vs qemu-ga
+// (guest-exec + tight guest-exec-status polling) vs a bare spawn.
+func (b *bench) execLatency(ctx context.Context) error {
+	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	q, err := dialQGA(b.qgaSock)
+	if err != nil {
+		return fmt.Errorf("qemu-ga: %w", err)
+	}
+	defer q.close()
+	ours := func() error {
+		r, err := api.Exec(ctx, "vm", apiclient.ExecRequest{Command: "/bin/true", Args: []string{}})
+		if err != nil {
+			return err
+		}
+		if r.ExitCode != 0 {
+			return fmt.Errorf("/bin/true exited %d", r.ExitCode)
+		}
+		return nil
+	}
+	res, err := latencies(ctx, b.cfg.execN, 50,
+		side{"ours", ours},
+		side{"qemu-ga", func() error { return q.exec("/bin/true") }},
+		side{"bare", func() error { return bareRun("/bin/true") }})
+	if err != nil {
+		return err
+	}
+	o, qg, bare := res["ours"], res["qemu-ga"], res["bare"]
+	for _, p := range []float64{50, 99} {
+		rq := float64(o.pct(p)) / float64(qg.pct(p))
+		rb := float64(o.pct(p)) / float64(bare.pct(p))
+		tq, tb, mq, mb := "", "", "—", "—"
+		if p == 50 {
+			tq, tb, mq, mb = "≤ 0.75× qemu-ga", "≤ 1.3× bare", metLE(rq, 0.75), metLE(rb, 1.3)
+		}
+		b.add(row{fmt.Sprintf("1. exec /bin/true p%.0f vs qemu-ga (n=%d)", p, len(o)), ms(o.pct(p)), ms(qg.pct(p)), fmt.Sprintf("%.2f×", rq), tq, mq})
+		b.add(row{fmt.Sprintf("1. exec /bin/true p%.0f vs bare spawn", p), ms(o.pct(p)), ms(bare.pct(p)), fmt.Sprintf("%.2f×", rb), tb, mb})
+	}
+	return nil
+}
+
+var execTrueBody = []byte(`{"command":"/bin/true","args":[]}`)
+
+// execThroughput: 32 execs in flight on one instance vs the machine's own
+// spawn rate at concurrency 32.
+func (b *bench) execThroughput(ctx context.Context) error {
+	c := unixClient(b.hostdSock, 64)
+	defer c.CloseIdleConnections()
+	res := throughput(ctx, 32, b.cfg.segDur, b.cfg.segs,
+		side{"ours", func() error {
+			_, err := do(ctx, c, "POST", "/instances/vm/exec", execTrueBody, 200)
+			return err
+		}},
+		side{"bare", func() error { return bareRun("/bin/true") }})
+	o, r := res["ours"], res["bare"]
+	b.spawnRate32 = r.perSec()
+	ratio := o.perSec() / r.perSec()
+	b.add(row{"2. exec throughput, 32 in flight", fmt.Sprintf("%.0f/s", o.perSec()), fmt.Sprintf("spawn %.0f/s", r.perSec()), fmt.Sprintf("%.2f×", ratio), "≥ 0.8×", metGE(ratio, 0.8)})
+	if o.errs > 0 || r.errs > 0 {
+		b.note("exec throughput: %d errors (ours), %d (bare); first: %v %v", o.errs, r.errs, o.firstErr, r.firstErr)
+	}
+	return nil
+}
+
+// bigPersona has 100 variables, 50 inline overrides, 200 restrictions and
+// trivial scripts.
+func bigPersona(name string) protocol.Persona {
+	p := protocol.Persona{
+		Name:                 name,
+		EnvironmentVariables: map[string]string{},
+		PreActivationScript:  trueScript,
+		PostActivationScript: trueScript,
+		CommandOverrides:     map[string]string{},
+	}
+	for i := range 100 {
+		p.EnvironmentVariables[fmt.Sprintf("BENCH_VAR_%03d", i)] = fmt.Sprintf("value-%d-%s", i, name)
+	}
+	for i := range 50 {
+		p.CommandOverrides[fmt.Sprintf("tool%02d", i)] = fmt.Sprintf("#!/bin/sh\necho override %d \"$@\"", i)
+	}
+	for i := range 200 {
+		if i%2 == 0 {
+			p.RestrictedCommands = append(p.RestrictedCommands, fmt.Sprintf("denied%03d", i))
+		} else {
+			p.RestrictedCommands = append(p.RestrictedCommands, fmt.Sprintf("/usr/local/bin/denied%03d", i))
+		}
+	}
+	return p
+}
+
+// activation: a large persona's activation (alternating two of them so
+// that each is a real change) vs spawning its two scripts directly.
+func (b *bench) activation(ctx context.Context) error {
+	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	for _, n := range []string{"big-a", "big-b"} {
+		if _, err := api.CreatePersona(ctx, bigPersona(n)); err != nil {
+			return fmt.Errorf("create %s: %w", n, err)
+		}
+	}
+	pre, post := filepath.Join(b.dir, "pre.sh"), filepath.Join(b.dir, "post.sh")
+	for _, f := range []string{pre, post} {
+		if err := os.WriteFile(f, []byte(trueScript+"\n"), 0o755); err != nil {
+			return err
+		}
+	}
+	i := 0
+	ours := func() error {
+		name := []string{"big-a", "big-b"}[i%2]
+		i++
+		r, err := api.Activate(ctx, "vm", name, apiclient.ActivateOptions{})
+		if err != nil {
+			return err
+		}
+		if r.Result != "activated" && r.Result != "" {
+			return fmt.Errorf("activation result %q", r.Result)
+		}
+		return nil
+	}
+	ref := func() error {
+		if err := bareRun(pre); err != nil {
+			return err
+		}
+		return bareRun(post)
+	}
+	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"scripts", ref})
+	if err != nil {
+		return err
+	}
+	o, r := res["ours"], res["scripts"]
+	ratio := float64(o.pct(50)) / float64(r.pct(50))
+	b.add(row{fmt.Sprintf("3. activation, large persona p50 (n=%d)", len(o)), ms(o.pct(50)), "2 scripts " + ms(r.pct(50)), fmt.Sprintf("%.2f×", ratio), "≤ 1.5×", metLE(ratio, 1.5)})
+	b.add(row{"3. activation, large persona p99", ms(o.pct(99)), "2 scripts " + ms(r.pct(99)), fmt.Sprintf("%.2f×", float64(o.pct(99))/float64(r.pct(99))), "", "—"})
+	return nil
+}
+
+// auditIngestion: execs of an overridden command, 32 in flight; each is
+// an audit event that counts once the host has stored it (the guest drops
+// it from its spool only when acknowledged after the Badger commit).
+func (b *bench) auditIngestion(ctx context.Context) error {
+	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	p := protocol.Persona{Name: "audited", CommandOverrides: map[string]string{"t": "/bin/true"}}
+	if _, err := api.CreatePersona(ctx, p); err != nil {
+		return err
+	}
+	if _, err := api.Activate(ctx, "vm", "audited", apiclient.ActivateOptions{}); err != nil {
+		return err
+	}
+	c := unixClient(b.hostdSock, 64)
+	defer c.CloseIdleConnections()
+	before, err := metric(ctx, c, "vmpersona_audit_events_total")
+	if err != nil {
+		return err
+	}
+	body := []byte(`{"command":"t","args":[]}`)
+	t0 := time.Now()
+	res := throughput(ctx, 32, b.cfg.auditDur, 1, side{"ours", func() error {
+		_, err := do(ctx, c, "POST", "/instances/vm/exec", body, 200)
+		return err
+	}})
+	o := res["ours"]
+	// Wait until every event is stored.
+	deadline := time.Now().Add(30 * time.Second)
+	var stored float64
+	for {
+		v, err := metric(ctx, c, "vmpersona_audit_events_total")
+		if err == nil {
+			stored = v - before
+		}
+		if stored >= float64(o.ops) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	el := time.Since(t0)
+	rate := stored / el.Seconds()
+	ref := fmt.Sprintf("exec rate %.0f/s", o.perSec())
+	b.add(row{"7. audit ingestion end to end (override execs, 32 in flight)", fmt.Sprintf("%.0f events/s (%d/%d stored)", rate, int(stored), o.ops), ref, fmt.Sprintf("%.2f×", rate/o.perSec()), "every exec stored", metGE(stored, float64(o.ops))})
+	if o.errs > 0 {
+		b.note("audit ingestion: %d exec errors, first: %v", o.errs, o.firstErr)
+	}
+	return nil
+}
+
+// personaReads: GET /personas/{name} from hostd vs a bare httprouter
+// handler (its own process) returning the same bytes, same generator.
+func (b *bench) personaReads(ctx context.Context) error {
+	c := unixClient(b.hostdSock, 64)
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://bench/personas/big-a", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("GET /personas/big-a: status %d, %v", resp.StatusCode, err)
+	}
+	bodyFile := filepath.Join(b.dir, "persona.json")
+	if err := os.WriteFile(bodyFile, body, 0o600); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bareSock := filepath.Join(b.dir, "bare.sock")
+	bp, err := b.ps.start("bare-httprouter", self, "-serve-bare", bareSock, bodyFile, resp.Header.Get("Content-Type"), resp.Header.Get("ETag"))
+	if err != nil {
+		return err
+	}
+	defer bp.stop()
+	if err := waitSocket(ctx, bareSock, bp, 10*time.Second); err != nil {
+		return err
+	}
+	bc := unixClient(bareSock, 64)
+	defer bc.CloseIdleConnections()
+	res := throughput(ctx, b.cfg.getConc, b.cfg.getSegDur, b.cfg.segs,
+		side{"ours", func() error { _, err := do(ctx, c, "GET", "/personas/big-a", nil, 200); return err }},
+		side{"bare", func() error { _, err := do(ctx, bc, "GET", "/personas/big-a", nil, 200); return err }})
+	o, r := res["ours"], res["bare"]
+	ratio := o.perSec() / r.perSec()
+	b.add(row{fmt.Sprintf("5. GET /personas/{name} (%d B), %d keep-alive clients", len(body), b.cfg.getConc), fmt.Sprintf("%.0f req/s", o.perSec()), fmt.Sprintf("bare httprouter %.0f req/s", r.perSec()), fmt.Sprintf("%.2f×", ratio), "≥ 0.5×", metGE(ratio, 0.5)})
+	if o.errs > 0 || r.errs > 0 {
+		b.note("persona reads: %d errors (ours), %d (bare); first: %v %v", o.errs, r.errs, o.firstErr, r.firstErr)
+	}
+	return nil
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+(.*)$`)
+
+// goBench runs `go test -bench` in the repository and returns each
+// benchmark's metrics by unit.
+func (b *bench) goBench(ctx context.Context, pattern, benchtime, pkg string) (map[string]map[string]string, []string, error) {
+	cmd := exec.CommandContext(ctx, goTool(), "test", "-run", "^$", "-bench", pattern, "-benchmem", "-benchtime", benchtime, pkg)
+	cmd.Dir = b.cfg.root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, nil, fmt.Errorf("go test -bench %s %s: %w\n%s", pattern, pkg, err, truncate(string(out), 2000))
+	}
+	res := map[string]map[string]string{}
+	var order []string
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		m := benchLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		f := strings.Fields(m[2])
+		units := map[string]string{}
+		for i := 0; i+1 < len(f); i += 2 {
+			units[f[i+1]] = f[i]
+		}
+		res[m[1]] = units
+		order = append(order, m[1])
+	}
+	return res, order, nil
+}
+
+// routingBench: the guest's routing decision, ns/op and allocs/op.
+func (b *bench) routingBench(ctx context.Context) error {
+	bt := "1s"
+	if b.cfg.quick {
+		bt = "200ms"
+	}
+	res, order, err := b.goBench(ctx, ".", bt, "./guestd/routing")
+	if err != nil {
+		return err
+	}
+	if len(order) == 0 {
+		return fmt.Errorf("no benchmark results from ./guestd/routing")
+	}
+	for _, name := range order {
+		u := res[name]
+		allocs := u["allocs/op"]
+		b.add(row{"4. routing " + strings.TrimPrefix(name, "Benchmark"), fmt.Sprintf("%s ns/op, %s allocs/op, %s B/op", u["ns/op"], allocs, u["B/op"]), "", "", "0 allocs", metLE(atof(allocs), 0)})
+	}
+	return nil
+}
+
+// storeBench: Badger ingestion capacity of guest audit batches (each batch
+// one synced commit).
+func (b *bench) storeBench(ctx context.Context) error {
+	bt := "2s"
+	if b.cfg.quick {
+		bt = "500ms"
+	}
+	res, order, err := b.goBench(ctx, "^BenchmarkIngestGuestAudit$", bt, "./hostd/store")
+	if err != nil {
+		return err
+	}
+	for _, name := range order {
+		u := res[name]
+		b.add(row{"7. audit ingestion into Badger (store bench, batches of 100, synced)", u["events/s"] + " events/s", "", "", "", "—"})
+	}
+	return nil
+}
+
+func atof(s string) float64 {
+	var f float64
+	if _, err := fmt.Sscan(s, &f); err != nil {
+		return -1
+	}
+	return f
+}
+
+// scaleReads samples API read latency while something else runs.
+type scaleReads struct {
+	mu   sync.Mutex
+	lat  samples
+	errs int
+	err  error
+}
+
+func (s *scaleReads) run(ctx context.Context, c func() error, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		default:
+		}
+		t := time.Now()
+		err := c()
+		d := time.Since(t)
+		s.mu.Lock()
+		if err != nil {
+			s.errs++
+			if s.err == nil {
+				s.err = err
+			}
+		} else {
+			s.lat = append(s.lat, d)
+		}
+		s.mu.Unlock()
+	}
+}

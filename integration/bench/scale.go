@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmpersona/vmpersona/guestd/activation"
+	"github.com/vmpersona/vmpersona/guestd/audit"
+	"github.com/vmpersona/vmpersona/guestd/execute"
+	"github.com/vmpersona/vmpersona/guestd/server"
+	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/guestd/transport"
+)
+
+// memReserveKiB is left free for everything else on the machine when
+// deciding how many real guest daemons to start.
+const memReserveKiB = 6 << 20
+
+// scale: one host daemon with many connected agents: real guest daemon
+// processes as far as memory allows, then the real guest server code
+// in-process (each with its own state directory and unix socket).
+func (b *bench) scale(ctx context.Context) error {
+	if b.cfg.skipScale {
+		b.add(row{"6. scale", "skipped (-skip-scale)", "", "", "", "—"})
+		return nil
+	}
+	n := b.cfg.agents
+	sdir := filepath.Join(b.dir, "s")
+	if err := os.MkdirAll(sdir, 0o700); err != nil {
+		return err
+	}
+	sock := func(i int) string { return filepath.Join(sdir, fmt.Sprintf("%04d.sock", i)) }
+	gdir := func(i int) string { return filepath.Join(sdir, fmt.Sprintf("%04d", i)) }
+
+	// Real processes first, while memory allows.
+	avail := memAvailableKiB()
+	real := 0
+	var guests []*proc
+	startReal := func(i int) error {
+		if err := os.MkdirAll(gdir(i), 0o700); err != nil {
+			return err
+		}
+		p, err := b.ps.start(fmt.Sprintf("guestd-%04d", i), b.bins.guestd, "--listen", "unix:"+sock(i), "--state-dir", gdir(i),
+			"--profile-file", filepath.Join(gdir(i), "profile.sh"), "--log-level", "error")
+		if err != nil {
+			return err
+		}
+		guests = append(guests, p)
+		return nil
+	}
+	limit := n
+	for i := 0; i < n && i < limit; i++ {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := startReal(i); err != nil {
+			slog.Warn("scale: cannot start more guest daemons", "started", i, "err", err)
+			break
+		}
+		real = i + 1
+		if real == 20 {
+			// Estimate the memory of one from the first twenty.
+			for j, p := range guests {
+				if err := waitSocket(ctx, sock(j), p, 20*time.Second); err != nil {
+					return err
+				}
+			}
+			time.Sleep(500 * time.Millisecond)
+			tot := 0
+			for _, p := range guests {
+				if k, err := rssKiB(p.pid()); err == nil {
+					tot += k
+				}
+			}
+			per := max(tot/len(guests), 1024)
+			// Connected, each grows a little: count 1.5× the idle size.
+			limit = max(20, (avail-memReserveKiB)*2/(per*3))
+			slog.Info("scale: real guest daemons", "rss_each_kib", per, "mem_available_kib", avail, "limit", limit)
+		}
+	}
+	for j, p := range guests {
+		if err := waitSocket(ctx, sock(j), p, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	// The rest in-process.
+	gctx, gcancel := context.WithCancel(ctx)
+	var gwg sync.WaitGroup
+	defer func() { gcancel(); gwg.Wait() }()
+	for i := real; i < n; i++ {
+		if err := startInProcess(gctx, &gwg, gdir(i), sock(i)); err != nil {
+			return fmt.Errorf("in-process guest %d: %w", i, err)
+		}
+	}
+	how := fmt.Sprintf("%d real guestd processes", real)
+	if real < n {
+		how = fmt.Sprintf("%d real guestd processes + %d in-process guest servers", real, n-real)
+	}
+	slog.Info("scale: guests up", "agents", n, "how", how)
+
+	instances := make([]string, n)
+	for i := range n {
+		instances[i] = fmt.Sprintf("g%04d=unix:%s", i, sock(i))
+	}
+	hsock := filepath.Join(b.dir, "hostd-scale.sock")
+	hp, err := b.startHostd(ctx, "hostd-scale-data", hsock, instances)
+	if err != nil {
+		return err
+	}
+	defer hp.stop()
+	c := unixClient(hsock, n+16)
+	defer c.CloseIdleConnections()
+	t0 := time.Now()
+	if err := waitConnected(ctx, c, n, 3*time.Minute); err != nil {
+		return err
+	}
+	connectTime := time.Since(t0)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(3 * time.Second):
+	}
+	rss, err := rssKiB(hp.pid())
+	if err != nil {
+		return err
+	}
+	base := b.hostdRSS1
+	perAgent := float64(rss-base) / float64(max(n-1, 1)) // KiB
+	b.add(row{fmt.Sprintf("6. hostd RSS per connected agent (%d agents: %s)", n, how),
+		fmt.Sprintf("%.1f KiB (RSS %.1f MiB)", perAgent, float64(rss)/1024),
+		fmt.Sprintf("1 agent: %.1f MiB", float64(base)/1024), "", "≤ 64 KiB", metLE(perAgent, 64)})
+	b.note("scale: %d agents connected %s after hostd started", n, connectTime.Round(time.Millisecond))
+
+	// Activation of one persona on all at once, reads meanwhile.
+	if _, err := do(ctx, c, "POST", "/personas", []byte(`{"name":"scale","environment_variables":{"SCALE":"1"},"pre_activation_script":"#!/bin/sh\ntrue","post_activation_script":"#!/bin/sh\ntrue"}`), 201); err != nil {
+		return err
+	}
+	pre, post := filepath.Join(b.dir, "pre.sh"), filepath.Join(b.dir, "post.sh")
+	for _, f := range []string{pre, post} {
+		if err := os.WriteFile(f, []byte(trueScript+"\n"), 0o755); err != nil {
+			return err
+		}
+	}
+	refRate := func() *rate {
+		return throughput(ctx, 32, b.cfg.segDur, 1, side{"scripts", func() error {
+			if err := bareRun(pre); err != nil {
+				return err
+			}
+			return bareRun(post)
+		}})["scripts"]
+	}
+	ref1 := refRate()
+
+	rc := unixClient(hsock, 4)
+	defer rc.CloseIdleConnections()
+	reads := &scaleReads{}
+	stop := make(chan struct{})
+	var rwg sync.WaitGroup
+	rwg.Add(1)
+	k := 0
+	go func() {
+		defer rwg.Done()
+		reads.run(ctx, func() error {
+			k++
+			path := "/personas/scale"
+			if k%2 == 0 {
+				path = fmt.Sprintf("/instances/g%04d", k%n)
+			}
+			_, err := do(ctx, rc, "GET", path, nil, 200)
+			return err
+		}, stop)
+	}()
+	var errs atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	ta := time.Now()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := do(ctx, c, "POST", fmt.Sprintf("/instances/g%04d/personas/scale/activate", i), nil, 200)
+			if err != nil {
+				errs.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(ta)
+	close(stop)
+	rwg.Wait()
+	ref2 := refRate()
+	refPerSec := float64(ref1.ops+ref2.ops) / (ref1.elapsed + ref2.elapsed).Seconds()
+	actRate := float64(n-int(errs.Load())) / el.Seconds()
+	ratio := actRate / refPerSec
+	met := metGE(ratio, 0.5)
+	if errs.Load() > 0 {
+		met = "NO"
+		b.note("scale activation: %d of %d failed, first: %v", errs.Load(), n, firstErr.Load())
+	}
+	b.add(row{fmt.Sprintf("6. activate one persona on all %d at once", n),
+		fmt.Sprintf("%.0f activations/s, %d errors, %.2f s", actRate, errs.Load(), el.Seconds()),
+		fmt.Sprintf("pre+post spawned directly, 32 in flight: %.0f/s", refPerSec),
+		fmt.Sprintf("%.2f×", ratio), "0 errors, ≥ 0.5×", met})
+	reads.mu.Lock()
+	p99 := reads.lat.pct(99)
+	nreads, rerrs := len(reads.lat), reads.errs
+	reads.mu.Unlock()
+	b.add(row{"6. API read p99 during that activation", fmt.Sprintf("%s (n=%d, %d errors)", ms(p99), nreads, rerrs), "", "", "< 50 ms", metLE(float64(p99)/1e6, 50)})
+	if rerrs > 0 {
+		b.note("scale reads: %d errors, first: %v", rerrs, reads.err)
+	}
+	return nil
+}
+
+// startInProcess runs the real guest server code (state, audit spool,
+// activation manager, unix transport, server) inside this process.
+func startInProcess(ctx context.Context, wg *sync.WaitGroup, dir, sock string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	log := quietLogger()
+	st, err := state.Open(dir)
+	if err != nil {
+		return err
+	}
+	spool, err := audit.Open(dir, audit.Limits{MaxEvents: audit.DefaultMaxEvents, MaxBytes: audit.DefaultMaxBytes}, log)
+	if err != nil {
+		return err
+	}
+	mgr, err := activation.New(activation.Config{Store: st, Spool: spool, ProfileFile: filepath.Join(dir, "profile.sh"),
+		Environ: os.Environ(), ScriptTimeout: activation.DefaultScriptTimeout, Logger: log})
+	if err != nil {
+		spool.Close()
+		return err
+	}
+	ep, err := transport.ParseEndpoint("unix:" + sock)
+	if err != nil {
+		spool.Close()
+		return err
+	}
+	l, err := transport.Listen(ctx, ep, log)
+	if err != nil {
+		spool.Close()
+		return err
+	}
+	srv := server.New(server.Config{Manager: mgr, Spool: spool, Limiter: execute.NewLimiter(16), BootID: "bench-" + filepath.Base(dir),
+		MaxOutput: execute.DefaultMaxOutput, ExecTimeout: execute.DefaultTimeout, Logger: log})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer spool.Close()
+		defer l.Close()
+		_ = srv.Serve(ctx, l)
+	}()
+	return nil
+}
