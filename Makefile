@@ -35,8 +35,10 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
 
+# vmpersona beside qemu-guest-agent and the machine's limits (one table);
+# BENCHFLAGS=-quick for a scaled-down run.
 bench:
-	$(GO) test ./protocol -run '^$$' -bench . -benchmem
+	$(GO) run ./integration/bench $(BENCHFLAGS)
 
 demo: build
 	@echo "make demo: the libvirt/QEMU demo is not built yet; see README.md" >&2
