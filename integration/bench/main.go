@@ -38,6 +38,8 @@ type config struct {
 	skipScale bool
 	root      string
 	keep      bool
+	profile   string
+	profDur   time.Duration
 	// sizes derived from quick
 	execN      int
 	segDur     time.Duration
@@ -62,6 +64,8 @@ func main() {
 	flag.BoolVar(&cfg.skipScale, "skip-scale", false, "skip the scale figure")
 	flag.StringVar(&cfg.root, "root", "", "repository root (default: found from the working directory)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the run directory (daemon state, sockets)")
+	flag.StringVar(&cfg.profile, "profile", "", "instead of the table: run hostd and the guest server in-process and write CPU/mutex/block profiles of each scenario into this directory")
+	flag.DurationVar(&cfg.profDur, "profile-duration", 5*time.Second, "length of each -profile scenario")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	os.Exit(run(cfg))
@@ -88,6 +92,15 @@ func run(cfg config) int {
 		cfg.root = r
 	}
 	raiseNoFile()
+	if cfg.profile != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := profileRun(ctx, cfg.profile, cfg.profDur, cfg.agents); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
