@@ -348,3 +348,11 @@ func (h *hostd) auditEvents(t testing.TB, query string) []map[string]any {
 		after = page.Next
 	}
 }
+
+// unixlessClient calls the API over TCP.
+func unixlessClient(addr string) *http.Client {
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}}}
+}
