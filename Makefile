@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=$(VE
 # Debian packages the host daemon builds with (cgo against libvirt).
 BUILD_DEBS := gcc libc6-dev pkg-config libvirt-dev
 # And those the tests need besides: promtool, QEMU for the QMP tests, shells for completion tests.
-TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish
+TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish systemd lintian
 
 .PHONY: all build test fuzz bench demo clean deps-build deps-test
 
@@ -42,6 +42,19 @@ bench:
 
 demo: build
 	@echo "make demo: the libvirt/QEMU demo is not built yet; see README.md" >&2
+
+# Debian packages in dist/: vmpersona-hostd and vmpersona-guestd (reproducible: SOURCE_DATE_EPOCH
+# is the last commit's time; version from a vX.Y.Z tag or packaging/changelog).
+.PHONY: deb integration-full
+deb: deps-build
+	@scripts/ensure-deps dpkg-dev
+	$(MAKE) build VERSION=$$(packaging/version.sh)
+	rm -rf dist && packaging/build-deb.sh --bin $(BIN) --out dist
+
+# The packages on a real Debian 12 guest booted by systemd under libvirt, and the host package in a
+# Debian 12 chroot (root; see integration/debian/doc.go).
+integration-full: deb
+	VMP_DEB_DIR=$(CURDIR)/dist VMP_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -tags integration_full -count=1 -v -timeout 40m ./integration/debian/...
 
 clean:
 	rm -rf $(BIN)
