@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,14 +85,37 @@ func (b *bench) execLatency(ctx context.Context) error {
 		}
 		return nil
 	}
+	// A second guest daemon spoken to directly with protocol.Client (no
+	// HTTP, no hostd): splits the round trip into its guest and host parts.
+	direct, err := b.directGuest(ctx)
+	if err != nil {
+		return fmt.Errorf("direct guest session: %w", err)
+	}
+	defer direct.Close(nil)
+	viaProtocol := func() error {
+		var r protocol.ExecResult
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := direct.Call(cctx, protocol.TypeExec, protocol.Exec{Command: "/bin/true"}, &r, nil); err != nil {
+			return err
+		}
+		if r.ExitCode != 0 {
+			return fmt.Errorf("/bin/true exited %d", r.ExitCode)
+		}
+		return nil
+	}
 	res, err := latencies(ctx, b.cfg.execN, 50,
 		side{"ours", ours},
+		side{"protocol", viaProtocol},
 		side{"qemu-ga", func() error { return q.exec("/bin/true") }},
 		side{"bare", func() error { return bareRun("/bin/true") }})
 	if err != nil {
 		return err
 	}
 	o, qg, bare := res["ours"], res["qemu-ga"], res["bare"]
+	pr := res["protocol"]
+	b.add(row{"1. decomposition p50: guestd over protocol.Client directly (no HTTP/hostd)", ms(pr.pct(50)), "bare " + ms(bare.pct(50)),
+		fmt.Sprintf("%.2f×", float64(pr.pct(50))/float64(bare.pct(50))), "", "—"})
 	b.note("exec round trip: the guest's own duration_ms (process start to exit, inside guestd) has p50 %s of the %s round trip",
 		ms(guestSide.pct(50)), ms(o.pct(50)))
 	for _, p := range []float64{50, 99} {
@@ -105,6 +129,37 @@ func (b *bench) execLatency(ctx context.Context) error {
 		b.add(row{fmt.Sprintf("1. exec /bin/true p%.0f vs bare spawn", p), ms(o.pct(p)), ms(bare.pct(p)), fmt.Sprintf("%.2f×", rb), tb, mb})
 	}
 	return nil
+}
+
+// directGuest starts a second guest daemon and opens a protocol session
+// with it, as hostd does.
+func (b *bench) directGuest(ctx context.Context) (*protocol.Client, error) {
+	sock := filepath.Join(b.dir, "guest2.sock")
+	gdir := filepath.Join(b.dir, "guest2-state")
+	if err := os.MkdirAll(gdir, 0o700); err != nil {
+		return nil, err
+	}
+	p, err := b.ps.start("vmpersona-guestd-direct", b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
+		"--profile-file", filepath.Join(b.dir, "profile2.sh"), "--max-exec", "64", "--log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitSocket(ctx, sock, p, 10*time.Second); err != nil {
+		return nil, err
+	}
+	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return protocol.Handshake(hctx, conn, protocol.ClientConfig{HostVersion: "bench", Logger: quietLogger(),
+		OnAudit: func(ab protocol.AuditBatch) (uint64, error) {
+			if len(ab.Events) == 0 {
+				return 0, nil
+			}
+			return ab.Events[len(ab.Events)-1].Seq, nil
+		}})
 }
 
 var execTrueBody = []byte(`{"command":"/bin/true","args":[]}`)
@@ -169,6 +224,20 @@ func (b *bench) activation(ctx context.Context) error {
 			return fmt.Errorf("create %s: %w", n, err)
 		}
 	}
+	// Empty personas: the fixed cost of an activation (no scripts,
+	// nothing to route), for the decomposition.
+	for _, n := range []string{"empty-a", "empty-b"} {
+		if _, err := api.CreatePersona(ctx, protocol.Persona{Name: n}); err != nil {
+			return fmt.Errorf("create %s: %w", n, err)
+		}
+	}
+	j := 0
+	empty := func() error {
+		name := []string{"empty-a", "empty-b"}[j%2]
+		j++
+		_, err := api.Activate(ctx, "vm", name, apiclient.ActivateOptions{})
+		return err
+	}
 	pre, post := filepath.Join(b.dir, "pre.sh"), filepath.Join(b.dir, "post.sh")
 	for _, f := range []string{pre, post} {
 		if err := os.WriteFile(f, []byte(trueScript+"\n"), 0o755); err != nil {
@@ -194,11 +263,13 @@ func (b *bench) activation(ctx context.Context) error {
 		}
 		return bareRun(post)
 	}
-	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"scripts", ref})
+	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"scripts", ref}, side{"empty", empty})
 	if err != nil {
 		return err
 	}
 	o, r := res["ours"], res["scripts"]
+	e := res["empty"]
+	b.add(row{"3. decomposition p50: activation of an empty persona (no scripts)", ms(e.pct(50)), "", "", "", "—"})
 	ratio := float64(o.pct(50)) / float64(r.pct(50))
 	b.add(row{fmt.Sprintf("3. activation, large persona p50 (n=%d)", len(o)), ms(o.pct(50)), "2 scripts " + ms(r.pct(50)), fmt.Sprintf("%.2f×", ratio), "≤ 1.5×", metLE(ratio, 1.5)})
 	b.add(row{"3. activation, large persona p99", ms(o.pct(99)), "2 scripts " + ms(r.pct(99)), fmt.Sprintf("%.2f×", float64(o.pct(99))/float64(r.pct(99))), "", "—"})
