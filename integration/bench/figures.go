@@ -104,9 +104,21 @@ func (b *bench) execLatency(ctx context.Context) error {
 		}
 		return nil
 	}
+	// Transport floors: a protocol Ping to the guest, an HTTP GET /healthz
+	// to hostd over its unix socket (no guest involved).
+	hc := unixClient(b.hostdSock, 2)
+	defer hc.CloseIdleConnections()
+	ping := func() error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return direct.Call(cctx, protocol.TypePing, nil, nil, nil)
+	}
+	healthz := func() error { _, err := do(ctx, hc, "GET", "/healthz", nil, 200); return err }
 	res, err := latencies(ctx, b.cfg.execN, 50,
 		side{"ours", ours},
 		side{"protocol", viaProtocol},
+		side{"ping", ping},
+		side{"healthz", healthz},
 		side{"qemu-ga", func() error { return q.exec("/bin/true") }},
 		side{"bare", func() error { return bareRun("/bin/true") }})
 	if err != nil {
@@ -114,6 +126,7 @@ func (b *bench) execLatency(ctx context.Context) error {
 	}
 	o, qg, bare := res["ours"], res["qemu-ga"], res["bare"]
 	pr := res["protocol"]
+	b.add(row{"1. decomposition p50: protocol Ping round trip to guestd / HTTP GET /healthz to hostd", ms(res["ping"].pct(50)) + " / " + ms(res["healthz"].pct(50)), "", "", "", "—"})
 	b.add(row{"1. decomposition p50: guestd over protocol.Client directly (no HTTP/hostd)", ms(pr.pct(50)), "bare " + ms(bare.pct(50)),
 		fmt.Sprintf("%.2f×", float64(pr.pct(50))/float64(bare.pct(50))), "", "—"})
 	b.note("exec round trip: the guest's own duration_ms (process start to exit, inside guestd) has p50 %s of the %s round trip",
