@@ -1,0 +1,355 @@
+//go:build integration_full
+
+package debian
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+)
+
+// hostd is a real vmpersona-hostd process.
+type hostd struct {
+	sock, log string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	client    *http.Client
+}
+
+func startHostd(t *testing.T, dir string) *hostd {
+	t.Helper()
+	h := &hostd{sock: filepath.Join(dir, "api.sock"), log: filepath.Join(dir, "hostd.log")}
+	lf, err := os.Create(h.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	h.cmd = exec.Command(env.hostd, "--data-dir", filepath.Join(dir, "data"), "--unix-socket", h.sock,
+		"--libvirt-uri", libvirtURI, "--heartbeat", "1s", "--log-format", "text", "--log-level", "debug")
+	h.cmd.Stdout, h.cmd.Stderr = lf, lf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.exited = make(chan struct{})
+	reg.add(func(r *registry) { r.procs[h.cmd.Process] = "vmpersona-hostd" })
+	go func() {
+		_ = h.cmd.Wait()
+		reg.add(func(r *registry) { delete(r.procs, h.cmd.Process) })
+		close(h.exited)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(h.log)
+			t.Logf("hostd log (last 40 lines):\n%s", tail(string(b), 40))
+		}
+		_ = h.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-h.exited:
+		case <-time.After(15 * time.Second):
+			_ = h.cmd.Process.Kill()
+			<-h.exited
+		}
+	})
+	h.client = &http.Client{Timeout: 3 * time.Minute, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", h.sock)
+		}}}
+	waitFor(t, 60*time.Second, "hostd /healthz", func() (bool, string) {
+		select {
+		case <-h.exited:
+			b, _ := os.ReadFile(h.log)
+			t.Fatalf("vmpersona-hostd exited:\n%s", tail(string(b), 20))
+		default:
+		}
+		st, body, err := h.do(http.MethodGet, "/healthz", nil, nil)
+		return err == nil && st == http.StatusOK, fmt.Sprintf("%d %s %v", st, body, err)
+	})
+	return h
+}
+
+func (h *hostd) do(method, path string, in, out any) (int, []byte, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://hostd"+path, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err == nil && out != nil && resp.StatusCode/100 == 2 {
+		err = json.Unmarshal(raw, out)
+	}
+	return resp.StatusCode, raw, err
+}
+
+type instance struct {
+	ID    string `json:"id"`
+	Agent struct {
+		State  string `json:"state"`
+		BootID string `json:"boot_id"`
+	} `json:"agent"`
+	ActivePersona *string `json:"active_persona"`
+}
+
+type execResult struct {
+	ExitCode int     `json:"exit_code"`
+	Stdout   string  `json:"stdout"`
+	Stderr   string  `json:"stderr"`
+	Route    string  `json:"route"`
+	Persona  *string `json:"persona"`
+}
+
+// exec runs a command in the guest through hostd and fails the test unless
+// it exits 0.
+func (h *hostd) exec(t *testing.T, vm, command string, args ...string) execResult {
+	t.Helper()
+	var r execResult
+	st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/exec",
+		map[string]any{"command": command, "args": args, "timeout_seconds": 60}, &r)
+	if err != nil || st != http.StatusOK || r.ExitCode != 0 {
+		t.Fatalf("exec %s %v: %d %v %s", command, args, st, err, body)
+	}
+	return r
+}
+
+var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<domain type='qemu'>
+  <name>{{x .Name}}</name>
+  <memory unit='MiB'>1024</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{{x .Kernel}}</kernel>
+    <initrd>{{x .Initrd}}</initrd>
+    <cmdline>root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='unsafe'/>
+      <source file='{{x .Disk}}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <channel type='unix'>
+      <source mode='bind' path='{{x .Sock}}'/>
+      <target type='virtio' name='org.vmpersona.agent.0'/>
+    </channel>
+    <serial type='file'>
+      <source path='{{x .Console}}' append='on'/>
+      <target port='0'/>
+    </serial>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+    <memballoon model='none'/>
+  </devices>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+</domain>
+`))
+
+// buildGuestDisk turns the cached Debian root into a bootable ext4 disk with
+// vmpersona-guestd.deb installed by dpkg, and returns the disk, kernel and
+// initrd paths.
+func buildGuestDisk(t *testing.T, dir string) (disk, kernel, initrd string) {
+	t.Helper()
+	root := extractRoot(t, "guest-root")
+	// The guest's own configuration: its root disk, a name, a fresh
+	// machine id generated at first boot.
+	files := map[string]string{
+		"etc/fstab":      "/dev/vda / ext4 rw,errors=remount-ro 0 1\n",
+		"etc/hostname":   "vmp-full-guest\n",
+		"etc/machine-id": "",
+	}
+	for p, s := range files {
+		if err := os.WriteFile(filepath.Join(root, p), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deb := filepath.Base(env.debs["vmpersona-guestd"])
+	copyFile(t, env.debs["vmpersona-guestd"], filepath.Join(root, "tmp", deb))
+	mountProc(t, root)
+	out, err := chroot(t, root, 5*time.Minute, "dpkg", "-i", "/tmp/"+deb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("dpkg -i %s in the guest root:\n%s", deb, strings.TrimSpace(out))
+	_ = syscall.Unmount(filepath.Join(root, "proc"), syscall.MNT_DETACH)
+	os.Remove(filepath.Join(root, "tmp", deb))
+	for _, p := range []string{"usr/sbin/vmpersona-guestd", "lib/udev/rules.d/60-vmpersona-guestd.rules", "lib/systemd/system/vmpersona-guestd.service"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
+			t.Fatalf("after dpkg -i: %v", err)
+		}
+	}
+
+	kernels, _ := filepath.Glob(filepath.Join(root, "boot/vmlinuz-*"))
+	initrds, _ := filepath.Glob(filepath.Join(root, "boot/initrd.img-*"))
+	if len(kernels) != 1 || len(initrds) != 1 {
+		t.Fatalf("want one kernel and one initrd in the image, found %v %v", kernels, initrds)
+	}
+	kernel, initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.img")
+	copyFile(t, kernels[0], kernel)
+	copyFile(t, initrds[0], initrd)
+
+	disk = filepath.Join(dir, "root.img")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	if err := run(ctx, nil, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "vmp-root", "-d", root, disk, "2G"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("mke2fs -d: %s in %s (kernel %s)", disk, time.Since(t0).Round(time.Millisecond), filepath.Base(kernels[0]))
+	os.RemoveAll(root)
+	return disk, kernel, initrd
+}
+
+// TestGuestBootsAgentFromPackage is the proof on a real Debian guest.
+func TestGuestBootsAgentFromPackage(t *testing.T) {
+	dir := filepath.Join(env.runDir, "guest")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk, kernel, initrd := buildGuestDisk(t, dir)
+
+	// The host daemon with libvirt discovery, and a default persona
+	// defined before the VM starts.
+	h := startHostd(t, dir)
+	marker := fmt.Sprintf("from-the-host-%d", os.Getpid())
+	persona := map[string]any{
+		"name":                  "debian-proof",
+		"environment_variables": map[string]string{"VMP_PROOF": marker},
+		"default_persona":       true,
+	}
+	if st, body, err := h.do(http.MethodPost, "/personas", persona, nil); err != nil || st != http.StatusCreated {
+		t.Fatalf("creating the default persona: %d %v %s", st, err, body)
+	}
+
+	name := fmt.Sprintf("vmp-full-%d-1", os.Getpid())
+	console := filepath.Join(dir, "console.log")
+	var xmlBuf bytes.Buffer
+	if err := domainXML.Execute(&xmlBuf, map[string]string{"Name": name, "Kernel": kernel, "Initrd": initrd,
+		"Disk": disk, "Sock": filepath.Join(dir, "agent.sock"), "Console": console}); err != nil {
+		t.Fatal(err)
+	}
+	xmlPath := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xmlPath, xmlBuf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg.add(func(r *registry) { r.domains[name] = true })
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(console)
+			t.Logf("console of %s (last 60 lines):\n%s", name, tail(string(b), 60))
+		}
+		removeDomain(name)
+		reg.add(func(r *registry) { delete(r.domains, name) })
+	})
+	ctx := context.Background()
+	if _, err := virsh(ctx, "define", xmlPath); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	if _, err := virsh(ctx, "start", name); err != nil {
+		t.Fatal(err)
+	}
+
+	// udev + systemd start the agent; hostd (libvirt discovery) connects
+	// and activates the default persona.
+	var inst instance
+	getInstance := func() (bool, string) {
+		inst = instance{}
+		st, body, err := h.do(http.MethodGet, "/instances/"+name, nil, &inst)
+		ok := err == nil && st == http.StatusOK && inst.Agent.State == "connected" &&
+			inst.ActivePersona != nil && *inst.ActivePersona == "debian-proof"
+		return ok, fmt.Sprintf("%d %v %s", st, err, body)
+	}
+	d := waitFor(t, 8*time.Minute, "the agent to connect with the default persona active", getInstance)
+	bootID := inst.Agent.BootID
+	t.Logf("boot to agent connected with the default persona active: %s (from virsh start)", time.Since(started).Round(time.Millisecond))
+	_ = d
+
+	// systemd started the agent because udev asked for it: the unit is
+	// static (no [Install], nothing enabled it), active, and wanted by the
+	// port's device unit.
+	r := h.exec(t, name, "systemctl", "is-active", "vmpersona-guestd.service")
+	if strings.TrimSpace(r.Stdout) != "active" {
+		t.Errorf("vmpersona-guestd.service is %q", r.Stdout)
+	}
+	r = h.exec(t, name, "systemctl", "show", "-p", "Wants", "--value", `dev-virtio\x2dports-org.vmpersona.agent.0.device`)
+	if !strings.Contains(r.Stdout, "vmpersona-guestd.service") {
+		t.Errorf("the port's device unit does not want the agent: %q", r.Stdout)
+	}
+	var enabled execResult
+	st, body, _ := h.do(http.MethodPost, "/instances/"+name+"/exec",
+		map[string]any{"command": "systemctl", "args": []string{"is-enabled", "vmpersona-guestd.service"}}, &enabled)
+	if st != http.StatusOK || strings.TrimSpace(enabled.Stdout) != "static" {
+		t.Errorf("systemctl is-enabled vmpersona-guestd: %d %s", st, body)
+	}
+	r = h.exec(t, name, "readlink", "-f", "/proc/1/exe")
+	if !strings.Contains(r.Stdout, "systemd") {
+		t.Errorf("PID 1 is %q, not systemd", r.Stdout)
+	}
+
+	// The persona's environment reaches a login shell through
+	// /etc/profile.d/vmpersona.sh (env -i: nothing inherited from the agent).
+	loginShell := func(when string) {
+		t.Helper()
+		r := h.exec(t, name, "env", "-i", "PATH=/usr/bin:/bin", "sh", "-lc", "echo \"$VMP_PROOF\"")
+		if got := strings.TrimSpace(r.Stdout); got != marker {
+			t.Errorf("%s: login shell sees VMP_PROOF=%q, want %q (stderr %q)", when, got, marker, r.Stderr)
+		}
+	}
+	loginShell("first boot")
+
+	// Reboot from inside; the persona is still active afterwards.
+	rebootAt := time.Now()
+	_, _, _ = h.do(http.MethodPost, "/instances/"+name+"/exec",
+		map[string]any{"command": "systemctl", "args": []string{"reboot"}, "timeout_seconds": 10}, nil)
+	waitFor(t, 8*time.Minute, "the agent to come back after the reboot", func() (bool, string) {
+		ok, state := getInstance()
+		return ok && inst.Agent.BootID != "" && inst.Agent.BootID != bootID, state
+	})
+	t.Logf("reboot to agent connected again: %s (boot id %s -> %s)", time.Since(rebootAt).Round(time.Millisecond), bootID, inst.Agent.BootID)
+	var active struct {
+		Persona *struct {
+			Name string `json:"name"`
+		} `json:"persona"`
+		Stale bool `json:"stale"`
+	}
+	if st, body, err := h.do(http.MethodGet, "/instances/"+name+"/active_persona", nil, &active); err != nil || st != http.StatusOK ||
+		active.Persona == nil || active.Persona.Name != "debian-proof" || active.Stale {
+		t.Errorf("after the reboot, active persona: %d %v %s", st, err, body)
+	}
+	loginShell("after the reboot")
+}
