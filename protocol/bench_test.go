@@ -169,8 +169,9 @@ func BenchmarkClientRoundTrip(b *testing.B) {
 			}
 		}
 	}()
-	p.conn.SetReadDeadline(time.Time{})
-	ctx := context.Background()
+	p.conn.SetDeadline(time.Time{}) // the peer's handshake deadlines would expire mid-benchmark
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	b.Run("exec", func(b *testing.B) {
 		req := protocol.Exec{Command: "true"}
 		b.ReportAllocs()

@@ -18,6 +18,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
+	"slices"
 	"sync"
 )
 
@@ -105,13 +106,17 @@ func (e *FrameError) Unwrap() error { return e.Err }
 // AppendFrame appends the encoding of one frame (header and payload) to dst.
 // h.Length is ignored and taken from len(payload); h.Version 0 means Version.
 func AppendFrame(dst []byte, h Header, payload []byte) []byte {
-	var hdr [HeaderSize]byte
-	putHeader(&hdr, h, payload)
-	dst = append(dst, hdr[:]...)
+	dst = slices.Grow(dst, HeaderSize+len(payload))
+	n := len(dst)
+	dst = dst[:n+HeaderSize]
+	putHeader(dst[n:], h, payload)
 	return append(dst, payload...)
 }
 
-func putHeader(hdr *[HeaderSize]byte, h Header, payload []byte) {
+// putHeader encodes h into hdr[0:HeaderSize]. (A slice, not an array: an
+// array handed to crc32.Checksum would escape and cost an allocation.)
+func putHeader(hdr []byte, h Header, payload []byte) {
+	hdr = hdr[:HeaderSize]
 	if h.Version == 0 {
 		h.Version = Version
 	}
@@ -394,9 +399,9 @@ func (w *Writer) WriteFrame(h Header, payload []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(payload) > largeFrame {
-		var hdr [HeaderSize]byte
-		putHeader(&hdr, h, payload)
-		if _, err := w.w.Write(hdr[:]); err != nil {
+		hdr := w.buf[:HeaderSize]
+		putHeader(hdr, h, payload)
+		if _, err := w.w.Write(hdr); err != nil {
 			return err
 		}
 		_, err := w.w.Write(payload)
