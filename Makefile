@@ -40,8 +40,15 @@ fuzz:
 bench:
 	$(GO) run ./integration/bench $(BENCHFLAGS)
 
-demo: build
-	@echo "make demo: the libvirt/QEMU demo is not built yet; see README.md" >&2
+# The real-VM tier: TCG VMs under libvirt, the real guest and host daemons (root; see integration/doc.go).
+.PHONY: integration
+integration: build
+	integration/image/build.sh --guestd $(BIN)/vmpersona-guestd --env-out $(BIN)/image.env
+	VMP_IMAGE_ENV=$(CURDIR)/$(BIN)/image.env $(GO) test -tags integration -count=1 -v -timeout 30m ./integration/...
+
+# A VM under libvirt, two personas, routed/overridden/refused commands, audit and metrics; removes all it started.
+demo:
+	integration/demo/demo.sh
 
 # Debian packages in dist/: vmpersona-hostd and vmpersona-guestd (reproducible: SOURCE_DATE_EPOCH
 # is the last commit's time; version from a vX.Y.Z tag or packaging/changelog).

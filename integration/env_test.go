@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -215,6 +216,7 @@ func prepare() error {
 		}
 	}
 
+	ensureKVMDeviceGroup()
 	if err := ensureDaemon("virtlogd", "/run/libvirt/virtlogd-sock"); err != nil {
 		return err
 	}
@@ -283,6 +285,37 @@ func readEnvFile(path string) (map[string]string, error) {
 		}
 	}
 	return vals, nil
+}
+
+// ensureKVMDeviceGroup gives /dev/kvm Debian's udev permissions (root:kvm
+// 0660) when it has the kernel's bare root:root 0600 (no udev here).
+// Otherwise libvirtd probes QEMU as root with KVM, then finds /dev/kvm
+// unusable for the libvirt-qemu user, declares its capability cache invalid
+// ("KVM was enabled when probing …, but it is not available now") and
+// probes QEMU again on every define, start and capabilities call: 5 s idle,
+// a minute on a loaded machine. The test domains use TCG either way.
+func ensureKVMDeviceGroup() {
+	var st syscall.Stat_t
+	if err := syscall.Stat("/dev/kvm", &st); err != nil || st.Mode&0o060 != 0 || st.Gid != 0 {
+		return
+	}
+	grp, err := user.LookupGroup("kvm")
+	if err != nil {
+		return
+	}
+	gid, err := strconv.Atoi(grp.Gid)
+	if err != nil {
+		return
+	}
+	if err := os.Chown("/dev/kvm", 0, gid); err != nil {
+		logf("chown /dev/kvm: %v", err)
+		return
+	}
+	if err := os.Chmod("/dev/kvm", 0o660); err != nil {
+		logf("chmod /dev/kvm: %v", err)
+		return
+	}
+	logf("/dev/kvm was root:root 0600 (no udev): set to root:kvm 0660 as Debian's udev rule does, so that libvirtd keeps its QEMU capability cache")
 }
 
 // ensureDaemon starts a libvirt daemon by hand (systemd is not PID 1 on these

@@ -66,8 +66,10 @@ func (ps *procs) start(name, bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = lockedWriter{p}, lockedWriter{p}
 	// Its own process group, so that a Ctrl-C in the terminal reaches only
-	// the benchmark, which then stops its children by PID.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// the benchmark, which then stops its children by PID. Should the
+	// benchmark be killed outright (SIGKILL), the kernel sends the child
+	// SIGTERM (a backstop: it fires when the forking thread exits).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	p.cmd = cmd
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)

@@ -12,8 +12,9 @@
 # modules) changes. The paths are written to image.env in the cache:
 #   VMP_KERNEL=…/vmlinux  VMP_INITRD=…/initramfs-HASH.cpio  VMP_KERNEL_VERSION=…
 #
-# Usage: integration/image/build.sh [--guestd PATH]   (default bin/vmpersona-guestd,
-#        built with CGO_ENABLED=0 when missing)
+# Usage: integration/image/build.sh [--guestd PATH] [--env-out FILE]
+#        --guestd: the static guest daemon (default bin/vmpersona-guestd, built
+#        with CGO_ENABLED=0 when missing); --env-out: also copy image.env there.
 #        VMP_KERNEL_PACKAGE=linux-image-6.1.0-NN-amd64 pins another kernel.
 set -euo pipefail
 
@@ -21,11 +22,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${VMP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmpersona}
 guestd=$repo/bin/vmpersona-guestd
+env_out=
 
 while [ $# -gt 0 ]; do
   case $1 in
     --guestd) guestd=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --env-out) env_out=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -142,4 +145,5 @@ VMP_INITRD=$initrd
 VMP_KERNEL_VERSION=$kver
 ENV
 mv "$cache/image.env.tmp" "$cache/image.env"
+[ -z "$env_out" ] || cp "$cache/image.env" "$env_out"
 say "image: $cache/image.env"

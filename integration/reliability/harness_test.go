@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -356,3 +357,17 @@ func unixlessClient(addr string) *http.Client {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		}}}
 }
+
+func newRequest(method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequest(method, "http://hostd"+path, body)
+	if err == nil && body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return req, err
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

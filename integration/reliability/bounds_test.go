@@ -1,0 +1,362 @@
+package reliability
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// hostileGuest is a guest agent written against protocol.Writer that does
+// the handshake correctly and then floods the host in one of these modes:
+//
+//	output:   every exec is answered with unending 64 KB ExecOutput chunks
+//	result:   every exec is answered with a 15 MB ExecResult, again and again
+//	audit:    AuditBatch frames of 1000 events, sent without waiting for acks
+//	oversize: headers announcing 4 GB payloads, followed by endless bytes
+type hostileGuest struct {
+	l    net.Listener
+	mode string
+	sent atomic.Int64 // bytes written to the host
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startHostileGuest(t testing.TB, sock, mode string) *hostileGuest {
+	t.Helper()
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &hostileGuest{l: l, mode: mode, stop: make(chan struct{})}
+	g.wg.Add(1)
+	go g.accept()
+	t.Cleanup(func() { close(g.stop); l.Close(); g.wg.Wait() })
+	return g
+}
+
+func (g *hostileGuest) accept() {
+	defer g.wg.Done()
+	for {
+		c, err := g.l.Accept()
+		if err != nil {
+			return
+		}
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			defer c.Close()
+			go func() { <-g.stop; c.Close() }()
+			g.serve(c)
+		}()
+	}
+}
+
+type countingWriter struct {
+	c    net.Conn
+	sent *atomic.Int64
+}
+
+func (w countingWriter) Write(b []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	n, err := w.c.Write(b)
+	w.sent.Add(int64(n))
+	return n, err
+}
+
+func (g *hostileGuest) serve(c net.Conn) {
+	r := protocol.NewReader(c, 0)
+	w := protocol.NewWriter(countingWriter{c, &g.sent})
+	f, err := r.Next()
+	if err != nil || f.Type != protocol.TypeHello {
+		return
+	}
+	epoch := f.Epoch
+	ack, _ := protocol.Marshal(protocol.HelloAck{ProtocolVersion: protocol.Version, AgentVersion: "hostile",
+		Capabilities: []string{protocol.CapExecStream, protocol.CapAuditSpool}, BootID: "hostile", SpoolID: "hostile-spool"})
+	if w.WriteFrame(protocol.Header{Version: protocol.Version, Type: protocol.TypeHelloAck, Flags: protocol.FlagResponse, Epoch: epoch, ID: f.ID}, ack) != nil {
+		return
+	}
+	resp := func(typ protocol.Type, flags protocol.Flags, id uint64, payload []byte) error {
+		return w.WriteFrame(protocol.Header{Version: protocol.Version, Type: typ, Flags: protocol.FlagResponse | flags, Epoch: epoch, ID: id}, payload)
+	}
+	switch g.mode {
+	case "audit":
+		go func() {
+			detail := strings.Repeat("d", 1000)
+			seq := uint64(0)
+			for id := uint64(1 << 40); ; id++ {
+				evs := make([]protocol.AuditEvent, 1000)
+				for i := range evs {
+					seq++
+					evs[i] = protocol.AuditEvent{Seq: seq, Time: time.Now(), Type: "exec", Command: "flood", Detail: detail}
+				}
+				b, _ := protocol.Marshal(protocol.AuditBatch{SpoolID: "hostile-spool", Events: evs})
+				if w.WriteFrame(protocol.Header{Version: protocol.Version, Type: protocol.TypeAuditBatch, Epoch: epoch, ID: id}, b) != nil {
+					return
+				}
+			}
+		}()
+	case "oversize":
+		go func() {
+			junk := make([]byte, 64<<10)
+			for {
+				h := fakeHeader(byte(protocol.TypeExecOutput), epoch, 0xFFFFFFFF)
+				if _, err := (countingWriter{c, &g.sent}).Write(h); err != nil {
+					return
+				}
+				for i := 0; i < 64; i++ { // 4 MB of the announced 4 GB, then another header
+					if _, err := (countingWriter{c, &g.sent}).Write(junk); err != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	for {
+		f, err := r.Next()
+		if err != nil {
+			var fe *protocol.FrameError
+			if errorsAs(err, &fe) {
+				continue
+			}
+			return
+		}
+		switch f.Type {
+		case protocol.TypePing:
+			resp(protocol.TypePong, 0, f.ID, nil)
+		case protocol.TypeExec:
+			id := f.ID
+			switch g.mode {
+			case "output":
+				go func() {
+					chunk := protocol.AppendExecOutput(nil, protocol.StreamStdout, make([]byte, 64<<10))
+					for resp(protocol.TypeExecOutput, protocol.FlagMore, id, chunk) == nil {
+					}
+				}()
+			case "result":
+				go func() {
+					b, _ := protocol.Marshal(protocol.ExecResult{Stdout: strings.Repeat("x", 15<<20), Route: "default"})
+					for i := 0; i < 20 && resp(protocol.TypeExecResult, 0, id, b) == nil; i++ {
+					}
+				}()
+			default:
+				b, _ := protocol.Marshal(protocol.ExecResult{Route: "default"})
+				resp(protocol.TypeExecResult, 0, id, b)
+			}
+		}
+	}
+}
+
+// TestHostileGuestCannotExhaustHost points the real host daemon at guests
+// that flood it (unending output, huge results, audit floods, oversized
+// frames) while clients keep calling exec, plain and streamed (read
+// slowly). The daemon must stay up, answer every request (503/504 are
+// answers), and keep its resident memory bounded. RELIABILITY_FLOOD sets
+// the flood duration per mode (default 4 s).
+func TestHostileGuestCannotExhaustHost(t *testing.T) {
+	dur := envDuration("RELIABILITY_FLOOD", 4*time.Second)
+	dir := tmpDir(t)
+	modes := []string{"output", "result", "audit", "oversize"}
+	var args []string
+	guests := map[string]*hostileGuest{}
+	for _, m := range modes {
+		sock := filepath.Join(dir, m+".sock")
+		guests[m] = startHostileGuest(t, sock, m)
+		args = append(args, "--instance="+m+"=unix:"+sock)
+	}
+	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), args...)
+	rss0, _ := h.rssKB(t)
+	for _, m := range []string{"output", "result", "oversize"} {
+		h.waitConnected(t, m)
+	}
+	h.waitConnected(t, "audit")
+	var wg sync.WaitGroup
+	codes := sync.Map{}
+	end := time.Now().Add(dur)
+	for _, m := range []string{"output", "result", "oversize", "audit"} {
+		for _, stream := range []bool{false, true} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) {
+					path := "/instances/" + m + "/exec"
+					if stream {
+						path += "?stream=true"
+					}
+					status, err := slowCall(h, path, stream)
+					if err != nil {
+						t.Errorf("%s: %v", path, err)
+						return
+					}
+					if status >= 500 && status != 502 && status != 503 && status != 504 {
+						t.Errorf("%s: %d", path, status)
+					}
+					k := fmt.Sprintf("%s stream=%v %d", m, stream, status)
+					v, _ := codes.LoadOrStore(k, new(atomic.Int64))
+					v.(*atomic.Int64).Add(1)
+				}
+			}()
+		}
+	}
+	var peak int
+	for time.Now().Before(end) {
+		rss, _ := h.rssKB(t)
+		peak = max(peak, rss)
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+	rss, hwm := h.rssKB(t)
+	summary := map[string]int64{}
+	codes.Range(func(k, v any) bool { summary[k.(string)] = v.(*atomic.Int64).Load(); return true })
+	sent := map[string]string{}
+	for m, g := range guests {
+		sent[m] = fmt.Sprintf("%d MB", g.sent.Load()>>20)
+	}
+	t.Logf("hostile guests sent %v in %v; hostd RSS %d KB at start, %d KB after, peak %d KB (VmHWM %d KB); answers %v",
+		sent, dur, rss0, rss, peak, hwm, summary)
+	if h.exited() {
+		t.Fatalf("hostd died: %s", h.stderr)
+	}
+	// Bound: frames are at most 16 MB (the Reader's limit), a streamed
+	// call queues at most 8 MB, a few calls at once: well under 512 MB,
+	// while the guests sent far more than that.
+	if hwm > 512<<10 {
+		t.Errorf("hostd peak RSS %d KB exceeds 512 MB", hwm)
+	}
+	h.must(t, "GET", "/healthz", nil, 200)
+	// The audit flood was stored in bounded batches and acknowledged.
+	if n := len(h.auditEvents(t, "instance=audit&limit=10000")); n == 0 {
+		t.Errorf("no audit event from the flooding guest was stored")
+	}
+}
+
+// slowCall calls exec with a short timeout; a streamed answer is read
+// slowly (a client that cannot keep up).
+func slowCall(h *hostd, path string, stream bool) (int, error) {
+	body := strings.NewReader(`{"command":"x","timeout_seconds":2}`)
+	req, _ := newRequest("POST", path, body)
+	res, err := h.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	br := bufio.NewReaderSize(res.Body, 4096)
+	buf := make([]byte, 4096)
+	for {
+		_, err := br.Read(buf)
+		if err != nil {
+			break
+		}
+		if stream {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return res.StatusCode, nil
+}
+
+// TestGuestLimits checks the guest's own bounds through the real daemons:
+// execs past --max-exec are answered busy (503), output past --max-output
+// is cut and flagged, exec bodies past 8 MB are refused 413, and the audit
+// spool stays within --audit-max-events while the host is away.
+func TestGuestLimits(t *testing.T) {
+	dir := tmpDir(t)
+	gdir := filepath.Join(dir, "guest")
+	os.MkdirAll(gdir, 0o755)
+	gp, ep := startGuest(t, gdir, "--max-exec", "2", "--max-output", "1000", "--audit-max-events", "50")
+	sock := filepath.Join(dir, "hostd.sock")
+	h := startHostd(t, filepath.Join(dir, "data"), sock, "--instance=vm1="+ep)
+	h.waitConnected(t, "vm1")
+	h.must(t, "POST", "/personas", overridePersona("bounded"), 201)
+	h.must(t, "POST", "/instances/vm1/personas/bounded/activate", nil, 200)
+
+	// Busy past the limit.
+	var wg sync.WaitGroup
+	var ok, busy atomic.Int64
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := call(h.client, "POST", "/instances/vm1/exec", map[string]any{"command": "sleep", "args": []string{"1"}, "timeout_seconds": 10})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			switch {
+			case a.status == 200:
+				ok.Add(1)
+			case a.status == 503 && strings.Contains(string(a.body), "busy"):
+				busy.Add(1)
+			default:
+				t.Errorf("exec past the limit: %d %s", a.status, a.body)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok.Load() > 2+1 || busy.Load() == 0 { // +1: a slot frees as the first answers
+		t.Errorf("--max-exec 2 with 6 concurrent execs: %d ran, %d busy", ok.Load(), busy.Load())
+	}
+
+	// Output cut at --max-output and flagged.
+	a := h.must(t, "POST", "/instances/vm1/exec", map[string]any{"command": "sh", "args": []string{"-c", "head -c 100000 /dev/zero | tr '\\0' a; head -c 5000 /dev/zero >&2"}}, 200)
+	m := a.json(t)
+	if s, _ := m["stdout"].(string); len(s) > 1000 || m["stdout_truncated"] != true || m["stderr_truncated"] != true {
+		t.Errorf("output of 100000 bytes with --max-output 1000: %d bytes, truncated %v/%v", len(s), m["stdout_truncated"], m["stderr_truncated"])
+	}
+
+	// Exec body over 8 MB: 413.
+	big := `{"command":"cat","stdin":"` + strings.Repeat("A", 9<<20) + `"}`
+	if a, err := call(h.client, "POST", "/instances/vm1/exec", big); err == nil {
+		if a.status != 413 {
+			t.Errorf("9 MB exec body: %d, want 413", a.status)
+		}
+		checkProblem(t, "9 MB exec body", a)
+	}
+
+	// Spool bound: with the host gone, 200 overridden execs through a
+	// direct session that never acknowledges; the spool keeps at most 50.
+	h.kill()
+	c := dialGuestNoAck(t, strings.TrimPrefix(ep, "unix:"))
+	for i := 0; i < 200; i++ {
+		if _, err := guestExec(t.Context(), c, "deploy"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, acked, pending := guestSpool(t, filepath.Join(gdir, "state"))
+	if pending > 50 {
+		t.Errorf("spool holds %d unacknowledged events; --audit-max-events is 50", pending)
+	}
+	t.Logf("limits: %d execs ran and %d were busy at --max-exec 2; spool %d pending (acked up to %d) after 200 unacknowledged events with --audit-max-events 50", ok.Load(), busy.Load(), pending, acked)
+	if gp.exited() {
+		t.Fatalf("guestd died: %s", gp.stderr)
+	}
+}
+
+func dialGuestNoAck(t testing.TB, sock string) *protocol.Client {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		conn, err := net.Dial("unix", sock)
+		if err == nil {
+			ctx, cancel := contextWithTimeout(10 * time.Second)
+			c, err := protocol.Handshake(ctx, conn, protocol.ClientConfig{HostVersion: "noack", Heartbeat: time.Second,
+				OnAudit: func(protocol.AuditBatch) (uint64, error) { return 0, fmt.Errorf("not storing") }})
+			cancel()
+			if err == nil {
+				t.Cleanup(func() { c.Close(nil) })
+				return c
+			}
+		}
+		if attempt > 50 {
+			t.Fatalf("no session with the guest: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
