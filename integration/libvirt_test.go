@@ -26,11 +26,10 @@ func TestLibvirtDiscovery(t *testing.T) {
 	vm.Start(t)
 	id := vm.Name
 
-	var inst instanceDoc
+	// The domain appears (defined, then running with its channel).
 	deadline := time.Now().Add(45 * time.Second)
 	for {
-		var st int
-		inst, st = h.Instance(id)
+		_, st := h.Instance(id)
 		if st == http.StatusOK {
 			break
 		}
@@ -42,9 +41,10 @@ func TestLibvirtDiscovery(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if inst.Source != "libvirt" || inst.Endpoint != vm.Endpoint() {
-		t.Errorf("discovered instance: source %q endpoint %q, want libvirt %q", inst.Source, inst.Endpoint, vm.Endpoint())
-	}
+	waitFor(t, 30*time.Second, "the running domain's agent channel in GET /instances", func() (bool, string) {
+		inst, _ := h.Instance(id)
+		return inst.Source == "libvirt" && inst.State == "running" && inst.Endpoint == vm.Endpoint(), fmt.Sprintf("%+v", inst)
+	})
 	_, d := h.WaitActive(id, "found", bootTimeout)
 	t.Logf("FIGURE boot to default persona active through libvirt discovery: %s (%s after discovery)",
 		time.Since(vm.Started).Round(time.Millisecond), d.Round(time.Millisecond))

@@ -19,7 +19,15 @@ info() { printf '    %s\n' "$*"; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 # show runs a command, printing it first; a non-zero exit is shown, not fatal.
 show() {
-  printf '\033[36m$ %s\033[0m\n' "$*"
+  local shown=() a
+  for a in "$@"; do
+    case $a in
+      ctl) a=vmpersonactl ;;
+      *[!A-Za-z0-9_./:=@%+,-]*) a="'${a//\'/\'\\\'\'}'" ;;
+    esac
+    shown+=("$a")
+  done
+  printf '\033[36m$ %s\033[0m\n' "${shown[*]}"
   local rc=0
   "$@" || rc=$?
   [ $rc -eq 0 ] || printf '\033[33m(exit status %d)\033[0m\n' "$rc"
