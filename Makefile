@@ -33,7 +33,7 @@ test: deps-test
 # Fuzz the frame decoder (FUZZTIME=5m for a long run).
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test ./protocol -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME) -parallel 1 -fuzzminimizetime 5s
 
 # vmpersona beside qemu-guest-agent and the machine's limits (one table);
 # BENCHFLAGS=-quick for a scaled-down run.

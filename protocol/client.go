@@ -16,6 +16,16 @@ import (
 // Client.Err.
 var ErrClosed = errors.New("protocol: session closed")
 
+// ErrNoSession is the cause of a session ended because the guest answered
+// that it holds no session: its daemon restarted while the stream stayed open.
+var ErrNoSession = errors.New("protocol: the guest holds no session (agent restarted)")
+
+// noSession reports whether an Error payload carries CodeNoSession.
+func noSession(payload []byte) bool {
+	var e Error
+	return Unmarshal(payload, &e) == nil && e.Code == CodeNoSession
+}
+
 // ErrHeartbeat is the cause of a session ended because the peer stopped
 // answering heartbeats.
 var ErrHeartbeat = errors.New("protocol: peer missed heartbeats")
@@ -254,6 +264,12 @@ func (c *Client) readLoop(r *Reader) {
 		if f.Flags&FlagResponse != 0 {
 			if f.Type == TypePong && !c.waited(f.ID) {
 				continue // pongs answer the heartbeat, which waits for none
+			}
+			if f.Type == TypeError && noSession(f.Payload) {
+				// The guest daemon restarted behind a stream that stayed
+				// open (a virtio-serial port): this session is gone.
+				c.Close(ErrNoSession)
+				return
 			}
 			c.deliver(f.Clone())
 			continue

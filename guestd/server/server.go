@@ -287,7 +287,9 @@ func (c *conn) handle(f protocol.Frame) {
 	sess := c.sess
 	c.mu.Unlock()
 	if sess == nil {
-		c.sendError(0, f.ID, &protocol.Error{Code: protocol.CodeNoSession, Message: "no session: send Hello first"})
+		// Answer in the request's epoch: a host whose session outlived a
+		// restart of this daemon learns at once that it must say Hello.
+		c.sendError(f.Epoch, f.ID, &protocol.Error{Code: protocol.CodeNoSession, Message: "no session: send Hello first"})
 		return
 	}
 	if f.Epoch != sess.epoch {
