@@ -43,10 +43,6 @@ func TestHostPackageInChroot(t *testing.T) {
 	if err != nil || !strings.Contains(out, "vmpersonactl") {
 		t.Errorf("vmpersonactl --help in the chroot: %v: %q", err, tail(out, 5))
 	}
-	if out, err := chroot(t, root, time.Minute, "man", "-w", "vmpersona-hostd"); err != nil {
-		t.Logf("man -w vmpersona-hostd: %v (minbase has no man-db: fine) %s", err, out)
-	}
-
 	// The maintainer scripts' work.
 	if out, err := chroot(t, root, time.Minute, "getent", "group", "vmpersona"); err != nil || !strings.HasPrefix(out, "vmpersona:") {
 		t.Errorf("group vmpersona: %v %q", err, out)

@@ -149,7 +149,7 @@ var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x":
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{{x .Kernel}}</kernel>
     <initrd>{{x .Initrd}}</initrd>
-    <cmdline>root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0</cmdline>
+    <cmdline>root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.journald.forward_to_console=1</cmdline>
   </os>
   <features><acpi/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
@@ -306,7 +306,7 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	if strings.TrimSpace(r.Stdout) != "active" {
 		t.Errorf("vmpersona-guestd.service is %q", r.Stdout)
 	}
-	r = h.exec(t, name, "systemctl", "show", "-p", "Wants", "--value", `dev-virtio\x2dports-org.vmpersona.agent.0.device`)
+	r = h.exec(t, name, "systemctl", "show", "-p", "Wants", "--value", "/dev/virtio-ports/org.vmpersona.agent.0")
 	if !strings.Contains(r.Stdout, "vmpersona-guestd.service") {
 		t.Errorf("the port's device unit does not want the agent: %q", r.Stdout)
 	}
