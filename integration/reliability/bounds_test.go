@@ -163,79 +163,75 @@ func (g *hostileGuest) serve(c net.Conn) {
 // answers), and keep its resident memory bounded. RELIABILITY_FLOOD sets
 // the flood duration per mode (default 4 s).
 func TestHostileGuestCannotExhaustHost(t *testing.T) {
-	dur := envDuration("RELIABILITY_FLOOD", 4*time.Second)
+	dur := envDuration("RELIABILITY_FLOOD", pick(3*time.Second, 15*time.Second))
+	for _, mode := range []string{"output", "result", "audit", "oversize"} {
+		t.Run(mode, func(t *testing.T) { hostileGuestRun(t, mode, dur) })
+	}
+}
+
+func hostileGuestRun(t *testing.T, mode string, dur time.Duration) {
 	dir := tmpDir(t)
-	modes := []string{"output", "result", "audit", "oversize"}
-	var args []string
-	guests := map[string]*hostileGuest{}
-	for _, m := range modes {
-		sock := filepath.Join(dir, m+".sock")
-		guests[m] = startHostileGuest(t, sock, m)
-		args = append(args, "--instance="+m+"=unix:"+sock)
-	}
-	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), args...)
+	sock := filepath.Join(dir, mode+".sock")
+	g := startHostileGuest(t, sock, mode)
+	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), "--instance=vm1=unix:"+sock)
 	rss0, _ := h.rssKB(t)
-	for _, m := range []string{"output", "result", "oversize"} {
-		h.waitConnected(t, m)
-	}
-	h.waitConnected(t, "audit")
+	h.waitConnected(t, "vm1")
 	var wg sync.WaitGroup
 	codes := sync.Map{}
 	end := time.Now().Add(dur)
-	for _, m := range []string{"output", "result", "oversize", "audit"} {
-		for _, stream := range []bool{false, true} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(end) {
-					path := "/instances/" + m + "/exec"
-					if stream {
-						path += "?stream=true"
-					}
-					status, err := slowCall(h, path, stream)
-					if err != nil {
-						t.Errorf("%s: %v", path, err)
-						return
-					}
-					if status >= 500 && status != 502 && status != 503 && status != 504 {
-						t.Errorf("%s: %d", path, status)
-					}
-					k := fmt.Sprintf("%s stream=%v %d", m, stream, status)
-					v, _ := codes.LoadOrStore(k, new(atomic.Int64))
-					v.(*atomic.Int64).Add(1)
+	for _, stream := range []bool{false, true} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				path := "/instances/vm1/exec"
+				if stream {
+					path += "?stream=true"
 				}
-			}()
-		}
+				status, err := slowCall(h, path, stream)
+				if err != nil {
+					t.Errorf("%s: %v", path, err)
+					return
+				}
+				if status >= 500 && status != 502 && status != 503 && status != 504 {
+					t.Errorf("%s: %d", path, status)
+				}
+				k := fmt.Sprintf("stream=%v %d", stream, status)
+				v, _ := codes.LoadOrStore(k, new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
+			}
+		}()
 	}
-	var peak int
+	var peak, peakAnon int
 	for time.Now().Before(end) {
 		rss, _ := h.rssKB(t)
 		peak = max(peak, rss)
-		time.Sleep(100 * time.Millisecond)
+		peakAnon = max(peakAnon, h.anonKB(t))
+		time.Sleep(50 * time.Millisecond)
 	}
 	wg.Wait()
 	rss, hwm := h.rssKB(t)
 	summary := map[string]int64{}
 	codes.Range(func(k, v any) bool { summary[k.(string)] = v.(*atomic.Int64).Load(); return true })
-	sent := map[string]string{}
-	for m, g := range guests {
-		sent[m] = fmt.Sprintf("%d MB", g.sent.Load()>>20)
-	}
-	t.Logf("hostile guests sent %v in %v; hostd RSS %d KB at start, %d KB after, peak %d KB (VmHWM %d KB); answers %v",
-		sent, dur, rss0, rss, peak, hwm, summary)
+	t.Logf("%s flood: guest sent %d MB in %v; hostd RSS %d KB at start, %d KB after, sampled peak %d KB (anonymous %d KB), VmHWM %d KB; answers %v",
+		mode, g.sent.Load()>>20, dur, rss0, rss, peak, peakAnon, hwm, summary)
 	if h.exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
-	// Bound: frames are at most 16 MB (the Reader's limit), a streamed
-	// call queues at most 8 MB, a few calls at once: well under 512 MB,
-	// while the guests sent far more than that.
+	// Bound: a frame is at most 16 MB (the Reader's limit) and a streamed
+	// call queues at most 8 MB, but a 15 MB result is copied several times
+	// (frame, JSON decode, HTTP answer) and Badger keeps memtables of up
+	// to 64 MB: measured peaks are 130-280 MB. The test holds the daemon
+	// under 512 MB while the guest sends gigabytes.
 	if hwm > 512<<10 {
-		t.Errorf("hostd peak RSS %d KB exceeds 512 MB", hwm)
+		t.Errorf("%s flood: hostd peak RSS %d KB exceeds 512 MB", mode, hwm)
 	}
 	h.must(t, "GET", "/healthz", nil, 200)
-	// The audit flood was stored in bounded batches and acknowledged.
-	if n := len(h.auditEvents(t, "instance=audit&limit=10000")); n == 0 {
-		t.Errorf("no audit event from the flooding guest was stored")
+	if mode == "audit" {
+		// The flood was stored (one page is enough to see it).
+		if a := h.must(t, "GET", "/audit?instance=vm1&limit=10", nil, 200); !strings.Contains(string(a.body), "flood") {
+			t.Errorf("no audit event from the flooding guest was stored: %.300s", a.body)
+		}
 	}
 }
 

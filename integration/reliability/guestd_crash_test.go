@@ -80,7 +80,7 @@ func crashPersona(name, restricted string) protocol.Persona {
 // not, the override answers with its name. RELIABILITY_GUEST_TRIALS sets
 // the number of trials (default 100).
 func TestGuestdCrashConsistency(t *testing.T) {
-	trials := envInt("RELIABILITY_GUEST_TRIALS", 100)
+	trials := envInt("RELIABILITY_GUEST_TRIALS", pick(100, 300))
 	dir := tmpDir(t)
 	restricted := map[string]string{"alpha": "shred", "beta": "truncate"}
 	start := func() (*proc, *protocol.Client) {

@@ -159,6 +159,24 @@ func (p *proc) rssKB(t testing.TB) (rss, hwm int) {
 	return rss, hwm
 }
 
+// anonKB is the anonymous part of the resident set (RssAnon): heap and
+// stacks, without file pages mapped from disk (Badger maps its value log
+// and tables; those pages count in VmRSS but are reclaimable page cache).
+func (p *proc) anonKB(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("reading the daemon's status: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "RssAnon:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
 func waitSocket(t testing.TB, p *proc, sock string) {
 	t.Helper()
 	for i := 0; i < 2000; i++ {
@@ -371,3 +389,15 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// longRun is set under the build tag reliability (make reliability): the
+// suites then use their long defaults.
+var longRun bool
+
+// pick returns the long value under the reliability tag, else the short one.
+func pick[T any](short, long T) T {
+	if longRun {
+		return long
+	}
+	return short
+}

@@ -113,7 +113,7 @@ func head(s []uint64) []uint64 {
 // the host's audit log must hold each guest event exactly once.
 // RELIABILITY_CRASH_LOOPS sets the number of kills (default 20).
 func TestHostdCrashConsistency(t *testing.T) {
-	loops := envInt("RELIABILITY_CRASH_LOOPS", 20)
+	loops := envInt("RELIABILITY_CRASH_LOOPS", pick(20, 50))
 	dir := tmpDir(t)
 	dataDir := filepath.Join(dir, "data")
 	sock := filepath.Join(dir, "hostd.sock")

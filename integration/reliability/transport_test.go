@@ -171,7 +171,7 @@ func (p *faultProxy) inject() string {
 // exactly once. RELIABILITY_FAULT_DURATION sets how long faults are injected
 // (default 8 s).
 func TestTransportFaults(t *testing.T) {
-	dur := envDuration("RELIABILITY_FAULT_DURATION", 8*time.Second)
+	dur := envDuration("RELIABILITY_FAULT_DURATION", pick(8*time.Second, 60*time.Second))
 	dir := tmpDir(t)
 	gdir := filepath.Join(dir, "guest")
 	os.MkdirAll(gdir, 0o755)
