@@ -44,7 +44,7 @@ bench:
 .PHONY: integration
 integration: build
 	integration/image/build.sh --guestd $(BIN)/vmpersona-guestd --env-out $(BIN)/image.env
-	VMP_IMAGE_ENV=$(CURDIR)/$(BIN)/image.env $(GO) test -tags integration -count=1 -v -timeout 30m ./integration/...
+	VMP_IMAGE_ENV=$(CURDIR)/$(BIN)/image.env $(GO) test -tags integration -count=1 -v -timeout 30m ./integration
 
 # A VM under libvirt, two personas, routed/overridden/refused commands, audit and metrics; removes all it started.
 demo:

@@ -185,7 +185,10 @@ func prepare() error {
 	env.hostd = filepath.Join(env.binDir, "vmpersona-hostd")
 	env.ctl = filepath.Join(env.binDir, "vmpersonactl")
 	env.guestd = filepath.Join(env.binDir, "vmpersona-guestd")
-	if err := run(ctx, nil, "go", "build", "-o", env.binDir+"/", "./hostd/cmd/vmpersona-hostd", "./hostd/cmd/vmpersonactl"); err != nil {
+	// Our host daemons carry a version of their own, so the guests' console
+	// logs tell our sessions from any other host's.
+	ldflags := "-X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=" + hostVersion()
+	if err := run(ctx, nil, "go", "build", "-ldflags", ldflags, "-o", env.binDir+"/", "./hostd/cmd/vmpersona-hostd", "./hostd/cmd/vmpersonactl"); err != nil {
 		return err
 	}
 	if err := run(ctx, []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", env.guestd, "./guestd/cmd/vmpersona-guestd"); err != nil {
@@ -229,8 +232,53 @@ func prepare() error {
 	}
 	logf("first %s connection took %s", libvirtURI, time.Since(t0).Round(time.Millisecond))
 	sweepStaleDomains(ctx)
+	if f := foreignHostds(); len(f) > 0 {
+		logf("WARNING: other vmpersona-hostd processes discover libvirt domains on this machine; they will connect to this run's VMs and take their agent channels (a QEMU chardev serves one client):\n  %s", strings.Join(f, "\n  "))
+	}
 	return nil
 }
+
+// foreignHostds lists running vmpersona-hostd processes this run did not
+// start that have libvirt discovery on (no --libvirt-uri "" given): they
+// see the test domains of qemu:///system too.
+func foreignHostds() []string {
+	reg.mu.Lock()
+	ours := map[int]bool{}
+	for p := range reg.procs {
+		ours[p.Pid] = true
+	}
+	reg.mu.Unlock()
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || ours[pid] {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "vmpersona-hostd" {
+			continue
+		}
+		discovery := true
+		for i, a := range args {
+			if a == "--libvirt-uri=" || a == "-libvirt-uri=" || (a == "--libvirt-uri" || a == "-libvirt-uri") && i+1 < len(args) && args[i+1] == "" {
+				discovery = false
+			}
+		}
+		if discovery {
+			out = append(out, fmt.Sprintf("pid %d: %s", pid, strings.Join(args, " ")))
+		}
+	}
+	return out
+}
+
+// hostVersion is the host version of this run's sessions: its hostd
+// binaries and its direct sessions (with a "-direct" suffix).
+func hostVersion() string { return fmt.Sprintf("it-%d", os.Getpid()) }
 
 // run runs a command in the repository, its output shown only on failure.
 func run(ctx context.Context, extraEnv []string, name string, args ...string) error {

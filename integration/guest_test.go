@@ -40,7 +40,7 @@ func dialGuest(sock string, timeout time.Duration, holdAudit bool) (*guestSessio
 	}
 	s := &guestSession{}
 	c, err := protocol.Handshake(ctx, conn, protocol.ClientConfig{
-		HostVersion: "integration",
+		HostVersion: hostVersion() + "-direct",
 		Heartbeat:   time.Second,
 		OnAudit: func(b protocol.AuditBatch) (uint64, error) {
 			s.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -126,6 +127,12 @@ func newVM(t *testing.T, opts vmOptions) *VM {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("console of %s (last 40 lines):\n%s", name, vm.ConsoleTail(40))
+			if n := vm.foreignSessions(); n > 0 {
+				t.Logf("%d sessions on %s came from another host (a host_version other than %s*): another vmpersona-hostd took this VM's channel", n, name, hostVersion())
+			}
+			if f := foreignHostds(); len(f) > 0 {
+				t.Logf("other vmpersona-hostd processes with libvirt discovery run on this machine and may have taken this VM's channel (see \"session started\" lines with another host_version):\n  %s", strings.Join(f, "\n  "))
+			}
 		}
 		removeDomain(name)
 		reg.removeDomain(name)
@@ -156,6 +163,19 @@ func (vm *VM) ConsoleTail(n int) string {
 		return fmt.Sprintf("(no console log: %v)", err)
 	}
 	return tail(string(b), n)
+}
+
+// foreignSessions counts the guest daemon's sessions with a host that is
+// not this run's (a host_version without this run's prefix).
+func (vm *VM) foreignSessions() int {
+	b, _ := os.ReadFile(vm.Console)
+	n := 0
+	for _, m := range regexp.MustCompile(`msg="session started" .*host_version=(\S+)`).FindAllSubmatch(b, -1) {
+		if !strings.HasPrefix(string(m[1]), hostVersion()) {
+			n++
+		}
+	}
+	return n
 }
 
 // ConsoleContains reports whether the console log holds s.
