@@ -260,7 +260,7 @@ func do(ctx context.Context, c *http.Client, method, path string, body []byte, w
 		return nil, err
 	}
 	if resp.StatusCode != want {
-		return b, fmt.Errorf("%s %s: status %d: %s", method, path, resp.StatusCode, truncate(string(b), 300))
+		return b, fmt.Errorf("%s %s: status %d: %s", method, path, resp.StatusCode, truncate(string(b), 1000))
 	}
 	return b, nil
 }
@@ -275,4 +275,32 @@ func truncate(s string, n int) string {
 // quietLogger discards in-process guest servers' logs below warnings.
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+}
+
+// cpuTimes returns a process's own CPU time and that of its waited-for
+// children (utime+stime, cutime+cstime from /proc/PID/stat).
+func cpuTimes(pid int) (self, children time.Duration, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name may hold spaces: fields start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	// f[0] is field 3 (state): utime is field 14 → f[11].
+	var v [4]int64
+	for k := range 4 {
+		v[k], err = strconv.ParseInt(f[11+k], 10, 64)
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	const tick = 10 * time.Millisecond // USER_HZ 100 on Linux
+	return time.Duration(v[0]+v[1]) * tick, time.Duration(v[2]+v[3]) * tick, nil
 }

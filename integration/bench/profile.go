@@ -119,13 +119,24 @@ func profileRun(ctx context.Context, out string, dur time.Duration, agents int) 
 			name string
 			fn   func() error
 		}{"activate-all", func() error {
+			if _, err := do(ctx, c, "POST", "/personas", []byte(`{"name":"scale","pre_activation_script":"#!/bin/sh\ntrue","post_activation_script":"#!/bin/sh\ntrue"}`), 201); err != nil {
+				return err
+			}
 			var wg sync.WaitGroup
 			t := time.Now()
+			// Where the requests wait, a second into the storm.
+			go func() {
+				time.Sleep(time.Second)
+				if f, err := os.Create(filepath.Join(out, "activate-all.goroutines.txt")); err == nil {
+					_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+					f.Close()
+				}
+			}()
 			for i := range agents {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if _, err := do(ctx, c, "POST", fmt.Sprintf("/instances/g%d/personas/big-a/activate", i), nil, 200); err != nil {
+					if _, err := do(ctx, c, "POST", fmt.Sprintf("/instances/g%d/personas/scale/activate", i), nil, 200); err != nil {
 						slog.Warn("activate-all", "err", err)
 					}
 				}()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +186,17 @@ func (b *bench) scale(ctx context.Context) error {
 	var errs atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
+	// CPU spent meanwhile by hostd and the guest daemon processes (their
+	// trivial scripts live too briefly for tick-based accounting).
+	cpu := func() (h, g time.Duration) {
+		h, _, _ = cpuTimes(hp.pid())
+		for _, p := range guests {
+			s, _, _ := cpuTimes(p.pid())
+			g += s
+		}
+		return
+	}
+	h0, g0 := cpu()
 	ta := time.Now()
 	for i := range n {
 		wg.Add(1)
@@ -199,6 +211,9 @@ func (b *bench) scale(ctx context.Context) error {
 	}
 	wg.Wait()
 	el := time.Since(ta)
+	h1, g1 := cpu()
+	b.note("scale activation CPU: %.2f s wall × %d cores = %.2f s available; hostd used %.2f s, the %d guest daemon processes %.2f s",
+		el.Seconds(), runtime.NumCPU(), float64(runtime.NumCPU())*el.Seconds(), (h1 - h0).Seconds(), len(guests), (g1 - g0).Seconds())
 	close(stop)
 	rwg.Wait()
 	ref2 := refRate()
