@@ -401,9 +401,16 @@ func (b *bench) goBench(ctx context.Context, pattern, benchtime, pkg string) (ma
 	if err != nil {
 		return nil, nil, fmt.Errorf("go test -bench %s %s: %w\n%s", pattern, pkg, err, truncate(string(out), 2000))
 	}
+	res, order := parseBenchOutput(string(out))
+	return res, order, nil
+}
+
+// parseBenchOutput reads `go test -bench` lines: each benchmark's metrics
+// by unit ("ns/op", "allocs/op", custom units), in the order printed.
+func parseBenchOutput(out string) (map[string]map[string]string, []string) {
 	res := map[string]map[string]string{}
 	var order []string
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		m := benchLine.FindStringSubmatch(sc.Text())
 		if m == nil {
@@ -417,7 +424,7 @@ func (b *bench) goBench(ctx context.Context, pattern, benchtime, pkg string) (ma
 		res[m[1]] = units
 		order = append(order, m[1])
 	}
-	return res, order, nil
+	return res, order
 }
 
 // routingBench: the guest's routing decision, ns/op and allocs/op.

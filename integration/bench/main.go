@@ -412,9 +412,15 @@ func metric(ctx context.Context, c *http.Client, prefix string) (float64, error)
 	if err != nil {
 		return 0, err
 	}
+	return parseMetric(string(body), prefix)
+}
+
+// parseMetric sums the samples of the metric named prefix (any labels) in
+// a Prometheus text exposition.
+func parseMetric(body, prefix string) (float64, error) {
 	var sum float64
 	found := false
-	for _, l := range strings.Split(string(body), "\n") {
+	for _, l := range strings.Split(body, "\n") {
 		if !strings.HasPrefix(l, prefix) {
 			continue
 		}
