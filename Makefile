@@ -65,3 +65,14 @@ integration-full: deb
 
 clean:
 	rm -rf $(BIN)
+
+# Reliability and security suites at full size (build tag reliability: kill -9
+# loops, transport faults, hostile guests, 100 clients × 50 guests for 60 s),
+# then each REST API fuzzer for RELIABILITY_FUZZTIME. RELIABILITY_* variables
+# resize the suites (see integration/reliability). About 10 minutes.
+RELIABILITY_FUZZTIME ?= 2m
+.PHONY: reliability
+reliability: deps-test
+	CGO_ENABLED=1 $(GO) test -race -count=1 -tags reliability -timeout 20m -v ./integration/reliability/
+	$(GO) test ./hostd/api -run '^$$' -fuzz '^FuzzPersonaBody$$' -fuzztime $(RELIABILITY_FUZZTIME)
+	$(GO) test ./hostd/api -run '^$$' -fuzz '^FuzzAPIRequest$$' -fuzztime $(RELIABILITY_FUZZTIME)
