@@ -127,6 +127,10 @@ func (ps *procs) stopAll() {
 // waitSocket waits until a unix socket accepts connections.
 func waitSocket(ctx context.Context, path string, p *proc, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
+	name := "socket"
+	if p != nil {
+		name = p.name
+	}
 	for {
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
@@ -137,7 +141,7 @@ func waitSocket(ctx context.Context, path string, p *proc, limit time.Duration) 
 			return fmt.Errorf("%s exited before listening on %s: %s", p.name, path, p.tail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %w waiting for %s: %v", p.name, errTimeout, path, err)
+			return fmt.Errorf("%s: %w waiting for %s: %v", name, errTimeout, path, err)
 		}
 		select {
 		case <-ctx.Done():
