@@ -3,7 +3,10 @@
 // ratio | target | met?
 //
 //	go run ./integration/bench            # the full run (about 3-5 minutes)
-//	go run ./integration/bench -quick     # a scaled-down run
+//	go run ./integration/bench -quick     # a scaled-down run (about 1 minute)
+//	go run ./integration/bench -profile /tmp/prof   # CPU/mutex/block profiles instead
+//
+// Other flags: -agents N (scale figure), -skip-scale, -skip-vm, -keep.
 //
 // It installs qemu-guest-agent when missing (scripts/ensure-deps), builds the
 // daemons into a temporary directory, starts what it needs and stops exactly
