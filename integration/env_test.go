@@ -168,6 +168,10 @@ func runMain(m *testing.M) (code int) {
 	}
 
 	start := time.Now()
+	if err := lockLibvirtTests(); err != nil {
+		logf("%v", err)
+		return 1
+	}
 	if err := prepare(); err != nil {
 		logf("preparation failed: %v", err)
 		return 1
@@ -274,6 +278,34 @@ func foreignHostds() []string {
 		}
 	}
 	return out
+}
+
+// libvirtTestsLock serialises the suites that use the machine's system
+// libvirtd (this tier, integration/debian, make demo): each may start and
+// stop libvirtd, and a hostd with libvirt discovery connects to every
+// domain's agent channel, the other suites' VMs included.
+const libvirtTestsLock = "/run/lock/vmpersona-libvirt-tests.lock"
+
+// lockLibvirtTests takes libvirtTestsLock for the life of the process,
+// waiting while another suite holds it.
+func lockLibvirtTests() error {
+	if err := os.MkdirAll(filepath.Dir(libvirtTestsLock), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(libvirtTestsLock, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		return nil // held until the process exits
+	}
+	logf("another suite uses the system libvirtd (it holds %s): waiting for it", libvirtTestsLock)
+	t0 := time.Now()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", libvirtTestsLock, err)
+	}
+	logf("got %s after %s", libvirtTestsLock, time.Since(t0).Round(time.Second))
+	return nil
 }
 
 // hostVersion is the host version of this run's sessions: its hostd
@@ -457,6 +489,26 @@ func removeDomain(name string) {
 	_, _ = virsh(ctx, "destroy", name)
 	_, _ = virsh(ctx, "undefine", name)
 	_ = os.Remove("/var/log/libvirt/qemu/" + name + ".log")
+	killDomainQEMU(name)
+}
+
+// killDomainQEMU ends the QEMU process of one of this run's domains when
+// libvirt could not (libvirtd was stopped under the run: its domains go on
+// running without it). The process is found by its "-name guest=NAME,".
+func killDomainQEMU(name string) {
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		if err != nil || !bytes.HasPrefix(b, []byte("/usr/bin/qemu-system")) || !bytes.Contains(b, []byte("\x00guest="+name+",")) {
+			continue
+		}
+		logf("libvirt did not stop domain %s: killing its QEMU (pid %d)", name, pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // sweepStaleDomains removes domains left by earlier runs that were killed

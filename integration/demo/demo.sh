@@ -88,6 +88,15 @@ step "building the guest image (Debian kernel, busybox initramfs, static guestd)
 . "${VMP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmpersona}/image.env"
 
 step "making sure virtlogd and libvirtd run"
+# The suites that use the system libvirtd (make integration, the Debian tier,
+# this demo) take this lock: each may start and stop libvirtd, and a hostd
+# with libvirt discovery would connect to the others' VMs.
+mkdir -p /run/lock
+exec 9>/run/lock/vmpersona-libvirt-tests.lock
+if ! flock -n 9; then
+  info "another vmpersona suite uses libvirtd: waiting for it"
+  flock 9
+fi
 # Without udev /dev/kvm is root:root 0600: libvirtd then finds its QEMU
 # capability cache invalid on every call and probes QEMU again each time
 # (seconds to a minute per virsh command). Debian's udev rule makes it
@@ -98,7 +107,7 @@ fi
 ensure_daemon() {
   local name=$1
   if pgrep -x "$name" >/dev/null; then info "$name already runs: leaving it alone"; return; fi
-  "/usr/sbin/$name" -d --pid-file "$work/$name.pid"
+  "/usr/sbin/$name" -d --pid-file "$work/$name.pid" 9>&-
   for _ in $(seq 100); do [ -s "$work/$name.pid" ] && break; sleep 0.1; done
   local pid; pid=$(cat "$work/$name.pid")
   started_daemons+=("$name:$pid")
@@ -153,7 +162,7 @@ booted=$(date +%s%N)
 
 step "starting vmpersona-hostd (Badger in $work/data, API on $work/api.sock)"
 "$bin/vmpersona-hostd" --data-dir "$work/data" --unix-socket "$work/api.sock" \
-  --libvirt-uri "" --instance "$domain=unix:$work/agent.sock" >"$work/hostd.log" 2>&1 &
+  --libvirt-uri "" --instance "$domain=unix:$work/agent.sock" >"$work/hostd.log" 2>&1 9>&- &
 hostd_pid=$!
 info "pid $hostd_pid; log $work/hostd.log"
 for _ in $(seq 300); do
