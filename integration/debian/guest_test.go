@@ -26,6 +26,7 @@ type hostd struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	client    *http.Client
+	drops     int // agent sessions found dropped by exec
 }
 
 func startHostd(t *testing.T, dir string) *hostd {
@@ -129,16 +130,30 @@ type execResult struct {
 }
 
 // exec runs a command in the guest through hostd and fails the test unless
-// it exits 0.
+// it exits 0. When the agent is not connected (503) it waits up to two
+// minutes for the session to come back and tries again, logging the drop:
+// a dropped session is reported, the proof is about what survives it.
 func (h *hostd) exec(t *testing.T, vm, command string, args ...string) execResult {
 	t.Helper()
-	var r execResult
-	st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/exec",
-		map[string]any{"command": command, "args": args, "timeout_seconds": 60}, &r)
-	if err != nil || st != http.StatusOK || r.ExitCode != 0 {
-		t.Fatalf("exec %s %v: %d %v %s", command, args, st, err, body)
+	for attempt := 1; ; attempt++ {
+		var r execResult
+		st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/exec",
+			map[string]any{"command": command, "args": args, "timeout_seconds": 60}, &r)
+		if err == nil && st == http.StatusServiceUnavailable && attempt < 3 {
+			t.Logf("NOTE: agent session not connected for exec %s (attempt %d): %s; waiting for it to reconnect", command, attempt, body)
+			h.drops++
+			waitFor(t, 2*time.Minute, "the agent to reconnect", func() (bool, string) {
+				var inst instance
+				st, body, err := h.do(http.MethodGet, "/instances/"+vm, nil, &inst)
+				return err == nil && st == http.StatusOK && inst.Agent.State == "connected", fmt.Sprintf("%d %v %s", st, err, body)
+			})
+			continue
+		}
+		if err != nil || st != http.StatusOK || r.ExitCode != 0 {
+			t.Fatalf("exec %s %v: %d %v %s", command, args, st, err, body)
+		}
+		return r
 	}
-	return r
 }
 
 var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<domain type='qemu'>
@@ -306,9 +321,12 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	if strings.TrimSpace(r.Stdout) != "active" {
 		t.Errorf("vmpersona-guestd.service is %q", r.Stdout)
 	}
-	r = h.exec(t, name, "systemctl", "show", "-p", "Wants", "--value", "/dev/virtio-ports/org.vmpersona.agent.0")
+	// SYSTEMD_WANTS lands on the device's main (sysfs) unit, not on the
+	// /dev/virtio-ports alias.
+	sysPath := strings.TrimSpace(h.exec(t, name, "udevadm", "info", "-q", "path", "/dev/virtio-ports/org.vmpersona.agent.0").Stdout)
+	r = h.exec(t, name, "systemctl", "show", "-p", "Wants", "--value", "/sys"+sysPath)
 	if !strings.Contains(r.Stdout, "vmpersona-guestd.service") {
-		t.Errorf("the port's device unit does not want the agent: %q", r.Stdout)
+		t.Errorf("the port's device unit (/sys%s) does not want the agent: %q", sysPath, r.Stdout)
 	}
 	var enabled execResult
 	st, body, _ := h.do(http.MethodPost, "/instances/"+name+"/exec",
@@ -352,4 +370,7 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 		t.Errorf("after the reboot, active persona: %d %v %s", st, err, body)
 	}
 	loginShell("after the reboot")
+	if h.drops > 0 {
+		t.Logf("NOTE: the agent session dropped %d time(s) during the test and came back (see the hostd log)", h.drops)
+	}
 }
