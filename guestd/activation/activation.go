@@ -164,7 +164,10 @@ func (m *Manager) materialise(sub, content string, perm os.FileMode) (string, er
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, []byte(content)) {
 		return path, nil
 	}
-	if err := state.WriteFileAtomic(path, []byte(content), perm); err != nil {
+	// No fsync: a file torn by a crash differs from its content and is
+	// rewritten here before use. ReplaceFile keeps the write descriptor from
+	// processes forked meanwhile, so the file can be executed at once.
+	if err := state.ReplaceFile(path, []byte(content), perm); err != nil {
 		return "", fmt.Errorf("activation: materialise: %w", err)
 	}
 	return path, nil

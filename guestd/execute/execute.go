@@ -84,32 +84,23 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	cmd := exec.CommandContext(ctx, spec.Path)
-	cmd.Args = spec.Args
-	if len(cmd.Args) == 0 {
-		cmd.Args = []string{spec.Path}
-	}
-	cmd.Env = spec.Env
-	if cmd.Env == nil {
-		cmd.Env = []string{}
-	}
-	cmd.Dir = spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if len(spec.Stdin) > 0 {
-		cmd.Stdin = bytes.NewReader(spec.Stdin)
-	}
 	stdout := &capture{limit: limit, stream: Stdout, emit: spec.OnOutput}
 	stderr := &capture{limit: limit, stream: Stderr, emit: spec.OnOutput}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Cancel = func() error {
-		// The negative pid names the process group: the command and every
-		// descendant that did not leave it.
-		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-	}
-	cmd.WaitDelay = waitDelay
-
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	var cmd *exec.Cmd
+	for attempt := 0; ; attempt++ {
+		cmd = command(ctx, spec, stdout, stderr)
+		err := cmd.Start()
+		if err == nil {
+			break
+		}
+		// ETXTBSY: a process forked elsewhere in this daemon (or by anyone
+		// else) still holds the file open for writing until it execs; that
+		// lasts microseconds. Other errors are final.
+		if errors.Is(err, syscall.ETXTBSY) && attempt < startRetries && ctx.Err() == nil {
+			time.Sleep(time.Millisecond << attempt)
+			continue
+		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrStart, spec.Path, err)
 	}
 	waitErr := cmd.Wait()
@@ -130,6 +121,34 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	res.Stdout, res.StdoutTruncated = stdout.buf.Bytes(), stdout.truncated
 	res.Stderr, res.StderrTruncated = stderr.buf.Bytes(), stderr.truncated
 	return res, nil
+}
+
+// startRetries bounds the attempts to start a file that is busy (ETXTBSY).
+const startRetries = 5
+
+func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, spec.Path)
+	cmd.Args = spec.Args
+	if len(cmd.Args) == 0 {
+		cmd.Args = []string{spec.Path}
+	}
+	cmd.Env = spec.Env
+	if cmd.Env == nil {
+		cmd.Env = []string{}
+	}
+	cmd.Dir = spec.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if len(spec.Stdin) > 0 {
+		cmd.Stdin = bytes.NewReader(spec.Stdin)
+	}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Cancel = func() error {
+		// The negative pid names the process group: the command and every
+		// descendant that did not leave it.
+		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+	}
+	cmd.WaitDelay = waitDelay
+	return cmd
 }
 
 // capture keeps (or forwards) at most limit bytes of one stream and drains

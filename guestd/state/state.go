@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -58,6 +59,43 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	ok = true
 	return SyncDir(dir)
+}
+
+// ReplaceFile replaces path with data by renaming a temporary file over it,
+// without fsync: readers never see a partly written file, but after a crash
+// (of the machine, not of the process) the file may be empty or torn, so it
+// is only for content that is checked or re-derived before use (materialised
+// scripts, which are compared byte for byte before reuse; the login profile).
+//
+// The temporary file's write descriptor is open only while
+// syscall.ForkLock is held for reading, so no process forked meanwhile by
+// another goroutine inherits it: executing path right after does not fail
+// with ETXTBSY ("text file busy").
+func ReplaceFile(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	syscall.ForkLock.RLock()
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		syscall.ForkLock.RUnlock()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	syscall.ForkLock.RUnlock()
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // SyncDir fsyncs a directory so that entries created, renamed or removed in

@@ -86,3 +86,24 @@ func TestWriteFileAtomicReplaces(t *testing.T) {
 		t.Fatal("write into a missing directory succeeded")
 	}
 }
+
+func TestReplaceFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	for _, content := range []string{"one", "two, longer"} {
+		if err := ReplaceFile(p, []byte(content), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		fi, _ := os.Stat(p)
+		if err != nil || string(got) != content || fi.Mode().Perm() != 0o750 {
+			t.Fatalf("%q %v %v", got, err, fi.Mode())
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Dir(p))
+	if len(ents) != 1 {
+		t.Fatalf("temporary files left: %v", ents)
+	}
+	if err := ReplaceFile(filepath.Join(p, "x"), nil, 0o600); err == nil {
+		t.Fatal("no error writing under a file")
+	}
+}
