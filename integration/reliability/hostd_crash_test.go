@@ -247,8 +247,8 @@ func TestHostdCrashConsistency(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
-		h.kill() // SIGKILL while requests are in flight
-		close(stop)
+		close(stop) // no new requests; those in flight are cut by the kill
+		h.kill()    // SIGKILL
 		wg.Wait()
 		if t.Failed() {
 			t.FailNow()
