@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -421,4 +422,120 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// PendingAudit is a host audit event waiting to be written in the same
+// commit as the next record of its instance (see DeferAudit).
+type PendingAudit struct {
+	s  *Store
+	mu sync.Mutex // held while the event is being written
+	ev AuditEvent
+	// written: the event is durable, ev.ID set.
+	written bool
+}
+
+// DeferAudit holds a host audit event about ev.Instance so that it is
+// written in the same synced commit as the next PutInstance of that
+// instance, saving a commit of its own. The caller must call Flush on the
+// result once the outcome is known (whether or not a record was written):
+// Flush writes the event on its own if no record took it, so the event is
+// recorded either way. A zero Time becomes now: the event keeps the time it
+// was deferred at. Until it is written, a crash loses the event.
+func (s *Store) DeferAudit(ev AuditEvent) (*PendingAudit, error) {
+	if err := checkInstance(ev.Instance); err != nil {
+		return nil, err
+	}
+	if ev.Type == "" {
+		return nil, fmt.Errorf("audit event has no type: %w", ErrInvalidArgument)
+	}
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if ev.Time.IsZero() {
+		ev.Time = s.now()
+	}
+	ev.Time = ev.Time.UTC()
+	ev.Source = SourceHost
+	p := &PendingAudit{s: s, ev: ev}
+	s.pendingMu.Lock()
+	s.pending[ev.Instance] = append(s.pending[ev.Instance], p)
+	s.pendingMu.Unlock()
+	return p, nil
+}
+
+// Flush makes the event durable: it returns at once when an instance record
+// already carried it, otherwise it writes it alone. It returns the event
+// with its ID. Calling it again returns the same event.
+func (p *PendingAudit) Flush() (AuditEvent, error) {
+	p.s.dropPending(p)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.written {
+		return p.ev, nil
+	}
+	out, err := p.s.AppendAudit(p.ev)
+	if err != nil {
+		return p.ev, err
+	}
+	p.ev, p.written = out[0], true
+	return p.ev, nil
+}
+
+func (s *Store) dropPending(p *PendingAudit) {
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	list := s.pending[p.ev.Instance]
+	if i := slices.Index(list, p); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	if len(list) == 0 {
+		delete(s.pending, p.ev.Instance)
+	} else {
+		s.pending[p.ev.Instance] = list
+	}
+}
+
+// claimPending takes the deferred events of instance that no Flush is
+// writing now, locked; releasePending hands them back after the commit.
+func (s *Store) claimPending(instance string) []*PendingAudit {
+	s.pendingMu.Lock()
+	defer s.pendingMu.Unlock()
+	var out []*PendingAudit
+	for _, p := range s.pending[instance] {
+		if !p.mu.TryLock() {
+			continue // its Flush is writing it
+		}
+		if p.written {
+			p.mu.Unlock()
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// releasePending unlocks claimed events; committed says whether they were
+// written, evs are them with their IDs.
+func (s *Store) releasePending(claimed []*PendingAudit, committed bool, evs []AuditEvent) {
+	if committed {
+		for i, p := range claimed {
+			p.ev, p.written = evs[i], true
+		}
+		s.pendingMu.Lock()
+		for _, p := range claimed {
+			list := s.pending[p.ev.Instance]
+			if i := slices.Index(list, p); i >= 0 {
+				list = slices.Delete(list, i, i+1)
+			}
+			if len(list) == 0 {
+				delete(s.pending, p.ev.Instance)
+			} else {
+				s.pending[p.ev.Instance] = list
+			}
+		}
+		s.pendingMu.Unlock()
+	}
+	for _, p := range claimed {
+		p.mu.Unlock()
+	}
 }

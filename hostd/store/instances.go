@@ -68,7 +68,8 @@ func (s *Store) GetInstance(instance string) (InstanceRecord, error) {
 }
 
 // PutInstance writes (replaces) an instance's record. Times are stored in
-// UTC; a zero UpdatedAt becomes now.
+// UTC; a zero UpdatedAt becomes now. Host audit events deferred for the
+// instance (DeferAudit) are written in the same commit.
 func (s *Store) PutInstance(rec InstanceRecord) error {
 	if err := checkInstance(rec.Instance); err != nil {
 		return err
@@ -84,7 +85,21 @@ func (s *Store) PutInstance(rec InstanceRecord) error {
 	if err != nil {
 		return fmt.Errorf("instance %q: encode: %w", rec.Instance, err)
 	}
-	return s.update(func(txn *badger.Txn) error { return txn.Set(instanceKey(rec.Instance), b) })
+	// Host audit events deferred for this instance (DeferAudit) go into the
+	// same commit.
+	claimed := s.claimPending(rec.Instance)
+	evs := make([]AuditEvent, len(claimed))
+	err = s.update(func(txn *badger.Txn) error {
+		for i, p := range claimed {
+			evs[i] = p.ev
+			if err := s.putAudit(txn, &evs[i]); err != nil {
+				return err
+			}
+		}
+		return txn.Set(instanceKey(rec.Instance), b)
+	})
+	s.releasePending(claimed, err == nil, evs)
+	return err
 }
 
 // DeleteInstance forgets an instance's record (no error when there is none).

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -12,32 +15,145 @@ import (
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
+// Personas are read far more often than they are written (every GET, every
+// activation), and a Badger read transaction waits for in-flight synced
+// commits (oracle.readTs), so reads are served from memory: personaCache
+// holds every persona as Badger holds it, loaded at Open and replaced after
+// each committed persona write. Persona writes are serialised by
+// Store.personaMu, so the cache installs them in commit order and never
+// disagrees with Badger; reads never touch Badger.
+
+// personaCache is an immutable snapshot: a write builds a new one.
+type personaCache struct {
+	byName map[string]*protocol.Persona // never mutated once published
+	sorted []*protocol.Persona          // by name
+	def    string                       // default persona's name, "" for none
+}
+
+func newPersonaCache(byName map[string]*protocol.Persona, def string) *personaCache {
+	c := &personaCache{byName: byName, def: def, sorted: make([]*protocol.Persona, 0, len(byName))}
+	for _, p := range byName {
+		c.sorted = append(c.sorted, p)
+	}
+	slices.SortFunc(c.sorted, func(a, b *protocol.Persona) int { return strings.Compare(a.Name, b.Name) })
+	return c
+}
+
+// with returns a copy of c with name set to p (nil removes it) and def as
+// the default.
+func (c *personaCache) with(name string, p *protocol.Persona, def string) *personaCache {
+	m := maps.Clone(c.byName)
+	if p == nil {
+		delete(m, name)
+	} else {
+		m[name] = p
+	}
+	return newPersonaCache(m, def)
+}
+
+// clonePersona deep-copies p so callers may change what they get.
+func clonePersona(p *protocol.Persona) protocol.Persona {
+	out := *p
+	out.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
+	out.CommandOverrides = maps.Clone(p.CommandOverrides)
+	out.RestrictedCommands = slices.Clone(p.RestrictedCommands)
+	out.AllowedCommands = slices.Clone(p.AllowedCommands)
+	return out
+}
+
+// decodePersona is how a stored persona value is read, from Badger or for
+// the cache.
+func decodePersona(v []byte) (*protocol.Persona, error) {
+	p := new(protocol.Persona)
+	if err := json.Unmarshal(v, p); err != nil {
+		return nil, err
+	}
+	validate.Normalize(p)
+	return p, nil
+}
+
+// loadPersonas reads every persona and the default claim from Badger.
+func (s *Store) loadPersonas() (*personaCache, error) {
+	byName := map[string]*protocol.Persona{}
+	var def string
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixPersona)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			name := string(it.Item().Key()[len(prefixPersona):])
+			var p *protocol.Persona
+			err := it.Item().Value(func(v []byte) (err error) {
+				p, err = decodePersona(v)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("persona %q: decode: %w", name, err)
+			}
+			byName[name] = p
+		}
+		var err error
+		def, err = currentDefault(txn)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newPersonaCache(byName, def), nil
+}
+
+// personaWriteFailed keeps the cache true to Badger after a write that
+// failed for a reason other than a refusal: a commit whose outcome is
+// unknown (a failed sync, say) may have landed, so the cache is read again.
+// The caller holds personaMu.
+func (s *Store) personaWriteFailed(err error) {
+	var ve *validate.Error
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrExists), errors.Is(err, ErrPreconditionFailed),
+		errors.Is(err, ErrDefaultConflict), errors.Is(err, ErrInUse), errors.Is(err, ErrClosed), errors.As(err, &ve):
+		return
+	}
+	c, lerr := s.loadPersonas()
+	if lerr != nil {
+		s.log.Error("persona cache: reload after a failed write", "write_err", err, "err", lerr)
+		return
+	}
+	s.personas.Store(c)
+}
+
 func personaKey(name string) []byte { return []byte(prefixPersona + name) }
 
 // getPersona reads a persona inside txn; ErrNotFound when absent.
 func getPersona(txn *badger.Txn, name string) (protocol.Persona, error) {
-	var p protocol.Persona
 	item, err := txn.Get(personaKey(name))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return p, fmt.Errorf("persona %q: %w", name, ErrNotFound)
+		return protocol.Persona{}, fmt.Errorf("persona %q: %w", name, ErrNotFound)
 	}
 	if err != nil {
-		return p, err
+		return protocol.Persona{}, err
 	}
-	err = item.Value(func(v []byte) error { return json.Unmarshal(v, &p) })
+	var p *protocol.Persona
+	err = item.Value(func(v []byte) (err error) {
+		p, err = decodePersona(v)
+		return err
+	})
 	if err != nil {
-		return p, fmt.Errorf("persona %q: decode: %w", name, err)
+		return protocol.Persona{}, fmt.Errorf("persona %q: decode: %w", name, err)
 	}
-	validate.Normalize(&p)
-	return p, nil
+	return *p, nil
 }
 
-func putPersona(txn *badger.Txn, p protocol.Persona) error {
+// putPersona sets p in txn and returns it as a later read will see it (the
+// cache entry).
+func putPersona(txn *badger.Txn, p protocol.Persona) (*protocol.Persona, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
-		return fmt.Errorf("persona %q: encode: %w", p.Name, err)
+		return nil, fmt.Errorf("persona %q: encode: %w", p.Name, err)
 	}
-	return txn.Set(personaKey(p.Name), b)
+	stored, err := decodePersona(b)
+	if err != nil {
+		return nil, fmt.Errorf("persona %q: decode: %w", p.Name, err)
+	}
+	return stored, txn.Set(personaKey(p.Name), b)
 }
 
 // currentDefault is the default persona's name inside txn, "" for none.
@@ -77,6 +193,18 @@ func releaseDefault(txn *badger.Txn, name string) error {
 	return txn.Delete([]byte(keyDefault))
 }
 
+// defaultAfter is the default persona's name once a write of name that
+// claims (or not) the default has committed.
+func defaultAfter(cur, name string, claims bool) string {
+	switch {
+	case claims:
+		return name
+	case cur == name:
+		return ""
+	}
+	return cur
+}
+
 // CreatePersona stores a new persona with revision 1. It validates p
 // (a *validate.Error on failure), refuses an existing name (ErrExists) and a
 // second default (*DefaultConflictError). The server-kept fields of p are
@@ -86,7 +214,9 @@ func (s *Store) CreatePersona(p protocol.Persona) (protocol.Persona, error) {
 		return protocol.Persona{}, err
 	}
 	validate.Normalize(&p)
-	var out protocol.Persona
+	s.personaMu.Lock()
+	defer s.personaMu.Unlock()
+	var stored *protocol.Persona
 	err := s.update(func(txn *badger.Txn) error {
 		_, err := txn.Get(personaKey(p.Name))
 		if err == nil {
@@ -101,44 +231,57 @@ func (s *Store) CreatePersona(p protocol.Persona) (protocol.Persona, error) {
 			}
 		}
 		now := s.now()
-		out = p
+		out := p
 		out.Revision, out.CreatedAt, out.UpdatedAt = 1, now, now
-		return putPersona(txn, out)
+		stored, err = putPersona(txn, out)
+		return err
 	})
 	if err != nil {
+		s.personaWriteFailed(err)
 		return protocol.Persona{}, err
 	}
-	return out, nil
+	c := s.personas.Load()
+	s.personas.Store(c.with(p.Name, stored, defaultAfter(c.def, p.Name, p.DefaultPersona)))
+	return clonePersona(stored), nil
 }
 
 // GetPersona reads a persona; ErrNotFound when there is none of that name.
+// It is served from memory.
 func (s *Store) GetPersona(name string) (protocol.Persona, error) {
-	var p protocol.Persona
-	err := s.view(func(txn *badger.Txn) (err error) {
-		p, err = getPersona(txn, name)
-		return err
-	})
-	return p, err
+	if s.closed.Load() {
+		return protocol.Persona{}, ErrClosed
+	}
+	p, ok := s.personas.Load().byName[name]
+	if !ok {
+		return protocol.Persona{}, fmt.Errorf("persona %q: %w", name, ErrNotFound)
+	}
+	return clonePersona(p), nil
+}
+
+// PersonaVersion returns the revision and update time of a persona without
+// copying it: together they identify one stored version (a persona deleted
+// and created again starts at revision 1 with a new time). ErrNotFound when
+// there is none of that name.
+func (s *Store) PersonaVersion(name string) (revision uint64, updatedAt time.Time, err error) {
+	if s.closed.Load() {
+		return 0, time.Time{}, ErrClosed
+	}
+	p, ok := s.personas.Load().byName[name]
+	if !ok {
+		return 0, time.Time{}, fmt.Errorf("persona %q: %w", name, ErrNotFound)
+	}
+	return p.Revision, p.UpdatedAt, nil
 }
 
 // ListPersonas returns every persona, sorted by name (never nil).
 func (s *Store) ListPersonas() ([]protocol.Persona, error) {
-	out := []protocol.Persona{}
-	err := s.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixPersona)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			var p protocol.Persona
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &p) }); err != nil {
-				return fmt.Errorf("persona %q: decode: %w", it.Item().Key()[len(prefixPersona):], err)
-			}
-			validate.Normalize(&p)
-			out = append(out, p)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	c := s.personas.Load()
+	out := make([]protocol.Persona, len(c.sorted))
+	for i, p := range c.sorted {
+		out[i] = clonePersona(p)
 	}
 	return out, nil
 }
@@ -152,7 +295,9 @@ func (s *Store) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Pers
 		return protocol.Persona{}, err
 	}
 	validate.Normalize(&p)
-	var out protocol.Persona
+	s.personaMu.Lock()
+	defer s.personaMu.Unlock()
+	var stored *protocol.Persona
 	err := s.update(func(txn *badger.Txn) error {
 		old, err := getPersona(txn, p.Name)
 		if err != nil {
@@ -169,14 +314,18 @@ func (s *Store) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Pers
 		if err != nil {
 			return err
 		}
-		out = p
+		out := p
 		out.Revision, out.CreatedAt, out.UpdatedAt = old.Revision+1, old.CreatedAt, s.now()
-		return putPersona(txn, out)
+		stored, err = putPersona(txn, out)
+		return err
 	})
 	if err != nil {
+		s.personaWriteFailed(err)
 		return protocol.Persona{}, err
 	}
-	return out, nil
+	c := s.personas.Load()
+	s.personas.Store(c.with(p.Name, stored, defaultAfter(c.def, p.Name, p.DefaultPersona)))
+	return clonePersona(stored), nil
 }
 
 // DeletePersona removes a persona. ifMatch as in UpdatePersona. While an
@@ -184,7 +333,9 @@ func (s *Store) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Pers
 // force is set (the records are left as they are: they describe what the
 // guest holds).
 func (s *Store) DeletePersona(name string, ifMatch uint64, force bool) error {
-	return s.update(func(txn *badger.Txn) error {
+	s.personaMu.Lock()
+	defer s.personaMu.Unlock()
+	err := s.update(func(txn *badger.Txn) error {
 		old, err := getPersona(txn, name)
 		if err != nil {
 			return err
@@ -206,23 +357,29 @@ func (s *Store) DeletePersona(name string, ifMatch uint64, force bool) error {
 		}
 		return txn.Delete(personaKey(name))
 	})
+	if err != nil {
+		s.personaWriteFailed(err)
+		return err
+	}
+	c := s.personas.Load()
+	s.personas.Store(c.with(name, nil, defaultAfter(c.def, name, false)))
+	return nil
 }
 
 // DefaultPersona returns the default persona; ok is false when there is none.
 func (s *Store) DefaultPersona() (p protocol.Persona, ok bool, err error) {
-	err = s.view(func(txn *badger.Txn) error {
-		name, err := currentDefault(txn)
-		if err != nil || name == "" {
-			return err
-		}
-		p, err = getPersona(txn, name)
-		if errors.Is(err, ErrNotFound) {
-			return nil // cannot happen: deletes release the claim in the same transaction
-		}
-		ok = err == nil
-		return err
-	})
-	return p, ok, err
+	if s.closed.Load() {
+		return p, false, ErrClosed
+	}
+	c := s.personas.Load()
+	if c.def == "" {
+		return p, false, nil
+	}
+	cp, ok := c.byName[c.def]
+	if !ok {
+		return p, false, nil // cannot happen: deletes release the claim in the same transaction
+	}
+	return clonePersona(cp), true, nil
 }
 
 // instancesHolding names the instances whose record holds persona name.

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -83,6 +84,16 @@ type Store struct {
 	seq       *badger.Sequence
 	now       func() time.Time
 
+	// personaMu serialises persona writes so that personas (what reads
+	// see) takes them in commit order; see personaCache.
+	personaMu sync.Mutex
+	personas  atomic.Pointer[personaCache]
+	closed    atomic.Bool // set by Close before Badger closes
+
+	// pending holds deferred host audit events by instance (DeferAudit).
+	pendingMu sync.Mutex
+	pending   map[string][]*PendingAudit
+
 	stop     chan struct{}
 	gcDone   chan struct{}
 	closeMu  sync.Mutex
@@ -141,9 +152,17 @@ func Open(dir string, opts Options) (*Store, error) {
 		retention: opts.AuditRetention,
 		seq:       seq,
 		now:       func() time.Time { return time.Now().UTC() },
+		pending:   map[string][]*PendingAudit{},
 		stop:      make(chan struct{}),
 		gcDone:    make(chan struct{}),
 	}
+	c, err := s.loadPersonas()
+	if err != nil {
+		seq.Release()
+		db.Close()
+		return nil, fmt.Errorf("store: load personas: %w", err)
+	}
+	s.personas.Store(c)
 	go s.gcLoop()
 	return s, nil
 }
@@ -156,6 +175,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.isClosed = true
+	s.closed.Store(true)
 	close(s.stop)
 	<-s.gcDone
 	var errs []error
