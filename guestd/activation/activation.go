@@ -108,9 +108,11 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("activation: restoring the persisted persona: %w", err)
 	}
 	m.view.Store(v)
+	// The profile is written without fsync: it is derived from active.json
+	// here, whatever a crash left of it (also removed when none is active).
+	m.writeProfile(v)
 	if active != nil {
-		// Scripts are not re-run; the profile is rewritten in case it was lost.
-		m.writeProfile(v)
+		// Scripts are not re-run.
 		m.log.Info("persona restored", "persona", active.Persona.Name, "revision", active.Revision, "activation_id", active.ActivationID)
 	}
 	return m, nil
@@ -263,7 +265,7 @@ func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.
 		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
 	}
 	r.Success()
-	m.gcOverrides(next, prev)
+	m.gcFiles(next, prev)
 	return finish(protocol.ActivateResult{Result: protocol.ResultActivated})
 }
 
@@ -289,7 +291,7 @@ func (m *Manager) Deactivate(ctx context.Context, req protocol.Deactivate) proto
 		res = protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()}
 	} else {
 		r.Success()
-		m.gcOverrides(next, prev)
+		m.gcFiles(next, prev)
 	}
 	res.Active = m.view.Load().Active
 	res.DurationMillis = ms(time.Since(start))
@@ -323,8 +325,10 @@ func (m *Manager) runScript(ctx context.Context, phase, script string, env []str
 	if !strings.HasPrefix(script, "#!") {
 		spec.Path, spec.Args = "/bin/sh", []string{"sh", path}
 	}
+	// The file stays (content-addressed: the next activation with the
+	// same script reuses it); gcFiles removes the ones no persona at hand
+	// uses.
 	res, err := execute.Run(ctx, spec)
-	os.Remove(path)
 	if err != nil {
 		return &protocol.ScriptResult{ExitCode: -1, Stderr: err.Error()}, nil
 	}
@@ -352,7 +356,7 @@ func (m *Manager) writeProfile(v *View) (undo func()) {
 	old, readErr := os.ReadFile(path)
 	restore := func() {
 		if readErr == nil {
-			if err := state.WriteFileAtomic(path, old, 0o644); err != nil {
+			if err := state.ReplaceFile(path, old, 0o644); err != nil {
 				m.log.Error("profile: restore failed", "path", path, "err", err)
 			}
 		} else if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -369,36 +373,44 @@ func (m *Manager) writeProfile(v *View) (undo func()) {
 		}
 		return restore
 	}
-	if err := state.WriteFileAtomic(path, profileScript(v.Active.Persona.Name, v.Active.Persona.EnvironmentVariables), 0o644); err != nil {
+	if err := state.ReplaceFile(path, profileScript(v.Active.Persona.Name, v.Active.Persona.EnvironmentVariables), 0o644); err != nil {
 		m.log.Error("profile: write failed", "path", path, "err", err)
 	}
 	return restore
 }
 
-// gcOverrides removes materialised override files that neither the current
-// nor the previous view uses (the previous one may still have commands
-// running).
-func (m *Manager) gcOverrides(views ...*View) {
+// gcFiles removes materialised override and script files that neither the
+// current nor the previous view uses (the previous one may still have
+// commands running).
+func (m *Manager) gcFiles(views ...*View) {
 	keep := map[string]bool{}
+	hash := func(content string) string {
+		sum := sha256.Sum256([]byte(content))
+		return hex.EncodeToString(sum[:16])
+	}
 	for _, v := range views {
 		if v == nil || v.Active == nil {
 			continue
 		}
-		for _, t := range v.Active.Persona.CommandOverrides {
+		p := &v.Active.Persona
+		for _, t := range p.CommandOverrides {
 			if strings.HasPrefix(t, "#!") {
-				sum := sha256.Sum256([]byte(t))
-				keep[hex.EncodeToString(sum[:16])] = true
+				keep["overrides/"+hash(t)] = true
 			}
 		}
+		keep["scripts/"+hash(p.PreActivationScript)] = true
+		keep["scripts/"+hash(p.PostActivationScript)] = true
 	}
-	dir := filepath.Join(m.cfg.Store.Dir(), "overrides")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		if !keep[e.Name()] {
-			os.Remove(filepath.Join(dir, e.Name()))
+	for _, sub := range []string{"overrides", "scripts"} {
+		dir := filepath.Join(m.cfg.Store.Dir(), sub)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !keep[sub+"/"+e.Name()] {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
 		}
 	}
 }

@@ -1,0 +1,94 @@
+package activation
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// Scripts are kept under a content-addressed name and reused: an activation
+// with the same script does not write it again. A file a crash left torn
+// differs from the content and is rewritten; files no persona at hand uses
+// are removed.
+func TestScriptsKeptAndReused(t *testing.T) {
+	m, dir := newManager(t, "")
+	marker := filepath.Join(t.TempDir(), "ran")
+	script := "#!/bin/sh\necho x >> " + marker + "\n"
+	act := func(name, pre string) {
+		t.Helper()
+		res := m.Activate(context.Background(), protocol.Activate{Persona: protocol.Persona{Name: name, PreActivationScript: pre}})
+		if res.Result != protocol.ResultActivated {
+			t.Fatalf("%s: %+v %+v", name, res, res.Script)
+		}
+	}
+	act("a", script)
+	path, err := m.materialise("scripts", script, 0o700)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := inode(t, path)
+	act("b", script)
+	if inode(t, path) != ino {
+		t.Fatal("the same script was written again")
+	}
+	// Torn by a crash: rewritten before it runs.
+	if err := os.WriteFile(path, []byte("#!/bin/sh\nexit 3"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	act("c", script)
+	if got, _ := os.ReadFile(marker); string(got) != "x\nx\nx\n" {
+		t.Fatalf("script runs: %q", got)
+	}
+	// Neither the current (d) nor the previous (c) persona uses it anymore
+	// after two activations without it.
+	act("d", "")
+	act("e", "")
+	if ents, _ := os.ReadDir(filepath.Join(dir, "scripts")); len(ents) != 0 {
+		t.Fatalf("scripts left: %v", ents)
+	}
+}
+
+// The profile is written without fsync: at start it is derived again from
+// active.json, whatever a crash left (a torn file, or the profile of an
+// activation that was never persisted).
+func TestProfileDerivedFromActiveAtStart(t *testing.T) {
+	dir := t.TempDir()
+	profile := filepath.Join(t.TempDir(), "vmpersona.sh")
+	store, _ := state.Open(dir)
+	if err := os.WriteFile(profile, []byte("export GONE=1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Store: store, ProfileFile: profile}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(profile); !os.IsNotExist(err) {
+		t.Fatalf("profile of no persona left: %v", err)
+	}
+	p := protocol.Persona{Name: "p", EnvironmentVariables: map[string]string{"A": "1"}}
+	if err := store.Save(&protocol.ActiveState{Persona: p}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(profile, []byte("export A="), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Store: store, ProfileFile: profile}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(profile); string(got) != string(profileScript("p", p.EnvironmentVariables)) {
+		t.Fatalf("profile: %q", got)
+	}
+}
