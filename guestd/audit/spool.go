@@ -34,6 +34,19 @@ import (
 const (
 	spoolFile = "audit-spool.jsonl"
 	metaFile  = "audit-meta.json"
+	// ackFile holds the latest acknowledgement, written without fsync: a
+	// lost or torn one only makes the guest send acknowledged events again,
+	// which the host deduplicates. metaFile (synced) holds the spool id and
+	// the acknowledgement as of the last compaction.
+	ackFile = "audit-ack.json"
+)
+
+// The spool file keeps acknowledged events until they are this many
+// (or this many bytes): compaction rewrites the file with fsync, so it is
+// done once per many acknowledgements, not per acknowledgement.
+const (
+	compactEvents = 1024
+	compactBytes  = 1 << 20
 )
 
 // Default bounds of the spool.
@@ -76,6 +89,9 @@ type Spool struct {
 	events  []entry
 	bytes   int
 	dropped uint64
+	// acknowledged events still in the spool file (not yet compacted away)
+	ackedEvents int
+	ackedBytes  int
 }
 
 // Open loads (or creates) the spool in dir. A new spool id is generated when
@@ -107,11 +123,20 @@ func Open(dir string, limits Limits, log *slog.Logger) (*Spool, error) {
 			return nil, fmt.Errorf("%w: %s", ErrCorrupt, metaFile)
 		}
 	}
+	// The unsynced acknowledgement, when it survived and decodes.
+	if data, err := os.ReadFile(filepath.Join(dir, ackFile)); err == nil {
+		var a struct {
+			AckedUpTo uint64 `json:"acked_up_to"`
+		}
+		if json.Unmarshal(data, &a) == nil && a.AckedUpTo > s.meta.AckedUpTo {
+			s.meta.AckedUpTo = a.AckedUpTo
+		}
+	}
 	s.nextSeq = s.meta.AckedUpTo + 1
 	if err := s.load(); err != nil {
 		return nil, err
 	}
-	if err := s.rewrite(); err != nil {
+	if err := s.compactLocked(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -156,6 +181,16 @@ func (s *Spool) writeMeta(m meta) error {
 	return state.WriteFileAtomic(filepath.Join(s.dir, metaFile), data, 0o600)
 }
 
+// compactLocked makes the acknowledgement durable in the synced meta file,
+// then rewrites the spool file without the acknowledged events: a rewritten
+// spool never forgets a sequence number the meta file does not cover.
+func (s *Spool) compactLocked() error {
+	if err := s.writeMeta(s.meta); err != nil {
+		return err
+	}
+	return s.rewrite()
+}
+
 // rewrite replaces the spool file with the events held in memory and
 // reopens it for appending. Called with mu held (or before s is shared).
 func (s *Spool) rewrite() error {
@@ -172,6 +207,7 @@ func (s *Spool) rewrite() error {
 	if s.f != nil {
 		s.f.Close()
 	}
+	s.ackedEvents, s.ackedBytes = 0, 0
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		s.f = nil
@@ -255,7 +291,7 @@ func (s *Spool) makeRoomLocked(need int) {
 	s.log.Error("audit spool full: dropped the oldest unacknowledged events",
 		"dropped", drop, "first_seq", first, "last_seq", last,
 		"max_events", s.limits.MaxEvents, "max_bytes", s.limits.MaxBytes)
-	if err := s.rewrite(); err != nil {
+	if err := s.compactLocked(); err != nil {
 		s.log.Error("audit spool: compaction failed", "err", err)
 	}
 }
@@ -281,7 +317,9 @@ func (s *Spool) Pending(max int) []protocol.AuditEvent {
 }
 
 // Ack drops every event up to and including upTo. The acknowledgement is
-// persisted before the events leave the spool file.
+// written (without fsync) before the events leave memory; the spool file
+// is compacted, after a synced write of the acknowledgement, once the
+// acknowledged prefix is large.
 func (s *Spool) Ack(upTo uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -289,22 +327,28 @@ func (s *Spool) Ack(upTo uint64) error {
 	if upTo <= s.meta.AckedUpTo {
 		return nil
 	}
-	m := s.meta
-	m.AckedUpTo = upTo
-	if err := s.writeMeta(m); err != nil {
-		return err
+	data, _ := json.Marshal(struct {
+		AckedUpTo uint64 `json:"acked_up_to"`
+	}{upTo})
+	if err := state.ReplaceFile(filepath.Join(s.dir, ackFile), data, 0o600); err != nil {
+		return fmt.Errorf("audit spool: ack: %w", err)
 	}
-	s.meta = m
+	s.meta.AckedUpTo = upTo
 	i := 0
 	for i < len(s.events) && s.events[i].ev.Seq <= upTo {
 		s.bytes -= s.events[i].size
+		s.ackedBytes += s.events[i].size
 		i++
 	}
 	if i == 0 {
 		return nil
 	}
-	s.events = append([]entry(nil), s.events[i:]...)
-	return s.rewrite()
+	s.ackedEvents += i
+	s.events = append(s.events[:0:0], s.events[i:]...)
+	if s.ackedEvents < compactEvents && s.ackedBytes < compactBytes {
+		return nil
+	}
+	return s.compactLocked()
 }
 
 // Close closes the spool file.

@@ -146,3 +146,101 @@ func TestNotify(t *testing.T) {
 		t.Fatal("no notification after recording")
 	}
 }
+
+func lines(t *testing.T, dir string) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, spoolFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, b := range data {
+		if b == '\n' {
+			n++
+		}
+	}
+	return n
+}
+
+// An acknowledgement does not rewrite the spool file (nor fsync): it is
+// compacted once the acknowledged prefix is large. A lost acknowledgement
+// only makes the events pending again; sequence numbers are never reused.
+func TestAckWithoutRewriteAndLostAck(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record(t, s, 5)
+	if err := s.Ack(4); err != nil {
+		t.Fatal(err)
+	}
+	if n := lines(t, dir); n != 5 {
+		t.Fatalf("spool file rewritten on a small ack: %d lines", n)
+	}
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("pending: %v", got)
+	}
+	s.Close()
+	s, err = Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("pending after reopen: %v", got)
+	}
+	if err := s.Ack(5); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// The unsynced acknowledgement is lost (or torn) in a crash.
+	os.WriteFile(filepath.Join(dir, ackFile), []byte(`{"acked_up`), 0o600)
+	s, err = Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := seqs(s.Pending(10)); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("pending after a lost ack (want 5 again): %v", got)
+	}
+	ev, err := s.Record(protocol.AuditEvent{Type: protocol.AuditDenial})
+	if err != nil || ev.Seq != 6 {
+		t.Fatalf("seq %d %v", ev.Seq, err)
+	}
+}
+
+// After many acknowledgements the file is compacted, and the synced meta
+// file covers every sequence number that left the file.
+func TestCompactionAfterLargeAckedPrefix(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := compactEvents + 10
+	for i := range n {
+		record(t, s, 1)
+		if err := s.Ack(uint64(i + 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l := lines(t, dir); l >= n {
+		t.Fatalf("not compacted: %d lines", l)
+	}
+	s.Close()
+	os.Remove(filepath.Join(dir, ackFile))
+	s, err = Open(dir, Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ev, _ := s.Record(protocol.AuditEvent{Type: protocol.AuditDenial})
+	if ev.Seq != uint64(n+1) {
+		t.Fatalf("seq after compaction and a lost ack: %d, want %d", ev.Seq, n+1)
+	}
+	for _, e := range s.Pending(100) {
+		if e.Seq <= compactEvents {
+			t.Fatalf("an event acknowledged before the compaction is pending again: %d", e.Seq)
+		}
+	}
+}

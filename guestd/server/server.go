@@ -394,37 +394,56 @@ func (c *conn) hello(f protocol.Frame) {
 
 func (c *conn) handleResponse(f protocol.Frame) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	sess := c.sess
 	if sess == nil || f.Epoch != sess.epoch || f.ID == 0 || f.ID != sess.auditID {
+		c.mu.Unlock()
 		return // a pong, or an answer nobody waits for
 	}
-	sess.auditID = 0
+	last := sess.auditLast
+	c.mu.Unlock()
+	// Persisting the acknowledgement (file I/O) happens without c.mu, which
+	// request handling and the audit sender take. The batch counts as unanswered until
+	// then (sess.auditID stays set), so sendAudit does not send the same
+	// events again meanwhile. Only this goroutine handles responses.
+	done := func(holdOff bool) {
+		c.mu.Lock()
+		if sess.auditID == f.ID {
+			sess.auditID = 0
+		}
+		if holdOff {
+			sess.auditHold = time.Now().Add(auditRetry)
+		}
+		c.mu.Unlock()
+	}
+	hold := func() { done(true) }
 	switch f.Type {
 	case protocol.TypeAuditAck:
 		var ack protocol.AuditAck
 		if err := protocol.Unmarshal(f.Payload, &ack); err != nil {
 			c.log.Warn("bad audit ack", "err", err)
-			sess.auditHold = time.Now().Add(auditRetry)
+			hold()
 			return
 		}
 		if err := c.s.cfg.Spool.Ack(ack.UpToSeq); err != nil {
 			c.log.Error("audit ack could not be persisted", "err", err)
-			sess.auditHold = time.Now().Add(auditRetry)
+			hold()
 			return
 		}
-		if ack.UpToSeq < sess.auditLast {
+		if ack.UpToSeq < last {
 			// The host kept only part of the batch: send the rest later,
 			// not in a tight loop.
-			sess.auditHold = time.Now().Add(auditRetry)
+			hold()
 			return
 		}
+		done(false)
 		c.kickAudit()
 	case protocol.TypeError:
 		var e protocol.Error
 		protocol.Unmarshal(f.Payload, &e)
 		c.log.Warn("host refused an audit batch; will retry", "code", e.Code, "message", e.Message)
-		sess.auditHold = time.Now().Add(auditRetry)
+		hold()
+	default:
+		done(false)
 	}
 }
 
