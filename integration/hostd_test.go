@@ -60,7 +60,7 @@ func startHostd(t *testing.T, opts hostdOptions) *Hostd {
 		t.Fatal(err)
 	}
 	h.args = []string{"--data-dir", h.Data, "--unix-socket", h.Sock, "--libvirt-uri", opts.LibvirtURI,
-		"--heartbeat", "1s", "--log-level", "debug", "--log-format", "text"}
+		"--log-level", "debug", "--log-format", "text"}
 	names := make([]string, 0, len(opts.Instances))
 	for name := range opts.Instances {
 		names = append(names, name)
