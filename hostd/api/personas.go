@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/julienschmidt/httprouter"
 
@@ -32,12 +34,70 @@ func (s *Server) getPersona(w http.ResponseWriter, r *http.Request, ps httproute
 	if err := validate.Name(name); err != nil {
 		return err
 	}
-	p, err := s.cfg.Store.GetPersona(name)
+	rev, at, err := s.cfg.Store.PersonaVersion(name)
 	if err != nil {
+		s.personaJSON.forget(name)
 		return personaErr(name, err)
 	}
-	writePersona(w, http.StatusOK, p)
+	body, ok := s.personaJSON.get(name, rev, at)
+	if !ok {
+		p, err := s.cfg.Store.GetPersona(name)
+		if err != nil {
+			return personaErr(name, err)
+		}
+		validate.Normalize(&p)
+		body = encodeJSON(p)
+		rev = p.Revision
+		s.personaJSON.put(name, p.Revision, p.UpdatedAt, body)
+	}
+	h := w.Header()
+	h.Set("ETag", etag(rev))
+	h.Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
 	return nil
+}
+
+// personaJSONCache holds each persona's encoded GET answer, keyed by the
+// version it encodes (revision and update time), so reads of an unchanged
+// persona cost no encoding. An entry of an older version is simply replaced.
+type personaJSONCache struct {
+	mu sync.RWMutex
+	m  map[string]personaJSONEntry
+}
+
+type personaJSONEntry struct {
+	rev  uint64
+	at   time.Time
+	body []byte // never modified once stored
+}
+
+// maxPersonaJSONEntries bounds the cache; past it, it starts again empty.
+const maxPersonaJSONEntries = 4096
+
+func (c *personaJSONCache) get(name string, rev uint64, at time.Time) ([]byte, bool) {
+	c.mu.RLock()
+	e, ok := c.m[name]
+	c.mu.RUnlock()
+	if !ok || e.rev != rev || !e.at.Equal(at) {
+		return nil, false
+	}
+	return e.body, true
+}
+
+func (c *personaJSONCache) put(name string, rev uint64, at time.Time, body []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxPersonaJSONEntries {
+		c.m = map[string]personaJSONEntry{}
+	}
+	c.m[name] = personaJSONEntry{rev: rev, at: at, body: body}
+}
+
+func (c *personaJSONCache) forget(name string) {
+	c.mu.Lock()
+	delete(c.m, name)
+	c.mu.Unlock()
 }
 
 func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
@@ -113,6 +173,7 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if force {
 		detail = "force"
 	}
+	s.personaJSON.forget(name)
 	s.appendAudit(store.AuditEvent{Type: "persona_deleted", Actor: identityOf(r).User, Persona: name, Detail: detail})
 	w.WriteHeader(http.StatusNoContent)
 	return nil

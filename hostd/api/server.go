@@ -49,6 +49,8 @@ type Server struct {
 	cfg    Config
 	router *httprouter.Router
 	routes []route
+	// personaJSON caches encoded GET /personas/{name} answers.
+	personaJSON personaJSONCache
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
