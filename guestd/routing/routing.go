@@ -126,6 +126,118 @@ type Table struct {
 	ovNames    map[string]*OverrideTarget
 	ovPaths    map[string]*OverrideTarget
 	ovIDs      map[fileID]*OverrideTarget
+
+	// listing holds, while Build runs, the names in each PATH directory.
+	listing *dirListing
+}
+
+// dirListing records, for each bare name a Build resolves, which PATH
+// directories hold it: each directory is read once (raw getdents, no
+// allocation per entry), and a name is stat'ed only where it exists (a
+// persona's restricted names are mostly absent from most PATH directories).
+type dirListing struct {
+	in map[string]uint64 // name -> bit i set when PATH directory i holds it
+	// unlisted has bit i set when directory i could not be read (it may
+	// still be searchable): names there are stat'ed as before. Directories
+	// beyond the 64th are always stat'ed.
+	unlisted uint64
+}
+
+func newDirListing(dirs []string, names []string) *dirListing {
+	l := &dirListing{in: make(map[string]uint64, len(names))}
+	for _, n := range names {
+		l.in[n] = 0
+	}
+	if len(names) == 0 {
+		return l
+	}
+	buf := make([]byte, 32<<10)
+	seen := map[fileID]int{}
+	for i, d := range dirs {
+		if i >= 64 {
+			break
+		}
+		bit := uint64(1) << i
+		// The same directory again (/bin -> usr/bin of a merged /usr):
+		// copy what the first reading found.
+		var st unix.Stat_t
+		if unix.Stat(d, &st) == nil {
+			id := fileID{uint64(st.Dev), uint64(st.Ino)}
+			if j, ok := seen[id]; ok {
+				jb := uint64(1) << j
+				if l.unlisted&jb != 0 {
+					l.unlisted |= bit
+				}
+				for n, m := range l.in {
+					if m&jb != 0 {
+						l.in[n] = m | bit
+					}
+				}
+				continue
+			}
+			seen[id] = i
+		}
+		if !l.scan(d, bit, buf) {
+			l.unlisted |= bit
+		}
+	}
+	return l
+}
+
+// scan marks the wanted names directory d holds; false when d could not be
+// read (a directory that does not exist holds nothing).
+func (l *dirListing) scan(d string, bit uint64, buf []byte) bool {
+	fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err == unix.ENOENT || err == unix.ENOTDIR
+	}
+	defer unix.Close(fd)
+	for {
+		n, err := unix.ReadDirent(fd, buf)
+		if err != nil {
+			return false
+		}
+		if n <= 0 {
+			return true
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+		for off := 0; off+19 < n; {
+			reclen := int(buf[off+16]) | int(buf[off+17])<<8
+			if reclen <= 19 || off+reclen > n {
+				return false
+			}
+			name := buf[off+19 : off+reclen]
+			if z := bytesIndexZero(name); z >= 0 {
+				name = name[:z]
+			}
+			if m, ok := l.in[string(name)]; ok {
+				l.in[string(name)] = m | bit
+			}
+			off += reclen
+		}
+	}
+}
+
+func bytesIndexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// has reports whether PATH directory i may hold name.
+func (l *dirListing) has(i int, name string) bool {
+	if i >= 64 {
+		return true
+	}
+	bit := uint64(1) << i
+	if l.unlisted&bit != 0 {
+		return true
+	}
+	m, ok := l.in[name]
+	return !ok || m&bit != 0
 }
 
 // Decision is the outcome of Route.
@@ -159,6 +271,21 @@ func Build(spec Spec) (*Table, error) {
 		ovPaths:    map[string]*OverrideTarget{},
 		ovIDs:      map[fileID]*OverrideTarget{},
 	}
+	var names []string
+	for _, list := range [][]string{spec.Restricted, spec.Allowed} {
+		for _, e := range list {
+			if e = strings.TrimSpace(e); e != "" && !strings.ContainsRune(e, '/') {
+				names = append(names, e)
+			}
+		}
+	}
+	for k := range spec.Overrides {
+		if k = strings.TrimSpace(k); k != "" && !strings.ContainsRune(k, '/') {
+			names = append(names, k)
+		}
+	}
+	t.listing = newDirListing(t.dirs, names)
+	defer func() { t.listing = nil }()
 	for _, e := range spec.Restricted {
 		if err := t.add(e, func(kind int, key any) { put(t.restricted, kind, key) }, true); err != nil {
 			return nil, fmt.Errorf("restricted_commands: %w", err)
@@ -233,7 +360,10 @@ func (t *Table) add(entry string, emit func(kind int, key any), byName bool) err
 	if byName {
 		emit(keyName, entry)
 	}
-	for _, d := range t.dirs {
+	for i, d := range t.dirs {
+		if !t.listing.has(i, entry) {
+			continue
+		}
 		p := d + "/" + entry
 		if _, err := os.Stat(p); err == nil {
 			emit(keyPath, p)

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -189,5 +190,51 @@ func BenchmarkRoute(b *testing.B) {
 				tab.Route(bc.cmd, "/")
 			}
 		})
+	}
+}
+
+// Build lists each PATH directory once; a directory that is missing holds
+// nothing, and a name present in a later directory only is still resolved.
+func TestBuildThroughListedDirectories(t *testing.T) {
+	root, pathEnv := fixture(t)
+	extra := filepath.Join(root, "extra")
+	if err := os.MkdirAll(extra, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(extra, "late"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(extra, "late"), filepath.Join(root, "other", "late-link")); err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Build(Spec{Restricted: []string{"late", "absent"}, PathEnv: filepath.Join(root, "missing") + ":" + pathEnv + ":" + extra})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// By inode, found in the last PATH directory at build time.
+	if d := tab.Route(filepath.Join(root, "other", "late-link"), "/"); d.Kind != Denied {
+		t.Fatalf("hard link of a restricted file in the last PATH directory: %v", d.Kind)
+	}
+	if d := tab.Route("ls", "/"); d.Kind != Default {
+		t.Fatalf("ls: %v", d.Kind)
+	}
+}
+
+// BenchmarkBuild: a persona of 200 restricted commands and 50 overrides,
+// most names absent from most PATH directories.
+func BenchmarkBuild(b *testing.B) {
+	restricted := []string{"rm", "dd", "sh", "ls", "cat", "mount", "shutdown", "reboot"}
+	for i := len(restricted); i < 200; i++ {
+		restricted = append(restricted, fmt.Sprintf("nosuchcmd%03d", i))
+	}
+	ov := map[string]OverrideTarget{}
+	for i := range 50 {
+		ov[fmt.Sprintf("ovcmd%02d", i)] = OverrideTarget{Path: "/usr/local/bin/x"}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Build(Spec{Restricted: restricted, Overrides: ov, PathEnv: DefaultPath}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
