@@ -79,8 +79,12 @@ func New(cfg Config) (*Client, error) {
 		raw = DefaultSocket
 	}
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		MaxIdleConns:          4,
+		Proxy: http.ProxyFromEnvironment,
+		// Concurrent callers (scripts, the bench, controllers) keep their
+		// connections: with Go's default of 2 idle per host, every request
+		// past the second in flight would dial anew.
+		MaxIdleConns:          MaxIdleConns,
+		MaxIdleConnsPerHost:   MaxIdleConns,
 		IdleConnTimeout:       30 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 0, // activation and exec answer when the guest is done: bounded by the request's context
@@ -131,6 +135,10 @@ func New(cfg Config) (*Client, error) {
 	c.http = &http.Client{Transport: tr}
 	return c, nil
 }
+
+// MaxIdleConns is how many idle connections a Client keeps to its daemon
+// for reuse.
+const MaxIdleConns = 32
 
 // Target names where the client connects, for messages.
 func (c *Client) Target() string { return c.target }
