@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -53,7 +55,8 @@ type Spec struct {
 	MaxOutput int
 	// OnOutput, when set, receives output as it is produced instead of it
 	// being captured (still bounded by MaxOutput). It is called from two
-	// goroutines (stdout, stderr) and must be safe for that.
+	// goroutines (stdout, stderr) and must be safe for that; data is only
+	// valid during the call (its buffer is reused).
 	OnOutput func(stream byte, data []byte)
 }
 
@@ -140,6 +143,9 @@ func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd 
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if len(spec.Stdin) > 0 {
 		cmd.Stdin = bytes.NewReader(spec.Stdin)
+	} else if f := devNull(); f != nil {
+		// An *os.File is passed to the child as it is: no open per exec.
+		cmd.Stdin = f
 	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Cancel = func() error {
@@ -149,6 +155,46 @@ func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd 
 	}
 	cmd.WaitDelay = waitDelay
 	return cmd
+}
+
+var (
+	devNullOnce sync.Once
+	devNullFile *os.File
+)
+
+// devNull returns /dev/null opened once for reading (never closed), shared
+// as the standard input of every process without input; nil when it
+// cannot be opened (os/exec then opens it itself).
+func devNull() *os.File {
+	devNullOnce.Do(func() {
+		devNullFile, _ = os.Open(os.DevNull)
+	})
+	return devNullFile
+}
+
+// copyBufs holds the buffers capture.ReadFrom reads pipes with.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ReadFrom drains r (the pipe os/exec copies from) through a pooled buffer:
+// io.Copy would allocate 32 KiB per stream per process.
+func (c *capture) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			c.Write(buf[:n])
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // capture keeps (or forwards) at most limit bytes of one stream and drains

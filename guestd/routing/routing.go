@@ -435,7 +435,7 @@ func (t *Table) Route(command, cwd string) Decision {
 
 	var buf [pathMax + 1]byte
 	var st unix.Stat_t
-	p, where, found, executable := t.resolve(&buf, command, cwd, &st)
+	p, where, found, executable, link := t.resolve(&buf, command, cwd, &st)
 	var id fileID
 	var real string
 	if found {
@@ -446,9 +446,7 @@ func (t *Table) Route(command, cwd string) Decision {
 		if _, ok := t.restricted.paths[string(p)]; ok {
 			return Decision{Kind: Denied, Reason: ReasonRestricted}
 		}
-		var lst unix.Stat_t
-		buf[len(p)] = 0
-		if statBytes(buf[:len(p)+1], &lst, false) == nil && lst.Mode&unix.S_IFMT == unix.S_IFLNK {
+		if link {
 			// Rare: named through a symbolic link. Its target decides.
 			if r, err := filepath.EvalSymlinks(string(p)); err == nil {
 				real = r
@@ -502,13 +500,14 @@ func (t *Table) Route(command, cwd string) Decision {
 
 // resolve finds the file command names. It returns the path found (aliasing
 // buf), the PATH index it was found at (-1 for a command given as a path),
-// whether a file exists and whether it is executable; st holds its stat.
-func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable bool) {
+// whether a file exists, whether it is executable and whether the path is a
+// symbolic link; st holds the stat of the file (followed).
+func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable, link bool) {
 	if strings.IndexByte(command, '/') >= 0 {
 		var n int
 		if command[0] == '/' {
 			if len(command) > pathMax {
-				return nil, -1, false, false
+				return nil, -1, false, false, false
 			}
 			n = copy(buf[:], command)
 		} else {
@@ -516,7 +515,7 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 				cwd = "/"
 			}
 			if len(cwd)+1+len(command) > pathMax {
-				return nil, -1, false, false
+				return nil, -1, false, false, false
 			}
 			n = copy(buf[:], cwd)
 			buf[n] = '/'
@@ -524,15 +523,17 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 			n += copy(buf[n:], command)
 		}
 		buf[n] = 0
-		if statBytes(buf[:n+1], st, true) != nil {
-			return nil, -1, false, false
+		link, ok := statLink(buf[:n+1], st)
+		if !ok {
+			return nil, -1, false, false, false
 		}
-		return buf[:n], -1, true, isExecutable(st)
+		return buf[:n], -1, true, isExecutable(st), link
 	}
 	// PATH search: the first executable file wins; failing that, the first
 	// file that exists (reported as not executable).
 	firstNonExec := -1
 	var nonExecSt unix.Stat_t
+	var nonExecLink bool
 	for i, d := range t.dirs {
 		if len(d)+1+len(command) > pathMax {
 			continue
@@ -542,18 +543,19 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 		n++
 		n += copy(buf[n:], command)
 		buf[n] = 0
-		if statBytes(buf[:n+1], st, true) != nil || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		link, ok := statLink(buf[:n+1], st)
+		if !ok || st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			continue
 		}
 		if isExecutable(st) {
-			return buf[:n], i, true, true
+			return buf[:n], i, true, true, link
 		}
 		if firstNonExec < 0 {
-			firstNonExec, nonExecSt = i, *st
+			firstNonExec, nonExecSt, nonExecLink = i, *st, link
 		}
 	}
 	if firstNonExec < 0 {
-		return nil, -1, false, false
+		return nil, -1, false, false, false
 	}
 	d := t.dirs[firstNonExec]
 	n := copy(buf[:], d)
@@ -561,7 +563,20 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 	n++
 	n += copy(buf[n:], command)
 	*st = nonExecSt
-	return buf[:n], firstNonExec, true, false
+	return buf[:n], firstNonExec, true, false, nonExecLink
+}
+
+// statLink stats the NUL-terminated path in p: lstat first, which is the
+// answer unless p is a symbolic link (rare), then stat through it. ok is
+// false when no file is there (or the link is dangling).
+func statLink(p []byte, st *unix.Stat_t) (link, ok bool) {
+	if statBytes(p, st, false) != nil {
+		return false, false
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return false, true
+	}
+	return true, statBytes(p, st, true) == nil
 }
 
 func isExecutable(st *unix.Stat_t) bool {
