@@ -49,6 +49,10 @@ var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x":
     <initrd>{{x .Initrd}}</initrd>
     <cmdline>{{x .Cmdline}}</cmdline>
   </os>
+  <!-- ACPI gives the guest HPET and a calibrated TSC: without it the kernel
+       keeps time with jiffies, which drift and jump under TCG (guest clocks
+       minutes off, spurious heartbeat timeouts). -->
+  <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>

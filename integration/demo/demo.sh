@@ -133,7 +133,9 @@ cat >"$work/domain.xml" <<XML
     <initrd>$VMP_INITRD</initrd>
     <cmdline>console=ttyS0 panic=-1 loglevel=4</cmdline>
   </os>
+  <features><acpi/><apic/></features>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
