@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -228,19 +229,56 @@ func (c *capture) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Limiter bounds how many processes run at once.
-type Limiter struct{ slots chan struct{} }
+// Limiter bounds how many processes run at once, and how many wait for a
+// slot.
+type Limiter struct {
+	slots      chan struct{}
+	waiting    atomic.Int64
+	maxWaiting int64
+}
 
-// NewLimiter returns a limiter admitting n concurrent processes (n >= 1).
-func NewLimiter(n int) *Limiter { return &Limiter{slots: make(chan struct{}, max(n, 1))} }
+// NewLimiter returns a limiter admitting n concurrent processes (n >= 1),
+// with room for 4n waiting for a slot.
+func NewLimiter(n int) *Limiter { return NewQueuedLimiter(n, 4*max(n, 1)) }
+
+// NewQueuedLimiter returns a limiter admitting n concurrent processes
+// (n >= 1) and at most queue (>= 0) waiting ones.
+func NewQueuedLimiter(n, queue int) *Limiter {
+	return &Limiter{slots: make(chan struct{}, max(n, 1)), maxWaiting: int64(max(queue, 0))}
+}
 
 // TryAcquire takes a slot or fails with ErrBusy at once; call the returned
 // function to give the slot back.
 func (l *Limiter) TryAcquire() (release func(), err error) {
 	select {
 	case l.slots <- struct{}{}:
-		return func() { <-l.slots }, nil
+		return l.release, nil
 	default:
 		return nil, ErrBusy
 	}
 }
+
+// Acquire takes a slot, waiting (in arrival order) until one frees or ctx
+// is done. It fails with ErrBusy when ctx ends first or when the queue is
+// full.
+func (l *Limiter) Acquire(ctx context.Context) (release func(), err error) {
+	if r, err := l.TryAcquire(); err == nil {
+		return r, nil
+	}
+	if l.waiting.Add(1) > l.maxWaiting {
+		l.waiting.Add(-1)
+		return nil, ErrBusy
+	}
+	defer l.waiting.Add(-1)
+	select {
+	case l.slots <- struct{}{}:
+		return l.release, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: no slot before the deadline", ErrBusy)
+	}
+}
+
+// Waiting returns how many callers wait in Acquire.
+func (l *Limiter) Waiting() int { return int(l.waiting.Load()) }
+
+func (l *Limiter) release() { <-l.slots }

@@ -109,3 +109,48 @@ func TestLimiter(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Acquire waits for a slot in a bounded queue, within its context.
+func TestLimiterQueue(t *testing.T) {
+	l := NewQueuedLimiter(1, 2)
+	release, err := l.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func(), 2)
+	for range 2 {
+		go func() {
+			r, err := l.Acquire(context.Background())
+			if err != nil {
+				t.Error(err)
+				r = func() {}
+			}
+			got <- r
+		}()
+	}
+	for l.Waiting() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	// The queue is full: refused at once.
+	if _, err := l.Acquire(context.Background()); !errors.Is(err, ErrBusy) {
+		t.Fatalf("full queue: want ErrBusy, got %v", err)
+	}
+	release()
+	r := <-got // one waiter has the slot now
+	// A waiter whose context ends is refused.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := l.Acquire(ctx); !errors.Is(err, ErrBusy) {
+		t.Fatalf("cancelled wait: want ErrBusy, got %v", err)
+	}
+	r()
+	(<-got)()
+	if l.Waiting() != 0 {
+		t.Fatalf("waiting: %d", l.Waiting())
+	}
+	if r, err := l.TryAcquire(); err != nil {
+		t.Fatal(err)
+	} else {
+		r()
+	}
+}

@@ -517,23 +517,57 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) (protocol.Type, 
 		}
 	}
 
-	view := c.s.cfg.Manager.View()
-	persona := view.PersonaName()
-	d := view.Table.Route(req.Command, cwd)
-	ev := protocol.AuditEvent{Persona: persona, Command: req.Command, Actor: req.Actor}
-	switch d.Kind {
-	case routing.Denied:
-		ev.Type, ev.Route, ev.Result, ev.Detail = protocol.AuditDenial, protocol.RouteDenied, protocol.CodeDenied, d.Reason
-		c.record(ev)
-		return protocol.TypeError, &protocol.Error{Code: protocol.CodeDenied, Message: protocol.DeniedMessage, Command: req.Command, Persona: persona}
-	case routing.NotFound:
-		return fail(protocol.CodeNotFound, "command not found")
-	case routing.NotExecutable:
-		return fail(protocol.CodeNotExecutable, "command is not executable: "+view.Table.Path(req.Command, cwd, d))
+	// At the limit the exec waits for a slot (in a bounded queue), within
+	// its own timeout: the time spent waiting counts against it. After a
+	// wait the command is routed again, under the persona active then.
+	timeout := c.s.cfg.ExecTimeout
+	if req.TimeoutMillis > 0 {
+		timeout = time.Duration(req.TimeoutMillis) * time.Millisecond
 	}
-	release, err := c.s.cfg.Limiter.TryAcquire()
-	if err != nil {
-		return fail(protocol.CodeBusy, "too many commands running")
+	deadline := time.Now().Add(timeout)
+	var (
+		view    *activation.View
+		persona string
+		d       routing.Decision
+		ev      protocol.AuditEvent
+		release func()
+	)
+	for {
+		view = c.s.cfg.Manager.View()
+		persona = view.PersonaName()
+		d = view.Table.Route(req.Command, cwd)
+		ev = protocol.AuditEvent{Persona: persona, Command: req.Command, Actor: req.Actor}
+		if release != nil && (d.Kind == routing.Default || d.Kind == routing.Override) {
+			break
+		}
+		if release != nil {
+			release()
+		}
+		switch d.Kind {
+		case routing.Denied:
+			ev.Type, ev.Route, ev.Result, ev.Detail = protocol.AuditDenial, protocol.RouteDenied, protocol.CodeDenied, d.Reason
+			c.record(ev)
+			return protocol.TypeError, &protocol.Error{Code: protocol.CodeDenied, Message: protocol.DeniedMessage, Command: req.Command, Persona: persona}
+		case routing.NotFound:
+			return fail(protocol.CodeNotFound, "command not found")
+		case routing.NotExecutable:
+			return fail(protocol.CodeNotExecutable, "command is not executable: "+view.Table.Path(req.Command, cwd, d))
+		}
+		var err error
+		if release, err = c.s.cfg.Limiter.TryAcquire(); err == nil {
+			break
+		}
+		wctx, cancel := context.WithDeadline(c.ctx, deadline)
+		release, err = c.s.cfg.Limiter.Acquire(wctx)
+		cancel()
+		if err != nil {
+			return fail(protocol.CodeBusy, "too many commands running")
+		}
+		if timeout = time.Until(deadline); timeout <= 0 {
+			release()
+			return fail(protocol.CodeBusy, "too many commands running")
+		}
+		// Route again with the slot held (the loop ends at the check above).
 	}
 	defer release()
 
@@ -555,10 +589,6 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) (protocol.Type, 
 		}
 	}
 	env := activation.ComposeEnv(view.Env, req.Env)
-	timeout := c.s.cfg.ExecTimeout
-	if req.TimeoutMillis > 0 {
-		timeout = time.Duration(req.TimeoutMillis) * time.Millisecond
-	}
 	maxOut := c.s.cfg.MaxOutput
 	if req.MaxOutput > 0 {
 		maxOut = min(req.MaxOutput, c.s.cfg.MaxOutput)

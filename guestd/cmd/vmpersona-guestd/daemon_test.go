@@ -1188,8 +1188,19 @@ func TestExecLimitAndAuditExec(t *testing.T) {
 		}, &res, func(byte, []byte) { once.Do(func() { close(started) }) })
 	}()
 	<-started
-	if _, err := run(t, c, protocol.Exec{Command: "true"}); errCode(err) != protocol.CodeBusy {
-		t.Fatalf("second exec with --max-exec 1: want busy, got %v", err)
+	// At the limit an exec waits for a slot (--max-exec used to refuse it
+	// at once): one with time to wait runs once the slot is free...
+	queued := make(chan error, 1)
+	go func() {
+		res, err := run(t, c, protocol.Exec{Command: "echo", Args: []string{"queued"}, TimeoutMillis: 60000})
+		if err == nil && strings.TrimSpace(res.Stdout) != "queued" {
+			err = fmt.Errorf("queued exec printed %q", res.Stdout)
+		}
+		queued <- err
+	}()
+	// ...one whose timeout passes first is answered busy.
+	if _, err := run(t, c, protocol.Exec{Command: "true", TimeoutMillis: 300}); errCode(err) != protocol.CodeBusy {
+		t.Fatalf("second exec with --max-exec 1: want busy after its timeout, got %v", err)
 	}
 	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
 	if err != nil {
@@ -1199,6 +1210,9 @@ func TestExecLimitAndAuditExec(t *testing.T) {
 	w.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	if err := <-queued; err != nil {
+		t.Fatalf("queued exec: %v", err)
 	}
 	mustRun(t, c, protocol.Exec{Command: "true", Actor: "alice"})
 	audit.waitFor(t, "exec events", func(evs []protocol.AuditEvent) bool {

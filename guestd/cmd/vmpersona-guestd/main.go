@@ -74,8 +74,10 @@ OPTIONS
         The persona's variables as shell export lines, for login shells;
         removed on deactivation; empty disables it.
         Default: /etc/profile.d/vmpersona.sh
-    --max-exec N            concurrent commands (default 16); more are
-                            refused as busy
+    --max-exec N            concurrent commands (default 16); up to 4N
+                            more wait for a slot within their own
+                            timeout, then are answered busy; beyond
+                            that, busy at once
     --max-output BYTES      per-stream output bound of a command
                             (default 1048576); longer output is truncated
     --exec-timeout DUR      default command timeout (default 30s)
