@@ -281,7 +281,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ httprouter.Pa
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	if _, err := s.cfg.Store.ListPersonas(); err != nil {
+	if err := s.cfg.Store.Ready(); err != nil {
 		return problem(http.StatusServiceUnavailable, "not-ready", "Not ready", "store: "+err.Error())
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "agents": len(s.cfg.Agents.List())})
