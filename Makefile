@@ -55,13 +55,14 @@ demo:
 .PHONY: deb integration-full
 deb: deps-build
 	@scripts/ensure-deps dpkg-dev
-	$(MAKE) build VERSION=$$(packaging/version.sh)
-	rm -rf dist && packaging/build-deb.sh --bin $(BIN) --out dist
+	rm -rf dist
+	$(MAKE) build BIN=dist/bin VERSION=$$(packaging/version.sh)
+	packaging/build-deb.sh --bin dist/bin --out dist
 
 # The packages on a real Debian 12 guest booted by systemd under libvirt, and the host package in a
 # Debian 12 chroot (root; see integration/debian/doc.go).
 integration-full: deb
-	VMP_DEB_DIR=$(CURDIR)/dist VMP_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -tags integration_full -count=1 -v -timeout 40m ./integration/debian/...
+	VMP_DEB_DIR=$(CURDIR)/dist VMP_BIN_DIR=$(CURDIR)/dist/bin $(GO) test -tags integration_full -count=1 -v -timeout 40m ./integration/debian/...
 
 clean:
 	rm -rf $(BIN)
