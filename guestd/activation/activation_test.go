@@ -12,7 +12,7 @@ import (
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-func newManager(t *testing.T, profile string) (*Manager, string) {
+func newManager(t testing.TB, profile string) (*Manager, string) {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := state.Open(dir)

@@ -377,6 +377,13 @@ func (t *Table) add(entry string, emit func(kind int, key any), byName bool) err
 // It reports whether p is an alias of a multi-call binary (its real file has
 // another name), in which case only the path and the name identify it.
 func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi bool) {
+	// One stat first: most absolute entries name no file, and resolving
+	// the links of every component of a missing path costs one lstat each.
+	// The stat (followed) is also the real file's device and inode.
+	var st unix.Stat_t
+	if unix.Stat(p, &st) != nil {
+		return false
+	}
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
 		return false
@@ -385,10 +392,7 @@ func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi boo
 		return true
 	}
 	emit(keyPath, real)
-	var st unix.Stat_t
-	if unix.Stat(real, &st) == nil {
-		emit(keyID, fileID{uint64(st.Dev), uint64(st.Ino)})
-	}
+	emit(keyID, fileID{uint64(st.Dev), uint64(st.Ino)})
 	return false
 }
 
