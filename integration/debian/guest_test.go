@@ -220,6 +220,19 @@ func buildGuestDisk(t *testing.T, dir string) (disk, kernel, initrd string) {
 		t.Fatal(err)
 	}
 	t.Logf("dpkg -i %s in the guest root:\n%s", deb, strings.TrimSpace(out))
+	// The host package too, with apt (libvirt0 and friends from the
+	// mirror): the guest runs systemd, so its units run there for real.
+	hdeb := filepath.Base(env.debs["vmpersona-hostd"])
+	copyFile(t, env.debs["vmpersona-hostd"], filepath.Join(root, "tmp", hdeb))
+	copyFile(t, "/etc/resolv.conf", filepath.Join(root, "etc/resolv.conf"))
+	if _, err := chroot(t, root, 5*time.Minute, "apt-get", "update"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chroot(t, root, 10*time.Minute, "apt-get", "install", "-y", "--no-install-recommends", "/tmp/"+hdeb); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = chroot(t, root, 5*time.Minute, "apt-get", "clean")
+	os.Remove(filepath.Join(root, "tmp", hdeb))
 	_ = syscall.Unmount(filepath.Join(root, "proc"), syscall.MNT_DETACH)
 	os.Remove(filepath.Join(root, "tmp", deb))
 	for _, p := range []string{"usr/sbin/vmpersona-guestd", "lib/udev/rules.d/60-vmpersona-guestd.rules", "lib/systemd/system/vmpersona-guestd.service"} {
@@ -337,6 +350,27 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	r = h.exec(t, name, "readlink", "-f", "/proc/1/exe")
 	if !strings.Contains(r.Stdout, "systemd") {
 		t.Errorf("PID 1 is %q, not systemd", r.Stdout)
+	}
+
+	// The host package's units under a real systemd: the socket unit made
+	// /run/vmpersona/hostd.sock for group vmpersona, vmpersonactl reaches the
+	// daemon through it (root is admin), and the daemon runs hardened
+	// as Type=notify with its watchdog, without restarts.
+	r = h.exec(t, name, "vmpersonactl", "--timeout", "60s", "-o", "json", "instances")
+	t.Logf("vmpersonactl instances in the guest (socket-activated hostd): %s", strings.TrimSpace(r.Stdout))
+	r = h.exec(t, name, "stat", "-c", "%a %U %G", "/run/vmpersona/hostd.sock")
+	if got := strings.TrimSpace(r.Stdout); got != "660 root vmpersona" {
+		t.Errorf("/run/vmpersona/hostd.sock is %q, want 660 root vmpersona", got)
+	}
+	r = h.exec(t, name, "systemctl", "show", "-p", "ActiveState,Type,WatchdogUSec,NRestarts,StatusErrno", "vmpersona-hostd.service")
+	for _, want := range []string{"ActiveState=active", "Type=notify", "WatchdogUSec=30s", "NRestarts=0"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("vmpersona-hostd.service in the guest lacks %s:\n%s", want, r.Stdout)
+		}
+	}
+	r = h.exec(t, name, "systemctl", "show", "-p", "TriggeredBy", "--value", "vmpersona-hostd.service")
+	if !strings.Contains(r.Stdout, "vmpersona-hostd.socket") {
+		t.Errorf("vmpersona-hostd.service is not triggered by its socket: %q", r.Stdout)
 	}
 
 	// The persona's environment reaches a login shell through
