@@ -1,8 +1,3 @@
-// Package reliability holds the fault, hostile-input, bypass and load suites
-// of vmpersona. Every test runs the real binaries (vmpersona-hostd and
-// vmpersona-guestd, built once in TestMain) on unix sockets in temporary
-// directories; nothing is faked. The fast suites run in `make test`; the
-// long ones are behind the build tag `reliability` (`make reliability`).
 package reliability
 
 import (
