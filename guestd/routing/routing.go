@@ -126,6 +126,7 @@ type Table struct {
 	ovNames    map[string]*OverrideTarget
 	ovPaths    map[string]*OverrideTarget
 	ovIDs      map[fileID]*OverrideTarget
+	maxDir     int // length of the longest PATH directory
 
 	// listing holds, while Build runs, the names in each PATH directory.
 	listing *dirListing
@@ -284,6 +285,9 @@ func Build(spec Spec) (*Table, error) {
 			names = append(names, k)
 		}
 	}
+	for _, d := range t.dirs {
+		t.maxDir = max(t.maxDir, len(d))
+	}
 	t.listing = newDirListing(t.dirs, names)
 	defer func() { t.listing = nil }()
 	for _, e := range spec.Restricted {
@@ -437,9 +441,15 @@ func (t *Table) Route(command, cwd string) Decision {
 		return Decision{Kind: Denied, Reason: ReasonRestricted}
 	}
 
-	var buf [pathMax + 1]byte
+	// A small buffer keeps Route's frame small (a 4 KiB one made every
+	// handler goroutine grow its stack); longer paths take a heap buffer.
+	var small [256]byte
+	buf := small[:]
+	if need := len(command) + max(len(cwd), t.maxDir) + 2; need > len(small) {
+		buf = make([]byte, min(need, pathMax+1))
+	}
 	var st unix.Stat_t
-	p, where, found, executable, link := t.resolve(&buf, command, cwd, &st)
+	p, where, found, executable, link := t.resolve(buf, command, cwd, &st)
 	var id fileID
 	var real string
 	if found {
@@ -506,14 +516,14 @@ func (t *Table) Route(command, cwd string) Decision {
 // buf), the PATH index it was found at (-1 for a command given as a path),
 // whether a file exists, whether it is executable and whether the path is a
 // symbolic link; st holds the stat of the file (followed).
-func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable, link bool) {
+func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable, link bool) {
 	if strings.IndexByte(command, '/') >= 0 {
 		var n int
 		if command[0] == '/' {
 			if len(command) > pathMax {
 				return nil, -1, false, false, false
 			}
-			n = copy(buf[:], command)
+			n = copy(buf, command)
 		} else {
 			if cwd == "" {
 				cwd = "/"
@@ -521,7 +531,7 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 			if len(cwd)+1+len(command) > pathMax {
 				return nil, -1, false, false, false
 			}
-			n = copy(buf[:], cwd)
+			n = copy(buf, cwd)
 			buf[n] = '/'
 			n++
 			n += copy(buf[n:], command)
@@ -542,7 +552,7 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 		if len(d)+1+len(command) > pathMax {
 			continue
 		}
-		n := copy(buf[:], d)
+		n := copy(buf, d)
 		buf[n] = '/'
 		n++
 		n += copy(buf[n:], command)
@@ -562,7 +572,7 @@ func (t *Table) resolve(buf *[pathMax + 1]byte, command, cwd string, st *unix.St
 		return nil, -1, false, false, false
 	}
 	d := t.dirs[firstNonExec]
-	n := copy(buf[:], d)
+	n := copy(buf, d)
 	buf[n] = '/'
 	n++
 	n += copy(buf[n:], command)

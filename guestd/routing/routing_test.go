@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -236,5 +237,29 @@ func BenchmarkBuild(b *testing.B) {
 		if _, err := Build(Spec{Restricted: restricted, Overrides: ov, PathEnv: DefaultPath}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Paths longer than Route's stack buffer are resolved the same way.
+func TestRouteLongPaths(t *testing.T) {
+	root, pathEnv := fixture(t)
+	long := filepath.Join(root, strings.Repeat("d", 200), strings.Repeat("e", 200))
+	if err := os.MkdirAll(long, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(root, "usr", "bin", "danger"), filepath.Join(long, "x")); err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Build(Spec{Restricted: []string{"danger"}, PathEnv: pathEnv + ":" + long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ cmd, cwd string }{{"./x", long}, {filepath.Join(long, "x"), "/"}} {
+		if d := tab.Route(c.cmd, c.cwd); d.Kind != Denied {
+			t.Fatalf("%s in %s: %v", c.cmd, c.cwd, d.Kind)
+		}
+	}
+	if d := tab.Route("ls", long); d.Kind != Default {
+		t.Fatalf("ls: %v", d.Kind)
 	}
 }
