@@ -9,7 +9,9 @@
 //     systemd start the agent by themselves; the real vmpersona-hostd, with
 //     libvirt discovery on qemu:///system and a default persona defined
 //     before the VM starts, activates it; the persona's environment reaches
-//     a login shell; it is still active after the VM reboots;
+//     a login shell; it is still active after the VM reboots. The guest
+//     also gets vmpersona-hostd.deb (apt in the chroot), so the host units
+//     run under a real systemd: socket activation, Type=notify, watchdog;
 //
 //   - vmpersona-hostd.deb installed with apt into a Debian 12 chroot, its
 //     binaries run there, and remove/purge behave.
