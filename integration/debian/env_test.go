@@ -64,8 +64,8 @@ func (r *registry) cleanup() {
 		return
 	}
 	r.done = true
-	procs, domains, mounts, daemons := r.procs, r.domains, r.mounts, r.daemons
-	r.procs, r.domains, r.mounts, r.daemons = map[*os.Process]string{}, map[string]bool{}, nil, nil
+	procs, domains, mounts := r.procs, r.domains, r.mounts
+	r.procs, r.domains, r.mounts = map[*os.Process]string{}, map[string]bool{}, nil
 	r.mu.Unlock()
 	for p, what := range procs {
 		logf("cleanup: killing %s (pid %d)", what, p.Pid)
@@ -79,6 +79,12 @@ func (r *registry) cleanup() {
 	for i := len(mounts) - 1; i >= 0; i-- {
 		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
+	// Taken after the domains are gone: removing them may have had to
+	// start libvirtd again.
+	r.mu.Lock()
+	daemons := r.daemons
+	r.daemons = nil
+	r.mu.Unlock()
 	for i := len(daemons) - 1; i >= 0; i-- {
 		stopDaemon(daemons[i])
 	}
@@ -193,10 +199,7 @@ func prepare() error {
 	logf("root file system: %s (%s; %s)", env.rootfs, env.rootDur.Round(time.Millisecond),
 		map[bool]string{true: "cached", false: "debootstrap cold"}[strings.Contains(out, "cached:")])
 
-	if err := ensureDaemon("virtlogd", "/run/libvirt/virtlogd-sock"); err != nil {
-		return err
-	}
-	if err := ensureDaemon("libvirtd", "/run/libvirt/libvirt-sock"); err != nil {
+	if err := ensureLibvirt(); err != nil {
 		return err
 	}
 	if _, err := virsh(ctx, "version"); err != nil {
@@ -280,7 +283,31 @@ func stopDaemon(d daemonPID) {
 	_ = syscall.Kill(d.pid, syscall.SIGKILL)
 }
 
+// ensureLibvirt starts virtlogd and libvirtd when they do not answer.
+// Other test runs on the machine may stop the daemons they started while
+// this run uses them, so it is called again before every virsh command
+// that finds no daemon.
+func ensureLibvirt() error {
+	if err := ensureDaemon("virtlogd", "/run/libvirt/virtlogd-sock"); err != nil {
+		return err
+	}
+	return ensureDaemon("libvirtd", "/run/libvirt/libvirt-sock")
+}
+
 func virsh(ctx context.Context, args ...string) (string, error) {
+	for attempt := 1; ; attempt++ {
+		out, err := virshOnce(ctx, args...)
+		if err == nil || attempt == 3 || !strings.Contains(out, "Failed to connect socket") {
+			return out, err
+		}
+		logf("virsh %s: libvirt is gone (another run stopped it?); starting it again", args[0])
+		if err := ensureLibvirt(); err != nil {
+			return out, err
+		}
+	}
+}
+
+func virshOnce(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-q", "-c", libvirtURI}, args...)...).CombinedOutput()
