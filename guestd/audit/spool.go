@@ -344,7 +344,10 @@ func (s *Spool) Ack(upTo uint64) error {
 		return nil
 	}
 	s.ackedEvents += i
-	s.events = append(s.events[:0:0], s.events[i:]...)
+	// Slicing, not copying what is left: append reallocates (copying
+	// only the live events) once the array's end is reached.
+	clear(s.events[:i])
+	s.events = s.events[i:]
 	if s.ackedEvents < compactEvents && s.ackedBytes < compactBytes {
 		return nil
 	}

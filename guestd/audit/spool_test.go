@@ -244,3 +244,27 @@ func TestCompactionAfterLargeAckedPrefix(t *testing.T) {
 		}
 	}
 }
+
+// Interleaved records and acknowledgements keep the pending events in
+// order, without gaps.
+func TestInterleavedRecordAndAck(t *testing.T) {
+	s, err := Open(t.TempDir(), Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	acked := uint64(0)
+	for round := range 60 {
+		record(t, s, 5+round%3)
+		acked += 4
+		if err := s.Ack(acked); err != nil {
+			t.Fatal(err)
+		}
+		p := seqs(s.Pending(1000))
+		for i, q := range p {
+			if q != acked+1+uint64(i) {
+				t.Fatalf("round %d: pending %v after ack %d", round, p, acked)
+			}
+		}
+	}
+}
