@@ -105,7 +105,15 @@ func (r *registry) cleanup() {
 		logf("cleanup: removing domain %s", name)
 		removeDomain(name)
 	}
-	// Stop in reverse order of start: libvirtd before virtlogd.
+	// Stop in reverse order of start: libvirtd before virtlogd. Not while
+	// another suite's domains run in them: stopping libvirtd would leave
+	// those QEMUs without their manager (and their suite failing).
+	if len(daemons) > 0 {
+		if others := othersDomains(); len(others) > 0 {
+			logf("leaving the libvirt daemons this run started running: other domains run in them (%s)", strings.Join(others, ", "))
+			daemons = nil
+		}
+	}
 	for i := len(daemons) - 1; i >= 0; i-- {
 		stopDaemon(daemons[i])
 	}
@@ -509,6 +517,21 @@ func killDomainQEMU(name string) {
 		logf("libvirt did not stop domain %s: killing its QEMU (pid %d)", name, pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// othersDomains lists the running domains that are not this run's.
+func othersDomains() []string {
+	out, err := virsh(context.Background(), "list", "--name")
+	if err != nil {
+		return nil
+	}
+	var others []string
+	for _, name := range strings.Fields(out) {
+		if !strings.HasPrefix(name, fmt.Sprintf("vmp-it-%d-", os.Getpid())) {
+			others = append(others, name)
+		}
+	}
+	return others
 }
 
 // sweepStaleDomains removes domains left by earlier runs that were killed
