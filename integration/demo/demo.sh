@@ -60,7 +60,12 @@ cleanup() {
     timeout 120 virsh -q -c "$uri" undefine "$domain" >/dev/null 2>&1
     rm -f "/var/log/libvirt/qemu/$domain.log"
   fi
-  local i
+  local i others
+  others=$(timeout 60 virsh -q -c "$uri" list --name 2>/dev/null | grep -v "^$domain\$" | tr '\n' ' ')
+  if [ ${#started_daemons[@]} -gt 0 ] && [ -n "${others// /}" ]; then
+    info "leaving libvirtd/virtlogd running: other domains run in them ($others)"
+    started_daemons=()
+  fi
   for ((i = ${#started_daemons[@]} - 1; i >= 0; i--)); do
     local name=${started_daemons[$i]%%:*} pid=${started_daemons[$i]#*:}
     if grep -qa "$name" "/proc/$pid/cmdline" 2>/dev/null; then
