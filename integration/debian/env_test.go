@@ -85,6 +85,14 @@ func (r *registry) cleanup() {
 	daemons := r.daemons
 	r.daemons = nil
 	r.mu.Unlock()
+	// Not while other suites' domains run in them: stopping libvirtd
+	// would leave those QEMUs without their manager.
+	if len(daemons) > 0 {
+		if others := othersDomains(); len(others) > 0 {
+			logf("leaving the libvirt daemons this run started running: other domains run in them (%s)", strings.Join(others, ", "))
+			daemons = nil
+		}
+	}
 	for i := len(daemons) - 1; i >= 0; i-- {
 		stopDaemon(daemons[i])
 	}
@@ -322,6 +330,21 @@ func removeDomain(name string) {
 	_, _ = virsh(ctx, "destroy", name)
 	_, _ = virsh(ctx, "undefine", name)
 	_ = os.Remove("/var/log/libvirt/qemu/" + name + ".log")
+}
+
+// othersDomains lists the running domains that are not this run's.
+func othersDomains() []string {
+	out, err := virshOnce(context.Background(), "list", "--name")
+	if err != nil {
+		return nil
+	}
+	var others []string
+	for _, name := range strings.Fields(out) {
+		if !strings.HasPrefix(name, fmt.Sprintf("vmp-full-%d-", os.Getpid())) {
+			others = append(others, name)
+		}
+	}
+	return others
 }
 
 func sweepStaleDomains(ctx context.Context) {
