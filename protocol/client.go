@@ -96,8 +96,10 @@ func Handshake(ctx context.Context, conn io.ReadWriteCloser, cfg ClientConfig) (
 	c := &Client{
 		cfg: cfg, conn: conn, w: NewWriter(conn),
 		pending: make(map[uint64]*call),
-		audit:   make(chan Frame, 16),
-		closed:  make(chan struct{}),
+		// One batch waits while one is stored: a guest that floods audit
+		// batches is held back by the stream, not buffered in the host.
+		audit:  make(chan Frame, 1),
+		closed: make(chan struct{}),
 	}
 	c.lastRecv.Store(time.Now().UnixNano())
 	go c.readLoop(NewReader(conn, cfg.MaxPayload))

@@ -129,7 +129,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		WithSyncWrites(true).
 		WithLogger(badgerLogger{log.With("lib", "badger")}).
 		WithNumVersionsToKeep(1).
-		WithMemTableSize(64 << 20).
+		// Small memtables bound the memory a flood of audit events can
+		// pin (Badger keeps NumMemtables of them, plus flush buffers).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(4).
 		WithValueThreshold(64 << 10). // large personas go to the value log
 		WithValueLogFileSize(256 << 20).
 		WithBlockCacheSize(32 << 20).

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +52,7 @@ func main() {
 	var cfg daemon.Config
 	var instances, qmp multiFlag
 	var logLevel, logFormat string
+	var memLimit int64
 	var version bool
 	fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/vmpersona", "Badger directory: personas, instance records, audit log")
 	fs.StringVar(&cfg.Listen, "listen", "", "TCP address of the REST API, e.g. 127.0.0.1:7080 (TLS with --tls-cert/--tls-key)")
@@ -66,6 +68,7 @@ func main() {
 	fs.DurationVar(&cfg.ScriptTimeout, "script-timeout", 5*time.Minute, "default timeout of activation scripts")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "auto", "auto (journal under systemd, else text), text or json")
+	fs.Int64Var(&memLimit, "memory-limit", 256<<20, "soft limit in bytes for the daemon's Go heap: past it the garbage collector works harder instead of growing (GOMEMLIMIT wins when set; 0 disables)")
 	fs.BoolVar(&version, "version", false, "print the version and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
@@ -87,6 +90,9 @@ func main() {
 		os.Exit(2)
 	}
 	slog.SetDefault(logger)
+	if os.Getenv("GOMEMLIMIT") == "" && memLimit > 0 {
+		debug.SetMemoryLimit(memLimit)
+	}
 	cfg.Logger = logger
 	cfg.Instances, cfg.QMP = instances, qmp
 
