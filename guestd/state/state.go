@@ -123,7 +123,21 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
+	removeStaleTemps(dir)
 	return &Store{dir: dir}, nil
+}
+
+// removeStaleTemps deletes the temporary files of atomic writes that a crash
+// cut short (".NAME.tmp*", in the state directory and its sub-directories).
+// The daemon opens its state directory before it writes anything, so none
+// of them belongs to a write in progress.
+func removeStaleTemps(dir string) {
+	for _, pattern := range []string{filepath.Join(dir, ".*.tmp*"), filepath.Join(dir, "*", ".*.tmp*")} {
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
 }
 
 // Dir returns the state directory.

@@ -107,3 +107,31 @@ func TestReplaceFile(t *testing.T) {
 		t.Fatal("no error writing under a file")
 	}
 }
+
+// TestOpenRemovesStaleTemps: temporary files left by writes that a kill -9
+// cut short are removed when the daemon opens its state directory again.
+func TestOpenRemovesStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "scripts"), 0o700)
+	stale := []string{
+		filepath.Join(dir, ".active.json.tmp123"),
+		filepath.Join(dir, "scripts", ".abc.sh.tmp456"),
+	}
+	keep := filepath.Join(dir, "active.json")
+	for _, f := range append(stale, keep) {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range stale {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s survived Open: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("Open removed a real state file: %v", err)
+	}
+}
