@@ -427,8 +427,11 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 // PendingAudit is a host audit event waiting to be written in the same
 // commit as the next record of its instance (see DeferAudit).
 type PendingAudit struct {
-	s  *Store
-	mu sync.Mutex // held while the event is being written
+	s *Store
+	// instance never changes: the pending lists are keyed by it and read
+	// it without mu.
+	instance string
+	mu       sync.Mutex // held while the event is being written
 	ev AuditEvent
 	// written: the event is durable, ev.ID set.
 	written bool
@@ -456,7 +459,7 @@ func (s *Store) DeferAudit(ev AuditEvent) (*PendingAudit, error) {
 	}
 	ev.Time = ev.Time.UTC()
 	ev.Source = SourceHost
-	p := &PendingAudit{s: s, ev: ev}
+	p := &PendingAudit{s: s, instance: ev.Instance, ev: ev}
 	s.pendingMu.Lock()
 	s.pending[ev.Instance] = append(s.pending[ev.Instance], p)
 	s.pendingMu.Unlock()
@@ -484,14 +487,14 @@ func (p *PendingAudit) Flush() (AuditEvent, error) {
 func (s *Store) dropPending(p *PendingAudit) {
 	s.pendingMu.Lock()
 	defer s.pendingMu.Unlock()
-	list := s.pending[p.ev.Instance]
+	list := s.pending[p.instance]
 	if i := slices.Index(list, p); i >= 0 {
 		list = slices.Delete(list, i, i+1)
 	}
 	if len(list) == 0 {
-		delete(s.pending, p.ev.Instance)
+		delete(s.pending, p.instance)
 	} else {
-		s.pending[p.ev.Instance] = list
+		s.pending[p.instance] = list
 	}
 }
 
@@ -523,14 +526,14 @@ func (s *Store) releasePending(claimed []*PendingAudit, committed bool, evs []Au
 		}
 		s.pendingMu.Lock()
 		for _, p := range claimed {
-			list := s.pending[p.ev.Instance]
+			list := s.pending[p.instance]
 			if i := slices.Index(list, p); i >= 0 {
 				list = slices.Delete(list, i, i+1)
 			}
 			if len(list) == 0 {
-				delete(s.pending, p.ev.Instance)
+				delete(s.pending, p.instance)
 			} else {
-				s.pending[p.ev.Instance] = list
+				s.pending[p.instance] = list
 			}
 		}
 		s.pendingMu.Unlock()
