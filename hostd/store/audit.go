@@ -432,7 +432,7 @@ type PendingAudit struct {
 	// it without mu.
 	instance string
 	mu       sync.Mutex // held while the event is being written
-	ev AuditEvent
+	ev       AuditEvent
 	// written: the event is durable, ev.ID set.
 	written bool
 }
