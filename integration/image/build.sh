@@ -52,9 +52,17 @@ if file_out=$(od -An -c -N4 "$guestd" | tr -d ' \n') && [ "$file_out" != '177ELF
 fi
 
 # --- kernel -----------------------------------------------------------------
+kernel_pkg() {
+  apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-6\.1\.0-[0-9]*-amd64\)$/\1/p' | head -1
+}
 pkg=${VMP_KERNEL_PACKAGE:-}
 if [ -z "$pkg" ]; then
-  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-6\.1\.0-[0-9]*-amd64\)$/\1/p' | head -1)
+  pkg=$(kernel_pkg)
+  if [ -z "$pkg" ]; then
+    say "refreshing the package lists (apt-get update) to find the kernel package"
+    apt-get update -qq >/dev/null 2>&1 || true
+    pkg=$(kernel_pkg)
+  fi
   [ -n "$pkg" ] || die "cannot find the kernel package linux-image-amd64 depends on (apt-get update?)"
 fi
 kver=${pkg#linux-image-}
@@ -65,6 +73,13 @@ if [ ! -s "$kdir/vmlinux" ]; then
     say "downloading $pkg (≈70 MB)"
     (cd "$cache/kernel" && apt-get download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
     deb=$(ls "$cache"/kernel/"${pkg}"_*.deb 2>/dev/null | head -1 || true)
+    if [ -z "$deb" ]; then
+      # Old package lists name a version the mirror no longer has.
+      say "refreshing the package lists (apt-get update) and retrying the download"
+      apt-get update -qq >/dev/null 2>&1 || true
+      (cd "$cache/kernel" && apt-get download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+      deb=$(ls "$cache"/kernel/"${pkg}"_*.deb 2>/dev/null | head -1 || true)
+    fi
     [ -n "$deb" ] || die "apt-get download $pkg failed"
   fi
   say "unpacking $(basename "$deb")"
