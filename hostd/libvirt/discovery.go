@@ -37,11 +37,7 @@ var (
 )
 
 // Agents is the part of agents.Manager discovery drives.
-type Agents interface {
-	Add(name string, ep agents.Endpoint, source string) error
-	Remove(name string)
-	SetEndpoint(name string, ep agents.Endpoint) error
-}
+type Agents = agents.Registry
 
 // Config configures a Discovery. Zero durations take their defaults.
 type Config struct {
@@ -85,7 +81,7 @@ type Discovery struct {
 	connErr   string
 	domains   map[string]Status // by name
 	byUUID    map[string]string // normalised UUID → name
-	added     map[string]string // name → endpoint given to Agents
+	reg       *agents.Registrar // what discovery gave the agent manager
 	lostEvent bool
 
 	events chan domainEvent
@@ -123,7 +119,7 @@ func New(cfg Config) (*Discovery, error) {
 	}
 	return &Discovery{
 		cfg: cfg, log: log.With("component", "libvirt", "uri", cfg.URI),
-		domains: make(map[string]Status), byUUID: make(map[string]string), added: make(map[string]string),
+		domains: make(map[string]Status), byUUID: make(map[string]string), reg: agents.NewRegistrar(cfg.Agents, Source),
 		events: make(chan domainEvent, 256),
 	}, nil
 }
@@ -563,53 +559,12 @@ func (d *Discovery) forget(name string) {
 }
 
 // manage gives the agent manager the domain at ep.
-func (d *Discovery) manage(name string, ep agents.Endpoint) error {
-	d.mu.Lock()
-	cur, ok := d.added[name]
-	d.mu.Unlock()
-	if ok && cur == ep.String() {
-		return nil
-	}
-	var err error
-	if ok {
-		err = d.cfg.Agents.SetEndpoint(name, ep)
-	} else {
-		err = d.cfg.Agents.Add(name, ep, Source)
-	}
-	if err != nil {
-		if errors.Is(err, agents.ErrExists) {
-			return fmt.Errorf("instance name %q is already used by another instance (--instance or --qmp)", name)
-		}
-		return err
-	}
-	d.mu.Lock()
-	d.added[name] = ep.String()
-	d.mu.Unlock()
-	return nil
-}
+func (d *Discovery) manage(name string, ep agents.Endpoint) error { return d.reg.Manage(name, ep) }
 
 // unmanage removes a domain from the agent manager if discovery added it.
-func (d *Discovery) unmanage(name string) {
-	d.mu.Lock()
-	_, ok := d.added[name]
-	delete(d.added, name)
-	d.mu.Unlock()
-	if ok {
-		d.cfg.Agents.Remove(name)
-	}
-}
+func (d *Discovery) unmanage(name string) { d.reg.Unmanage(name) }
 
-func (d *Discovery) unmanageAll() {
-	d.mu.Lock()
-	names := make([]string, 0, len(d.added))
-	for n := range d.added {
-		names = append(names, n)
-	}
-	d.mu.Unlock()
-	for _, n := range names {
-		d.unmanage(n)
-	}
-}
+func (d *Discovery) unmanageAll() { d.reg.UnmanageAll() }
 
 // Instances returns every known domain's status, sorted by name.
 func (d *Discovery) Instances() []Status {

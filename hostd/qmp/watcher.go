@@ -26,11 +26,7 @@ const (
 )
 
 // Agents is the part of agents.Manager the watcher drives.
-type Agents interface {
-	Add(name string, ep agents.Endpoint, source string) error
-	Remove(name string)
-	SetEndpoint(name string, ep agents.Endpoint) error
-}
+type Agents = agents.Registry
 
 // Instance is one --qmp NAME=PATH.
 type Instance struct {
@@ -90,7 +86,7 @@ type Watcher struct {
 
 	mu     sync.Mutex
 	status map[string]Status
-	added  map[string]string // name → endpoint given to Agents
+	reg    *agents.Registrar // what the watcher gave the agent manager
 	wake   map[string]chan struct{}
 }
 
@@ -117,7 +113,8 @@ func New(cfg Config) (*Watcher, error) {
 	}
 	w := &Watcher{
 		cfg: cfg, log: log.With("component", "qmp"),
-		status: make(map[string]Status), added: make(map[string]string), wake: make(map[string]chan struct{}),
+		status: make(map[string]Status), wake: make(map[string]chan struct{}),
+		reg: agents.NewRegistrar(cfg.Agents, Source),
 	}
 	for _, in := range cfg.Instances {
 		if _, dup := w.status[in.Name]; dup {
@@ -370,42 +367,11 @@ func (w *Watcher) update(name string, f func(*Status)) {
 
 // manage gives the agent manager the instance at ep (Add, or SetEndpoint
 // when the socket moved).
-func (w *Watcher) manage(name string, ep agents.Endpoint) error {
-	w.mu.Lock()
-	cur, ok := w.added[name]
-	w.mu.Unlock()
-	if ok && cur == ep.String() {
-		return nil
-	}
-	var err error
-	if ok {
-		err = w.cfg.Agents.SetEndpoint(name, ep)
-	} else {
-		err = w.cfg.Agents.Add(name, ep, Source)
-	}
-	if err != nil {
-		if errors.Is(err, agents.ErrExists) {
-			return fmt.Errorf("instance name %q is already used by another instance (--instance or libvirt)", name)
-		}
-		return err
-	}
-	w.mu.Lock()
-	w.added[name] = ep.String()
-	w.mu.Unlock()
-	return nil
-}
+func (w *Watcher) manage(name string, ep agents.Endpoint) error { return w.reg.Manage(name, ep) }
 
 // unmanage removes the instance from the agent manager if this watcher
 // added it.
-func (w *Watcher) unmanage(name string) {
-	w.mu.Lock()
-	_, ok := w.added[name]
-	delete(w.added, name)
-	w.mu.Unlock()
-	if ok {
-		w.cfg.Agents.Remove(name)
-	}
-}
+func (w *Watcher) unmanage(name string) { w.reg.Unmanage(name) }
 
 // jitter spreads a backoff over [d/2, d).
 func jitter(d time.Duration) time.Duration {
