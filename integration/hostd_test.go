@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/integration/vmenv"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -69,13 +68,7 @@ func startHostd(t *testing.T, opts hostdOptions) *Hostd {
 	for _, name := range names {
 		h.args = append(h.args, "--instance", name+"="+opts.Instances[name])
 	}
-	h.http = &http.Client{
-		Timeout: 2 * time.Minute,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", h.Sock)
-		}},
-	}
+	h.http = vmenv.UnixClient(h.Sock, 2*time.Minute)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("hostd log %s (last 40 lines):\n%s", h.LogPath, h.LogTail(40))
@@ -97,20 +90,13 @@ func (h *Hostd) Start() {
 	fmt.Fprintf(logf, "=== integration: starting vmpersona-hostd %s\n", strings.Join(h.args, " "))
 	cmd := exec.Command(env.hostd, h.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	exited, err := reg.StartProc(cmd, "vmpersona-hostd")
+	logf.Close()
+	if err != nil {
 		h.t.Fatal(err)
 	}
-	logf.Close()
 	h.cmd = cmd
-	h.exited = make(chan struct{})
-	reg.addProc(cmd.Process, "vmpersona-hostd")
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		_ = cmd.Wait()
-		reg.removeProc(cmd.Process)
-		close(exited)
-	}(cmd, h.exited)
+	h.exited = exited
 	waitFor(h.t, 30*time.Second, "hostd to answer /healthz", func() (bool, string) {
 		select {
 		case <-h.exited:
@@ -164,38 +150,7 @@ func (h *Hostd) LogTail(n int) string {
 // Do sends one request to the REST API. in is marshalled as JSON; when out is
 // not nil and the answer is a 2xx, the body is decoded into it.
 func (h *Hostd) Do(method, path string, in, out any) (int, []byte, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return 0, nil, err
-		}
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "http://hostd"+path, body)
-	if err != nil {
-		return 0, nil, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := h.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return resp.StatusCode, raw, err
-	}
-	if out != nil && resp.StatusCode/100 == 2 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return resp.StatusCode, raw, fmt.Errorf("decoding %s %s: %w: %s", method, path, err, raw)
-		}
-	}
-	return resp.StatusCode, raw, nil
+	return vmenv.DoJSON(h.http, 2*time.Minute, method, path, in, out)
 }
 
 // Must sends a request and fails the test unless the status is want.

@@ -3,27 +3,22 @@
 package debian
 
 import (
-	"bytes"
 	"context"
-	"encoding/xml"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/integration/vmenv"
 )
 
-const libvirtURI = "qemu:///system"
+const libvirtURI = vmenv.LibvirtURI
 
 var env struct {
 	repo    string
@@ -34,73 +29,17 @@ var env struct {
 	rootDur time.Duration
 }
 
-// reg holds what the run started, removed however the run ends.
-var reg = &registry{procs: map[*os.Process]string{}, domains: map[string]bool{}}
-
-type registry struct {
-	mu      sync.Mutex
-	procs   map[*os.Process]string
-	domains map[string]bool
-	mounts  []string
-	daemons []daemonPID
-	done    bool
+// reg holds what the run started, removed however the run ends. Other
+// test runs on the machine may stop the libvirt daemons they started while
+// this run uses them: virsh starts them again when it finds none.
+var reg = &vmenv.Env{
+	LogPrefix:      "integration-full",
+	DomainPrefix:   "vmp-full",
+	VirshTimeout:   3 * time.Minute,
+	RestartLibvirt: true,
 }
 
-type daemonPID struct {
-	name string
-	pid  int
-}
-
-func (r *registry) add(f func(*registry)) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	f(r)
-}
-
-func (r *registry) cleanup() {
-	r.mu.Lock()
-	if r.done {
-		r.mu.Unlock()
-		return
-	}
-	r.done = true
-	procs, domains, mounts := r.procs, r.domains, r.mounts
-	r.procs, r.domains, r.mounts = map[*os.Process]string{}, map[string]bool{}, nil
-	r.mu.Unlock()
-	for p, what := range procs {
-		logf("cleanup: killing %s (pid %d)", what, p.Pid)
-		_ = p.Kill()
-		_, _ = p.Wait()
-	}
-	for name := range domains {
-		logf("cleanup: removing domain %s", name)
-		removeDomain(name)
-	}
-	for i := len(mounts) - 1; i >= 0; i-- {
-		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
-	}
-	// Taken after the domains are gone: removing them may have had to
-	// start libvirtd again.
-	r.mu.Lock()
-	daemons := r.daemons
-	r.daemons = nil
-	r.mu.Unlock()
-	// Not while other suites' domains run in them: stopping libvirtd
-	// would leave those QEMUs without their manager.
-	if len(daemons) > 0 {
-		if others := othersDomains(); len(others) > 0 {
-			logf("leaving the libvirt daemons this run started running: other domains run in them (%s)", strings.Join(others, ", "))
-			daemons = nil
-		}
-	}
-	for i := len(daemons) - 1; i >= 0; i-- {
-		stopDaemon(daemons[i])
-	}
-}
-
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "integration-full: "+format+"\n", args...)
-}
+func logf(format string, args ...any) { reg.Logf(format, args...) }
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
@@ -117,36 +56,20 @@ func runMain(m *testing.M) (code int) {
 	}
 	env.repo = repo
 	env.runDir = fmt.Sprintf("/tmp/vmp-full-%d", os.Getpid())
+	reg.RunDir = env.runDir
 	if err := os.MkdirAll(env.runDir, 0o755); err != nil {
 		logf("%v", err)
 		return 1
 	}
 	defer func() {
-		reg.cleanup()
+		reg.Cleanup()
 		if code != 0 || os.Getenv("VMP_FULL_KEEP") != "" {
 			logf("run directory kept: %s", env.runDir)
 		} else {
 			os.RemoveAll(env.runDir)
 		}
 	}()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	go func() {
-		s := <-sigs
-		logf("%v: removing what the run started", s)
-		reg.cleanup()
-		os.Exit(130)
-	}()
-	if f := flag.Lookup("test.timeout"); f != nil {
-		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 0 {
-			margin := min(d/10, time.Minute)
-			time.AfterFunc(d-margin, func() {
-				logf("the test deadline (%s) is near: removing what the run started", d)
-				reg.cleanup()
-				os.Exit(3)
-			})
-		}
-	}
+	reg.CleanupOnExit()
 	start := time.Now()
 	if err := prepare(); err != nil {
 		logf("preparation failed: %v", err)
@@ -207,13 +130,13 @@ func prepare() error {
 	logf("root file system: %s (%s; %s)", env.rootfs, env.rootDur.Round(time.Millisecond),
 		map[bool]string{true: "cached", false: "debootstrap cold"}[strings.Contains(out, "cached:")])
 
-	if err := ensureLibvirt(); err != nil {
+	if err := reg.EnsureLibvirt(); err != nil {
 		return err
 	}
 	if _, err := virsh(ctx, "version"); err != nil {
 		return err
 	}
-	sweepStaleDomains(ctx)
+	reg.SweepStaleDomains(ctx)
 	return nil
 }
 
@@ -233,149 +156,9 @@ func runOut(ctx context.Context, extraEnv []string, name string, args ...string)
 	return string(out), nil
 }
 
-func ensureDaemon(name, sock string) error {
-	if socketAnswers(sock) {
-		logf("%s already running: leaving it alone", name)
-		return nil
-	}
-	pidFile := filepath.Join(env.runDir, name+".pid")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "/usr/sbin/"+name, "-d", "--pid-file", pidFile).CombinedOutput(); err != nil {
-		return fmt.Errorf("starting %s: %w\n%s", name, err, out)
-	}
-	var pid int
-	for ctx.Err() == nil && pid == 0 {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		}
-		if pid == 0 {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	if pid == 0 {
-		return fmt.Errorf("%s wrote no pid file", name)
-	}
-	reg.add(func(r *registry) { r.daemons = append(r.daemons, daemonPID{name, pid}) })
-	for !socketAnswers(sock) {
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s (pid %d) does not answer on %s", name, pid, sock)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	logf("started %s (pid %d)", name, pid)
-	return nil
-}
+func virsh(ctx context.Context, args ...string) (string, error) { return reg.Virsh(ctx, args...) }
 
-func socketAnswers(path string) bool {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
-func stopDaemon(d daemonPID) {
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", d.pid))
-	if err != nil || !bytes.Contains(cmdline, []byte(d.name)) {
-		return
-	}
-	logf("stopping %s (pid %d), which this run started", d.name, d.pid)
-	_ = syscall.Kill(d.pid, syscall.SIGTERM)
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", d.pid)); err != nil {
-			return
-		}
-	}
-	_ = syscall.Kill(d.pid, syscall.SIGKILL)
-}
-
-// ensureLibvirt starts virtlogd and libvirtd when they do not answer.
-// Other test runs on the machine may stop the daemons they started while
-// this run uses them, so it is called again before every virsh command
-// that finds no daemon.
-func ensureLibvirt() error {
-	if err := ensureDaemon("virtlogd", "/run/libvirt/virtlogd-sock"); err != nil {
-		return err
-	}
-	return ensureDaemon("libvirtd", "/run/libvirt/libvirt-sock")
-}
-
-func virsh(ctx context.Context, args ...string) (string, error) {
-	for attempt := 1; ; attempt++ {
-		out, err := virshOnce(ctx, args...)
-		if err == nil || attempt == 3 || !strings.Contains(out, "Failed to connect socket") {
-			return out, err
-		}
-		logf("virsh %s: libvirt is gone (another run stopped it?); starting it again", args[0])
-		if err := ensureLibvirt(); err != nil {
-			return out, err
-		}
-	}
-}
-
-func virshOnce(ctx context.Context, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-q", "-c", libvirtURI}, args...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("virsh %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
-}
-
-func removeDomain(name string) {
-	ctx := context.Background()
-	_, _ = virsh(ctx, "destroy", name)
-	_, _ = virsh(ctx, "undefine", name)
-	_ = os.Remove("/var/log/libvirt/qemu/" + name + ".log")
-}
-
-// othersDomains lists the running domains that are not this run's.
-func othersDomains() []string {
-	out, err := virshOnce(context.Background(), "list", "--name")
-	if err != nil {
-		return nil
-	}
-	var others []string
-	for _, name := range strings.Fields(out) {
-		if !strings.HasPrefix(name, fmt.Sprintf("vmp-full-%d-", os.Getpid())) {
-			others = append(others, name)
-		}
-	}
-	return others
-}
-
-func sweepStaleDomains(ctx context.Context) {
-	out, err := virsh(ctx, "list", "--all", "--name")
-	if err != nil {
-		return
-	}
-	re := regexp.MustCompile(`^vmp-full-(\d+)-\d+$`)
-	for _, name := range strings.Fields(out) {
-		if m := re.FindStringSubmatch(name); m != nil {
-			if _, err := os.Stat("/proc/" + m[1]); errors.Is(err, os.ErrNotExist) {
-				logf("removing domain %s left by an earlier run", name)
-				removeDomain(name)
-			}
-		}
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-func xmlEscape(s string) string {
-	var b bytes.Buffer
-	_ = xml.EscapeText(&b, []byte(s))
-	return strings.ReplaceAll(b.String(), "'", "&#39;")
-}
+func tail(s string, n int) string { return vmenv.Tail(s, n) }
 
 // extractRoot unpacks the cached Debian root into a fresh directory.
 func extractRoot(t *testing.T, name string) string {
@@ -415,7 +198,7 @@ func mountProc(t *testing.T, root string) {
 	if err := syscall.Mount("proc", p, "proc", 0, ""); err != nil {
 		t.Fatalf("mount proc: %v", err)
 	}
-	reg.add(func(r *registry) { r.mounts = append(r.mounts, p) })
+	reg.AddMount(p)
 	t.Cleanup(func() { _ = syscall.Unmount(p, syscall.MNT_DETACH) })
 }
 
@@ -432,17 +215,5 @@ func copyFile(t *testing.T, src, dst string) {
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
 	t.Helper()
-	start := time.Now()
-	last := ""
-	for {
-		ok, state := cond()
-		if ok {
-			return time.Since(start)
-		}
-		last = state
-		if time.Since(start) > timeout {
-			t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return vmenv.WaitFor(t, timeout, 200*time.Millisecond, what, cond)
 }

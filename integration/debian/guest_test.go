@@ -3,12 +3,8 @@
 package debian
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,8 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"text/template"
 	"time"
+
+	"github.com/vmpersona/vmpersona/integration/vmenv"
 )
 
 // hostd is a real vmpersona-hostd process.
@@ -40,17 +37,9 @@ func startHostd(t *testing.T, dir string) *hostd {
 	h.cmd = exec.Command(env.hostd, "--data-dir", filepath.Join(dir, "data"), "--unix-socket", h.sock,
 		"--libvirt-uri", libvirtURI, "--heartbeat", "1s", "--log-format", "text", "--log-level", "debug")
 	h.cmd.Stdout, h.cmd.Stderr = lf, lf
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := h.cmd.Start(); err != nil {
+	if h.exited, err = reg.StartProc(h.cmd, "vmpersona-hostd"); err != nil {
 		t.Fatal(err)
 	}
-	h.exited = make(chan struct{})
-	reg.add(func(r *registry) { r.procs[h.cmd.Process] = "vmpersona-hostd" })
-	go func() {
-		_ = h.cmd.Wait()
-		reg.add(func(r *registry) { delete(r.procs, h.cmd.Process) })
-		close(h.exited)
-	}()
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(h.log)
@@ -64,11 +53,7 @@ func startHostd(t *testing.T, dir string) *hostd {
 			<-h.exited
 		}
 	})
-	h.client = &http.Client{Timeout: 3 * time.Minute, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", h.sock)
-		}}}
+	h.client = vmenv.UnixClient(h.sock, 3*time.Minute)
 	waitFor(t, 60*time.Second, "hostd /healthz", func() (bool, string) {
 		select {
 		case <-h.exited:
@@ -83,33 +68,7 @@ func startHostd(t *testing.T, dir string) *hostd {
 }
 
 func (h *hostd) do(method, path string, in, out any) (int, []byte, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return 0, nil, err
-		}
-		body = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "http://hostd"+path, body)
-	if err != nil {
-		return 0, nil, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := h.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err == nil && out != nil && resp.StatusCode/100 == 2 {
-		err = json.Unmarshal(raw, out)
-	}
-	return resp.StatusCode, raw, err
+	return vmenv.DoJSON(h.client, 3*time.Minute, method, path, in, out)
 }
 
 type instance struct {
@@ -155,44 +114,6 @@ func (h *hostd) exec(t *testing.T, vm, command string, args ...string) execResul
 		return r
 	}
 }
-
-var domainXML = template.Must(template.New("domain").Funcs(template.FuncMap{"x": xmlEscape}).Parse(`<domain type='qemu'>
-  <name>{{x .Name}}</name>
-  <memory unit='MiB'>1024</memory>
-  <vcpu>2</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{{x .Kernel}}</kernel>
-    <initrd>{{x .Initrd}}</initrd>
-    <cmdline>root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.journald.forward_to_console=1</cmdline>
-  </os>
-  <features><acpi/></features>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='unsafe'/>
-      <source file='{{x .Disk}}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <channel type='unix'>
-      <source mode='bind' path='{{x .Sock}}'/>
-      <target type='virtio' name='org.vmpersona.agent.0'/>
-    </channel>
-    <serial type='file'>
-      <source path='{{x .Console}}' append='on'/>
-      <target port='0'/>
-    </serial>
-    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
-    <memballoon model='none'/>
-  </devices>
-  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
-</domain>
-`))
 
 // buildGuestDisk turns the cached Debian root into a bootable ext4 disk with
 // vmpersona-guestd.deb installed by dpkg, and returns the disk, kernel and
@@ -283,30 +204,21 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 		t.Fatalf("creating the default persona: %d %v %s", st, err, body)
 	}
 
-	name := fmt.Sprintf("vmp-full-%d-1", os.Getpid())
+	name := reg.DomainName(1)
 	console := filepath.Join(dir, "console.log")
-	var xmlBuf bytes.Buffer
-	if err := domainXML.Execute(&xmlBuf, map[string]string{"Name": name, "Kernel": kernel, "Initrd": initrd,
-		"Disk": disk, "Sock": filepath.Join(dir, "agent.sock"), "Console": console}); err != nil {
+	xml, err := vmenv.Domain{
+		Name: name, MemoryMiB: 1024, VCPUs: 2, Kernel: kernel, Initrd: initrd,
+		Cmdline:  "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0 systemd.journald.forward_to_console=1",
+		Features: "<acpi/>", DiskCache: "unsafe", Disk: disk, Sock: filepath.Join(dir, "agent.sock"), Console: console,
+	}.XML()
+	if err != nil {
 		t.Fatal(err)
 	}
-	xmlPath := filepath.Join(dir, "domain.xml")
-	if err := os.WriteFile(xmlPath, xmlBuf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	reg.add(func(r *registry) { r.domains[name] = true })
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(console)
-			t.Logf("console of %s (last 60 lines):\n%s", name, tail(string(b), 60))
-		}
-		removeDomain(name)
-		reg.add(func(r *registry) { delete(r.domains, name) })
-	})
 	ctx := context.Background()
-	if _, err := virsh(ctx, "define", xmlPath); err != nil {
-		t.Fatal(err)
-	}
+	reg.DefineDomain(t, ctx, name, filepath.Join(dir, "domain.xml"), xml, func() {
+		b, _ := os.ReadFile(console)
+		t.Logf("console of %s (last 60 lines):\n%s", name, tail(string(b), 60))
+	})
 	started := time.Now()
 	if _, err := virsh(ctx, "start", name); err != nil {
 		t.Fatal(err)
