@@ -71,6 +71,12 @@ func runMain(m *testing.M) (code int) {
 	}()
 	reg.CleanupOnExit()
 	start := time.Now()
+	// One libvirt test tier at a time: each tier's hostd discovers every
+	// domain of the system instance, and a QEMU chardev serves one client.
+	if err := reg.LockLibvirtTests(); err != nil {
+		logf("%v", err)
+		return 1
+	}
 	if err := prepare(); err != nil {
 		logf("preparation failed: %v", err)
 		return 1
