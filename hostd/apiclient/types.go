@@ -104,21 +104,11 @@ type ExecRequest struct {
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
 }
 
-// ExecResult is the outcome of a command that ran. In a streamed exec,
-// Stdout and Stderr are empty: the output went to the writers.
-type ExecResult struct {
-	ExitCode int    `json:"exit_code"`
-	Signal   string `json:"signal"`
-	// TimedOut is true when the guest killed the command at its timeout.
-	TimedOut        bool    `json:"timed_out,omitempty"`
-	Stdout          string  `json:"stdout"`
-	Stderr          string  `json:"stderr"`
-	StdoutTruncated bool    `json:"stdout_truncated"`
-	StderrTruncated bool    `json:"stderr_truncated"`
-	Route           string  `json:"route"`
-	Persona         *string `json:"persona"`
-	DurationMillis  float64 `json:"duration_ms"`
-}
+// ExecResult is the outcome of a command that ran: the API answers with the
+// protocol's own result (exit code or signal, output, truncation flags,
+// route, persona, duration). In a streamed exec, Stdout and Stderr are
+// empty: the output went to the writers.
+type ExecResult = protocol.ExecResult
 
 // AuditEvent is one entry of the host's audit log.
 type AuditEvent struct {
