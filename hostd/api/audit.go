@@ -9,6 +9,7 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 )
 
@@ -29,7 +30,7 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			return problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("limit=%q must be a number from 1 to 10000", v)).with("field", "limit")
+			return problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("limit=%q must be a number from 1 to 10000", v), "field", "limit")
 		}
 		aq.Limit = n
 	}
@@ -37,14 +38,16 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	if evs == nil {
-		evs = []store.AuditEvent{}
+	page := apitypes.AuditPage{Events: make([]apitypes.AuditEvent, len(evs)), Next: aq.After}
+	for i, ev := range evs {
+		// The stored event and the API's have the same fields: a field
+		// added to one and not the other does not compile.
+		page.Events[i] = apitypes.AuditEvent(ev)
 	}
-	next := aq.After
 	if len(evs) > 0 {
-		next = evs[len(evs)-1].ID
+		page.Next = evs[len(evs)-1].ID
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": evs, "next": next})
+	writeJSON(w, http.StatusOK, page)
 	return nil
 }
 
@@ -61,5 +64,5 @@ func timeQuery(v, field string) (time.Time, error) {
 		return time.Now().Add(-d), nil
 	}
 	return time.Time{}, problem(http.StatusBadRequest, "bad-query", "Bad query parameter",
-		fmt.Sprintf("%s=%q is neither an RFC 3339 time nor a duration such as 15m", field, v)).with("field", field)
+		fmt.Sprintf("%s=%q is neither an RFC 3339 time nor a duration such as 15m", field, v), "field", field)
 }

@@ -14,37 +14,17 @@ import (
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-type agentView struct {
-	State        string     `json:"state"`
-	Version      string     `json:"version,omitempty"`
-	BootID       string     `json:"boot_id,omitempty"`
-	Capabilities []string   `json:"capabilities"`
-	ConnectedAt  *time.Time `json:"connected_at,omitempty"`
-	LastError    string     `json:"last_error,omitempty"`
-}
-
-type instanceView struct {
-	ID            string    `json:"id"`
-	Source        string    `json:"source"`
-	Endpoint      string    `json:"endpoint"`
-	State         string    `json:"state"`
-	Agent         agentView `json:"agent"`
-	ActivePersona *string   `json:"active_persona"`
-	Reason        string    `json:"reason,omitempty"`
-	UUID          string    `json:"uuid,omitempty"`
-	PortOpen      *bool     `json:"port_open,omitempty"`
-}
-
-func (s *Server) view(is instanceState) instanceView {
+func (s *Server) view(is instanceState) apitypes.Instance {
 	st := is.agent
-	v := instanceView{
-		ID: is.name, Source: st.Source, Endpoint: st.Endpoint, State: "unknown",
-		Agent: agentView{State: st.State, Version: st.AgentVersion, BootID: st.BootID, Capabilities: st.Capabilities, LastError: st.LastError},
+	v := apitypes.Instance{
+		ID: is.name, Source: st.Source, Endpoint: st.Endpoint, State: apitypes.StateUnknown,
+		Agent: apitypes.Agent{State: st.State, Version: st.AgentVersion, BootID: st.BootID, Capabilities: st.Capabilities, LastError: st.LastError},
 	}
 	if !is.managed {
 		v.Agent.State = agents.StateDisconnected
@@ -53,9 +33,8 @@ func (s *Server) view(is instanceState) instanceView {
 		v.Agent.Capabilities = []string{}
 	}
 	if st.State == agents.StateConnected {
-		t := st.ConnectedAt
-		v.Agent.ConnectedAt = &t
-		v.State = "running"
+		v.Agent.ConnectedAt = st.ConnectedAt
+		v.State = apitypes.StateRunning
 	}
 	if d := is.disc; d != nil {
 		v.Source, v.State, v.UUID, v.PortOpen = d.Source, d.State, d.UUID, d.PortOpen
@@ -81,11 +60,11 @@ func (s *Server) view(is instanceState) instanceView {
 
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	all := s.allInstances()
-	out := make([]instanceView, 0, len(all))
+	out := apitypes.InstanceList{Instances: make([]apitypes.Instance, 0, len(all))}
 	for _, is := range all {
-		out = append(out, s.view(is))
+		out.Instances = append(out.Instances, s.view(is))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"instances": out})
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -98,22 +77,13 @@ func (s *Server) getInstance(w http.ResponseWriter, r *http.Request, ps httprout
 	return nil
 }
 
-type activeView struct {
-	Instance     string            `json:"instance"`
-	Persona      *protocol.Persona `json:"persona"`
-	Revision     uint64            `json:"revision"`
-	ActivationID string            `json:"activation_id,omitempty"`
-	ActivatedAt  *time.Time        `json:"activated_at"`
-	Stale        bool              `json:"stale"`
-}
-
 func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	is, err := s.resolve(ps.ByName("id"))
 	if err != nil {
 		return err
 	}
 	st := is.agent
-	v := activeView{Instance: is.name}
+	v := apitypes.ActivePersona{Instance: is.name}
 	rec, err := s.cfg.Store.GetInstance(is.name)
 	switch {
 	case err == nil:
@@ -158,14 +128,10 @@ func readOptionalJSON(r *http.Request, v any) error {
 	return decodeJSON(r, v)
 }
 
-type activateRequest struct {
-	ScriptTimeoutSeconds float64 `json:"script_timeout_seconds"`
-}
-
 func (s *Server) scriptTimeout(sec float64, field string) (time.Duration, error) {
 	if sec < 0 || sec > 86400 {
 		return 0, problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field",
-			fmt.Sprintf("%s must be between 0 and 86400 seconds", field)).with("field", field)
+			fmt.Sprintf("%s must be between 0 and 86400 seconds", field), "field", field)
 	}
 	if sec == 0 {
 		return s.cfg.DefaultScriptTimeout, nil
@@ -186,7 +152,7 @@ func (s *Server) target(id string) (string, error) {
 // activation reads what activations and deactivations share: the optional
 // body with the script timeout, and the instance.
 func (s *Server) activation(r *http.Request, ps httprouter.Params) (inst string, timeout time.Duration, err error) {
-	var req activateRequest
+	var req apitypes.ActivateRequest
 	if err := readOptionalJSON(r, &req); err != nil {
 		return "", 0, err
 	}
@@ -265,12 +231,9 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httproute
 func writeActivation(w http.ResponseWriter, instance string, res protocol.ActivateResult) error {
 	switch res.Result {
 	case protocol.ResultActivated, protocol.ResultDeactivated:
-		out := map[string]any{"instance": instance, "result": res.Result, "duration_ms": res.DurationMillis}
+		out := apitypes.ActivationResult{Instance: instance, Result: res.Result, DurationMillis: res.DurationMillis}
 		if a := res.Active; a != nil {
-			out["persona"] = a.Persona.Name
-			out["revision"] = a.Revision
-			out["activation_id"] = a.ActivationID
-			out["activated_at"] = a.ActivatedAt
+			out.Persona, out.Revision, out.ActivationID, out.ActivatedAt = a.Persona.Name, a.Revision, a.ActivationID, a.ActivatedAt
 		}
 		writeJSON(w, http.StatusOK, out)
 		return nil
@@ -279,11 +242,11 @@ func writeActivation(w http.ResponseWriter, instance string, res protocol.Activa
 		if res.Result == protocol.ResultRolledBack {
 			what = "post-activation script failed; the previous persona is back"
 		}
-		p := problem(http.StatusConflict, "activation-"+res.Result, "Activation "+res.Result, what).
-			with("result", res.Result).with("phase", res.Phase).with("instance", instance)
+		p := problem(http.StatusConflict, "activation-"+res.Result, "Activation "+res.Result, what)
+		p.Result, p.Phase, p.Instance = res.Result, res.Phase, instance
 		if sc := res.Script; sc != nil {
-			p.with("exit_code", sc.ExitCode).with("signal", sc.Signal).with("timed_out", sc.TimedOut).
-				with("stdout", sc.Stdout).with("stderr", sc.Stderr)
+			code := sc.ExitCode
+			p.ExitCode, p.Signal, p.TimedOut, p.Stdout, p.Stderr = &code, sc.Signal, sc.TimedOut, sc.Stdout, sc.Stderr
 			if sc.TimedOut {
 				p.Detail += " (the script timed out)"
 			} else {
@@ -292,24 +255,18 @@ func writeActivation(w http.ResponseWriter, instance string, res protocol.Activa
 		}
 		return p
 	}
-	return problem(http.StatusBadGateway, "activation-failed", "The guest could not apply the persona", res.Error).
-		with("result", res.Result).with("instance", instance)
+	p := problem(http.StatusBadGateway, "activation-failed", "The guest could not apply the persona", res.Error)
+	p.Result, p.Instance = res.Result, instance
+	return p
 }
 
-type execRequest struct {
-	Command        string            `json:"command"`
-	Args           []string          `json:"args"`
-	Env            map[string]string `json:"env"`
-	Stdin          string            `json:"stdin"`
-	Cwd            string            `json:"cwd"`
-	TimeoutSeconds float64           `json:"timeout_seconds"`
+func invalid(field, format string, a ...any) *apitypes.Problem {
+	return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", field+": "+fmt.Sprintf(format, a...), "field", field)
 }
 
-func invalid(field, format string, a ...any) *Problem {
-	return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", field+": "+fmt.Sprintf(format, a...)).with("field", field)
-}
-
-func (q *execRequest) check() error {
+// checkExec refuses an exec request the guest must not see, naming the
+// field at fault.
+func checkExec(q *apitypes.ExecRequest) error {
 	switch {
 	case q.Command == "":
 		return invalid("command", "must not be empty")
@@ -347,27 +304,16 @@ func hasNUL(s string) bool {
 	return false
 }
 
-// execLine is one NDJSON line of a streamed exec.
-type execLine struct {
-	Stream string `json:"stream"`
-	Data   string `json:"data"`
-}
-
-type execExit struct {
-	Stream string `json:"stream"` // "exit"
-	protocol.ExecResult
-}
-
 func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	stream, err := boolQuery(r, "stream")
 	if err != nil {
 		return err
 	}
-	var req execRequest
+	var req apitypes.ExecRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
-	if err := req.check(); err != nil {
+	if err := checkExec(&req); err != nil {
 		return err
 	}
 	inst, err := s.target(ps.ByName("id"))
@@ -413,11 +359,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	}
 	res, err := s.cfg.Agents.Exec(ctx, inst, preq, func(sb byte, data []byte) {
 		start()
-		name := "stdout"
+		name := apitypes.StreamStdout
 		if sb == protocol.StreamStderr {
-			name = "stderr"
+			name = apitypes.StreamStderr
 		}
-		enc.Encode(execLine{Stream: name, Data: string(data)})
+		enc.Encode(apitypes.ExecStreamLine{Stream: name, Data: string(data)})
 		rc.Flush()
 	})
 	if err != nil {
@@ -426,11 +372,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		}
 		// Output went out already: end the stream with the problem.
 		p := toProblem(err)
-		enc.Encode(map[string]any{"stream": "error", "status": p.Status, "title": p.Title, "detail": p.Detail})
+		enc.Encode(apitypes.ExecStreamLine{Stream: apitypes.StreamFailed,
+			StreamError: &apitypes.StreamError{Type: p.Type, Title: p.Title, Status: p.Status, Detail: p.Detail}})
 		return nil
 	}
 	start()
-	enc.Encode(execExit{Stream: "exit", ExecResult: res})
+	enc.Encode(apitypes.ExecStreamLine{Stream: apitypes.StreamExit, ExecResult: &res})
 	rc.Flush()
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/julienschmidt/httprouter"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // Discovered is an instance a discovery source (libvirt, QMP) knows,
@@ -71,7 +72,7 @@ func (s *Server) resolve(id string) (instanceState, error) {
 	}
 	if !is.managed && is.disc == nil {
 		return is, problem(http.StatusNotFound, "unknown-instance", "Unknown instance",
-			fmt.Sprintf("no instance %q; GET /instances lists them", id)).with("instance", id)
+			fmt.Sprintf("no instance %q; GET /instances lists them", id), "instance", id)
 	}
 	return is, nil
 }
@@ -87,7 +88,7 @@ func (is instanceState) reachable() (string, error) {
 		reason = is.disc.Reason
 	}
 	return "", problem(http.StatusServiceUnavailable, "agent-unavailable", "Agent not reachable",
-		fmt.Sprintf("instance %s: %s", is.name, reason)).with("instance", is.name).with("state", is.disc.State)
+		fmt.Sprintf("instance %s: %s", is.name, reason), "instance", is.name, "state", is.disc.State)
 }
 
 func (s *Server) allInstances() []instanceState {
@@ -116,11 +117,6 @@ func (s *Server) allInstances() []instanceState {
 	return out
 }
 
-type enableAnswer struct {
-	Instance string `json:"instance"`
-	Did      string `json:"did"`
-}
-
 func (s *Server) enableChannel(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	if s.cfg.Enabler == nil {
 		return problem(http.StatusNotImplemented, "no-libvirt", "libvirt is not enabled",
@@ -141,6 +137,6 @@ func (s *Server) enableChannel(w http.ResponseWriter, r *http.Request, ps httpro
 		return err
 	}
 	s.appendAudit(auditHost("channel_enabled", name, identityOf(r).User, did))
-	writeJSON(w, http.StatusOK, enableAnswer{Instance: name, Did: did})
+	writeJSON(w, http.StatusOK, apitypes.EnableResult{Instance: name, Did: did})
 	return nil
 }

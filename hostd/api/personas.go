@@ -12,6 +12,7 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -25,7 +26,7 @@ func (s *Server) listPersonas(w http.ResponseWriter, r *http.Request, _ httprout
 	for i := range ps {
 		validate.Normalize(&ps[i])
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"personas": ps})
+	writeJSON(w, http.StatusOK, apitypes.PersonaList{Personas: ps})
 	return nil
 }
 
@@ -139,7 +140,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	}
 	if p.Name != name {
 		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field",
-			fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name)).with("field", "name")
+			fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name), "field", "name")
 	}
 	if err := validate.Persona(&p); err != nil {
 		return err
@@ -184,7 +185,7 @@ func personaErr(name string, err error) error {
 		return nil
 	}
 	if errors.Is(err, store.ErrNotFound) {
-		return problem(http.StatusNotFound, "not-found", "Persona not found", fmt.Sprintf("no persona named %q", name)).with("persona", name)
+		return problem(http.StatusNotFound, "not-found", "Persona not found", fmt.Sprintf("no persona named %q", name), "persona", name)
 	}
 	return err
 }
@@ -207,7 +208,7 @@ func parseIfMatch(r *http.Request) (uint64, error) {
 	v = strings.Trim(v, `"`)
 	rev, err := strconv.ParseUint(v, 10, 64)
 	if err != nil || rev == 0 {
-		return 0, problem(http.StatusBadRequest, "bad-if-match", "Bad If-Match", fmt.Sprintf("If-Match %q is not a revision ETag such as \"3\"", h)).with("field", "If-Match")
+		return 0, problem(http.StatusBadRequest, "bad-if-match", "Bad If-Match", fmt.Sprintf("If-Match %q is not a revision ETag such as \"3\"", h), "field", "If-Match")
 	}
 	return rev, nil
 }
@@ -219,7 +220,7 @@ func boolQuery(r *http.Request, key string) (bool, error) {
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("%s=%q is not true or false", key, v)).with("field", key)
+		return false, problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("%s=%q is not true or false", key, v), "field", key)
 	}
 	return b, nil
 }

@@ -11,78 +11,86 @@ import (
 	"strings"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/libvirt"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-// Problem is an RFC 9457 problem document. Extra members ride in Extra.
-type Problem struct {
-	Type   string
-	Title  string
-	Status int
-	Detail string
-	Extra  map[string]any
-}
-
-func (p *Problem) Error() string { return fmt.Sprintf("%d %s: %s", p.Status, p.Title, p.Detail) }
-
-// MarshalJSON flattens Extra beside the standard members.
-func (p *Problem) MarshalJSON() ([]byte, error) {
-	m := make(map[string]any, len(p.Extra)+4)
-	for k, v := range p.Extra {
-		m[k] = v
+// problem builds a problem document; members are key/value pairs of its
+// extra members ("field", "limit").
+func problem(status int, slug, title, detail string, members ...any) *apitypes.Problem {
+	p := &apitypes.Problem{Type: apitypes.ProblemTypePrefix + slug, Title: title, Status: status, Detail: detail}
+	for i := 0; i+1 < len(members); i += 2 {
+		k, _ := members[i].(string)
+		setMember(p, k, members[i+1])
 	}
-	m["type"] = p.Type
-	m["title"] = p.Title
-	m["status"] = p.Status
-	m["detail"] = p.Detail
-	return json.Marshal(m)
-}
-
-func problem(status int, slug, title, detail string) *Problem {
-	return &Problem{Type: "urn:vmpersona:problem:" + slug, Title: title, Status: status, Detail: detail}
-}
-
-func (p *Problem) with(k string, v any) *Problem {
-	if p.Extra == nil {
-		p.Extra = map[string]any{}
-	}
-	p.Extra[k] = v
 	return p
+}
+
+// setMember sets the extra member k of p.
+func setMember(p *apitypes.Problem, k string, v any) {
+	str := func() string { s, _ := v.(string); return s }
+	switch k {
+	case "field":
+		p.Field = str()
+	case "instance":
+		p.Instance = str()
+	case "state":
+		p.State = str()
+	case "current_default":
+		p.CurrentDefault = str()
+	case "instances":
+		p.Instances, _ = v.([]string)
+	case "command":
+		p.Command = str()
+	case "reason":
+		p.Reason = str()
+	case "persona":
+		p.Persona = str()
+	case "result":
+		p.Result = str()
+	case "phase":
+		p.Phase = str()
+	default:
+		if p.Extra == nil {
+			p.Extra = map[string]any{}
+		}
+		p.Extra[k] = v
+	}
 }
 
 // toProblem is the one place where errors from the store, the agent
 // connections, the guest and request decoding become HTTP answers.
-func toProblem(err error) *Problem {
-	var p *Problem
+func toProblem(err error) *apitypes.Problem {
+	var p *apitypes.Problem
 	if errors.As(err, &p) {
 		return p
 	}
 	var ve *validate.Error
 	if errors.As(err, &ve) {
-		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", ve.Error()).with("field", ve.Field)
+		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", ve.Error(), "field", ve.Field)
 	}
 	var dc *store.DefaultConflictError
 	if errors.As(err, &dc) {
 		return problem(http.StatusConflict, "default-conflict", "Another persona is the default",
-			fmt.Sprintf("persona %q is already the default persona; clear its default_persona first", dc.Current)).with("current_default", dc.Current)
+			fmt.Sprintf("persona %q is already the default persona; clear its default_persona first", dc.Current), "current_default", dc.Current)
 	}
 	var iu *store.InUseError
 	if errors.As(err, &iu) {
 		return problem(http.StatusConflict, "persona-in-use", "Persona is active",
-			fmt.Sprintf("persona is active on %s; deactivate it there or delete with ?force=true", strings.Join(iu.Instances, ", "))).with("instances", iu.Instances)
+			fmt.Sprintf("persona is active on %s; deactivate it there or delete with ?force=true", strings.Join(iu.Instances, ", ")), "instances", iu.Instances)
 	}
 	var pe *protocol.Error
 	if errors.As(err, &pe) {
 		switch pe.Code {
 		case protocol.CodeDenied:
-			return problem(http.StatusForbidden, "command-denied", "Command not allowed", protocol.DeniedMessage).
-				with("command", pe.Command).with("persona", pe.Persona)
+			return problem(http.StatusForbidden, "command-denied", "Command not allowed", protocol.DeniedMessage,
+				"command", pe.Command, "persona", pe.Persona)
 		case protocol.CodeNotFound, protocol.CodeNotExecutable:
 			return problem(http.StatusUnprocessableEntity, "command-not-startable", "Command cannot be started",
-				fmt.Sprintf("%s: %s", pe.Command, pe.Message)).with("command", pe.Command).with("reason", pe.Code)
+				fmt.Sprintf("%s: %s", pe.Command, pe.Message), "command", pe.Command, "reason", pe.Code)
 		case protocol.CodeBadRequest:
 			return problem(http.StatusBadRequest, "guest-refused", "The guest refused the request", pe.Message)
 		case protocol.CodeBusy:
@@ -131,7 +139,7 @@ func decodeJSON(r *http.Request, v any) error {
 	return nil
 }
 
-func jsonProblem(err error) *Problem {
+func jsonProblem(err error) *apitypes.Problem {
 	var mbe *http.MaxBytesError
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
@@ -147,7 +155,7 @@ func jsonProblem(err error) *Problem {
 			field = "(body)"
 		}
 		return problem(http.StatusBadRequest, "wrong-type", "Wrong type",
-			fmt.Sprintf("field %s: expected %s, got JSON %s", field, te.Type, te.Value)).with("field", field)
+			fmt.Sprintf("field %s: expected %s, got JSON %s", field, te.Type, te.Value), "field", field)
 	case errors.Is(err, io.EOF):
 		return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", "the body is empty")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -156,7 +164,7 @@ func jsonProblem(err error) *Problem {
 	msg := err.Error()
 	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
 		f = strings.Trim(f, `"`)
-		return problem(http.StatusBadRequest, "unknown-field", "Unknown field", fmt.Sprintf("unknown field %q", f)).with("field", f)
+		return problem(http.StatusBadRequest, "unknown-field", "Unknown field", fmt.Sprintf("unknown field %q", f), "field", f)
 	}
 	return problem(http.StatusBadRequest, "malformed-json", "Malformed JSON", msg)
 }
@@ -178,7 +186,7 @@ func encodeJSON(v any) []byte {
 	return b.Bytes()
 }
 
-func writeProblem(w http.ResponseWriter, p *Problem) {
+func writeProblem(w http.ResponseWriter, p *apitypes.Problem) {
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(p.Status)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
@@ -211,7 +212,7 @@ func (s *Server) serve(rt route) httprouter.Handle {
 
 // authenticate recognises the caller: a bearer token wins; without one, the
 // unix socket's peer credentials.
-func (s *Server) authenticate(r *http.Request) (auth.Identity, *Problem) {
+func (s *Server) authenticate(r *http.Request) (auth.Identity, *apitypes.Problem) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		tok, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok {
@@ -234,7 +235,7 @@ func (s *Server) authenticate(r *http.Request) (auth.Identity, *Problem) {
 	return auth.Identity{}, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized", "send a bearer token (Authorization: Bearer TOKEN)")
 }
 
-func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p *Problem) {
+func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p *apitypes.Problem) {
 	actor := id.User
 	if actor == "" {
 		actor = "anonymous"
@@ -276,7 +277,7 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, apitypes.Health{Status: "ok"})
 	return nil
 }
 
@@ -284,7 +285,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ httprouter.Par
 	if err := s.cfg.Store.Ready(); err != nil {
 		return problem(http.StatusServiceUnavailable, "not-ready", "Not ready", "store: "+err.Error())
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "agents": len(s.cfg.Agents.List())})
+	writeJSON(w, http.StatusOK, apitypes.Ready{Status: "ready", Agents: len(s.cfg.Agents.List())})
 	return nil
 }
 

@@ -2,7 +2,8 @@
 // personas, instances, activation, exec (plain and streamed) and the audit
 // log. It speaks to the daemon over its unix socket or over HTTP(S) with a
 // bearer token, applies a deadline to every request, and turns the server's
-// problem documents into *Problem errors that wrap this package's sentinels.
+// problem documents into *apitypes.Problem errors that wrap the error classes
+// of package errdefs (and this package's sentinels, which name them).
 package apiclient
 
 import (
@@ -153,7 +154,7 @@ func (c *Client) withDeadline(ctx context.Context, extra time.Duration) (context
 }
 
 // request sends one request and returns the response of a 2xx answer; any
-// other answer becomes a *Problem. body, when not nil, is sent as JSON.
+// other answer becomes an *apitypes.Problem. body, when not nil, is sent as JSON.
 func (c *Client) request(ctx context.Context, method, path string, query url.Values, header http.Header, body any) (*http.Response, error) {
 	// path's segments are escaped by the caller (seg).
 	target := c.base.String() + path

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"io"
 	"net"
 	"net/http"
@@ -148,14 +149,14 @@ func TestProblems(t *testing.T) {
 		ctype  string
 		body   string
 		want   []error
-		check  func(*testing.T, *Problem)
+		check  func(*testing.T, *apitypes.Problem)
 	}{
 		{"not found", 404, "application/problem+json",
 			`{"type":"urn:vmpersona:problem:not-found","title":"Not found","status":404,"detail":"persona \"x\" not found"}`,
 			[]error{ErrNotFound}, nil},
 		{"denied", 403, "application/problem+json",
 			`{"type":"urn:vmpersona:problem:command-denied","title":"Command not allowed","status":403,"detail":"Error: Command not allowed in current persona","command":"rm","persona":"hardened"}`,
-			[]error{ErrForbidden, ErrCommandDenied}, func(t *testing.T, p *Problem) {
+			[]error{ErrForbidden, ErrCommandDenied}, func(t *testing.T, p *apitypes.Problem) {
 				if p.Command != "rm" || p.Persona != "hardened" {
 					t.Errorf("command/persona = %q/%q", p.Command, p.Persona)
 				}
@@ -170,20 +171,20 @@ func TestProblems(t *testing.T) {
 			`{"type":"urn:vmpersona:problem:command-not-startable","title":"Command cannot be started","status":422,"detail":"x","command":"/etc/passwd","reason":"not_executable"}`,
 			[]error{ErrUnprocessable, ErrCommandNotExecutable}, nil},
 		{"aborted", 409, "application/problem+json",
-			`{"type":"urn:vmpersona:problem:activation-refused","title":"Activation refused","status":409,"detail":"pre","result":"aborted","phase":"pre","exit_code":3,"stdout":"out","stderr":"err"}`,
-			[]error{ErrConflict, ErrActivationRefused}, func(t *testing.T, p *Problem) {
-				if p.ExitCode == nil || *p.ExitCode != 3 || p.Phase != "pre" || p.Stdout != "out" || p.Stderr != "err" {
+			`{"type":"urn:vmpersona:problem:activation-refused","title":"Activation refused","status":409,"detail":"pre","result":"aborted","phase":"pre","exit_code":3,"stdout":"out","stderr":"err","newer_member":7}`,
+			[]error{ErrConflict, ErrActivationRefused}, func(t *testing.T, p *apitypes.Problem) {
+				if p.ExitCode == nil || *p.ExitCode != 3 || p.Phase != "pre" || p.Stdout != "out" || p.Stderr != "err" || p.Extra["newer_member"] != 7.0 || len(p.Extra) != 1 {
 					t.Errorf("activation members = %+v", p)
 				}
-				if _, ok := p.Extra["result"]; !ok {
-					t.Errorf("Extra lacks result: %v", p.Extra)
+				if p.Result != "aborted" {
+					t.Errorf("result = %q", p.Result)
 				}
 			}},
 		{"mismatch", 412, "application/problem+json", `{"title":"Revision mismatch","status":412}`, []error{ErrPreconditionFailed}, nil},
 		{"unauthorized", 401, "application/problem+json", `{"title":"Unauthorized","status":401}`, []error{ErrUnauthorized}, nil},
 		{"unavailable", 503, "application/problem+json", `{"title":"Agent not connected","status":503}`, []error{ErrUnavailable}, nil},
 		{"timeout", 504, "application/problem+json", `{"title":"Agent did not answer in time","status":504}`, []error{ErrTimeout}, nil},
-		{"plain text", 502, "text/plain", "bad gateway from a proxy\n", []error{ErrServer}, func(t *testing.T, p *Problem) {
+		{"plain text", 502, "text/plain", "bad gateway from a proxy\n", []error{ErrServer}, func(t *testing.T, p *apitypes.Problem) {
 			if p.Detail != "bad gateway from a proxy" || p.Title != "Bad Gateway" {
 				t.Errorf("problem from text = %+v", p)
 			}
@@ -194,8 +195,8 @@ func TestProblems(t *testing.T) {
 			r := newRecorder(t)
 			r.handle("/", tt.status, tt.ctype, tt.body)
 			c := r.client(Config{})
-			_, err := c.Exec(context.Background(), "vm1", ExecRequest{Command: "rm"})
-			var p *Problem
+			_, err := c.Exec(context.Background(), "vm1", apitypes.ExecRequest{Command: "rm"})
+			var p *apitypes.Problem
 			if !errors.As(err, &p) {
 				t.Fatalf("err = %v, not a *Problem", err)
 			}
@@ -247,7 +248,7 @@ func TestInstancesAndActive(t *testing.T) {
 	}
 	ap, err := c.ActivePersona(context.Background(), "vm1")
 	if err != nil || ap.Persona == nil || ap.Persona.Name != "hardened" || !ap.Stale || ap.ActivationID != "act-1" {
-		t.Fatalf("ActivePersona = %+v, %v", ap, err)
+		t.Fatalf("apitypes.ActivePersona = %+v, %v", ap, err)
 	}
 }
 
@@ -281,7 +282,7 @@ func TestExecPlain(t *testing.T) {
 	r.handle("POST /instances/{id}/exec", 200, "application/json",
 		`{"exit_code":2,"signal":"","stdout":"a\n","stderr":"b\n","stdout_truncated":true,"stderr_truncated":false,"route":"override","persona":"hardened","duration_ms":1.2}`)
 	c := r.client(Config{})
-	res, err := c.Exec(context.Background(), "vm1", ExecRequest{Command: "ls", Env: map[string]string{"A": "1"}, TimeoutSeconds: 5})
+	res, err := c.Exec(context.Background(), "vm1", apitypes.ExecRequest{Command: "ls", Env: map[string]string{"A": "1"}, TimeoutSeconds: 5})
 	if err != nil || res.ExitCode != 2 || res.Stdout != "a\n" || !res.StdoutTruncated || res.Route != "override" || *res.Persona != "hardened" {
 		t.Fatalf("Exec = %+v, %v", res, err)
 	}
@@ -318,7 +319,7 @@ func TestExecStream(t *testing.T) {
 	})
 	c := r.client(Config{})
 	var out, errb bytes.Buffer
-	res, err := c.ExecStream(context.Background(), "vm1", ExecRequest{Command: "echo"}, &out, &errb)
+	res, err := c.ExecStream(context.Background(), "vm1", apitypes.ExecRequest{Command: "echo"}, &out, &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +347,7 @@ func TestExecStreamFailures(t *testing.T) {
 			r := newRecorder(t)
 			r.handle("POST /instances/{id}/exec", 200, tt.ctype, tt.body)
 			c := r.client(Config{})
-			_, err := c.ExecStream(context.Background(), "vm1", ExecRequest{Command: "x"}, io.Discard, io.Discard)
+			_, err := c.ExecStream(context.Background(), "vm1", apitypes.ExecRequest{Command: "x"}, io.Discard, io.Discard)
 			if !errors.Is(err, tt.want) {
 				t.Errorf("err = %v, want %v", err, tt.want)
 			}
@@ -360,7 +361,7 @@ func TestExecStreamFallsBackToPlainJSON(t *testing.T) {
 		`{"exit_code":1,"signal":"","stdout":"o","stderr":"e","route":"default","persona":null,"duration_ms":1}`)
 	c := r.client(Config{})
 	var out, errb bytes.Buffer
-	res, err := c.ExecStream(context.Background(), "vm1", ExecRequest{Command: "x"}, &out, &errb)
+	res, err := c.ExecStream(context.Background(), "vm1", apitypes.ExecRequest{Command: "x"}, &out, &errb)
 	if err != nil || res.ExitCode != 1 || out.String() != "o" || errb.String() != "e" || res.Stdout != "" {
 		t.Fatalf("res %+v err %v out %q err %q", res, err, out.String(), errb.String())
 	}
@@ -516,7 +517,7 @@ func TestConnectionReused(t *testing.T) {
 		if _, err := c.GetPersona(ctx, "hardened"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.ExecStream(ctx, "vm1", ExecRequest{Command: "x"}, io.Discard, io.Discard); err != nil {
+		if _, err := c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "x"}, io.Discard, io.Discard); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := c.GetInstance(ctx, "vm9"); !errors.Is(err, ErrNotFound) {

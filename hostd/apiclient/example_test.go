@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"os"
 	"time"
 
@@ -22,13 +23,13 @@ func Example() {
 	ctx := context.Background()
 
 	if _, err := c.Activate(ctx, "vm1", "hardened", apiclient.ActivateOptions{ScriptTimeout: time.Minute}); err != nil {
-		var p *apiclient.Problem
+		var p *apitypes.Problem
 		if errors.Is(err, apiclient.ErrActivationRefused) && errors.As(err, &p) {
 			fmt.Printf("the %s script refused: exit %d\n%s", p.Phase, *p.ExitCode, p.Stderr)
 		}
 		return
 	}
-	res, err := c.ExecStream(ctx, "vm1", apiclient.ExecRequest{Command: "ls", Args: []string{"-l"}}, os.Stdout, os.Stderr)
+	res, err := c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "ls", Args: []string{"-l"}}, os.Stdout, os.Stderr)
 	switch {
 	case errors.Is(err, apiclient.ErrCommandDenied):
 		fmt.Println(protocol.DeniedMessage)

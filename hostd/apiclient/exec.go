@@ -12,12 +12,14 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // maxStreamLine bounds one NDJSON line of a streamed exec.
 const maxStreamLine = 16 << 20
 
-func (c *Client) execDeadline(ctx context.Context, req ExecRequest) (context.Context, context.CancelFunc) {
+func (c *Client) execDeadline(ctx context.Context, req apitypes.ExecRequest) (context.Context, context.CancelFunc) {
 	limit := serverExecDefault
 	if req.TimeoutSeconds > 0 {
 		limit = time.Duration(req.TimeoutSeconds * float64(time.Second))
@@ -25,7 +27,7 @@ func (c *Client) execDeadline(ctx context.Context, req ExecRequest) (context.Con
 	return c.withDeadline(ctx, limit)
 }
 
-func execBody(req ExecRequest) ExecRequest {
+func execBody(req apitypes.ExecRequest) apitypes.ExecRequest {
 	if req.Args == nil {
 		req.Args = []string{}
 	}
@@ -37,49 +39,37 @@ func execBody(req ExecRequest) ExecRequest {
 // ExecResult.ExitCode and Signal. A denied command answers a *Problem
 // wrapping ErrForbidden and ErrCommandDenied; one that cannot be started,
 // ErrUnprocessable and ErrCommandNotFound or ErrCommandNotExecutable.
-func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+func (c *Client) Exec(ctx context.Context, id string, req apitypes.ExecRequest) (apitypes.ExecResult, error) {
 	ctx, cancel := c.execDeadline(ctx, req)
 	defer cancel()
-	var out ExecResult
+	var out apitypes.ExecResult
 	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req), &out); err != nil {
-		return ExecResult{}, err
+		return apitypes.ExecResult{}, err
 	}
 	return out, nil
-}
-
-// streamLine is one line of a streamed exec: output, the exit, or (should
-// the server fail after the output began) a problem.
-type streamLine struct {
-	Stream string `json:"stream"`
-	Data   string `json:"data"`
-	ExecResult
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
 }
 
 // ExecStream runs a command like Exec but writes its output to stdout and
 // stderr as it arrives. The result carries no output. Errors before any
 // output are the same as Exec's; a stream that ends without its exit line
 // is an error wrapping ErrProtocol.
-func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (ExecResult, error) {
+func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecRequest, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
 	ctx, cancel := c.execDeadline(ctx, req)
 	defer cancel()
 	q := url.Values{"stream": {"true"}}
 	resp, err := c.request(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", q,
 		http.Header{"Accept": {"application/x-ndjson, application/json, application/problem+json"}}, execBody(req))
 	if err != nil {
-		return ExecResult{}, err
+		return apitypes.ExecResult{}, err
 	}
 	defer resp.Body.Close()
 
 	ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
 	if isJSON(ct) {
 		// A server that does not stream answers the whole result at once.
-		var out ExecResult
+		var out apitypes.ExecResult
 		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&out); err != nil {
-			return ExecResult{}, c.streamErr(err)
+			return apitypes.ExecResult{}, c.streamErr(err)
 		}
 		if _, err := io.WriteString(stdout, out.Stdout); err != nil {
 			return out, fmt.Errorf("apiclient: write stdout: %w", err)
@@ -91,12 +81,12 @@ func (c *Client) ExecStream(ctx context.Context, id string, req ExecRequest, std
 		return out, nil
 	}
 	if strings.TrimSpace(ct) != "application/x-ndjson" {
-		return ExecResult{}, fmt.Errorf("%w: exec stream answered %q", ErrProtocol, ct)
+		return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream answered %q", ErrProtocol, ct)
 	}
 
 	res, err := readExecStream(resp.Body, stdout, stderr)
 	if err != nil {
-		return ExecResult{}, c.streamErr(err)
+		return apitypes.ExecResult{}, c.streamErr(err)
 	}
 	// Read to the end of the body so the connection can be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
@@ -109,7 +99,7 @@ var errNoExit = errors.New("exec stream ended without an exit status")
 // readExecStream copies a streamed exec's output lines to stdout and stderr
 // and returns the exit line's result. Lines of unknown kinds are skipped
 // (newer servers may add some); an error line becomes a *Problem.
-func readExecStream(body io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+func readExecStream(body io.Reader, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
 	for sc.Scan() {
@@ -117,33 +107,36 @@ func readExecStream(body io.Reader, stdout, stderr io.Writer) (ExecResult, error
 		if len(line) == 0 {
 			continue
 		}
-		var l streamLine
+		var l apitypes.ExecStreamLine
 		if err := json.Unmarshal(line, &l); err != nil {
-			return ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
+			return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
 		}
 		switch l.Stream {
-		case "stdout", "stderr":
+		case apitypes.StreamStdout, apitypes.StreamStderr:
 			w := stdout
-			if l.Stream == "stderr" {
+			if l.Stream == apitypes.StreamStderr {
 				w = stderr
 			}
 			if _, err := io.WriteString(w, l.Data); err != nil {
-				return ExecResult{}, &writeError{stream: l.Stream, err: err}
+				return apitypes.ExecResult{}, &writeError{stream: l.Stream, err: err}
 			}
-		case "exit":
-			res := l.ExecResult
+		case apitypes.StreamExit:
+			var res apitypes.ExecResult
+			if l.ExecResult != nil {
+				res = *l.ExecResult
+			}
 			res.Stdout, res.Stderr = "", ""
 			return res, nil
 		default:
-			if l.Status != 0 {
-				return ExecResult{}, &Problem{Type: l.Type, Title: l.Title, Status: l.Status, Detail: l.Detail}
+			if e := l.StreamError; e != nil && e.Status != 0 {
+				return apitypes.ExecResult{}, &apitypes.Problem{Type: e.Type, Title: e.Title, Status: e.Status, Detail: e.Detail}
 			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return ExecResult{}, err
+		return apitypes.ExecResult{}, err
 	}
-	return ExecResult{}, fmt.Errorf("%w: %w", ErrProtocol, errNoExit)
+	return apitypes.ExecResult{}, fmt.Errorf("%w: %w", ErrProtocol, errNoExit)
 }
 
 // writeError is a failure to write the command's output locally.
@@ -156,7 +149,7 @@ func (e *writeError) Error() string { return fmt.Sprintf("apiclient: write %s: %
 func (e *writeError) Unwrap() error { return e.err }
 
 func (c *Client) streamErr(err error) error {
-	var p *Problem
+	var p *apitypes.Problem
 	var we *writeError
 	switch {
 	case errors.As(err, &p), errors.As(err, &we), errors.Is(err, ErrProtocol):

@@ -3,6 +3,7 @@ package apiclient
 import (
 	"bytes"
 	"errors"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"strings"
 	"testing"
 )
@@ -32,7 +33,7 @@ func FuzzReadExecStream(f *testing.F) {
 			}
 			return
 		}
-		var p *Problem
+		var p *apitypes.Problem
 		if !errors.Is(err, ErrProtocol) && !errors.As(err, &p) {
 			t.Fatalf("unclassified error %T: %v", err, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -17,9 +18,7 @@ import (
 func (c *Client) ListPersonas(ctx context.Context) ([]protocol.Persona, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out struct {
-		Personas []protocol.Persona `json:"personas"`
-	}
+	var out apitypes.PersonaList
 	if _, err := c.call(ctx, http.MethodGet, "/personas", nil, nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -105,12 +104,10 @@ func parseETag(s string) (uint64, bool) {
 }
 
 // ListInstances returns every instance the daemon knows.
-func (c *Client) ListInstances(ctx context.Context) ([]Instance, error) {
+func (c *Client) ListInstances(ctx context.Context) ([]apitypes.Instance, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out struct {
-		Instances []Instance `json:"instances"`
-	}
+	var out apitypes.InstanceList
 	if _, err := c.call(ctx, http.MethodGet, "/instances", nil, nil, nil, &out); err != nil {
 		return nil, err
 	}
@@ -118,35 +115,35 @@ func (c *Client) ListInstances(ctx context.Context) ([]Instance, error) {
 }
 
 // GetInstance returns one instance by name (or libvirt UUID).
-func (c *Client) GetInstance(ctx context.Context, id string) (Instance, error) {
+func (c *Client) GetInstance(ctx context.Context, id string) (apitypes.Instance, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out Instance
+	var out apitypes.Instance
 	if _, err := c.call(ctx, http.MethodGet, "/instances/"+seg(id), nil, nil, nil, &out); err != nil {
-		return Instance{}, err
+		return apitypes.Instance{}, err
 	}
 	return out, nil
 }
 
 // EnableChannel adds the agent channel to a libvirt domain's definition (and
 // to the running domain when it runs).
-func (c *Client) EnableChannel(ctx context.Context, id string) (EnableResult, error) {
+func (c *Client) EnableChannel(ctx context.Context, id string) (apitypes.EnableResult, error) {
 	ctx, cancel := c.withDeadline(ctx, 3*time.Minute)
 	defer cancel()
-	var out EnableResult
+	var out apitypes.EnableResult
 	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/enable", nil, nil, nil, &out); err != nil {
-		return EnableResult{}, err
+		return apitypes.EnableResult{}, err
 	}
 	return out, nil
 }
 
 // ActivePersona returns the persona an instance holds.
-func (c *Client) ActivePersona(ctx context.Context, id string) (ActivePersona, error) {
+func (c *Client) ActivePersona(ctx context.Context, id string) (apitypes.ActivePersona, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out ActivePersona
+	var out apitypes.ActivePersona
 	if _, err := c.call(ctx, http.MethodGet, "/instances/"+seg(id)+"/active_persona", nil, nil, nil, &out); err != nil {
-		return ActivePersona{}, err
+		return apitypes.ActivePersona{}, err
 	}
 	return out, nil
 }
@@ -154,38 +151,38 @@ func (c *Client) ActivePersona(ctx context.Context, id string) (ActivePersona, e
 // Activate activates a persona on an instance and answers when the guest has
 // finished. A failing script answers a *Problem wrapping ErrConflict and
 // ErrActivationRefused, with Result, Phase, ExitCode and output set.
-func (c *Client) Activate(ctx context.Context, id, persona string, opts ActivateOptions) (ActivateResult, error) {
+func (c *Client) Activate(ctx context.Context, id, persona string, opts ActivateOptions) (apitypes.ActivationResult, error) {
 	script := guestScriptDefault
 	var body any
 	if opts.ScriptTimeout > 0 {
 		secs := int(math.Ceil(opts.ScriptTimeout.Seconds()))
-		body = map[string]int{"script_timeout_seconds": secs}
+		body = apitypes.ActivateRequest{ScriptTimeoutSeconds: float64(secs)}
 		script = time.Duration(secs) * time.Second
 	}
 	// Pre and post scripts, and on rollback the previous persona's.
 	ctx, cancel := c.withDeadline(ctx, 3*script)
 	defer cancel()
-	var out ActivateResult
+	var out apitypes.ActivationResult
 	path := "/instances/" + seg(id) + "/personas/" + seg(persona) + "/activate"
 	if _, err := c.call(ctx, http.MethodPost, path, nil, nil, body, &out); err != nil {
-		return ActivateResult{}, err
+		return apitypes.ActivationResult{}, err
 	}
 	return out, nil
 }
 
 // Deactivate returns an instance to no persona.
-func (c *Client) Deactivate(ctx context.Context, id string) (DeactivateResult, error) {
+func (c *Client) Deactivate(ctx context.Context, id string) (apitypes.ActivationResult, error) {
 	ctx, cancel := c.withDeadline(ctx, 2*guestScriptDefault)
 	defer cancel()
-	var out DeactivateResult
+	var out apitypes.ActivationResult
 	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/deactivate", nil, nil, nil, &out); err != nil {
-		return DeactivateResult{}, err
+		return apitypes.ActivationResult{}, err
 	}
 	return out, nil
 }
 
 // Audit returns one page of the audit log, oldest first.
-func (c *Client) Audit(ctx context.Context, q AuditQuery) (AuditPage, error) {
+func (c *Client) Audit(ctx context.Context, q AuditQuery) (apitypes.AuditPage, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
 	v := url.Values{}
@@ -207,9 +204,9 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) (AuditPage, error) {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
 	set("after", q.After)
-	var out AuditPage
+	var out apitypes.AuditPage
 	if _, err := c.call(ctx, http.MethodGet, "/audit", v, nil, nil, &out); err != nil {
-		return AuditPage{}, err
+		return apitypes.AuditPage{}, err
 	}
 	return out, nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -75,7 +76,7 @@ func (b *bench) execLatency(ctx context.Context) error {
 	defer q.close()
 	var guestSide samples
 	ours := func() error {
-		r, err := api.Exec(ctx, "vm", apiclient.ExecRequest{Command: "/bin/true", Args: []string{}})
+		r, err := api.Exec(ctx, "vm", apitypes.ExecRequest{Command: "/bin/true", Args: []string{}})
 		if err != nil {
 			return err
 		}

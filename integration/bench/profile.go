@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/daemon"
 )
 
@@ -89,7 +90,7 @@ func profileRun(ctx context.Context, out string, dur time.Duration, agents int) 
 		fn   func() error
 	}{
 		{"exec", loop(func() error {
-			_, err := api.Exec(ctx, "g0", apiclient.ExecRequest{Command: "/bin/true", Args: []string{}})
+			_, err := api.Exec(ctx, "g0", apitypes.ExecRequest{Command: "/bin/true", Args: []string{}})
 			return err
 		})},
 		{"exec32", func() error {

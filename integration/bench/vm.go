@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // errNoVM says the real-VM figure cannot run on this machine.
@@ -77,7 +78,7 @@ func (b *bench) vmExec(ctx context.Context) error {
 		n = 40
 	}
 	res, err := latencies(ctx, n, 20, side{"vm", func() error {
-		r, err := api.Exec(ctx, "vm", apiclient.ExecRequest{Command: "/bin/true", Args: []string{}})
+		r, err := api.Exec(ctx, "vm", apitypes.ExecRequest{Command: "/bin/true", Args: []string{}})
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -380,7 +381,7 @@ func describe(err error) string {
 	if errors.As(err, &um) {
 		return um.userMessage()
 	}
-	var p *apiclient.Problem
+	var p *apitypes.Problem
 	if errors.As(err, &p) {
 		title := p.Title
 		if title == "" {

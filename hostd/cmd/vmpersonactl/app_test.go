@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // runInProcess runs one command line in this process, with no daemon
@@ -135,7 +136,7 @@ func TestParseInterspersed(t *testing.T) {
 
 func TestExitCodes(t *testing.T) {
 	p := func(status int, extra string) error {
-		return fmt.Errorf("wrapped: %w", &apiclient.Problem{Status: status, Detail: extra})
+		return fmt.Errorf("wrapped: %w", &apitypes.Problem{Status: status, Detail: extra})
 	}
 	tests := []struct {
 		err  error
@@ -162,19 +163,19 @@ func TestExitCodes(t *testing.T) {
 
 func TestExecExit(t *testing.T) {
 	tests := []struct {
-		res  apiclient.ExecResult
+		res  apitypes.ExecResult
 		want int
 	}{
-		{apiclient.ExecResult{ExitCode: 0}, 0},
-		{apiclient.ExecResult{ExitCode: 3}, 3},
-		{apiclient.ExecResult{ExitCode: 255}, 255},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "SIGKILL"}, 137},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "TERM"}, 143},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "killed"}, 137},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "2"}, 130},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "SIGKILL", TimedOut: true}, 124},
-		{apiclient.ExecResult{ExitCode: -1, Signal: "SIGNOPE"}, exitGeneral},
-		{apiclient.ExecResult{ExitCode: 300}, exitGeneral},
+		{apitypes.ExecResult{ExitCode: 0}, 0},
+		{apitypes.ExecResult{ExitCode: 3}, 3},
+		{apitypes.ExecResult{ExitCode: 255}, 255},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "SIGKILL"}, 137},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "TERM"}, 143},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "killed"}, 137},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "2"}, 130},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "SIGKILL", TimedOut: true}, 124},
+		{apitypes.ExecResult{ExitCode: -1, Signal: "SIGNOPE"}, exitGeneral},
+		{apitypes.ExecResult{ExitCode: 300}, exitGeneral},
 	}
 	for _, tt := range tests {
 		if got := execExit(tt.res); got != tt.want {

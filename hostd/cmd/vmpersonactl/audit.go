@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // auditPage is how many events one request asks for.
@@ -123,7 +124,7 @@ vmpersonactl audit --follow -o json | jq -c 'select(.type=="denial")'`,
 // unreachable, restarting or failing for now, rather than refusing us.
 func transient(err error) bool {
 	var te *apiclient.TransportError
-	var p *apiclient.Problem
+	var p *apitypes.Problem
 	switch {
 	case errors.As(err, &te):
 		return true
@@ -166,14 +167,14 @@ type auditPrinter struct {
 	a         *app
 	follow    bool
 	streaming bool
-	backlog   []apiclient.AuditEvent
+	backlog   []apitypes.AuditEvent
 }
 
 func newAuditPrinter(a *app, follow bool) *auditPrinter {
-	return &auditPrinter{a: a, follow: follow, backlog: []apiclient.AuditEvent{}}
+	return &auditPrinter{a: a, follow: follow, backlog: []apitypes.AuditEvent{}}
 }
 
-func (p *auditPrinter) print(evs []apiclient.AuditEvent) error {
+func (p *auditPrinter) print(evs []apitypes.AuditEvent) error {
 	if !p.streaming {
 		p.backlog = append(p.backlog, evs...)
 		return nil
@@ -181,7 +182,7 @@ func (p *auditPrinter) print(evs []apiclient.AuditEvent) error {
 	return p.write(evs, false)
 }
 
-func (p *auditPrinter) write(evs []apiclient.AuditEvent, header bool) error {
+func (p *auditPrinter) write(evs []apitypes.AuditEvent, header bool) error {
 	if p.a.json() {
 		enc := json.NewEncoder(p.a.io.out)
 		enc.SetEscapeHTML(false)
@@ -210,7 +211,7 @@ func (p *auditPrinter) write(evs []apiclient.AuditEvent, header bool) error {
 func (p *auditPrinter) finish(next string) error {
 	p.streaming = true
 	if p.a.json() && !p.follow {
-		return writeJSON(p.a.io.out, apiclient.AuditPage{Events: p.backlog, Next: next})
+		return writeJSON(p.a.io.out, apitypes.AuditPage{Events: p.backlog, Next: next})
 	}
 	return p.write(p.backlog, true)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -48,7 +49,7 @@ func BenchmarkClientExecTrue(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		res, err := c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "/bin/true"})
+		res, err := c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "/bin/true"})
 		if err != nil || res.ExitCode != 0 {
 			b.Fatalf("exec: %+v %v", res, err)
 		}
@@ -65,7 +66,7 @@ func BenchmarkClientExecStreamTrue(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		res, err := c.ExecStream(ctx, "vm1", apiclient.ExecRequest{Command: "/bin/true"}, io.Discard, io.Discard)
+		res, err := c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "/bin/true"}, io.Discard, io.Discard)
 		if err != nil || res.ExitCode != 0 {
 			b.Fatalf("exec: %+v %v", res, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -67,31 +68,31 @@ func TestClientAgainstRealDaemons(t *testing.T) {
 		t.Errorf("unknown instance: %v", err)
 	}
 
-	res, err := c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "deploy", Args: []string{"v3"}})
+	res, err := c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "deploy", Args: []string{"v3"}})
 	if err != nil || res.Stdout != "deploying v3\n" || res.Route != protocol.RouteOverride {
 		t.Fatalf("Exec override = %+v, %v", res, err)
 	}
 	var out, errb bytes.Buffer
-	res, err = c.ExecStream(ctx, "vm1", apiclient.ExecRequest{Command: "sh", Args: []string{"-c", "echo $ROLE; echo e >&2; exit 4"}}, &out, &errb)
+	res, err = c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "sh", Args: []string{"-c", "echo $ROLE; echo e >&2; exit 4"}}, &out, &errb)
 	if err != nil || res.ExitCode != 4 || out.String() != "web\n" || errb.String() != "e\n" || res.Route != protocol.RouteDefault {
 		t.Fatalf("ExecStream = %+v, %v, %q, %q", res, err, out.String(), errb.String())
 	}
-	_, err = c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "/usr/bin/rm", Args: []string{"-f", "/nonexistent"}})
-	var prob *apiclient.Problem
+	_, err = c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "/usr/bin/rm", Args: []string{"-f", "/nonexistent"}})
+	var prob *apitypes.Problem
 	if !errors.Is(err, apiclient.ErrCommandDenied) || !errors.As(err, &prob) || prob.Detail != protocol.DeniedMessage {
 		t.Errorf("denied exec: %v", err)
 	}
-	_, err = c.ExecStream(ctx, "vm1", apiclient.ExecRequest{Command: "rm"}, &out, &errb)
+	_, err = c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "rm"}, &out, &errb)
 	if !errors.Is(err, apiclient.ErrCommandDenied) {
 		t.Errorf("denied streamed exec: %v", err)
 	}
-	if _, err := c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "no-such-thing"}); !errors.Is(err, apiclient.ErrCommandNotFound) {
+	if _, err := c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "no-such-thing"}); !errors.Is(err, apiclient.ErrCommandNotFound) {
 		t.Errorf("missing command: %v", err)
 	}
-	if _, err := c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "/etc/hostname"}); !errors.Is(err, apiclient.ErrCommandNotExecutable) {
+	if _, err := c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "/etc/hostname"}); !errors.Is(err, apiclient.ErrCommandNotExecutable) {
 		t.Errorf("not executable: %v", err)
 	}
-	res, err = c.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "sleep", Args: []string{"30"}, TimeoutSeconds: 0.5})
+	res, err = c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "sleep", Args: []string{"30"}, TimeoutSeconds: 0.5})
 	if err != nil || !res.TimedOut {
 		t.Errorf("timed out exec = %+v, %v", res, err)
 	}
@@ -128,7 +129,7 @@ func TestClientAgainstRealDaemons(t *testing.T) {
 	}
 
 	list, err := c.ListInstances(ctx)
-	if err != nil || len(list) != 1 || list[0].Agent.State != apiclient.AgentConnected || list[0].Agent.ConnectedAt.IsZero() {
+	if err != nil || len(list) != 1 || list[0].Agent.State != apitypes.AgentConnected || list[0].Agent.ConnectedAt.IsZero() {
 		t.Errorf("ListInstances = %+v, %v", list, err)
 	}
 	page, err := c.Audit(ctx, apiclient.AuditQuery{Instance: "vm1", Type: protocol.AuditDenial})
@@ -145,7 +146,7 @@ func TestClientAgainstRealDaemons(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tc2.Exec(ctx, "vm1", apiclient.ExecRequest{Command: "true"}); !errors.Is(err, tc.want) || errors.Is(err, apiclient.ErrCommandDenied) {
+		if _, err := tc2.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "true"}); !errors.Is(err, tc.want) || errors.Is(err, apiclient.ErrCommandDenied) {
 			t.Errorf("token %q: %v, want %v", tc.token, err, tc.want)
 		}
 		tc2.Close()

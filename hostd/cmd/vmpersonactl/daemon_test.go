@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 func TestAuthOverTCP(t *testing.T) {
@@ -74,7 +74,7 @@ func TestInstancesWithoutAgent(t *testing.T) {
 	}
 	r = d.ctl(t, "-o", "json", "instances")
 	want(t, r, 0, "instances -o json")
-	list := decodeJSON[struct{ Instances []apiclient.Instance }](t, r.stdout)
+	list := decodeJSON[struct{ Instances []apitypes.Instance }](t, r.stdout)
 	if len(list.Instances) != 1 || list.Instances[0].ID != "vm1" || list.Instances[0].Agent.State == "connected" {
 		t.Errorf("instances json = %+v", list)
 	}
@@ -118,7 +118,7 @@ func TestAudit(t *testing.T) {
 	want(t, d.ctlTCP(t, "bad-token", "persona", "list"), exitAuth, "a refused request")
 
 	type page struct {
-		Events []apiclient.AuditEvent
+		Events []apitypes.AuditEvent
 		Next   string
 	}
 	audit := func(args ...string) page {
@@ -196,7 +196,7 @@ func TestAuditFollow(t *testing.T) {
 	}
 	var names []string
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		var ev apiclient.AuditEvent
+		var ev apitypes.AuditEvent
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Fatalf("not NDJSON: %q: %v", line, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // Exit codes of exec beyond the remote command's own, as shells use them.
@@ -80,7 +81,7 @@ vmpersonactl -o json exec vm1 -- id`,
 				if *timeout < 0 {
 					return usageErrorf("--timeout must not be negative")
 				}
-				req := apiclient.ExecRequest{
+				req := apitypes.ExecRequest{
 					Command: args[1], Args: args[2:], Cwd: *cwd,
 					TimeoutSeconds: math.Ceil(timeout.Seconds()*1000) / 1000,
 				}
@@ -106,7 +107,7 @@ vmpersonactl -o json exec vm1 -- id`,
 				if err != nil {
 					return err
 				}
-				var res apiclient.ExecResult
+				var res apitypes.ExecResult
 				if a.json() {
 					res, err = c.Exec(ctx, args[0], req)
 					if err == nil {
@@ -131,7 +132,7 @@ vmpersonactl -o json exec vm1 -- id`,
 }
 
 // execExit is the exit code for a command that ran.
-func execExit(res apiclient.ExecResult) int {
+func execExit(res apitypes.ExecResult) int {
 	switch {
 	case res.TimedOut:
 		return exitTimedOut
@@ -176,7 +177,7 @@ func execError(ctx context.Context, a *app, err error) error {
 		fmt.Fprintf(a.io.err, "%s: interrupted\n", progName)
 		return &exitStatus{exitInterrupted}
 	case errors.Is(err, apiclient.ErrCommandDenied):
-		var p *apiclient.Problem
+		var p *apitypes.Problem
 		errors.As(err, &p)
 		fmt.Fprintln(a.io.err, p.Detail)
 		return &exitStatus{exitCannotExecute}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -37,7 +37,7 @@ func TestActivateExecDeactivate(t *testing.T) {
 		}
 	}
 	r = d.ctl(t, "-o", "json", "active", "vm1")
-	if ap := decodeJSON[apiclient.ActivePersona](t, r.stdout); ap.Persona == nil || ap.Persona.Name != "hardened" || ap.ActivationID == "" || ap.Stale {
+	if ap := decodeJSON[apitypes.ActivePersona](t, r.stdout); ap.Persona == nil || ap.Persona.Name != "hardened" || ap.ActivationID == "" || ap.Stale {
 		t.Errorf("active json = %+v", ap)
 	}
 	r = d.ctl(t, "instances")
@@ -93,7 +93,7 @@ func TestActivateExecDeactivate(t *testing.T) {
 	// JSON for scripts: the whole outcome, and still the command's exit code.
 	r = d.ctl(t, "-o", "json", "exec", "vm1", "--", "sh", "-c", "echo hi; exit 2")
 	want(t, r, 2, "exec -o json")
-	res := decodeJSON[apiclient.ExecResult](t, r.stdout)
+	res := decodeJSON[apitypes.ExecResult](t, r.stdout)
 	if res.ExitCode != 2 || res.Stdout != "hi\n" || res.Route != "default" || res.Persona == nil || *res.Persona != "hardened" {
 		t.Errorf("exec json = %+v", res)
 	}
@@ -101,7 +101,7 @@ func TestActivateExecDeactivate(t *testing.T) {
 	// The audit log saw the override and the denials, on this instance.
 	r = d.ctl(t, "-o", "json", "audit", "--instance", "vm1", "--type", "denial")
 	want(t, r, 0, "audit denials")
-	denials := decodeJSON[apiclient.AuditPage](t, r.stdout)
+	denials := decodeJSON[apitypes.AuditPage](t, r.stdout)
 	if len(denials.Events) != 3 || denials.Events[0].Persona != "hardened" || !strings.Contains(denials.Events[0].Command, "rm") {
 		t.Errorf("denials = %+v", denials.Events)
 	}

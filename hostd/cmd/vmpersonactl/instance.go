@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -35,7 +36,7 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 				}
 				if a.json() {
 					if list == nil {
-						list = []apiclient.Instance{}
+						list = []apitypes.Instance{}
 					}
 					return writeJSON(a.io.out, map[string]any{"instances": list})
 				}
@@ -182,7 +183,7 @@ vmpersonactl activate vm1 hardened --script-timeout 2m`,
 
 // activationError adds a refused activation's script outcome to the error.
 func activationError(err error) error {
-	var p *apiclient.Problem
+	var p *apitypes.Problem
 	if !errors.As(err, &p) || !errors.Is(err, apiclient.ErrActivationRefused) {
 		return err
 	}
@@ -260,7 +261,9 @@ vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'`,
 					kv.add("Persona", ap.Persona.Name)
 					kv.add("Revision", fmt.Sprint(ap.Revision))
 					kv.add("Activation", ap.ActivationID)
-					kv.add("Activated", timeText(ap.ActivatedAt))
+					if ap.ActivatedAt != nil {
+						kv.add("Activated", timeText(*ap.ActivatedAt))
+					}
 				}
 				kv.add("Stale", yesNo(ap.Stale))
 				return kv.flush()

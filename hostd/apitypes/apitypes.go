@@ -1,0 +1,254 @@
+// Package apitypes is the REST API of vmpersona-hostd as Go types: every
+// request body, every answer, the list wrappers, the problem document and
+// its extra members, and the audit event. The server (hostd/api), the Go
+// client (hostd/apiclient) and vmpersonactl all use these types, and the
+// OpenAPI description (GET /openapi.json) is tested field by field against
+// them, so a field exists in one place.
+//
+// JSON field names are the product's contract: renaming one breaks users.
+package apitypes
+
+import (
+	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Persona is a persona as the API reads and writes it: the wire format's
+// persona, with the server-kept revision, created_at and updated_at.
+type Persona = protocol.Persona
+
+// PersonaList answers GET /personas.
+type PersonaList struct {
+	Personas []Persona `json:"personas"`
+}
+
+// Instance states as discovery reports them. A static instance (no
+// discovery) is "running" while its agent is connected, else "unknown".
+const (
+	StateRunning = "running"
+	StatePaused  = "paused" // vCPUs stopped (libvirt suspended, QMP stop or prelaunch)
+	StateShutoff = "shutoff"
+	StateUnknown = "unknown"
+)
+
+// InstanceStates lists every instance state.
+var InstanceStates = []string{StateRunning, StatePaused, StateShutoff, StateUnknown}
+
+// Instance sources.
+const (
+	SourceStatic  = "static"
+	SourceLibvirt = "libvirt"
+	SourceQMP     = "qmp"
+)
+
+// InstanceSources lists every instance source.
+var InstanceSources = []string{SourceStatic, SourceLibvirt, SourceQMP}
+
+// Agent session states.
+const (
+	AgentConnected    = "connected"
+	AgentConnecting   = "connecting"
+	AgentDisconnected = "disconnected"
+)
+
+// AgentStates lists every agent session state.
+var AgentStates = []string{AgentConnected, AgentConnecting, AgentDisconnected}
+
+// Instance is a virtual machine the host daemon knows: GET /instances/{id},
+// and each entry of GET /instances.
+type Instance struct {
+	ID string `json:"id"`
+	// Source is one of InstanceSources.
+	Source string `json:"source"`
+	// Endpoint is where the agent is reached ("unix:PATH", "vsock:CID:PORT").
+	Endpoint string `json:"endpoint"`
+	// State is one of InstanceStates.
+	State string `json:"state"`
+	Agent Agent  `json:"agent"`
+	// ActivePersona names the persona the guest holds (or, while the agent
+	// is away, last confirmed); nil for none.
+	ActivePersona *string `json:"active_persona"`
+	// Reason says why the agent cannot be reached, when it cannot.
+	Reason string `json:"reason,omitempty"`
+	// UUID is a libvirt domain's UUID.
+	UUID string `json:"uuid,omitempty"`
+	// PortOpen says whether the guest has the agent port open (libvirt,
+	// QMP); absent when unknown.
+	PortOpen *bool `json:"port_open,omitempty"`
+}
+
+// Agent is the state of the session with an instance's guest agent.
+type Agent struct {
+	// State is one of AgentStates.
+	State   string `json:"state"`
+	Version string `json:"version,omitempty"`
+	// BootID changes when the guest reboots.
+	BootID string `json:"boot_id,omitempty"`
+	// Capabilities the agent announced; empty, never null.
+	Capabilities []string `json:"capabilities"`
+	// ConnectedAt is when the current session began; absent while none.
+	ConnectedAt time.Time `json:"connected_at,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// InstanceList answers GET /instances.
+type InstanceList struct {
+	Instances []Instance `json:"instances"`
+}
+
+// ActivePersona answers GET /instances/{id}/active_persona: the persona the
+// host last saw the guest confirm.
+type ActivePersona struct {
+	Instance string `json:"instance"`
+	// Persona is nil when the instance holds no persona.
+	Persona  *Persona `json:"persona"`
+	Revision uint64   `json:"revision"`
+	// ActivationID identifies the activation that made it active.
+	ActivationID string `json:"activation_id,omitempty"`
+	// ActivatedAt is null when the instance holds no persona.
+	ActivatedAt *time.Time `json:"activated_at"`
+	// Stale is true while no live agent session confirms this record: the
+	// agent is not connected, or the guest holds another activation than
+	// the one recorded. It says nothing about later revisions of the
+	// persona in the store.
+	Stale bool `json:"stale"`
+}
+
+// ActivateRequest is the optional body of an activation or deactivation.
+type ActivateRequest struct {
+	// ScriptTimeoutSeconds bounds each activation script in the guest,
+	// 0 to 86400; 0 means the server's default (300).
+	ScriptTimeoutSeconds float64 `json:"script_timeout_seconds,omitempty"`
+}
+
+// Activation results.
+const (
+	ResultActivated   = protocol.ResultActivated
+	ResultDeactivated = protocol.ResultDeactivated
+	ResultAborted     = protocol.ResultAborted
+	ResultRolledBack  = protocol.ResultRolledBack
+)
+
+// ActivationResult answers a successful activation or deactivation. A
+// refused one answers a Problem (409) with Result, Phase and the script's
+// exit code and output.
+type ActivationResult struct {
+	Instance string `json:"instance"`
+	// Result is ResultActivated or ResultDeactivated.
+	Result string `json:"result"`
+	// Persona, Revision, ActivationID and ActivatedAt describe the persona
+	// now active; absent after a deactivation.
+	Persona        string    `json:"persona,omitempty"`
+	Revision       uint64    `json:"revision,omitempty"`
+	ActivationID   string    `json:"activation_id,omitempty"`
+	ActivatedAt    time.Time `json:"activated_at,omitzero"`
+	DurationMillis float64   `json:"duration_ms"`
+}
+
+// ExecRequest asks to run a command in a guest through its routing table
+// (POST /instances/{id}/exec).
+type ExecRequest struct {
+	Command string            `json:"command"`
+	Args    []string          `json:"args"`
+	Env     map[string]string `json:"env,omitempty"`
+	// Stdin is sent to the command byte for byte.
+	Stdin string `json:"stdin,omitempty"`
+	// Cwd is an absolute path in the guest; empty for the agent's.
+	Cwd string `json:"cwd,omitempty"`
+	// TimeoutSeconds bounds the command in the guest (its whole process
+	// group is killed then), 0 to 86400; 0 means 30 seconds.
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+}
+
+// ExecResult answers a command that ran: its exit code or signal, output,
+// truncation flags, route, persona and duration. A command that ran and
+// failed is a result, not a problem.
+type ExecResult = protocol.ExecResult
+
+// Streams of an exec stream line (POST /instances/{id}/exec?stream=true).
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+	StreamExit   = "exit"
+	StreamFailed = "error"
+)
+
+// ExecStreamLine is one NDJSON line of a streamed exec: output as it
+// arrives ("stdout", "stderr": Data), then one "exit" line with the result,
+// or, should the exec fail after output began, one "error" line (StreamFailed) with the
+// problem's members.
+type ExecStreamLine struct {
+	Stream string `json:"stream"`
+	Data   string `json:"data,omitempty"`
+	// ExecResult is set on the "exit" line.
+	*ExecResult
+	// StreamError is set on the "error" line.
+	*StreamError
+}
+
+// StreamError is the problem that ends a stream after output began.
+type StreamError struct {
+	Type   string `json:"type,omitempty"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+}
+
+// EnableResult answers POST /instances/{id}/enable: what adding the agent
+// channel to a libvirt domain did.
+type EnableResult struct {
+	Instance string `json:"instance"`
+	Did      string `json:"did"`
+}
+
+// Health answers GET /healthz.
+type Health struct {
+	Status string `json:"status"` // "ok"
+}
+
+// Ready answers GET /readyz when the daemon is ready.
+type Ready struct {
+	Status string `json:"status"` // "ready"
+	// Agents counts the agent sessions the daemon manages.
+	Agents int `json:"agents"`
+}
+
+// Audit event sources.
+const (
+	SourceHost  = "host"
+	SourceGuest = "guest"
+)
+
+// AuditEvent is one entry of the audit log. Type is one of
+// protocol.AuditTypes.
+type AuditEvent struct {
+	// ID is assigned by the host, sorts by time, and is the cursor of
+	// GET /audit?after=.
+	ID       string    `json:"id"`
+	Time     time.Time `json:"time"`
+	Instance string    `json:"instance,omitempty"`
+	Actor    string    `json:"actor,omitempty"`
+	Type     string    `json:"type"`
+	Persona  string    `json:"persona,omitempty"`
+	Command  string    `json:"command,omitempty"`
+	// Route is the exec route ("default", "override", "denied").
+	Route        string `json:"route,omitempty"`
+	Result       string `json:"result,omitempty"`
+	ActivationID string `json:"activation_id,omitempty"`
+	// Source is SourceHost or SourceGuest.
+	Source string `json:"source"`
+	// GuestSpool and GuestSeq identify a guest event in the guest's spool
+	// (they make its ingestion exactly-once).
+	GuestSpool string `json:"guest_spool,omitempty"`
+	GuestSeq   uint64 `json:"guest_seq,omitempty"`
+	Detail     string `json:"detail,omitempty"`
+}
+
+// AuditPage answers GET /audit: events oldest first.
+type AuditPage struct {
+	Events []AuditEvent `json:"events"`
+	// Next is the ID of the last event, the cursor for the next page (the
+	// request's own cursor when the page is empty).
+	Next string `json:"next"`
+}
