@@ -352,7 +352,7 @@ func (a *agent) activateDefault(s *session) {
 		return
 	}
 	defer a.release()
-	res, id, err := a.activate(ctx, s, p, SystemActor, ReasonDefault, 0)
+	res, id, err := a.activate(ctx, s, p, SystemActor, ReasonDefault, 0, nil)
 	ev := store.AuditEvent{
 		Type: AuditDefaultActivation, Persona: p.Name, ActivationID: id, Result: res.Result,
 	}

@@ -20,10 +20,17 @@ import (
 // deadline in ctx, the call gets the larger of CallTimeout and
 // 2×scriptTimeout+10 s.
 //
+// audit are host events about the request (who asked for what; a zero Time
+// becomes now, an empty Instance the instance's): they are written in the
+// same commit as the instance record the outcome changes, or on their own
+// when it changes none (a refusal, a failure, an error), once either way.
+//
 // Errors: ErrUnknownInstance, ErrNotConnected (also when the session ends
 // during the call), context.DeadlineExceeded, or a *protocol.Error with
 // which the guest refused the request.
-func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Persona, actor, reason string, scriptTimeout time.Duration) (protocol.ActivateResult, error) {
+func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Persona, actor, reason string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
+	req := m.newRequestAudit(instance, audit)
+	defer req.flush()
 	a, s, err := m.connected(instance)
 	if err != nil {
 		return protocol.ActivateResult{}, err
@@ -38,14 +45,16 @@ func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Pers
 	if s, err = a.session(); err != nil {
 		return protocol.ActivateResult{}, err
 	}
-	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout)
+	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout, req)
 	return res, err
 }
 
 // Deactivate asks the instance's guest to return to no persona (running the
 // active persona's scripts as the guest does), with the same deadlines and
-// errors as Activate.
-func (m *Manager) Deactivate(ctx context.Context, instance, actor string, scriptTimeout time.Duration) (protocol.ActivateResult, error) {
+// errors, and the same handling of audit, as Activate.
+func (m *Manager) Deactivate(ctx context.Context, instance, actor string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
+	req := m.newRequestAudit(instance, audit)
+	defer req.flush()
 	a, s, err := m.connected(instance)
 	if err != nil {
 		return protocol.ActivateResult{}, err
@@ -73,7 +82,7 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 	if err != nil {
 		return protocol.ActivateResult{}, a.callErr(s, err)
 	}
-	a.apply(s, res, protocol.Persona{}, id)
+	a.apply(s, res, protocol.Persona{}, id, req)
 	return res, nil
 }
 
@@ -115,8 +124,9 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 }
 
 // activate carries one activation to the guest and applies the outcome. The
-// caller holds the activation slot.
-func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, actor, reason string, scriptTimeout time.Duration) (protocol.ActivateResult, string, error) {
+// caller holds the activation slot. req (may be nil) holds the request's
+// audit events.
+func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, actor, reason string, scriptTimeout time.Duration, req *requestAudit) (protocol.ActivateResult, string, error) {
 	id := newActivationID()
 	start := time.Now()
 	res, err := call[protocol.ActivateResult](ctx, s.cl, protocol.TypeActivate, protocol.Activate{
@@ -127,13 +137,14 @@ func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, ac
 	if err != nil {
 		return protocol.ActivateResult{}, id, a.callErr(s, err)
 	}
-	a.apply(s, res, p, id)
+	a.apply(s, res, p, id, req)
 	return res, id, nil
 }
 
 // apply records an activation outcome: the session's view of what the guest
-// holds, and the instance record when the guest changed persona.
-func (a *agent) apply(s *session, res protocol.ActivateResult, requested protocol.Persona, id string) {
+// holds, and the instance record when the guest changed persona, with the
+// request's audit events in the same commit.
+func (a *agent) apply(s *session, res protocol.ActivateResult, requested protocol.Persona, id string, req *requestAudit) {
 	a.mu.Lock()
 	s.active = cloneActive(res.Active)
 	a.mu.Unlock()
@@ -152,11 +163,15 @@ func (a *agent) apply(s *session, res protocol.ActivateResult, requested protoco
 		return
 	}
 	rec.UpdatedAt = time.Now().UTC()
-	if err := a.m.st.PutInstance(rec); err != nil {
+	evs := req.pending()
+	if err := a.m.st.PutInstance(rec, evs...); err != nil {
 		// The guest holds the persona: the next connect reconciles the
 		// record. The caller still gets the guest's answer.
 		a.log.Error("write instance record after activation", "result", res.Result, "err", err)
+		return
 	}
+	req.done()
+	a.m.countAudit(evs)
 }
 
 // callErr maps a session error: a session that ended is ErrNotConnected;

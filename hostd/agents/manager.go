@@ -72,7 +72,9 @@ const (
 // satisfies it.
 type Store interface {
 	GetInstance(instance string) (store.InstanceRecord, error)
-	PutInstance(rec store.InstanceRecord) error
+	// PutInstance writes the record and the audit events that go with it
+	// in one commit.
+	PutInstance(rec store.InstanceRecord, events ...store.AuditEvent) error
 	DefaultPersona() (protocol.Persona, bool, error)
 	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
 	IngestGuestAudit(instance string, b protocol.AuditBatch) (uint64, []store.AuditEvent, error)
@@ -297,6 +299,7 @@ func jitter(d time.Duration) time.Duration {
 var knownAuditTypes = []string{
 	protocol.AuditActivation, protocol.AuditDeactivation, protocol.AuditOverride,
 	protocol.AuditDenial, protocol.AuditExec, AuditReconciled, AuditDefaultActivation,
+	store.AuditActivationRequested, store.AuditDeactivationRequested,
 }
 
 func (m *Manager) countAudit(evs []store.AuditEvent) {
@@ -316,7 +319,7 @@ type noStore struct{}
 func (noStore) GetInstance(instance string) (store.InstanceRecord, error) {
 	return store.InstanceRecord{}, fmt.Errorf("instance %q: %w", instance, store.ErrNotFound)
 }
-func (noStore) PutInstance(store.InstanceRecord) error { return nil }
+func (noStore) PutInstance(store.InstanceRecord, ...store.AuditEvent) error { return nil }
 func (noStore) DefaultPersona() (protocol.Persona, bool, error) {
 	return protocol.Persona{}, false, nil
 }

@@ -179,32 +179,15 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	actor := identityOf(r).User
 	// The request is audited in the commit that records the guest's new
 	// persona, or on its own when there is none (failure, refusal, timeout).
-	pending, err := s.cfg.Store.DeferAudit(store.AuditEvent{Type: "activation_requested", Instance: inst, Actor: actor, Persona: name,
-		Detail: "revision " + strconv.FormatUint(p.Revision, 10)})
-	if err != nil {
-		return err
-	}
+	requested := store.AuditEvent{Type: store.AuditActivationRequested, Instance: inst, Actor: actor, Persona: name,
+		Detail: "revision " + strconv.FormatUint(p.Revision, 10)}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Activate(ctx, inst, p, actor, "api", timeout)
-	s.flushAudit(pending)
+	res, err := s.cfg.Agents.Activate(ctx, inst, p, actor, "api", timeout, requested)
 	if err != nil {
 		return err
 	}
 	return writeActivation(w, inst, res)
-}
-
-// flushAudit makes a deferred host audit event durable and counts it. The
-// guest has acted by then, so a failure to write (the store is failing) is
-// logged and the caller still gets the guest's answer; the guest's own audit
-// of the activation arrives separately.
-func (s *Server) flushAudit(p *store.PendingAudit) {
-	ev, err := p.Flush()
-	if err != nil {
-		s.cfg.Logger.Error("audit write failed", "type", ev.Type, "instance", ev.Instance, "err", err)
-		return
-	}
-	s.cfg.Metrics.AuditEvents.WithLabelValues(ev.Type).Inc()
 }
 
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
@@ -213,14 +196,10 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httproute
 		return err
 	}
 	actor := identityOf(r).User
-	pending, err := s.cfg.Store.DeferAudit(store.AuditEvent{Type: "deactivation_requested", Instance: inst, Actor: actor})
-	if err != nil {
-		return err
-	}
+	requested := store.AuditEvent{Type: store.AuditDeactivationRequested, Instance: inst, Actor: actor}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Deactivate(ctx, inst, actor, timeout)
-	s.flushAudit(pending)
+	res, err := s.cfg.Agents.Deactivate(ctx, inst, actor, timeout, requested)
 	if err != nil {
 		return err
 	}

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -173,7 +171,7 @@ func (s *Store) putAudit(txn *badger.Txn, ev *AuditEvent) error {
 		return fmt.Errorf("audit sequence: %w", err)
 	}
 	ev.ID = auditID(ev.Time, seq)
-	b, err := json.Marshal(ev)
+	b, err := encodeAudit(ev)
 	if err != nil {
 		return fmt.Errorf("audit event: encode: %w", err)
 	}
@@ -241,14 +239,9 @@ func (s *Store) AppendAudit(evs ...AuditEvent) ([]AuditEvent, error) {
 	out := make([]AuditEvent, len(evs))
 	now := s.now()
 	for i, ev := range evs {
-		if ev.Type == "" {
-			return nil, fmt.Errorf("audit event %d has no type: %w", i, ErrInvalidArgument)
+		if err := prepareHostEvent(&ev, now); err != nil {
+			return nil, fmt.Errorf("audit event %d: %w", i, err)
 		}
-		if ev.Time.IsZero() {
-			ev.Time = now
-		}
-		ev.Time = ev.Time.UTC()
-		ev.Source = SourceHost
 		out[i] = ev
 	}
 	err := s.writeChunks(len(out), func(i int) int { return estimateEvent(&out[i]) }, func(int) {}, func(txn *badger.Txn, i int) error {
@@ -258,6 +251,19 @@ func (s *Store) AppendAudit(evs ...AuditEvent) ([]AuditEvent, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// prepareHostEvent readies a host event for writing.
+func prepareHostEvent(ev *AuditEvent, now time.Time) error {
+	if ev.Type == "" {
+		return fmt.Errorf("no type: %w", ErrInvalidArgument)
+	}
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	ev.Time = ev.Time.UTC()
+	ev.Source = SourceHost
+	return nil
 }
 
 // IngestGuestAudit stores a guest's audit batch exactly once: events whose
@@ -406,7 +412,7 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 				}
 			}
 			var ev AuditEvent
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, &ev) }); err != nil {
+			if err := item.Value(func(v []byte) error { return decodeAudit(v, &ev) }); err != nil {
 				return fmt.Errorf("audit event %s: decode: %w", k[len(base):], err)
 			}
 			if q.Instance != "" && ev.Instance != q.Instance ||
@@ -422,123 +428,4 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-// PendingAudit is a host audit event waiting to be written in the same
-// commit as the next record of its instance (see DeferAudit).
-type PendingAudit struct {
-	s *Store
-	// instance never changes: the pending lists are keyed by it and read
-	// it without mu.
-	instance string
-	mu       sync.Mutex // held while the event is being written
-	ev       AuditEvent
-	// written: the event is durable, ev.ID set.
-	written bool
-}
-
-// DeferAudit holds a host audit event about ev.Instance so that it is
-// written in the same synced commit as the next PutInstance of that
-// instance, saving a commit of its own. The caller must call Flush on the
-// result once the outcome is known (whether or not a record was written):
-// Flush writes the event on its own if no record took it, so the event is
-// recorded either way. A zero Time becomes now: the event keeps the time it
-// was deferred at. Until it is written, a crash loses the event.
-func (s *Store) DeferAudit(ev AuditEvent) (*PendingAudit, error) {
-	if err := checkInstance(ev.Instance); err != nil {
-		return nil, err
-	}
-	if ev.Type == "" {
-		return nil, fmt.Errorf("audit event has no type: %w", ErrInvalidArgument)
-	}
-	if s.closed.Load() {
-		return nil, ErrClosed
-	}
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	ev.Time = ev.Time.UTC()
-	ev.Source = SourceHost
-	p := &PendingAudit{s: s, instance: ev.Instance, ev: ev}
-	s.pendingMu.Lock()
-	s.pending[ev.Instance] = append(s.pending[ev.Instance], p)
-	s.pendingMu.Unlock()
-	return p, nil
-}
-
-// Flush makes the event durable: it returns at once when an instance record
-// already carried it, otherwise it writes it alone. It returns the event
-// with its ID. Calling it again returns the same event.
-func (p *PendingAudit) Flush() (AuditEvent, error) {
-	p.s.dropPending(p)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.written {
-		return p.ev, nil
-	}
-	out, err := p.s.AppendAudit(p.ev)
-	if err != nil {
-		return p.ev, err
-	}
-	p.ev, p.written = out[0], true
-	return p.ev, nil
-}
-
-func (s *Store) dropPending(p *PendingAudit) {
-	s.pendingMu.Lock()
-	defer s.pendingMu.Unlock()
-	list := s.pending[p.instance]
-	if i := slices.Index(list, p); i >= 0 {
-		list = slices.Delete(list, i, i+1)
-	}
-	if len(list) == 0 {
-		delete(s.pending, p.instance)
-	} else {
-		s.pending[p.instance] = list
-	}
-}
-
-// claimPending takes the deferred events of instance that no Flush is
-// writing now, locked; releasePending hands them back after the commit.
-func (s *Store) claimPending(instance string) []*PendingAudit {
-	s.pendingMu.Lock()
-	defer s.pendingMu.Unlock()
-	var out []*PendingAudit
-	for _, p := range s.pending[instance] {
-		if !p.mu.TryLock() {
-			continue // its Flush is writing it
-		}
-		if p.written {
-			p.mu.Unlock()
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-// releasePending unlocks claimed events; committed says whether they were
-// written, evs are them with their IDs.
-func (s *Store) releasePending(claimed []*PendingAudit, committed bool, evs []AuditEvent) {
-	if committed {
-		for i, p := range claimed {
-			p.ev, p.written = evs[i], true
-		}
-		s.pendingMu.Lock()
-		for _, p := range claimed {
-			list := s.pending[p.instance]
-			if i := slices.Index(list, p); i >= 0 {
-				list = slices.Delete(list, i, i+1)
-			}
-			if len(list) == 0 {
-				delete(s.pending, p.instance)
-			} else {
-				s.pending[p.instance] = list
-			}
-		}
-		s.pendingMu.Unlock()
-	}
-	for _, p := range claimed {
-		p.mu.Unlock()
-	}
 }

@@ -70,7 +70,8 @@ func crashWriter(dir string) int {
 		ack("guest %d", upTo)
 
 		inst := fmt.Sprintf("vm-%d", i)
-		if err := s.PutInstance(InstanceRecord{Instance: inst, Persona: &up, Revision: up.Revision}); err != nil {
+		if err := s.PutInstance(InstanceRecord{Instance: inst, Persona: &up, Revision: up.Revision},
+			AuditEvent{Type: AuditActivationRequested, Persona: up.Name}); err != nil {
 			return fail("instance", err)
 		}
 		ack("instance %s", inst)
@@ -156,6 +157,29 @@ func TestKill9Durability(t *testing.T) {
 			t.Fatalf("unexpected writer line %q", line)
 		}
 		checked++
+	}
+	// Every instance record on disk, acknowledged or not, came with its
+	// audit event, and no event without its record: they were one commit.
+	recs, err := s.ListInstances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	requested, err := s.QueryAudit(AuditQuery{Type: AuditActivationRequested, Limit: MaxAuditLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withEvent := map[string]int{}
+	for _, ev := range requested {
+		withEvent[ev.Instance]++
+	}
+	for _, r := range recs {
+		if r.Instance != "vm" && withEvent[r.Instance] != 1 {
+			t.Errorf("instance record %s has %d audit events written with it, want 1", r.Instance, withEvent[r.Instance])
+		}
+		delete(withEvent, r.Instance)
+	}
+	if len(withEvent) != 0 {
+		t.Errorf("audit events without their instance record: %v", withEvent)
 	}
 	// Every acknowledged guest event is stored, each exactly once: a batch
 	// re-sent after the crash inserts nothing.

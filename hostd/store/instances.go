@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
-	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -67,39 +65,52 @@ func (s *Store) GetInstance(instance string) (InstanceRecord, error) {
 	return r, err
 }
 
-// PutInstance writes (replaces) an instance's record. Times are stored in
-// UTC; a zero UpdatedAt becomes now. Host audit events deferred for the
-// instance (DeferAudit) are written in the same commit.
-func (s *Store) PutInstance(rec InstanceRecord) error {
+// PutInstance writes (replaces) an instance's record, and with it the host
+// audit events that belong to that write (the request that led to it, say):
+// one synced commit holds both, so the record is never there without its
+// events, nor the events without the record. Times are stored in UTC; a zero
+// UpdatedAt becomes now. Each event is prepared as AppendAudit does (a zero
+// Time becomes now, Source is "host", Type must not be empty); an event
+// without an Instance gets the record's.
+func (s *Store) PutInstance(rec InstanceRecord, events ...AuditEvent) error {
 	if err := checkInstance(rec.Instance); err != nil {
 		return err
 	}
+	now := s.now()
 	if rec.UpdatedAt.IsZero() {
-		rec.UpdatedAt = s.now()
+		rec.UpdatedAt = now
 	}
 	rec.UpdatedAt = rec.UpdatedAt.UTC()
 	if !rec.ActivatedAt.IsZero() {
 		rec.ActivatedAt = rec.ActivatedAt.UTC()
 	}
-	b, err := json.Marshal(rec)
+	b, err := encodeInstance(&rec)
 	if err != nil {
 		return fmt.Errorf("instance %q: encode: %w", rec.Instance, err)
 	}
-	// Host audit events deferred for this instance (DeferAudit) go into the
-	// same commit.
-	claimed := s.claimPending(rec.Instance)
-	evs := make([]AuditEvent, len(claimed))
-	err = s.update(func(txn *badger.Txn) error {
-		for i, p := range claimed {
-			evs[i] = p.ev
+	evs := make([]AuditEvent, len(events))
+	size := 0
+	for i, ev := range events {
+		if ev.Instance == "" {
+			ev.Instance = rec.Instance
+		}
+		if err := prepareHostEvent(&ev, now); err != nil {
+			return fmt.Errorf("audit event %d of instance %q: %w", i, rec.Instance, err)
+		}
+		evs[i] = ev
+		size += estimateEvent(&ev)
+	}
+	if size > txnBudgetBytes || len(evs) > txnBudgetEvents {
+		return fmt.Errorf("instance %q: %d audit events are more than one write takes: %w", rec.Instance, len(evs), ErrInvalidArgument)
+	}
+	return s.update(func(txn *badger.Txn) error {
+		for i := range evs {
 			if err := s.putAudit(txn, &evs[i]); err != nil {
 				return err
 			}
 		}
 		return txn.Set(instanceKey(rec.Instance), b)
 	})
-	s.releasePending(claimed, err == nil, evs)
-	return err
 }
 
 // DeleteInstance forgets an instance's record (no error when there is none).
@@ -137,16 +148,6 @@ func eachInstance(txn *badger.Txn, fn func(InstanceRecord) error) error {
 		if err := fn(r); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func decodeInstance(v []byte, r *InstanceRecord) error {
-	if err := json.Unmarshal(v, r); err != nil {
-		return fmt.Errorf("instance record: decode: %w", err)
-	}
-	if r.Persona != nil {
-		validate.Normalize(r.Persona)
 	}
 	return nil
 }

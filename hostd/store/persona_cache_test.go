@@ -6,7 +6,6 @@ import (
 	"reflect"
 	"sync"
 	"testing"
-	"time"
 )
 
 // checkCacheAgrees compares what reads see (the in-memory cache) with what
@@ -191,108 +190,4 @@ func TestPersonaCacheConcurrentWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	checkCacheAgrees(t, s)
-}
-
-// A deferred audit event is written with the instance record when one
-// follows, and alone by Flush otherwise; either way exactly once.
-func TestDeferAudit(t *testing.T) {
-	s := openTemp(t)
-	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-
-	// With a record: one commit carries both; Flush only reports it.
-	p, err := s.DeferAudit(AuditEvent{Type: AuditActivationRequested, Instance: "vm1", Actor: "alice", Persona: "a", Time: at})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if evs, _ := s.QueryAudit(AuditQuery{Instance: "vm1"}); len(evs) != 0 {
-		t.Fatalf("a deferred event was written before its record: %+v", evs)
-	}
-	if err := s.PutInstance(InstanceRecord{Instance: "vm1"}); err != nil {
-		t.Fatal(err)
-	}
-	evs, _ := s.QueryAudit(AuditQuery{Instance: "vm1"})
-	if len(evs) != 1 || evs[0].Type != AuditActivationRequested || evs[0].Source != SourceHost || !evs[0].Time.Equal(at) {
-		t.Fatalf("after PutInstance audit = %+v, want the deferred event", evs)
-	}
-	ev, err := p.Flush()
-	if err != nil || ev.ID != evs[0].ID {
-		t.Fatalf("Flush = %+v, %v; want the event written with the record (%s)", ev, err, evs[0].ID)
-	}
-	if ev2, _ := p.Flush(); ev2.ID != ev.ID {
-		t.Fatalf("second Flush = %s, want %s", ev2.ID, ev.ID)
-	}
-
-	// Without a record (the guest failed): Flush writes it alone, and a
-	// later record of the instance does not write it again.
-	q, err := s.DeferAudit(AuditEvent{Type: AuditActivationRequested, Instance: "vm2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutInstance(InstanceRecord{Instance: "vm1"}); err != nil { // another instance
-		t.Fatal(err)
-	}
-	if _, err := q.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutInstance(InstanceRecord{Instance: "vm2"}); err != nil {
-		t.Fatal(err)
-	}
-	if evs, _ := s.QueryAudit(AuditQuery{Instance: "vm2"}); len(evs) != 1 {
-		t.Fatalf("vm2 audit = %+v, want the one event", evs)
-	}
-	if evs, _ := s.QueryAudit(AuditQuery{Instance: "vm1"}); len(evs) != 1 {
-		t.Fatalf("vm1 audit = %+v, want one event (vm2's stayed with vm2)", evs)
-	}
-	if len(s.pending) != 0 {
-		t.Fatalf("pending left behind: %v", s.pending)
-	}
-
-	if _, err := s.DeferAudit(AuditEvent{Instance: "vm1"}); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("DeferAudit without a type = %v, want ErrInvalidArgument", err)
-	}
-	if _, err := s.DeferAudit(AuditEvent{Type: "x"}); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("DeferAudit without an instance = %v, want ErrInvalidArgument", err)
-	}
-}
-
-// Flushes racing records of the same instance: every event is written
-// exactly once.
-func TestDeferAuditConcurrent(t *testing.T) {
-	s := openTemp(t)
-	const n = 40
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			p, err := s.DeferAudit(AuditEvent{Type: AuditActivationRequested, Instance: "vm", Detail: fmt.Sprint(i)})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if i%2 == 0 {
-				if err := s.PutInstance(InstanceRecord{Instance: "vm"}); err != nil {
-					t.Error(err)
-				}
-			}
-			if _, err := p.Flush(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	evs, err := s.QueryAudit(AuditQuery{Instance: "vm", Limit: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	for _, ev := range evs {
-		seen[ev.Detail]++
-	}
-	for i := range n {
-		if seen[fmt.Sprint(i)] != 1 {
-			t.Errorf("event %d written %d times", i, seen[fmt.Sprint(i)])
-		}
-	}
-	if len(evs) != n {
-		t.Errorf("%d events, want %d", len(evs), n)
-	}
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -59,17 +58,6 @@ func clonePersona(p *protocol.Persona) protocol.Persona {
 	out.RestrictedCommands = slices.Clone(p.RestrictedCommands)
 	out.AllowedCommands = slices.Clone(p.AllowedCommands)
 	return out
-}
-
-// decodePersona is how a stored persona value is read, from Badger or for
-// the cache.
-func decodePersona(v []byte) (*protocol.Persona, error) {
-	p := new(protocol.Persona)
-	if err := json.Unmarshal(v, p); err != nil {
-		return nil, err
-	}
-	validate.Normalize(p)
-	return p, nil
 }
 
 // loadPersonas reads every persona and the default claim from Badger.
@@ -145,7 +133,7 @@ func getPersona(txn *badger.Txn, name string) (protocol.Persona, error) {
 // putPersona sets p in txn and returns it as a later read will see it (the
 // cache entry).
 func putPersona(txn *badger.Txn, p protocol.Persona) (*protocol.Persona, error) {
-	b, err := json.Marshal(p)
+	b, err := encodePersona(&p)
 	if err != nil {
 		return nil, fmt.Errorf("persona %q: encode: %w", p.Name, err)
 	}

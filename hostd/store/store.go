@@ -7,11 +7,12 @@
 //
 // Key layout (one byte-ordered keyspace):
 //
-//	p/<name>                         persona (JSON protocol.Persona)
+//	p/<name>                         persona (JSON personaRecord)
 //	m/default                        name of the default persona
 //	m/auditseq                       Badger sequence for audit IDs
-//	i/<instance>                     InstanceRecord (JSON)
-//	a/<id>                           AuditEvent (JSON); id sorts by time, then insertion
+//	m/schema                         schema version of the data (schema.go)
+//	i/<instance>                     instanceRecord (JSON)
+//	a/<id>                           auditRecord (JSON); id sorts by time, then insertion
 //	g/<instance>\x00<spool>\x00<seq> audit ID of an ingested guest event (dedup)
 //	x/<i|p|t>/<value>\x00<id>       audit index by instance, persona, type (no value)
 package store
@@ -73,6 +74,9 @@ type Options struct {
 	// kept after they are written; 0 keeps them forever. Badger expires
 	// entries with a one-second granularity.
 	AuditRetention time.Duration
+
+	// migrations replaces the package's list (tests); nil means migrations.
+	migrations []migration
 }
 
 // Store is the host daemon's Badger store. Its methods are safe for
@@ -89,10 +93,6 @@ type Store struct {
 	personaMu sync.Mutex
 	personas  atomic.Pointer[personaCache]
 	closed    atomic.Bool // set by Close before Badger closes
-
-	// pending holds deferred host audit events by instance (DeferAudit).
-	pendingMu sync.Mutex
-	pending   map[string][]*PendingAudit
 
 	stop     chan struct{}
 	gcDone   chan struct{}
@@ -146,6 +146,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
+	migs := opts.migrations
+	if migs == nil {
+		migs = migrations
+	}
+	if err := migrate(db, dir, migs, log); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	seq, err := db.GetSequence([]byte(keyAuditSeq), 1000)
 	if err != nil {
 		db.Close()
@@ -157,7 +165,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		retention: opts.AuditRetention,
 		seq:       seq,
 		now:       func() time.Time { return time.Now().UTC() },
-		pending:   map[string][]*PendingAudit{},
 		stop:      make(chan struct{}),
 		gcDone:    make(chan struct{}),
 	}
