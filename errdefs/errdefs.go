@@ -194,3 +194,37 @@ func WithDetails(err error, kv ...any) error {
 func InvalidField(field, msg string) error {
 	return WithDetails(New(ErrInvalid, "invalid-field", msg), "field", field)
 }
+
+// Explainer is an error whose message for users differs from Error(), which
+// is meant for logs (a guest's refusal: users see the refusal's own text).
+type Explainer interface {
+	Explain() string
+}
+
+// Message returns what to tell users about err: the explanation of the
+// outermost error in its chain that has one, else err.Error().
+func Message(err error) string {
+	var e Explainer
+	if errors.As(err, &e) {
+		return e.Explain()
+	}
+	return err.Error()
+}
+
+// withMessage replaces an error's message, keeping what it wraps.
+type withMessage struct {
+	err error
+	msg string
+}
+
+func (e *withMessage) Error() string { return e.msg }
+func (e *withMessage) Unwrap() error { return e.err }
+
+// WithMessage returns err with message msg: its class, kind and details
+// stay those of err. A nil err stays nil.
+func WithMessage(err error, msg string) error {
+	if err == nil {
+		return nil
+	}
+	return &withMessage{err: err, msg: msg}
+}

@@ -9,16 +9,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // ErrClosed is returned by calls on a session that has ended: the stream
 // closed, a heartbeat was missed, or Close was called. The cause is in
 // Client.Err.
-var ErrClosed = errors.New("protocol: session closed")
+var ErrClosed = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: session closed")
 
 // ErrNoSession is the cause of a session ended because the guest answered
 // that it holds no session: its daemon restarted while the stream stayed open.
-var ErrNoSession = errors.New("protocol: the guest holds no session (agent restarted)")
+var ErrNoSession = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: the guest holds no session (agent restarted)")
 
 // noSession reports whether an Error payload carries CodeNoSession.
 func noSession(payload []byte) bool {
@@ -28,7 +30,7 @@ func noSession(payload []byte) bool {
 
 // ErrHeartbeat is the cause of a session ended because the peer stopped
 // answering heartbeats.
-var ErrHeartbeat = errors.New("protocol: peer missed heartbeats")
+var ErrHeartbeat = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: peer missed heartbeats")
 
 // ClientConfig configures the host side of a session.
 type ClientConfig struct {

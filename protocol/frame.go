@@ -20,6 +20,8 @@ import (
 	"math"
 	"slices"
 	"sync"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Version is the protocol version this package speaks. It is the value of the
@@ -84,10 +86,10 @@ var (
 	// ErrFrameTooLarge: a frame's length prefix exceeds the reader's limit.
 	// The reader skipped the payload without buffering it; the stream stays
 	// in step. It is returned wrapped in a *FrameError carrying the header.
-	ErrFrameTooLarge = errors.New("protocol: frame payload exceeds the limit")
+	ErrFrameTooLarge = errdefs.New(errdefs.ErrTooLarge, "frame-too-large", "protocol: frame payload exceeds the limit")
 	// ErrUnsupportedVersion: a frame's header names a version this peer does
 	// not speak. Returned wrapped in a *FrameError; the payload was skipped.
-	ErrUnsupportedVersion = errors.New("protocol: unsupported protocol version")
+	ErrUnsupportedVersion = errdefs.New(errdefs.ErrUnavailable, "unsupported-version", "protocol: unsupported protocol version")
 )
 
 // FrameError reports a well-formed header whose frame could not be delivered.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Type is a frame's message type.
@@ -295,6 +297,64 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("%s: %s (%s)", e.Code, e.Message, e.Command)
 	}
 	return e.Code + ": " + e.Message
+}
+
+// Is places the error in its class (package errdefs) by its code.
+func (e *Error) Is(target error) bool { return target == e.class() }
+
+func (e *Error) class() error {
+	switch e.Code {
+	case CodeDenied:
+		return errdefs.ErrForbidden
+	case CodeNotFound, CodeNotExecutable:
+		return errdefs.ErrInvalid
+	case CodeBadRequest:
+		return errdefs.ErrInvalidArgument
+	case CodeBusy:
+		return errdefs.ErrUnavailable
+	}
+	return errdefs.ErrUpstream
+}
+
+// Kind names the refusal precisely.
+func (e *Error) Kind() string {
+	switch e.Code {
+	case CodeDenied:
+		return "command-denied"
+	case CodeNotFound, CodeNotExecutable:
+		return "command-not-startable"
+	case CodeBadRequest:
+		return "guest-refused"
+	case CodeBusy:
+		return "agent-busy"
+	}
+	return "agent-error"
+}
+
+// Explain is what users are told: the seed's message for a denied command,
+// the command and the reason for one that cannot start, else the message.
+func (e *Error) Explain() string {
+	switch e.Code {
+	case CodeDenied:
+		return DeniedMessage
+	case CodeNotFound, CodeNotExecutable:
+		return e.Command + ": " + e.Message
+	case CodeBadRequest, CodeBusy:
+		return e.Message
+	}
+	return e.Error()
+}
+
+// Details are the command (and the active persona, or the reason it
+// cannot start) of an exec refusal.
+func (e *Error) Details() map[string]any {
+	switch e.Code {
+	case CodeDenied:
+		return map[string]any{"command": e.Command, "persona": e.Persona}
+	case CodeNotFound, CodeNotExecutable:
+		return map[string]any{"command": e.Command, "reason": e.Code}
+	}
+	return nil
 }
 
 // Marshal encodes a JSON message payload.

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -28,10 +29,10 @@ import (
 // guest refusals as *protocol.Error; activation outcomes in
 // protocol.ActivateResult.Result.
 var (
-	ErrUnknownInstance = errors.New("unknown instance")
-	ErrNotConnected    = errors.New("agent not connected")
+	ErrUnknownInstance = errdefs.New(errdefs.ErrNotFound, "unknown-instance", "unknown instance")
+	ErrNotConnected    = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "agent not connected")
 	// ErrExists: Add with a name the manager already manages.
-	ErrExists = errors.New("instance already managed")
+	ErrExists = errdefs.New(errdefs.ErrAlreadyExists, "exists", "instance already managed")
 	// ErrManagerClosed: Add after Close.
 	ErrManagerClosed = errors.New("agent manager closed")
 )

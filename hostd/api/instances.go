@@ -13,6 +13,7 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
@@ -96,7 +97,7 @@ func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httpro
 			t := rec.ActivatedAt
 			v.ActivatedAt = &t
 		}
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, errdefs.ErrNotFound):
 	default:
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
@@ -111,8 +112,8 @@ func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprou
 	}
 	created, err := s.cfg.Store.CreatePersona(p)
 	if err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return problem(http.StatusConflict, "exists", "Persona exists", fmt.Sprintf("persona %q already exists; use PUT /personas/%s to change it", p.Name, p.Name))
+		if errors.Is(err, errdefs.ErrAlreadyExists) {
+			err = errdefs.WithMessage(err, fmt.Sprintf("persona %q already exists; use PUT /personas/%s to change it", p.Name, p.Name))
 		}
 		return err
 	}
@@ -180,12 +181,10 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	return nil
 }
 
+// personaErr says which persona a store error is about.
 func personaErr(name string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, store.ErrNotFound) {
-		return problem(http.StatusNotFound, "not-found", "Persona not found", fmt.Sprintf("no persona named %q", name), "persona", name)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return errdefs.WithDetails(errdefs.WithMessage(err, fmt.Sprintf("no persona named %q", name)), "persona", name)
 	}
 	return err
 }

@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,12 +9,8 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
-	"github.com/vmpersona/vmpersona/hostd/libvirt"
-	"github.com/vmpersona/vmpersona/hostd/store"
-	"github.com/vmpersona/vmpersona/hostd/validate"
-	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // problem builds a problem document; members are key/value pairs of its
@@ -61,68 +56,66 @@ func setMember(p *apitypes.Problem, k string, v any) {
 	}
 }
 
-// toProblem is the one place where errors from the store, the agent
-// connections, the guest and request decoding become HTTP answers.
+// classProblems gives each error class (package errdefs) the type and
+// title of its problem document; its status is apitypes.ClassStatus's.
+var classProblems = map[error]struct{ kind, title string }{
+	errdefs.ErrInvalidArgument:    {"bad-request", "Bad request"},
+	errdefs.ErrInvalid:            {"invalid-field", "Invalid field"},
+	errdefs.ErrUnauthorized:       {"unauthorized", "Unauthorized"},
+	errdefs.ErrForbidden:          {"forbidden", "Forbidden"},
+	errdefs.ErrNotFound:           {"not-found", "Not found"},
+	errdefs.ErrAlreadyExists:      {"exists", "Already exists"},
+	errdefs.ErrConflict:           {"conflict", "Conflict"},
+	errdefs.ErrPreconditionFailed: {"precondition-failed", "Revision mismatch"},
+	errdefs.ErrTooLarge:           {"too-large", "Too large"},
+	errdefs.ErrUnavailable:        {"unavailable", "Unavailable"},
+	errdefs.ErrTimeout:            {"agent-timeout", "Agent did not answer in time"},
+	errdefs.ErrCanceled:           {"canceled", "Request canceled"},
+	errdefs.ErrNotImplemented:     {"not-implemented", "Not implemented"},
+	errdefs.ErrUpstream:           {"agent-error", "The guest agent failed"},
+}
+
+// kindTitles titles the problems of errors that name their kind
+// (errdefs.Kind); the kind is the problem type's slug.
+var kindTitles = map[string]string{
+	"unknown-domain":        "Unknown libvirt domain",
+	"already-enabled":       "Channel already present",
+	"libvirt-unavailable":   "libvirt not connected",
+	"unknown-instance":      "Unknown instance",
+	"agent-unavailable":     "Agent not connected",
+	"default-conflict":      "Another persona is the default",
+	"persona-in-use":        "Persona is active",
+	"command-denied":        "Command not allowed",
+	"command-not-startable": "Command cannot be started",
+	"guest-refused":         "The guest refused the request",
+	"agent-busy":            "Agent busy",
+}
+
+// toProblem is the one place where errors become HTTP answers: the error's
+// class gives the status (apitypes.ClassStatus), its kind the problem type,
+// its details the extra members. Handlers return errors as they get them.
 func toProblem(err error) *apitypes.Problem {
 	var p *apitypes.Problem
 	if errors.As(err, &p) {
 		return p
 	}
-	var ve *validate.Error
-	if errors.As(err, &ve) {
-		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", ve.Error(), "field", ve.Field)
+	class := errdefs.Class(err)
+	if class == nil {
+		return problem(http.StatusInternalServerError, "internal", "Internal error", err.Error())
 	}
-	var dc *store.DefaultConflictError
-	if errors.As(err, &dc) {
-		return problem(http.StatusConflict, "default-conflict", "Another persona is the default",
-			fmt.Sprintf("persona %q is already the default persona; clear its default_persona first", dc.Current), "current_default", dc.Current)
-	}
-	var iu *store.InUseError
-	if errors.As(err, &iu) {
-		return problem(http.StatusConflict, "persona-in-use", "Persona is active",
-			fmt.Sprintf("persona is active on %s; deactivate it there or delete with ?force=true", strings.Join(iu.Instances, ", ")), "instances", iu.Instances)
-	}
-	var pe *protocol.Error
-	if errors.As(err, &pe) {
-		switch pe.Code {
-		case protocol.CodeDenied:
-			return problem(http.StatusForbidden, "command-denied", "Command not allowed", protocol.DeniedMessage,
-				"command", pe.Command, "persona", pe.Persona)
-		case protocol.CodeNotFound, protocol.CodeNotExecutable:
-			return problem(http.StatusUnprocessableEntity, "command-not-startable", "Command cannot be started",
-				fmt.Sprintf("%s: %s", pe.Command, pe.Message), "command", pe.Command, "reason", pe.Code)
-		case protocol.CodeBadRequest:
-			return problem(http.StatusBadRequest, "guest-refused", "The guest refused the request", pe.Message)
-		case protocol.CodeBusy:
-			return problem(http.StatusServiceUnavailable, "agent-busy", "Agent busy", pe.Message)
+	cp := classProblems[class]
+	kind, title := cp.kind, cp.title
+	if k := errdefs.Kind(err); k != "" && k != kind {
+		kind = k
+		if t, ok := kindTitles[k]; ok {
+			title = t
 		}
-		return problem(http.StatusBadGateway, "agent-error", "The guest agent failed", pe.Error())
 	}
-	switch {
-	case errors.Is(err, libvirt.ErrNoDomain):
-		return problem(http.StatusNotFound, "unknown-domain", "Unknown libvirt domain", err.Error())
-	case errors.Is(err, libvirt.ErrAlreadyEnabled):
-		return problem(http.StatusConflict, "already-enabled", "Channel already present", err.Error())
-	case errors.Is(err, libvirt.ErrNotConnected):
-		return problem(http.StatusServiceUnavailable, "libvirt-unavailable", "libvirt not connected", err.Error())
-	case errors.Is(err, store.ErrNotFound):
-		return problem(http.StatusNotFound, "not-found", "Not found", err.Error())
-	case errors.Is(err, agents.ErrUnknownInstance):
-		return problem(http.StatusNotFound, "unknown-instance", "Unknown instance", err.Error())
-	case errors.Is(err, store.ErrInvalidArgument):
-		return problem(http.StatusBadRequest, "bad-request", "Bad request", err.Error())
-	case errors.Is(err, store.ErrExists):
-		return problem(http.StatusConflict, "exists", "Already exists", err.Error())
-	case errors.Is(err, store.ErrPreconditionFailed):
-		return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch", err.Error())
-	case errors.Is(err, agents.ErrNotConnected), errors.Is(err, protocol.ErrClosed):
-		return problem(http.StatusServiceUnavailable, "agent-unavailable", "Agent not connected", err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return problem(http.StatusGatewayTimeout, "agent-timeout", "Agent did not answer in time", err.Error())
-	case errors.Is(err, context.Canceled):
-		return problem(499, "canceled", "Request canceled", err.Error())
+	p = problem(apitypes.StatusOf(class), kind, title, errdefs.Message(err))
+	for k, v := range errdefs.Details(err) {
+		setMember(p, k, v)
 	}
-	return problem(http.StatusInternalServerError, "internal", "Internal error", err.Error())
+	return p
 }
 
 // decodeJSON reads one JSON value from the body into v, refusing unknown

@@ -22,6 +22,7 @@ import (
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/agents"
 )
 
@@ -31,9 +32,9 @@ const Source = "libvirt"
 // Errors of the package.
 var (
 	// ErrNotConnected: libvirt is not reachable right now.
-	ErrNotConnected = errors.New("libvirt not connected")
+	ErrNotConnected = errdefs.New(errdefs.ErrUnavailable, "libvirt-unavailable", "libvirt not connected")
 	// ErrNoDomain: no domain has that name or UUID.
-	ErrNoDomain = errors.New("no such libvirt domain")
+	ErrNoDomain = errdefs.New(errdefs.ErrNotFound, "unknown-domain", "no such libvirt domain")
 )
 
 // Agents is the part of agents.Manager discovery drives.

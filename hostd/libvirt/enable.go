@@ -8,10 +8,12 @@ import (
 
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // ErrAlreadyEnabled is wrapped when a domain has the agent channel already.
-var ErrAlreadyEnabled = errors.New("agent channel already present")
+var ErrAlreadyEnabled = errdefs.New(errdefs.ErrConflict, "already-enabled", "agent channel already present")
 
 // EnableChannel adds the agent channel (a unix socket channel in bind mode
 // whose path libvirt picks, virtio target PortName) to a domain, named by

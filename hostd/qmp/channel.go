@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/digitalocean/go-qemu/qmp/raw"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // PortName is the virtio-serial port name of the vmpersona agent channel.
@@ -15,10 +17,10 @@ const PortName = "org.vmpersona.agent.0"
 // Errors of channel discovery.
 var (
 	// ErrNoChannel: QEMU has no virtserialport named PortName.
-	ErrNoChannel = errors.New("no " + PortName + " virtserialport")
+	ErrNoChannel = errdefs.New(errdefs.ErrNotFound, "no-channel", "no "+PortName+" virtserialport")
 	// ErrNotUnixSocket: the port's chardev is not a unix socket the host
 	// can connect to.
-	ErrNotUnixSocket = errors.New("agent chardev is not a unix server socket")
+	ErrNotUnixSocket = errdefs.New(errdefs.ErrInvalid, "not-unix-socket", "agent chardev is not a unix server socket")
 )
 
 // Channel is the agent channel of a QEMU instance.

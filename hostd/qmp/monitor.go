@@ -27,14 +27,16 @@ import (
 	"time"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Errors of the QMP client.
 var (
 	// ErrClosed: the QMP connection ended (QEMU exited or Disconnect).
-	ErrClosed = errors.New("qmp connection closed")
+	ErrClosed = errdefs.New(errdefs.ErrUnavailable, "qmp-unavailable", "qmp connection closed")
 	// ErrProtocol: QEMU said something that is not QMP.
-	ErrProtocol = errors.New("qmp protocol error")
+	ErrProtocol = errdefs.New(errdefs.ErrUpstream, "qmp-protocol", "qmp protocol error")
 )
 
 // maxLine bounds one QMP message; the answers this package asks for are a

@@ -27,18 +27,20 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Sentinel errors. Callers match them with errors.Is.
 var (
-	ErrNotFound           = errors.New("not found")
-	ErrExists             = errors.New("already exists")
-	ErrDefaultConflict    = errors.New("another persona is the default") // wrapped in *DefaultConflictError{Current string}
-	ErrPreconditionFailed = errors.New("revision does not match")
-	ErrInUse              = errors.New("persona is active on instances") // wrapped in *InUseError{Instances []string}
+	ErrNotFound           = errdefs.New(errdefs.ErrNotFound, "not-found", "not found")
+	ErrExists             = errdefs.New(errdefs.ErrAlreadyExists, "exists", "already exists")
+	ErrDefaultConflict    = errdefs.New(errdefs.ErrConflict, "default-conflict", "another persona is the default") // wrapped in *DefaultConflictError{Current string}
+	ErrPreconditionFailed = errdefs.New(errdefs.ErrPreconditionFailed, "precondition-failed", "revision does not match")
+	ErrInUse              = errdefs.New(errdefs.ErrConflict, "persona-in-use", "persona is active on instances") // wrapped in *InUseError{Instances []string}
 	// ErrInvalidArgument: an instance name, spool ID or audit cursor the
 	// store cannot use as a key.
-	ErrInvalidArgument = errors.New("invalid argument")
+	ErrInvalidArgument = errdefs.New(errdefs.ErrInvalidArgument, "bad-request", "invalid argument")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
 )
@@ -48,7 +50,12 @@ var (
 type DefaultConflictError struct{ Current string }
 
 func (e *DefaultConflictError) Error() string {
-	return fmt.Sprintf("%s: %q is the default persona", ErrDefaultConflict, e.Current)
+	return fmt.Sprintf("persona %q is already the default persona; clear its default_persona first", e.Current)
+}
+
+// Details names the current default.
+func (e *DefaultConflictError) Details() map[string]any {
+	return map[string]any{"current_default": e.Current}
 }
 
 func (e *DefaultConflictError) Unwrap() error { return ErrDefaultConflict }
@@ -61,8 +68,11 @@ type InUseError struct {
 }
 
 func (e *InUseError) Error() string {
-	return fmt.Sprintf("%s: persona %q is active on %s", ErrInUse, e.Persona, strings.Join(e.Instances, ", "))
+	return fmt.Sprintf("persona %q is active on %s; deactivate it there or delete with ?force=true", e.Persona, strings.Join(e.Instances, ", "))
 }
+
+// Details names the instances holding the persona.
+func (e *InUseError) Details() map[string]any { return map[string]any{"instances": e.Instances} }
 
 func (e *InUseError) Unwrap() error { return ErrInUse }
 

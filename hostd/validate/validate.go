@@ -10,7 +10,6 @@
 package validate
 
 import (
-	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -18,11 +17,13 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-// ErrInvalid is matched (errors.Is) by every *Error.
-var ErrInvalid = errors.New("invalid persona")
+// ErrInvalid is matched (errors.Is) by every *Error, as is the class
+// errdefs.ErrInvalid.
+var ErrInvalid = errdefs.New(errdefs.ErrInvalid, "invalid-field", "invalid persona")
 
 // Limits. Each is inclusive: a value of exactly the limit is accepted.
 const (
@@ -54,8 +55,11 @@ func (e *Error) Error() string {
 	return e.Field + ": " + e.Detail
 }
 
-// Is makes errors.Is(err, ErrInvalid) true.
-func (e *Error) Is(target error) bool { return target == ErrInvalid }
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Details names the field at fault.
+func (e *Error) Details() map[string]any { return map[string]any{"field": e.Field} }
 
 func fail(field, format string, args ...any) *Error {
 	return &Error{Field: field, Detail: fmt.Sprintf(format, args...)}

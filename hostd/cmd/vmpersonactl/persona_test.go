@@ -150,7 +150,7 @@ func TestPersonaLifecycle(t *testing.T) {
 	want(t, d.ctl(t, "persona", "get", "minimal"), exitNotFound, "get a deleted persona")
 	r = d.ctl(t, "persona", "delete", "minimal")
 	want(t, r, exitNotFound, "delete a missing persona")
-	if !strings.Contains(r.stderr, `Persona not found: no persona named "minimal"`) {
+	if !strings.Contains(r.stderr, `Not found: no persona named "minimal"`) {
 		t.Errorf("delete missing: %q", r.stderr)
 	}
 }
