@@ -157,7 +157,7 @@ func (a *agent) run() {
 			a.setState(StateDisconnected)
 			return
 		}
-		t := time.NewTimer(jitter(backoff))
+		t := time.NewTimer(Jitter(backoff))
 		backoff = min(2*backoff, backoffMax)
 		select {
 		case <-t.C:

@@ -87,8 +87,8 @@ func TestNextEpoch(t *testing.T) {
 func TestJitter(t *testing.T) {
 	for _, d := range []time.Duration{backoffMin, time.Second, backoffMax} {
 		for range 1000 {
-			if j := jitter(d); j < d/2 || j > d {
-				t.Fatalf("jitter(%v) = %v", d, j)
+			if j := Jitter(d); j < d/2 || j > d {
+				t.Fatalf("Jitter(%v) = %v", d, j)
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sort"
 	"sync"
@@ -288,11 +287,6 @@ func (m *Manager) withDefaultDeadline(ctx context.Context, want time.Duration) (
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, max(m.cfg.CallTimeout, want))
-}
-
-// jitter spreads a backoff over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }
 
 // knownAuditTypes bounds the type label of the audit counter: a guest is

@@ -16,23 +16,10 @@ import (
 
 // Discovered is an instance a discovery source (libvirt, QMP) knows,
 // whether or not its agent can be reached.
-type Discovered struct {
-	Name     string
-	UUID     string
-	Source   string // "libvirt" or "qmp"
-	State    string // running, paused, shutoff, unknown
-	Endpoint string
-	Reason   string // why the agent cannot be reached, when it cannot
-	PortOpen *bool  // the guest has the agent port open; nil when unknown
-}
+type Discovered = agents.Discovered
 
 // Inventory is a discovery source the API merges with the agent manager.
-type Inventory interface {
-	// Resolve maps an id (name or UUID) to the instance name.
-	Resolve(id string) (string, bool)
-	Lookup(name string) (Discovered, bool)
-	List() []Discovered
-}
+type Inventory = agents.Source
 
 // ChannelEnabler adds the agent channel to a domain (libvirt).
 type ChannelEnabler interface {

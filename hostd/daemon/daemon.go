@@ -129,11 +129,11 @@ func Run(ctx context.Context, cfg Config) error {
 
 	acfgAPI := api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
 	if lvd != nil {
-		acfgAPI.Inventories = append(acfgAPI.Inventories, libvirtInventory{lvd})
+		acfgAPI.Inventories = append(acfgAPI.Inventories, lvd)
 		acfgAPI.Enabler = lvd
 	}
 	if qw != nil {
-		acfgAPI.Inventories = append(acfgAPI.Inventories, qmpInventory{qw})
+		acfgAPI.Inventories = append(acfgAPI.Inventories, qw)
 	}
 	srv := api.New(acfgAPI)
 	listeners, err := listen(cfg, log)

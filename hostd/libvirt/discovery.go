@@ -13,8 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -55,34 +53,18 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 }
 
-// Status is a snapshot of one domain.
-type Status struct {
-	Name string `json:"name"`
-	UUID string `json:"uuid"`
-	// State is StateRunning, StatePaused, StateShutoff or StateUnknown.
-	State    string `json:"state"`
-	Endpoint string `json:"endpoint,omitempty"`
-	// Reason says why the domain has no usable agent endpoint.
-	Reason string `json:"reason,omitempty"`
-	// PortOpen: the guest has the agent port open; nil when unknown (not
-	// running, vsock, or the driver does not say).
-	PortOpen   *bool     `json:"port_open,omitempty"`
-	Persistent bool      `json:"persistent"`
-	UpdatedAt  time.Time `json:"updated_at"`
-}
-
 // Discovery follows the domains of one libvirt connection. Its methods are
 // safe for concurrent use; the read methods answer from a snapshot.
 type Discovery struct {
 	cfg Config
 	log *slog.Logger
 
+	domains *agents.Snapshots // by name and UUID
+	reg     *agents.Registrar // what discovery gave the agent manager
+
 	mu        sync.Mutex
 	conn      *lv.Connect // nil while disconnected
 	connErr   string
-	domains   map[string]Status // by name
-	byUUID    map[string]string // normalised UUID → name
-	reg       *agents.Registrar // what discovery gave the agent manager
 	lostEvent bool
 
 	events chan domainEvent
@@ -120,7 +102,7 @@ func New(cfg Config) (*Discovery, error) {
 	}
 	return &Discovery{
 		cfg: cfg, log: log.With("component", "libvirt", "uri", cfg.URI),
-		domains: make(map[string]Status), byUUID: make(map[string]string), reg: agents.NewRegistrar(cfg.Agents, Source),
+		domains: agents.NewSnapshots(Source), reg: agents.NewRegistrar(cfg.Agents, Source),
 		events: make(chan domainEvent, 256),
 	}, nil
 }
@@ -175,7 +157,7 @@ func (d *Discovery) Run(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-time.After(jitter(backoff)):
+			case <-time.After(agents.Jitter(backoff)):
 			}
 			backoff = min(2*backoff, d.cfg.BackoffMax)
 			continue
@@ -315,16 +297,10 @@ func (d *Discovery) resync(conn *lv.Connect) error {
 		seen[st.Name] = true
 		d.apply(st)
 	}
-	d.mu.Lock()
-	var gone []string
-	for name := range d.domains {
+	for _, name := range d.domains.Names() {
 		if !seen[name] {
-			gone = append(gone, name)
+			d.forget(name)
 		}
-	}
-	d.mu.Unlock()
-	for _, name := range gone {
-		d.forget(name)
 	}
 	return nil
 }
@@ -366,14 +342,12 @@ func (d *Discovery) refreshDomain(conn *lv.Connect, name, uuid string) error {
 // pollPorts re-reads running domains that have an agent channel, for the
 // port's state.
 func (d *Discovery) pollPorts(conn *lv.Connect) error {
-	d.mu.Lock()
-	var todo []Status
-	for _, s := range d.domains {
-		if s.State != StateShutoff && s.Endpoint != "" {
+	var todo []agents.Discovered
+	for _, s := range d.domains.List() {
+		if s.State != agents.InstanceShutoff && s.Endpoint != "" {
 			todo = append(todo, s)
 		}
 	}
-	d.mu.Unlock()
 	for _, s := range todo {
 		if err := d.refreshDomain(conn, s.Name, s.UUID); err != nil {
 			return err
@@ -384,24 +358,24 @@ func (d *Discovery) pollPorts(conn *lv.Connect) error {
 
 // read builds a domain's status from its state and XML (live XML when it
 // runs, so that libvirt-assigned socket paths are there).
-func (d *Discovery) read(dom *lv.Domain) (Status, error) {
+func (d *Discovery) read(dom *lv.Domain) (agents.Discovered, error) {
 	name, err := dom.GetName()
 	if err != nil {
-		return Status{}, err
+		return agents.Discovered{}, err
 	}
 	uuid, err := dom.GetUUIDString()
 	if err != nil {
-		return Status{}, err
+		return agents.Discovered{}, err
 	}
 	state, reason, err := dom.GetState()
 	if err != nil {
-		return Status{}, err
+		return agents.Discovered{}, err
 	}
 	persistent, _ := dom.IsPersistent()
-	st := Status{Name: name, UUID: uuid, State: runState(state), Persistent: persistent}
+	st := agents.Discovered{Name: name, UUID: uuid, State: runState(state), Persistent: persistent}
 	raw, err := dom.GetXMLDesc(0)
 	if err != nil {
-		return Status{}, err
+		return agents.Discovered{}, err
 	}
 	var x libvirtxml.Domain
 	if err := x.Unmarshal(raw); err != nil {
@@ -410,7 +384,7 @@ func (d *Discovery) read(dom *lv.Domain) (Status, error) {
 	}
 	ch := findChannel(&x, name)
 	switch {
-	case st.State == StateShutoff:
+	case st.State == agents.InstanceShutoff:
 		st.Reason = "domain is not running"
 		if state == lv.DOMAIN_CRASHED || (state == lv.DOMAIN_SHUTOFF && lv.DomainShutoffReason(reason) == lv.DOMAIN_SHUTOFF_CRASHED) {
 			st.Reason = "domain crashed"
@@ -499,21 +473,21 @@ func ptr[T any](v T) *T { return &v }
 func runState(s lv.DomainState) string {
 	switch s {
 	case lv.DOMAIN_RUNNING, lv.DOMAIN_BLOCKED, lv.DOMAIN_SHUTDOWN:
-		return StateRunning // DOMAIN_SHUTDOWN: shutting down, still running
+		return agents.InstanceRunning // DOMAIN_SHUTDOWN: shutting down, still running
 	case lv.DOMAIN_PAUSED, lv.DOMAIN_PMSUSPENDED:
-		return StatePaused
+		return agents.InstancePaused
 	case lv.DOMAIN_SHUTOFF, lv.DOMAIN_CRASHED:
-		return StateShutoff
+		return agents.InstanceShutoff
 	default:
-		return StateUnknown
+		return agents.InstanceUnknown
 	}
 }
 
 // apply records a domain's status and brings the agent manager in step:
 // a running or paused domain with an endpoint is managed; any other is not
 // (no connection attempts) but stays listed.
-func (d *Discovery) apply(st Status) {
-	if st.Endpoint != "" && st.State != StateShutoff {
+func (d *Discovery) apply(st agents.Discovered) {
+	if st.Endpoint != "" && st.State != agents.InstanceShutoff {
 		ep, err := agents.ParseEndpoint(st.Endpoint)
 		if err == nil {
 			err = d.manage(st.Name, ep)
@@ -524,18 +498,10 @@ func (d *Discovery) apply(st Status) {
 			st.PortOpen = nil
 		}
 	}
-	if st.Endpoint == "" || st.State == StateShutoff {
+	if st.Endpoint == "" || st.State == agents.InstanceShutoff {
 		d.unmanage(st.Name)
 	}
-	st.UpdatedAt = time.Now()
-	d.mu.Lock()
-	prev, known := d.domains[st.Name]
-	if known && prev.UUID != st.UUID {
-		delete(d.byUUID, normUUID(prev.UUID))
-	}
-	d.domains[st.Name] = st
-	d.byUUID[normUUID(st.UUID)] = st.Name
-	d.mu.Unlock()
+	prev, known := d.domains.Set(st)
 	if !known || prev.State != st.State || prev.Endpoint != st.Endpoint || prev.Reason != st.Reason {
 		d.log.Info("domain", "domain", st.Name, "uuid", st.UUID, "state", st.State, "endpoint", st.Endpoint, "reason", st.Reason)
 	}
@@ -547,13 +513,7 @@ func (d *Discovery) forget(name string) {
 		return
 	}
 	d.unmanage(name)
-	d.mu.Lock()
-	st, ok := d.domains[name]
-	delete(d.domains, name)
-	if ok && d.byUUID[normUUID(st.UUID)] == name {
-		delete(d.byUUID, normUUID(st.UUID))
-	}
-	d.mu.Unlock()
+	st, ok := d.domains.Delete(name)
 	if ok {
 		d.log.Info("domain gone", "domain", name, "uuid", st.UUID)
 	}
@@ -567,41 +527,19 @@ func (d *Discovery) unmanage(name string) { d.reg.Unmanage(name) }
 
 func (d *Discovery) unmanageAll() { d.reg.UnmanageAll() }
 
-// Instances returns every known domain's status, sorted by name.
-func (d *Discovery) Instances() []Status {
-	d.mu.Lock()
-	out := make([]Status, 0, len(d.domains))
-	for _, s := range d.domains {
-		out = append(out, s)
-	}
-	d.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
+// List returns every known domain's snapshot, sorted by name.
+func (d *Discovery) List() []agents.Discovered { return d.domains.List() }
 
-// Get returns one domain's status by name or UUID.
-func (d *Discovery) Get(idOrUUID string) (Status, bool) {
-	name, ok := d.Resolve(idOrUUID)
-	if !ok {
-		return Status{}, false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s, ok := d.domains[name]
-	return s, ok
+// Lookup returns one domain's snapshot by name or UUID.
+func (d *Discovery) Lookup(idOrUUID string) (agents.Discovered, bool) {
+	return d.domains.Lookup(idOrUUID)
 }
 
 // Resolve returns the domain name for a domain name or UUID (with or
 // without dashes, any case).
-func (d *Discovery) Resolve(idOrUUID string) (string, bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.domains[idOrUUID]; ok {
-		return idOrUUID, true
-	}
-	name, ok := d.byUUID[normUUID(idOrUUID)]
-	return name, ok
-}
+func (d *Discovery) Resolve(idOrUUID string) (string, bool) { return d.domains.Resolve(idOrUUID) }
+
+var _ agents.Source = (*Discovery)(nil)
 
 // Connected reports whether libvirt is connected, and the last connection
 // error when it is not.
@@ -609,10 +547,6 @@ func (d *Discovery) Connected() (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.conn != nil, d.connErr
-}
-
-func normUUID(s string) string {
-	return strings.ToLower(strings.ReplaceAll(s, "-", ""))
 }
 
 func isCode(err error, code lv.ErrorNumber) bool {
@@ -628,9 +562,4 @@ func lvMessage(err error) string {
 		return e.Message
 	}
 	return err.Error()
-}
-
-// jitter spreads a backoff over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }

@@ -10,15 +10,7 @@ import (
 )
 
 // PortName is the virtio-serial port name of the vmpersona agent channel.
-const PortName = "org.vmpersona.agent.0"
-
-// Domain states in Status.State.
-const (
-	StateRunning = "running"
-	StatePaused  = "paused"
-	StateShutoff = "shutoff"
-	StateUnknown = "unknown"
-)
+const PortName = agents.PortName
 
 // agentChannel is what a domain's XML says about its agent channel.
 type agentChannel struct {

@@ -131,12 +131,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func waitState(t *testing.T, d *Discovery, name, state string) Status {
+func waitState(t *testing.T, d *Discovery, name, state string) agents.Discovered {
 	t.Helper()
-	var s Status
+	var s agents.Discovered
 	waitFor(t, name+" "+state, func() bool {
 		var ok bool
-		s, ok = d.Get(name)
+		s, ok = d.Lookup(name)
 		return ok && s.State == state
 	})
 	return s
@@ -153,7 +153,7 @@ func TestDiscoveryListsDomains(t *testing.T) {
 	mgr := newManager(t)
 	d := newDiscovery(t, testURI, mgr, false)
 
-	with := waitState(t, d, "vmp-with", StateRunning)
+	with := waitState(t, d, "vmp-with", agents.InstanceRunning)
 	if with.Endpoint != "unix:"+sock || with.Reason != "" || !with.Persistent {
 		t.Errorf("vmp-with = %+v; want endpoint unix:%s, no reason", with, sock)
 	}
@@ -161,7 +161,7 @@ func TestDiscoveryListsDomains(t *testing.T) {
 		t.Errorf("manager vmp-with = %+v, %v", st, err)
 	}
 
-	without := waitState(t, d, "vmp-without", StateRunning)
+	without := waitState(t, d, "vmp-without", agents.InstanceRunning)
 	wantReason := "no org.vmpersona.agent.0 channel; run: vmpersonactl instance enable vmp-without"
 	if without.Endpoint != "" || without.Reason != wantReason {
 		t.Errorf("vmp-without = %+v; want reason %q", without, wantReason)
@@ -170,7 +170,7 @@ func TestDiscoveryListsDomains(t *testing.T) {
 		t.Errorf("a domain without channel is managed (%v)", err)
 	}
 
-	vs := waitState(t, d, "vmp-vsock", StateRunning)
+	vs := waitState(t, d, "vmp-vsock", agents.InstanceRunning)
 	if vs.Endpoint != "vsock:42:7070" {
 		t.Errorf("vmp-vsock endpoint %q, want vsock:42:7070", vs.Endpoint)
 	}
@@ -178,7 +178,7 @@ func TestDiscoveryListsDomains(t *testing.T) {
 		t.Errorf("manager vmp-vsock = %+v, %v", st, err)
 	}
 
-	o := waitState(t, d, "vmp-off", StateShutoff)
+	o := waitState(t, d, "vmp-off", agents.InstanceShutoff)
 	if o.Endpoint != "" || o.Reason != "domain is not running" {
 		t.Errorf("vmp-off = %+v; want no endpoint, not running", o)
 	}
@@ -187,7 +187,7 @@ func TestDiscoveryListsDomains(t *testing.T) {
 	}
 
 	// The test driver's own running domain has no channel.
-	if s, ok := d.Get("test"); !ok || s.State != StateRunning || !strings.Contains(s.Reason, "instance enable test") {
+	if s, ok := d.Lookup("test"); !ok || s.State != agents.InstanceRunning || !strings.Contains(s.Reason, "instance enable test") {
 		t.Errorf("the test driver's domain: %+v, %v", s, ok)
 	}
 
@@ -201,12 +201,12 @@ func TestDiscoveryListsDomains(t *testing.T) {
 	if _, ok := d.Resolve("00000000-0000-0000-0000-000000000000"); ok {
 		t.Error("Resolve of an unknown UUID succeeded")
 	}
-	if s, ok := d.Get(uuid); !ok || s.Name != "vmp-off" || s.UUID != uuid {
+	if s, ok := d.Lookup(uuid); !ok || s.Name != "vmp-off" || s.UUID != uuid {
 		t.Errorf("Get(uuid) = %+v, %v", s, ok)
 	}
 
 	names := map[string]bool{}
-	for _, s := range d.Instances() {
+	for _, s := range d.List() {
 		names[s.Name] = true
 	}
 	for _, n := range []string{"vmp-with", "vmp-without", "vmp-vsock", "vmp-off", "test"} {
@@ -224,17 +224,17 @@ func TestLifecycleEvents(t *testing.T) {
 	mgr := newManager(t)
 	// No resync and no polling: every change below must come from an event.
 	d := newDiscovery(t, testURI, mgr, true)
-	waitFor(t, "the first resync", func() bool { _, ok := d.Get("test"); return ok })
+	waitFor(t, "the first resync", func() bool { _, ok := d.Lookup("test"); return ok })
 
 	sock := filepath.Join(t.TempDir(), "ev.sock")
 	dom := define(t, c, "vmp-events", domOpts{channelPath: sock})
-	s := waitState(t, d, "vmp-events", StateShutoff) // defined
+	s := waitState(t, d, "vmp-events", agents.InstanceShutoff) // defined
 	uuid := s.UUID
 
 	if err := dom.Create(); err != nil {
 		t.Fatal(err)
 	}
-	s = waitState(t, d, "vmp-events", StateRunning) // started
+	s = waitState(t, d, "vmp-events", agents.InstanceRunning) // started
 	if s.Endpoint != "unix:"+sock {
 		t.Errorf("after start: %+v", s)
 	}
@@ -243,19 +243,19 @@ func TestLifecycleEvents(t *testing.T) {
 	if err := dom.Suspend(); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, d, "vmp-events", StatePaused)
+	waitState(t, d, "vmp-events", agents.InstancePaused)
 	if _, err := mgr.Get("vmp-events"); err != nil {
 		t.Errorf("a paused domain left the manager: %v", err)
 	}
 	if err := dom.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	waitState(t, d, "vmp-events", StateRunning)
+	waitState(t, d, "vmp-events", agents.InstanceRunning)
 
 	if err := dom.Destroy(); err != nil {
 		t.Fatal(err)
 	}
-	s = waitState(t, d, "vmp-events", StateShutoff) // stopped: listed, not managed
+	s = waitState(t, d, "vmp-events", agents.InstanceShutoff) // stopped: listed, not managed
 	if s.Endpoint != "" {
 		t.Errorf("stopped domain keeps an endpoint: %+v", s)
 	}
@@ -267,7 +267,7 @@ func TestLifecycleEvents(t *testing.T) {
 	if err := dom.Undefine(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "vmp-events gone", func() bool { _, ok := d.Get("vmp-events"); return !ok })
+	waitFor(t, "vmp-events gone", func() bool { _, ok := d.Lookup("vmp-events"); return !ok })
 	if _, ok := d.Resolve(uuid); ok {
 		t.Error("the UUID of an undefined domain still resolves")
 	}
@@ -278,7 +278,7 @@ func TestEnableChannel(t *testing.T) {
 	mgr := newManager(t)
 	d := newDiscovery(t, testURI, mgr, false)
 	define(t, c, "vmp-enable", domOpts{})
-	waitState(t, d, "vmp-enable", StateShutoff)
+	waitState(t, d, "vmp-enable", agents.InstanceShutoff)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -333,7 +333,7 @@ func TestEnableChannel(t *testing.T) {
 	// A running domain without the channel: the definition gains it; the
 	// live attach either works or the description says it did not.
 	define(t, c, "vmp-enable-live", domOpts{start: true})
-	waitState(t, d, "vmp-enable-live", StateRunning)
+	waitState(t, d, "vmp-enable-live", agents.InstanceRunning)
 	desc, err = d.EnableChannel(ctx, "vmp-enable-live")
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +353,7 @@ func TestNameTakenByAnotherSource(t *testing.T) {
 	}
 	define(t, c, "vmp-clash", domOpts{channelPath: "/tmp/clash.sock", start: true})
 	d := newDiscovery(t, testURI, mgr, false)
-	s := waitState(t, d, "vmp-clash", StateRunning)
+	s := waitState(t, d, "vmp-clash", agents.InstanceRunning)
 	if !strings.Contains(s.Reason, "already used") || s.Endpoint != "" {
 		t.Errorf("clash status %+v", s)
 	}
@@ -380,7 +380,7 @@ func TestReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Domains in a test driver node file start running.
-	s := waitState(t, d, "vmp-node", StateRunning)
+	s := waitState(t, d, "vmp-node", agents.InstanceRunning)
 	if s.Endpoint != "unix:"+sock {
 		t.Errorf("vmp-node = %+v", s)
 	}

@@ -9,10 +9,11 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/agents"
 )
 
 // PortName is the virtio-serial port name of the vmpersona agent channel.
-const PortName = "org.vmpersona.agent.0"
+const PortName = agents.PortName
 
 // Errors of channel discovery.
 var (

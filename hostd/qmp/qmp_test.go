@@ -334,39 +334,42 @@ func TestWatcherFollowsQEMU(t *testing.T) {
 	wantEP := "unix:" + vm.agent
 
 	waitFor(t, "vm1 paused (prelaunch) with its endpoint", func() bool {
-		s, _ := w.Get("vm1")
-		return s.State == StatePaused && s.RunState == "prelaunch" && s.Endpoint == wantEP
+		s, _ := w.Lookup("vm1")
+		return s.State == agents.InstancePaused && s.RunState == "prelaunch" && s.Endpoint == wantEP
 	})
 	st, ok := managed(mgr, "vm1")
 	if !ok || st.Source != Source || st.Endpoint != wantEP {
 		t.Fatalf("manager has vm1 = %+v, %v; want source qmp at %s", st, ok, wantEP)
 	}
-	if s, _ := w.Get("vm1"); s.PortOpen == nil || *s.PortOpen || s.Reason != "" {
+	if s, _ := w.Lookup("vm1"); s.PortOpen == nil || *s.PortOpen || s.Reason != "" {
 		t.Errorf("status %+v: want port_open false (no guest) and no reason", s)
 	}
 
 	vm.do(t, "cont")
-	waitFor(t, "vm1 running", func() bool { s, _ := w.Get("vm1"); return s.State == StateRunning })
+	waitFor(t, "vm1 running", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceRunning })
 	vm.do(t, "stop")
-	waitFor(t, "vm1 paused", func() bool { s, _ := w.Get("vm1"); return s.State == StatePaused && s.RunState == "paused" })
+	waitFor(t, "vm1 paused", func() bool {
+		s, _ := w.Lookup("vm1")
+		return s.State == agents.InstancePaused && s.RunState == "paused"
+	})
 
 	// QEMU exits: listed as shutoff, no longer managed (no dialling).
 	vm.do(t, "quit")
-	waitFor(t, "vm1 shutoff", func() bool { s, _ := w.Get("vm1"); return s.State == StateShutoff })
+	waitFor(t, "vm1 shutoff", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceShutoff })
 	waitFor(t, "vm1 removed from the manager", func() bool { _, ok := managed(mgr, "vm1"); return !ok })
-	if s, _ := w.Get("vm1"); s.Endpoint != "" || s.Reason == "" {
+	if s, _ := w.Lookup("vm1"); s.Endpoint != "" || s.Reason == "" {
 		t.Errorf("shutoff status %+v: want no endpoint and a reason", s)
 	}
-	if got := w.Instances(); len(got) != 1 || got[0].Name != "vm1" {
+	if got := w.List(); len(got) != 1 || got[0].Name != "vm1" {
 		t.Errorf("Instances = %+v, want vm1 still listed", got)
 	}
 
 	// QEMU comes back on the same socket: found again.
 	startQEMU(t, qemuOpts{channel: true, dir: filepath.Dir(vm.qmp)})
 	waitFor(t, "vm1 back", func() bool {
-		s, _ := w.Get("vm1")
+		s, _ := w.Lookup("vm1")
 		_, ok := managed(mgr, "vm1")
-		return s.State == StatePaused && s.Endpoint == wantEP && ok
+		return s.State == agents.InstancePaused && s.Endpoint == wantEP && ok
 	})
 }
 
@@ -376,8 +379,8 @@ func TestWatcherWithoutChannel(t *testing.T) {
 	t.Cleanup(mgr.Close)
 	w := newWatcher(t, mgr, Instance{Name: "bare", Path: vm.qmp})
 	waitFor(t, "bare listed with a reason", func() bool {
-		s, _ := w.Get("bare")
-		return s.State == StatePaused && strings.Contains(s.Reason, "no "+PortName+" channel")
+		s, _ := w.Lookup("bare")
+		return s.State == agents.InstancePaused && strings.Contains(s.Reason, "no "+PortName+" channel")
 	})
 	if _, ok := managed(mgr, "bare"); ok {
 		t.Error("an instance without channel is managed")
@@ -394,7 +397,7 @@ func TestWatcherNameTaken(t *testing.T) {
 	}
 	w := newWatcher(t, mgr, Instance{Name: "vm1", Path: vm.qmp})
 	waitFor(t, "a name clash reason", func() bool {
-		s, _ := w.Get("vm1")
+		s, _ := w.Lookup("vm1")
 		return strings.Contains(s.Reason, "already used")
 	})
 	if st, _ := managed(mgr, "vm1"); st.Source != "static" || st.Endpoint != static.String() {
@@ -407,8 +410,8 @@ func TestWatcherUnreachable(t *testing.T) {
 	t.Cleanup(mgr.Close)
 	w := newWatcher(t, mgr, Instance{Name: "gone", Path: "/nonexistent/qmp.sock"})
 	waitFor(t, "gone listed as shutoff", func() bool {
-		s, _ := w.Get("gone")
-		return s.State == StateShutoff && strings.Contains(s.Reason, "not reachable")
+		s, _ := w.Lookup("gone")
+		return s.State == agents.InstanceShutoff && strings.Contains(s.Reason, "not reachable")
 	})
 	if _, err := New(Config{Agents: mgr, Instances: []Instance{{"a", "/x"}, {"a", "/y"}}}); err == nil {
 		t.Error("New accepted the same name twice")

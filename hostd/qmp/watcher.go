@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -16,14 +14,6 @@ import (
 
 // Source is the agents.Manager source of instances found here.
 const Source = "qmp"
-
-// Instance states in Status.State.
-const (
-	StateRunning = "running"
-	StatePaused  = "paused"  // vCPUs stopped: paused, prelaunch (-S), migrating, …
-	StateShutoff = "shutoff" // QEMU gone, or its guest shut down
-	StateUnknown = "unknown" // not reached yet
-)
 
 // Agents is the part of agents.Manager the watcher drives.
 type Agents = agents.Registry
@@ -41,24 +31,6 @@ func ParseFlag(v string) (Instance, error) {
 		return Instance{}, fmt.Errorf("--qmp %q: want NAME=PATH, e.g. vm1=/run/vm1.qmp", v)
 	}
 	return Instance{Name: name, Path: path}, nil
-}
-
-// Status is a snapshot of one QMP instance.
-type Status struct {
-	Name string `json:"name"`
-	QMP  string `json:"qmp"`
-	// State is StateRunning, StatePaused, StateShutoff or StateUnknown;
-	// RunState is QEMU's own name for it (query-status).
-	State    string `json:"state"`
-	RunState string `json:"run_state,omitempty"`
-	Endpoint string `json:"endpoint,omitempty"`
-	// Reason says why the instance has no agent endpoint, or why it is not
-	// reachable.
-	Reason string `json:"reason,omitempty"`
-	// PortOpen: the guest has the agent port open (query-chardev
-	// frontend-open); nil when unknown.
-	PortOpen  *bool     `json:"port_open,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Config configures a Watcher. Zero durations take their defaults.
@@ -79,15 +51,14 @@ type Config struct {
 // Watcher follows QMP instances and keeps the agent manager in step: an
 // instance whose QEMU is up with an agent channel is managed at the
 // channel's socket; one whose QEMU is gone, or that has no channel, is not
-// (no connection attempts) but stays listed in Instances with a reason.
+// (no connection attempts) but stays listed with a reason.
 type Watcher struct {
 	cfg Config
 	log *slog.Logger
 
-	mu     sync.Mutex
-	status map[string]Status
-	reg    *agents.Registrar // what the watcher gave the agent manager
-	wake   map[string]chan struct{}
+	status *agents.Snapshots
+	reg    *agents.Registrar        // what the watcher gave the agent manager
+	wake   map[string]chan struct{} // set up by New, read only after
 }
 
 // New returns a watcher; Run starts it.
@@ -113,14 +84,14 @@ func New(cfg Config) (*Watcher, error) {
 	}
 	w := &Watcher{
 		cfg: cfg, log: log.With("component", "qmp"),
-		status: make(map[string]Status), wake: make(map[string]chan struct{}),
+		status: agents.NewSnapshots(Source), wake: make(map[string]chan struct{}),
 		reg: agents.NewRegistrar(cfg.Agents, Source),
 	}
 	for _, in := range cfg.Instances {
-		if _, dup := w.status[in.Name]; dup {
+		if _, dup := w.wake[in.Name]; dup {
 			return nil, fmt.Errorf("--qmp: instance %q given twice", in.Name)
 		}
-		w.status[in.Name] = Status{Name: in.Name, QMP: in.Path, State: StateUnknown, Reason: "not reached yet", UpdatedAt: time.Now()}
+		w.status.Set(agents.Discovered{Name: in.Name, State: agents.InstanceUnknown, Reason: "not reached yet"})
 		w.wake[in.Name] = make(chan struct{}, 1)
 	}
 	return w, nil
@@ -143,33 +114,21 @@ func (w *Watcher) Run(ctx context.Context) {
 	}
 }
 
-// Instances returns every instance's status, sorted by name.
-func (w *Watcher) Instances() []Status {
-	w.mu.Lock()
-	out := make([]Status, 0, len(w.status))
-	for _, s := range w.status {
-		out = append(out, s)
-	}
-	w.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
+// List returns every instance's snapshot, sorted by name.
+func (w *Watcher) List() []agents.Discovered { return w.status.List() }
 
-// Get returns one instance's status.
-func (w *Watcher) Get(name string) (Status, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s, ok := w.status[name]
-	return s, ok
-}
+// Lookup returns one instance's snapshot.
+func (w *Watcher) Lookup(name string) (agents.Discovered, bool) { return w.status.Lookup(name) }
+
+// Resolve returns name when it is one of the watcher's instances.
+func (w *Watcher) Resolve(name string) (string, bool) { return w.status.Resolve(name) }
+
+var _ agents.Source = (*Watcher)(nil)
 
 // Refresh asks an instance's loop to re-read its state now (after
 // something outside QMP's events changed it); unknown names are ignored.
 func (w *Watcher) Refresh(name string) {
-	w.mu.Lock()
-	ch := w.wake[name]
-	w.mu.Unlock()
-	if ch != nil {
+	if ch := w.wake[name]; ch != nil {
 		select {
 		case ch <- struct{}{}:
 		default:
@@ -191,8 +150,8 @@ func (w *Watcher) follow(ctx context.Context, in Instance) {
 				return
 			}
 			w.unmanage(in.Name)
-			w.update(in.Name, func(s *Status) {
-				s.State, s.RunState, s.Endpoint, s.PortOpen = StateShutoff, "", "", nil
+			w.update(in.Name, func(s *agents.Discovered) {
+				s.State, s.RunState, s.Endpoint, s.PortOpen = agents.InstanceShutoff, "", "", nil
 				s.Reason = "QEMU not reachable on its QMP socket: " + err.Error()
 			})
 			if msg := err.Error(); msg != lastErr {
@@ -202,7 +161,7 @@ func (w *Watcher) follow(ctx context.Context, in Instance) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(jitter(backoff)):
+			case <-time.After(agents.Jitter(backoff)):
 			}
 			backoff = min(2*backoff, w.cfg.BackoffMax)
 			continue
@@ -217,8 +176,8 @@ func (w *Watcher) follow(ctx context.Context, in Instance) {
 		}
 		log.Info("QMP connection ended", "err", err)
 		w.unmanage(in.Name)
-		w.update(in.Name, func(s *Status) {
-			s.State, s.RunState, s.Endpoint, s.PortOpen = StateShutoff, "", "", nil
+		w.update(in.Name, func(s *agents.Discovered) {
+			s.State, s.RunState, s.Endpoint, s.PortOpen = agents.InstanceShutoff, "", "", nil
 			s.Reason = "QEMU exited (QMP connection closed)"
 		})
 	}
@@ -238,9 +197,7 @@ func (w *Watcher) session(ctx context.Context, in Instance, m *Monitor, log *slo
 	lost := m.LostEvents()
 	tick := time.NewTicker(w.cfg.Poll)
 	defer tick.Stop()
-	w.mu.Lock()
 	wake := w.wake[in.Name]
-	w.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
@@ -258,8 +215,8 @@ func (w *Watcher) session(ctx context.Context, in Instance, m *Monitor, log *slo
 				// QEMU exits unless run with -no-shutdown; either way the
 				// guest is gone, so stop dialling its agent.
 				w.unmanage(in.Name)
-				w.update(in.Name, func(s *Status) {
-					s.State, s.RunState, s.Endpoint, s.PortOpen = StateShutoff, "shutdown", "", nil
+				w.update(in.Name, func(s *agents.Discovered) {
+					s.State, s.RunState, s.Endpoint, s.PortOpen = agents.InstanceShutoff, "shutdown", "", nil
 					s.Reason = "guest shut down"
 				})
 			case "VSERPORT_CHANGE", "RESET":
@@ -309,7 +266,7 @@ func (w *Watcher) refresh(ctx context.Context, in Instance, m *Monitor, log *slo
 		reason = "no " + PortName + " channel; start QEMU with: -device virtio-serial -chardev socket,id=vmpersona0,path=PATH,server=on,wait=off -device virtserialport,chardev=vmpersona0,name=" + PortName
 	case chErr != nil:
 		reason = chErr.Error()
-	case state == StateShutoff:
+	case state == agents.InstanceShutoff:
 		reason = "guest shut down"
 	default:
 		e := agents.Endpoint{Kind: agents.KindUnix, Path: ch.Path}
@@ -324,9 +281,7 @@ func (w *Watcher) refresh(ctx context.Context, in Instance, m *Monitor, log *slo
 	if ep == "" {
 		w.unmanage(in.Name)
 	}
-	var prev Status
-	w.update(in.Name, func(s *Status) {
-		prev = *s
+	prev := w.update(in.Name, func(s *agents.Discovered) {
 		s.State, s.RunState, s.Endpoint, s.Reason, s.PortOpen = state, rs, ep, reason, open
 	})
 	if prev.State != state || prev.Endpoint != ep || prev.Reason != reason {
@@ -339,30 +294,26 @@ func (w *Watcher) refresh(ctx context.Context, in Instance, m *Monitor, log *slo
 func runState(rs string) string {
 	switch rs {
 	case "running":
-		return StateRunning
+		return agents.InstanceRunning
 	case "shutdown", "guest-panicked":
-		return StateShutoff
+		return agents.InstanceShutoff
 	default:
-		return StatePaused
+		return agents.InstancePaused
 	}
 }
 
 func (w *Watcher) setRunState(name, rs string) {
-	w.update(name, func(s *Status) {
-		if s.State == StateShutoff {
+	w.update(name, func(s *agents.Discovered) {
+		if s.State == agents.InstanceShutoff {
 			return
 		}
 		s.State, s.RunState = runState(rs), rs
 	})
 }
 
-func (w *Watcher) update(name string, f func(*Status)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.status[name]
-	f(&s)
-	s.UpdatedAt = time.Now()
-	w.status[name] = s
+// update changes an instance's snapshot and returns it as it was.
+func (w *Watcher) update(name string, f func(*agents.Discovered)) agents.Discovered {
+	return w.status.Update(name, f)
 }
 
 // manage gives the agent manager the instance at ep (Add, or SetEndpoint
@@ -372,8 +323,3 @@ func (w *Watcher) manage(name string, ep agents.Endpoint) error { return w.reg.M
 // unmanage removes the instance from the agent manager if this watcher
 // added it.
 func (w *Watcher) unmanage(name string) { w.reg.Unmanage(name) }
-
-// jitter spreads a backoff over [d/2, d).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
-}
