@@ -229,15 +229,6 @@ func ParseExecOutput(payload []byte) (stream byte, data []byte, err error) {
 	return payload[0], payload[1:], nil
 }
 
-// Audit event types.
-const (
-	AuditActivation   = "activation"
-	AuditDeactivation = "deactivation"
-	AuditOverride     = "override"
-	AuditDenial       = "denial"
-	AuditExec         = "exec"
-)
-
 // AuditEvent is one event recorded by the guest.
 type AuditEvent struct {
 	Seq          uint64    `json:"seq"`

@@ -47,8 +47,8 @@ const (
 const (
 	SystemActor            = "vmpersona-hostd"
 	ReasonDefault          = "default"
-	AuditReconciled        = "reconciled"
-	AuditDefaultActivation = store.AuditDefaultActivation
+	AuditReconciled        = protocol.AuditReconciled
+	AuditDefaultActivation = protocol.AuditDefaultActivation
 )
 
 // Result label of activations that got no answer from the guest (transport
@@ -291,11 +291,7 @@ func (m *Manager) withDefaultDeadline(ctx context.Context, want time.Duration) (
 
 // knownAuditTypes bounds the type label of the audit counter: a guest is
 // not trusted to keep it low-cardinality.
-var knownAuditTypes = []string{
-	protocol.AuditActivation, protocol.AuditDeactivation, protocol.AuditOverride,
-	protocol.AuditDenial, protocol.AuditExec, AuditReconciled, AuditDefaultActivation,
-	store.AuditActivationRequested, store.AuditDeactivationRequested,
-}
+var knownAuditTypes = protocol.AuditTypes
 
 func (m *Manager) countAudit(evs []store.AuditEvent) {
 	for _, ev := range evs {

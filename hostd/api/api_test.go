@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,11 @@ func (e *env) waitAudit(query string, types ...string) []map[string]any {
 		json.Unmarshal(r.body, &out)
 		seen := map[string]bool{}
 		for _, ev := range out.Events {
-			seen[ev["type"].(string)] = true
+			ty, _ := ev["type"].(string)
+			if !slices.Contains(protocol.AuditTypes, ty) {
+				e.t.Fatalf("audit event of type %q, which protocol.AuditTypes does not list: %v", ty, ev)
+			}
+			seen[ty] = true
 		}
 		missing := ""
 		for _, ty := range types {

@@ -180,7 +180,7 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	actor := identityOf(r).User
 	// The request is audited in the commit that records the guest's new
 	// persona, or on its own when there is none (failure, refusal, timeout).
-	requested := store.AuditEvent{Type: store.AuditActivationRequested, Instance: inst, Actor: actor, Persona: name,
+	requested := store.AuditEvent{Type: protocol.AuditActivationRequested, Instance: inst, Actor: actor, Persona: name,
 		Detail: "revision " + strconv.FormatUint(p.Revision, 10)}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
@@ -197,7 +197,7 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httproute
 		return err
 	}
 	actor := identityOf(r).User
-	requested := store.AuditEvent{Type: store.AuditDeactivationRequested, Instance: inst, Actor: actor}
+	requested := store.AuditEvent{Type: protocol.AuditDeactivationRequested, Instance: inst, Actor: actor}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
 	res, err := s.cfg.Agents.Deactivate(ctx, inst, actor, timeout, requested)

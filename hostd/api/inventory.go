@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Discovered is an instance a discovery source (libvirt, QMP) knows,
@@ -123,7 +124,7 @@ func (s *Server) enableChannel(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return err
 	}
-	s.appendAudit(auditHost("channel_enabled", name, identityOf(r).User, did))
+	s.appendAudit(auditHost(protocol.AuditChannelEnabled, name, identityOf(r).User, did))
 	writeJSON(w, http.StatusOK, apitypes.EnableResult{Instance: name, Did: did})
 	return nil
 }

@@ -117,7 +117,7 @@ func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprou
 		}
 		return err
 	}
-	s.appendAudit(store.AuditEvent{Type: "persona_created", Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaCreated, Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
 	w.Header().Set("Location", "/personas/"+url.PathEscape(created.Name))
 	writePersona(w, http.StatusCreated, created)
 	return nil
@@ -150,7 +150,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return personaErr(name, err)
 	}
-	s.appendAudit(store.AuditEvent{Type: "persona_updated", Actor: identityOf(r).User, Persona: name, Result: "revision " + strconv.FormatUint(updated.Revision, 10)})
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaUpdated, Actor: identityOf(r).User, Persona: name, Result: "revision " + strconv.FormatUint(updated.Revision, 10)})
 	writePersona(w, http.StatusOK, updated)
 	return nil
 }
@@ -176,7 +176,7 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		detail = "force"
 	}
 	s.personaJSON.forget(name)
-	s.appendAudit(store.AuditEvent{Type: "persona_deleted", Actor: identityOf(r).User, Persona: name, Detail: detail})
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaDeleted, Actor: identityOf(r).User, Persona: name, Detail: detail})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

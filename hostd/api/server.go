@@ -20,6 +20,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Limits of request bodies.
@@ -241,14 +242,14 @@ func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p
 		actor = "anonymous"
 	}
 	_, err := s.cfg.Store.AppendAudit(store.AuditEvent{
-		Type: "auth_failure", Actor: actor, Source: "host",
+		Type: protocol.AuditAuthFailure, Actor: actor, Source: store.SourceHost,
 		Result: strconv.Itoa(p.Status), Detail: r.Method + " " + r.URL.Path + ": " + p.Detail,
 	})
 	if err != nil {
 		s.cfg.Logger.Error("audit write failed", "err", err)
 		return
 	}
-	s.cfg.Metrics.AuditEvents.WithLabelValues("auth_failure").Inc()
+	s.cfg.Metrics.AuditEvents.WithLabelValues(protocol.AuditAuthFailure).Inc()
 }
 
 func auditHost(typ, instance, actor, detail string) store.AuditEvent {
@@ -257,7 +258,7 @@ func auditHost(typ, instance, actor, detail string) store.AuditEvent {
 
 // appendAudit records a host-side event and counts it.
 func (s *Server) appendAudit(ev store.AuditEvent) error {
-	ev.Source = "host"
+	ev.Source = store.SourceHost
 	if _, err := s.cfg.Store.AppendAudit(ev); err != nil {
 		return err
 	}

@@ -23,17 +23,17 @@ const (
 	SourceGuest = "guest"
 )
 
-// Host-side audit event types (guest events keep the guest's type:
-// protocol.AuditActivation and the others).
+// Audit event types the store's callers record; the vocabulary is
+// protocol.AuditTypes (guest events keep the guest's type).
 const (
-	AuditPersonaCreated        = "persona_created"
-	AuditPersonaUpdated        = "persona_updated"
-	AuditPersonaDeleted        = "persona_deleted"
-	AuditActivationRequested   = "activation_requested"
-	AuditDeactivationRequested = "deactivation_requested"
-	AuditAuthFailure           = "auth_failure"
-	AuditExec                  = "exec"
-	AuditDefaultActivation     = "default_activation"
+	AuditPersonaCreated        = protocol.AuditPersonaCreated
+	AuditPersonaUpdated        = protocol.AuditPersonaUpdated
+	AuditPersonaDeleted        = protocol.AuditPersonaDeleted
+	AuditActivationRequested   = protocol.AuditActivationRequested
+	AuditDeactivationRequested = protocol.AuditDeactivationRequested
+	AuditAuthFailure           = protocol.AuditAuthFailure
+	AuditExec                  = protocol.AuditExec
+	AuditDefaultActivation     = protocol.AuditDefaultActivation
 	DefaultAuditLimit          = 100
 	MaxAuditLimit              = 10000
 	auditIDLen                 = 32 // hex of 8 bytes time + 8 bytes sequence

@@ -13,6 +13,8 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // runInProcess runs one command line in this process, with no daemon
@@ -221,7 +223,7 @@ func TestCompleteWordsWithoutDaemon(t *testing.T) {
 		{[]string{"persona", ""}, []string{"create", "delete", "edit", "get", "list"}},
 		{[]string{"--output", "json", "persona", "d"}, []string{"delete"}},
 		{[]string{"completion", ""}, []string{"bash", "fish", "zsh"}},
-		{[]string{"audit", "--type", "de"}, []string{"deactivation", "deactivation_requested", "denial"}},
+		{[]string{"audit", "--type", "de"}, []string{"deactivation", "deactivation_requested", "default_activation", "denial"}},
 		{[]string{"-o", ""}, []string{"json", "table"}},
 		{[]string{"persona", "delete", "--f"}, []string{"--force"}},
 		{[]string{"persona", "get", ""}, nil},
@@ -232,6 +234,18 @@ func TestCompleteWordsWithoutDaemon(t *testing.T) {
 		if code != 0 || !slices.Equal(got, tt.want) {
 			t.Errorf("__complete %q = %q (exit %d), want %q", tt.words, got, code, tt.want)
 		}
+	}
+}
+
+// TestCompletionOffersEveryAuditType: the completion of audit --type is the
+// daemons' own vocabulary, so no event type can be missing from it.
+func TestCompletionOffersEveryAuditType(t *testing.T) {
+	env := map[string]string{"VMPERSONA_SOCKET": t.TempDir() + "/none.sock"}
+	out, _, code := runInProcess(t, env, "__complete", "audit", "--type", "")
+	got := strings.Fields(out)
+	want := slices.Sorted(slices.Values(protocol.AuditTypes))
+	if code != 0 || !slices.Equal(got, want) {
+		t.Errorf("__complete audit --type = %q (exit %d), want %q", got, code, want)
 	}
 }
 

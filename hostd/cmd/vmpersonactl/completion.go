@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // argKind names what a positional argument is, for completion.
@@ -28,7 +30,7 @@ var flagValues = map[string]argKind{
 var staticFlagValues = map[string][]string{
 	"output": {"table", "json"},
 	"o":      {"table", "json"},
-	"type":   {"activation", "deactivation", "exec", "override", "denial", "persona_created", "persona_updated", "persona_deleted", "activation_requested", "deactivation_requested", "auth_failure"},
+	"type":   protocol.AuditTypes,
 }
 
 func rootCommand() *command {

@@ -1,0 +1,32 @@
+package protocol
+
+// The vocabulary of audit event types: the one list both daemons, the
+// host's store, its REST API and vmpersonactl's completion use. The guest
+// records the first five; the host records the rest.
+const (
+	// Guest events.
+	AuditActivation   = "activation"   // a persona became active
+	AuditDeactivation = "deactivation" // the guest returned to no persona
+	AuditOverride     = "override"     // a command ran its persona's override
+	AuditDenial       = "denial"       // a restricted command was refused
+	AuditExec         = "exec"         // a command ran as itself
+
+	// Host events.
+	AuditPersonaCreated        = "persona_created"
+	AuditPersonaUpdated        = "persona_updated"
+	AuditPersonaDeleted        = "persona_deleted"
+	AuditActivationRequested   = "activation_requested"   // an activation asked through the API
+	AuditDeactivationRequested = "deactivation_requested" // a deactivation asked through the API
+	AuditDefaultActivation     = "default_activation"     // the default persona applied to a new instance
+	AuditReconciled            = "reconciled"             // the host's record caught up with the guest's persona
+	AuditAuthFailure           = "auth_failure"           // a refused API request
+	AuditChannelEnabled        = "channel_enabled"        // the agent channel was added to a libvirt domain
+)
+
+// AuditTypes lists every audit event type.
+var AuditTypes = []string{
+	AuditActivation, AuditDeactivation, AuditOverride, AuditDenial, AuditExec,
+	AuditPersonaCreated, AuditPersonaUpdated, AuditPersonaDeleted,
+	AuditActivationRequested, AuditDeactivationRequested, AuditDefaultActivation,
+	AuditReconciled, AuditAuthFailure, AuditChannelEnabled,
+}
