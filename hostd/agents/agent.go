@@ -308,26 +308,31 @@ func (a *agent) reconcileStore(s *session) {
 		return
 	}
 	rec.UpdatedAt = time.Now().UTC()
-	if err := st.PutInstance(rec); err != nil {
-		a.log.Error("reconcile: write instance record", "err", err)
-		return
-	}
-	if !had && rec.Persona == nil || had && sameState(prev, rec) {
-		return
-	}
-	from := "none"
+	// A change of persona is audited in the record's commit; a new boot
+	// alone is not.
+	var evs []store.AuditEvent
+	from, to := "none", describe(rec)
 	if had {
 		from = describe(prev)
 	}
-	to := describe(rec)
-	a.log.Info("reconciled instance record with the guest", "from", from, "to", to)
-	a.appendAudit(store.AuditEvent{
-		Type:         AuditReconciled,
-		Persona:      personaName(rec.Persona),
-		ActivationID: rec.ActivationID,
-		Result:       "reconciled",
-		Detail:       fmt.Sprintf("guest reports %s; store had %s", to, from),
-	})
+	if had && !sameState(prev, rec) || !had && rec.Persona != nil {
+		evs = append(evs, store.AuditEvent{
+			Type:         AuditReconciled,
+			Actor:        SystemActor,
+			Persona:      personaName(rec.Persona),
+			ActivationID: rec.ActivationID,
+			Result:       "reconciled",
+			Detail:       fmt.Sprintf("guest reports %s; store had %s", to, from),
+		})
+	}
+	if err := st.PutInstance(rec, evs...); err != nil {
+		a.log.Error("reconcile: write instance record", "err", err)
+		return
+	}
+	if len(evs) > 0 {
+		a.log.Info("reconciled instance record with the guest", "from", from, "to", to)
+		a.m.countAudit(evs)
+	}
 }
 
 // activateDefault activates the default persona when the guest holds none.

@@ -32,7 +32,7 @@ const (
 
 // Config wires the API to the daemon's parts.
 type Config struct {
-	Store   *store.Store
+	Store   store.Backend // Badger (*store.Store) on one host
 	Agents  *agents.Manager
 	Metrics *metrics.Metrics
 	Tokens  *auth.Tokens // nil: no tokens accepted
