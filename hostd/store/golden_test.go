@@ -171,8 +171,8 @@ func TestGoldenMigration(t *testing.T) {
 					t.Errorf("QueryAudit(%+v) = %+v, %v; want [%+v]", q, evs, err, wantEv)
 				}
 			}
-			if got, err := readSchema(s.db); err != nil || got != SchemaVersion {
-				t.Errorf("schema version after open = %d, %v; want %d", got, err, SchemaVersion)
+			if got, recorded, err := readSchema(s.db); err != nil || got != SchemaVersion || !recorded {
+				t.Errorf("schema version after open = %d (recorded %v), %v; want %d recorded", got, recorded, err, SchemaVersion)
 			}
 
 			// A write after the migration lands beside the old records.

@@ -143,10 +143,10 @@ func (m *migrator) rewrite(prefix string, fn func(key, value []byte) (out []byte
 	}
 }
 
-// readSchema returns the store's schema version; 0 for an empty store.
-func readSchema(db *badger.DB) (uint64, error) {
-	var v uint64
-	err := db.View(func(txn *badger.Txn) error {
+// readSchema returns the store's schema version (0 for an empty store) and
+// whether the store records it.
+func readSchema(db *badger.DB) (v uint64, recorded bool, err error) {
+	err = db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get([]byte(keySchema))
 		if err == nil {
 			b, err := item.ValueCopy(nil)
@@ -156,7 +156,7 @@ func readSchema(db *badger.DB) (uint64, error) {
 			if len(b) != 8 {
 				return fmt.Errorf("schema version is %d bytes long, want 8", len(b))
 			}
-			v = binary.BigEndian.Uint64(b)
+			v, recorded = binary.BigEndian.Uint64(b), true
 			return nil
 		}
 		if !errors.Is(err, badger.ErrKeyNotFound) {
@@ -169,7 +169,7 @@ func readSchema(db *badger.DB) (uint64, error) {
 		}
 		return nil
 	})
-	return v, err
+	return v, recorded, err
 }
 
 func writeSchema(db *badger.DB, v uint64) error {
@@ -182,7 +182,7 @@ func writeSchema(db *badger.DB, v uint64) error {
 // it when it is newer.
 func migrate(db *badger.DB, dir string, migs []migration, log *slog.Logger) error {
 	known := uint64(len(migs) + 1)
-	cur, err := readSchema(db)
+	cur, recorded, err := readSchema(db)
 	if err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}
@@ -193,8 +193,11 @@ func migrate(db *badger.DB, dir string, migs []migration, log *slog.Logger) erro
 		return writeSchema(db, known)
 	case cur > known:
 		return &SchemaError{Dir: dir, Found: cur, Known: known}
-	case cur == known:
-		return nil
+	case !recorded:
+		// Written by a release that kept no version: from now on it does.
+		if err := writeSchema(db, cur); err != nil {
+			return fmt.Errorf("record schema version %d: %w", cur, err)
+		}
 	}
 	m := &migrator{db: db, log: log}
 	for v := cur; v < known; v++ {

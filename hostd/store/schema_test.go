@@ -39,7 +39,11 @@ func schemaOf(t *testing.T, dir string) uint64 {
 	t.Helper()
 	var v uint64
 	rawDB(t, dir, func(db *badger.DB) (err error) {
-		v, err = readSchema(db)
+		var recorded bool
+		v, recorded, err = readSchema(db)
+		if err == nil && v != 0 && !recorded {
+			err = fmt.Errorf("schema version %d is not recorded", v)
+		}
 		return err
 	})
 	return v
