@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // What discovery sources (libvirt, QMP) share: the agent port's name, the
@@ -16,11 +18,12 @@ import (
 const PortName = "org.vmpersona.agent.0"
 
 // Instance states (Discovered.State), whatever the source calls them.
+// They are the API's (apitypes.InstanceStates).
 const (
-	InstanceRunning = "running"
-	InstancePaused  = "paused"  // vCPUs stopped: paused, suspended, prelaunch, migrating, …
-	InstanceShutoff = "shutoff" // not running, crashed, or its hypervisor is gone
-	InstanceUnknown = "unknown" // not reached yet
+	InstanceRunning = apitypes.StateRunning
+	InstancePaused  = apitypes.StatePaused  // vCPUs stopped: paused, suspended, prelaunch, migrating, …
+	InstanceShutoff = apitypes.StateShutoff // not running, crashed, or its hypervisor is gone
+	InstanceUnknown = apitypes.StateUnknown // not reached yet
 )
 
 // Discovered is a snapshot of one instance a discovery source follows,

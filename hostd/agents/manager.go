@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -38,9 +39,9 @@ var (
 
 // Agent states in AgentStatus.State.
 const (
-	StateConnected    = "connected"
-	StateConnecting   = "connecting"
-	StateDisconnected = "disconnected"
+	StateConnected    = apitypes.AgentConnected
+	StateConnecting   = apitypes.AgentConnecting
+	StateDisconnected = apitypes.AgentDisconnected
 )
 
 // Actor, reason and host audit event types of the manager's own actions.
