@@ -66,32 +66,47 @@ type route struct {
 	// long routes wait on the guest: their write deadline follows the request.
 	long    bool
 	handler handlerFunc
+
+	// The route's contract, which a test compares with openapi.json field
+	// by field: the Go types of its JSON request body (nil: none) and of its
+	// answer (nil: no JSON answer), the answer's status (0: 200), the
+	// headers it carries, and the type of a line when it streams NDJSON.
+	in, out any
+	status  int
+	headers []string
+	line    any
 }
 
 // routeTable is every endpoint of the API. Access is declared here, beside
 // each route, and enforced in one place (serve).
 func (s *Server) routeTable() []route {
 	return []route{
-		{method: "GET", path: "/healthz", handler: s.healthz},
-		{method: "GET", path: "/readyz", handler: s.readyz},
+		{method: "GET", path: "/healthz", handler: s.healthz, out: apitypes.Health{}},
+		{method: "GET", path: "/readyz", handler: s.readyz, out: apitypes.Ready{}},
 		{method: "GET", path: "/metrics", handler: s.metricsHandler()},
 		{method: "GET", path: "/openapi.json", handler: s.openapi},
 
-		{method: "GET", path: "/personas", role: auth.RoleViewer, handler: s.listPersonas},
-		{method: "POST", path: "/personas", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.createPersona},
-		{method: "GET", path: "/personas/:name", role: auth.RoleViewer, handler: s.getPersona},
-		{method: "PUT", path: "/personas/:name", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona},
-		{method: "DELETE", path: "/personas/:name", role: auth.RoleAdmin, handler: s.deletePersona},
+		{method: "GET", path: "/personas", role: auth.RoleViewer, handler: s.listPersonas, out: apitypes.PersonaList{}},
+		{method: "POST", path: "/personas", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.createPersona,
+			in: apitypes.Persona{}, out: apitypes.Persona{}, status: http.StatusCreated, headers: []string{"ETag", "Location"}},
+		{method: "GET", path: "/personas/:name", role: auth.RoleViewer, handler: s.getPersona,
+			out: apitypes.Persona{}, headers: []string{"ETag"}},
+		{method: "PUT", path: "/personas/:name", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona,
+			in: apitypes.Persona{}, out: apitypes.Persona{}, headers: []string{"ETag"}},
+		{method: "DELETE", path: "/personas/:name", role: auth.RoleAdmin, handler: s.deletePersona, status: http.StatusNoContent},
 
-		{method: "GET", path: "/instances", role: auth.RoleViewer, handler: s.listInstances},
-		{method: "GET", path: "/instances/:id", role: auth.RoleViewer, handler: s.getInstance},
-		{method: "GET", path: "/instances/:id/active_persona", role: auth.RoleViewer, handler: s.activePersona},
-		{method: "POST", path: "/instances/:id/personas/:persona/activate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate},
-		{method: "POST", path: "/instances/:id/deactivate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate},
-		{method: "POST", path: "/instances/:id/enable", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel},
-		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec},
+		{method: "GET", path: "/instances", role: auth.RoleViewer, handler: s.listInstances, out: apitypes.InstanceList{}},
+		{method: "GET", path: "/instances/:id", role: auth.RoleViewer, handler: s.getInstance, out: apitypes.Instance{}},
+		{method: "GET", path: "/instances/:id/active_persona", role: auth.RoleViewer, handler: s.activePersona, out: apitypes.ActivePersona{}},
+		{method: "POST", path: "/instances/:id/personas/:persona/activate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate,
+			in: apitypes.ActivateRequest{}, out: apitypes.ActivationResult{}},
+		{method: "POST", path: "/instances/:id/deactivate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate,
+			in: apitypes.ActivateRequest{}, out: apitypes.ActivationResult{}},
+		{method: "POST", path: "/instances/:id/enable", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel, out: apitypes.EnableResult{}},
+		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
+			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 
-		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit},
+		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},
 	}
 }
 
