@@ -85,3 +85,30 @@ func BenchmarkQueryAuditRare(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPutInstanceWithEvent measures an instance record written with
+// its audit event (one synced commit), against BenchmarkPutInstanceThenEvent
+// (the same two writes as two commits).
+func BenchmarkPutInstanceWithEvent(b *testing.B) {
+	s := openTemp(b)
+	p := persona("bench")
+	for b.Loop() {
+		if err := s.PutInstance(InstanceRecord{Instance: "vm1", Persona: &p, Revision: 1},
+			AuditEvent{Type: AuditActivationRequested, Actor: "alice", Persona: "bench"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPutInstanceThenEvent(b *testing.B) {
+	s := openTemp(b)
+	p := persona("bench")
+	for b.Loop() {
+		if err := s.PutInstance(InstanceRecord{Instance: "vm1", Persona: &p, Revision: 1}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.AppendAudit(AuditEvent{Type: AuditActivationRequested, Instance: "vm1", Actor: "alice", Persona: "bench"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
