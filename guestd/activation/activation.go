@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +25,7 @@ import (
 	"github.com/vmpersona/vmpersona/guestd/routing"
 	"github.com/vmpersona/vmpersona/guestd/state"
 	"github.com/vmpersona/vmpersona/protocol"
+	"github.com/vmpersona/vmpersona/rules"
 )
 
 // Defaults.
@@ -37,8 +37,6 @@ const (
 
 // ErrInvalidPersona reports a persona the guest cannot apply.
 var ErrInvalidPersona = errors.New("activation: invalid persona")
-
-var personaName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
 // View is what commands run under: the active persona (nil for none), its
 // routing table and the complete environment. A View is never modified.
@@ -175,14 +173,29 @@ func (m *Manager) materialise(sub, content string, perm os.FileMode) (string, er
 	return path, nil
 }
 
-func validate(p *protocol.Persona) error {
-	if !personaName.MatchString(p.Name) {
-		return fmt.Errorf("%w: name %q", ErrInvalidPersona, p.Name)
+// CheckPersona refuses a persona the guest must not apply, by the rules the
+// host checked it with (package rules): its name, its environment and its
+// scripts.
+func CheckPersona(p *protocol.Persona) error {
+	if err := rules.PersonaName(p.Name); err != nil {
+		return fmt.Errorf("%w: name %q %w", ErrInvalidPersona, p.Name, err)
+	}
+	if n := len(p.EnvironmentVariables); n > rules.MaxEnvVars {
+		return fmt.Errorf("%w: %d environment variables, at most %d allowed", ErrInvalidPersona, n, rules.MaxEnvVars)
 	}
 	for k, v := range p.EnvironmentVariables {
-		if !validName(k) || strings.ContainsRune(v, 0) {
-			return fmt.Errorf("%w: environment variable %q", ErrInvalidPersona, k)
+		if err := rules.EnvName(k); err != nil {
+			return fmt.Errorf("%w: environment variable %q: %w", ErrInvalidPersona, k, err)
 		}
+		if err := rules.EnvValue(v); err != nil {
+			return fmt.Errorf("%w: environment variable %q: value %w", ErrInvalidPersona, k, err)
+		}
+	}
+	if err := rules.Script(p.PreActivationScript); err != nil {
+		return fmt.Errorf("%w: pre_activation_script %w", ErrInvalidPersona, err)
+	}
+	if err := rules.Script(p.PostActivationScript); err != nil {
+		return fmt.Errorf("%w: post_activation_script %w", ErrInvalidPersona, err)
 	}
 	return nil
 }
@@ -214,7 +227,7 @@ func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.
 		m.record(ev)
 		return res
 	}
-	if err := validate(&p); err != nil {
+	if err := CheckPersona(&p); err != nil {
 		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
 	}
 	timeout := m.cfg.ScriptTimeout

@@ -69,19 +69,6 @@ func Lookup(env []string, key string) string {
 	return ""
 }
 
-// validName reports whether k can be exported by a POSIX shell.
-func validName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i, c := range k {
-		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
 // shellQuote quotes v for a POSIX shell: single quotes, with each single
 // quote written as '\”.
 func shellQuote(v string) string {

@@ -36,19 +36,6 @@ func TestProfileQuoting(t *testing.T) {
 	}
 }
 
-func TestValidName(t *testing.T) {
-	for _, ok := range []string{"A", "_x", "APP_ENV2"} {
-		if !validName(ok) {
-			t.Errorf("%q refused", ok)
-		}
-	}
-	for _, bad := range []string{"", "1A", "A-B", "A=B", "A B", "Ä"} {
-		if validName(bad) {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
 func TestReverterUndoesInReverse(t *testing.T) {
 	var log []int
 	func() {

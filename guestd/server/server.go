@@ -25,6 +25,7 @@ import (
 	"github.com/vmpersona/vmpersona/guestd/routing"
 	"github.com/vmpersona/vmpersona/guestd/transport"
 	"github.com/vmpersona/vmpersona/protocol"
+	"github.com/vmpersona/vmpersona/rules"
 )
 
 // Defaults.
@@ -511,9 +512,9 @@ func (c *conn) exec(epoch uint32, id uint64, req protocol.Exec) (protocol.Type, 
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
 		return fail(protocol.CodeBadRequest, "exec: cwd "+cwd+" is not a directory")
 	}
-	for k := range req.Env {
-		if k == "" || containsAny(k, "=\x00") || containsAny(req.Env[k], "\x00") {
-			return fail(protocol.CodeBadRequest, fmt.Sprintf("exec: bad environment variable %q", k))
+	for k, v := range req.Env {
+		if err := errors.Join(rules.EnvName(k), rules.ExecEnvValue(v)); err != nil {
+			return fail(protocol.CodeBadRequest, fmt.Sprintf("exec: bad environment variable %q: %v", k, err))
 		}
 	}
 

@@ -19,6 +19,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
+	"github.com/vmpersona/vmpersona/rules"
 )
 
 func (s *Server) view(is instanceState) apitypes.Instance {
@@ -265,11 +266,11 @@ func checkExec(q *apitypes.ExecRequest) error {
 		}
 	}
 	for k, v := range q.Env {
-		if err := validate.EnvName(k); err != nil {
+		if err := rules.EnvName(k); err != nil {
 			return invalid("env."+k, "%v", err)
 		}
-		if hasNUL(v) {
-			return invalid("env."+k, "value must not contain NUL")
+		if err := rules.ExecEnvValue(v); err != nil {
+			return invalid("env."+k, "%v", err)
 		}
 	}
 	return nil

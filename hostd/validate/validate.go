@@ -19,24 +19,26 @@ import (
 
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/protocol"
+	"github.com/vmpersona/vmpersona/rules"
 )
 
 // ErrInvalid is matched (errors.Is) by every *Error, as is the class
 // errdefs.ErrInvalid.
 var ErrInvalid = errdefs.New(errdefs.ErrInvalid, "invalid-field", "invalid persona")
 
-// Limits. Each is inclusive: a value of exactly the limit is accepted.
+// Limits, those of package rules (both daemons apply them). Each is
+// inclusive: a value of exactly the limit is accepted.
 const (
-	MaxNameLen         = 63
-	MaxEnvVars         = 4096
-	MaxEnvNameLen      = 255
-	MaxEnvValueLen     = 32 << 10 // bytes
-	MaxScriptLen       = 1 << 20  // bytes, pre/post scripts and inline overrides
-	MaxOverrides       = 4096
-	MaxCommandNameLen  = 255  // a command name (one path element)
-	MaxCommandPathLen  = 4096 // an absolute path (PATH_MAX)
-	MaxCommandEntries  = 10000
-	MaxPersonaTextSize = 16 << 20 // bytes: all names, values and scripts together
+	MaxNameLen         = rules.MaxNameLen
+	MaxEnvVars         = rules.MaxEnvVars
+	MaxEnvNameLen      = rules.MaxEnvNameLen
+	MaxEnvValueLen     = rules.MaxEnvValueLen
+	MaxScriptLen       = rules.MaxScriptLen
+	MaxOverrides       = rules.MaxOverrides
+	MaxCommandNameLen  = rules.MaxCommandNameLen
+	MaxCommandPathLen  = rules.MaxCommandPathLen
+	MaxCommandEntries  = rules.MaxCommandEntries
+	MaxPersonaTextSize = rules.MaxPersonaTextSize
 )
 
 // Error is a refused persona: Field is the JSON path of the offending value,
@@ -74,20 +76,8 @@ func Name(name string) error {
 }
 
 func checkName(name string) *Error {
-	if name == "" {
-		return fail("name", "must not be empty")
-	}
-	if len(name) > MaxNameLen {
-		return fail("name", "is %d characters long, at most %d allowed", len(name), MaxNameLen)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && (c == '_' || c == '.' || c == '-'):
-		default:
-			return fail("name", "must match [a-z0-9][a-z0-9_.-]* (bad character %q at %d)", rune(c), i)
-		}
+	if err := rules.PersonaName(name); err != nil {
+		return fail("name", "%v", err)
 	}
 	return nil
 }
@@ -215,34 +205,16 @@ func mapField(parent, key string) string {
 }
 
 func checkEnvName(field, k string) *Error {
-	if k == "" {
-		return fail(field, "variable name must not be empty")
-	}
-	if len(k) > MaxEnvNameLen {
-		return fail(field, "variable name is %d bytes long, at most %d allowed", len(k), MaxEnvNameLen)
-	}
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		switch {
-		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
-		case i > 0 && c >= '0' && c <= '9':
-		default:
-			return fail(field, "variable name must match [A-Za-z_][A-Za-z0-9_]* (bad character %q at %d)", rune(c), i)
-		}
+	if err := rules.EnvName(k); err != nil {
+		return fail(field, "%v", err)
 	}
 	return nil
 }
 
 // checkText: valid UTF-8, no NUL, at most max bytes. Empty is fine.
 func checkText(field, s string, max int) *Error {
-	if len(s) > max {
-		return fail(field, "is %d bytes long, at most %d allowed", len(s), max)
-	}
-	if i := strings.IndexByte(s, 0); i >= 0 {
-		return fail(field, "contains a NUL byte at %d", i)
-	}
-	if !utf8.ValidString(s) {
-		return fail(field, "is not valid UTF-8")
+	if err := rules.Text(s, max); err != nil {
+		return fail(field, "%v", err)
 	}
 	return nil
 }

@@ -1,0 +1,114 @@
+// Package rules holds the rules both daemons apply to what they accept: the
+// persona name, environment variable names and values, scripts, and the
+// size limits of a persona. The host refuses a persona that breaks them
+// before storing it (hostd/validate, naming the field); the guest refuses
+// one before applying it (guestd/activation) and an exec's environment
+// before running it (guestd/server). One definition, so the two daemons
+// cannot disagree.
+//
+// The package imports only the standard library and errdefs: the guest
+// daemon is small and static.
+package rules
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/vmpersona/vmpersona/errdefs"
+)
+
+// Limits. Each is inclusive: a value of exactly the limit is accepted.
+const (
+	MaxNameLen         = 63
+	MaxEnvVars         = 4096
+	MaxEnvNameLen      = 255
+	MaxEnvValueLen     = 32 << 10 // bytes
+	MaxScriptLen       = 1 << 20  // bytes, pre/post scripts and inline overrides
+	MaxOverrides       = 4096
+	MaxCommandNameLen  = 255  // a command name (one path element)
+	MaxCommandPathLen  = 4096 // an absolute path (PATH_MAX)
+	MaxCommandEntries  = 10000
+	MaxPersonaTextSize = 16 << 20 // bytes: all names, values and scripts together
+)
+
+// violation is a broken rule: class errdefs.ErrInvalid, the message saying
+// what is wrong with the value (without naming its field, which the caller
+// knows).
+func violation(format string, args ...any) error {
+	return errdefs.New(errdefs.ErrInvalid, "invalid-field", fmt.Sprintf(format, args...))
+}
+
+// PersonaName checks a persona name: 1–63 characters of
+// [a-z0-9][a-z0-9_.-]*. Names are file names and keys on both sides.
+func PersonaName(name string) error {
+	if name == "" {
+		return violation("must not be empty")
+	}
+	if len(name) > MaxNameLen {
+		return violation("is %d characters long, at most %d allowed", len(name), MaxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return violation("must match [a-z0-9][a-z0-9_.-]* (bad character %q at %d)", rune(c), i)
+		}
+	}
+	return nil
+}
+
+// EnvName checks an environment variable name: POSIX
+// ([A-Za-z_][A-Za-z0-9_]*, what a shell can export), at most 255 bytes.
+func EnvName(name string) error {
+	if name == "" {
+		return violation("variable name must not be empty")
+	}
+	if len(name) > MaxEnvNameLen {
+		return violation("variable name is %d bytes long, at most %d allowed", len(name), MaxEnvNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case i > 0 && c >= '0' && c <= '9':
+		default:
+			return violation("variable name must match [A-Za-z_][A-Za-z0-9_]* (bad character %q at %d)", rune(c), i)
+		}
+	}
+	return nil
+}
+
+// EnvValue checks a persona's environment variable value: text of at most
+// MaxEnvValueLen bytes.
+func EnvValue(v string) error { return Text(v, MaxEnvValueLen) }
+
+// Script checks a pre- or post-activation script or an inline override:
+// text of at most MaxScriptLen bytes. Empty is fine (it runs nothing).
+func Script(s string) error { return Text(s, MaxScriptLen) }
+
+// Text checks a value that is text: valid UTF-8, no NUL, at most max bytes.
+// Empty is fine.
+func Text(s string, max int) error {
+	if len(s) > max {
+		return violation("is %d bytes long, at most %d allowed", len(s), max)
+	}
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return violation("contains a NUL byte at %d", i)
+	}
+	if !utf8.ValidString(s) {
+		return violation("is not valid UTF-8")
+	}
+	return nil
+}
+
+// ExecEnvValue checks the value of an environment variable an exec request
+// sets: any bytes but NUL (the kernel passes C strings).
+func ExecEnvValue(v string) error {
+	if i := strings.IndexByte(v, 0); i >= 0 {
+		return violation("value contains a NUL byte at %d", i)
+	}
+	return nil
+}
