@@ -132,8 +132,7 @@ func readOptionalJSON(r *http.Request, v any) error {
 
 func (s *Server) scriptTimeout(sec float64, field string) (time.Duration, error) {
 	if sec < 0 || sec > 86400 {
-		return 0, problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field",
-			fmt.Sprintf("%s must be between 0 and 86400 seconds", field), "field", field)
+		return 0, errdefs.InvalidField(field, fmt.Sprintf("%s must be between 0 and 86400 seconds", field))
 	}
 	if sec == 0 {
 		return s.cfg.DefaultScriptTimeout, nil
@@ -241,8 +240,9 @@ func writeActivation(w http.ResponseWriter, instance string, res protocol.Activa
 	return p
 }
 
-func invalid(field, format string, a ...any) *apitypes.Problem {
-	return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field", field+": "+fmt.Sprintf(format, a...), "field", field)
+// invalid refuses a request field (422, naming it).
+func invalid(field, format string, a ...any) error {
+	return errdefs.InvalidField(field, field+": "+fmt.Sprintf(format, a...))
 }
 
 // checkExec refuses an exec request the guest must not see, naming the

@@ -140,8 +140,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		p.Name = name
 	}
 	if p.Name != name {
-		return problem(http.StatusUnprocessableEntity, "invalid-field", "Invalid field",
-			fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name), "field", "name")
+		return errdefs.InvalidField("name", fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name))
 	}
 	if err := validate.Persona(&p); err != nil {
 		return err

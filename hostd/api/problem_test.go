@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -51,6 +52,9 @@ func TestBackendErrorsBecomeTheirProblems(t *testing.T) {
 		{context.Canceled, 499, "canceled", "Request canceled", "context canceled", nil},
 		{errors.New("disk on fire"), 500, "internal", "Internal error", "disk on fire", nil},
 		{errdefs.New(errdefs.ErrNotFound, "unknown-domain", "no such libvirt domain"), 404, "unknown-domain", "Unknown libvirt domain", "no such libvirt domain", nil},
+		{checkExec(&apitypes.ExecRequest{Command: ""}), 422, "invalid-field", "Invalid field", "command: must not be empty", map[string]any{"field": "command"}},
+		{checkExec(&apitypes.ExecRequest{Command: "env", Env: map[string]string{"A-B": "x"}}), 422, "invalid-field", "Invalid field",
+			"env.A-B: variable name must match [A-Za-z_][A-Za-z0-9_]* (bad character '-' at 1)", map[string]any{"field": "env.A-B"}},
 	}
 	for _, tt := range tests {
 		p := toProblem(tt.err)
