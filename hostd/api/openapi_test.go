@@ -300,3 +300,80 @@ func TestOpenAPIEnumsAreTheVocabularies(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswersAreTheDeclaredTypes drives every route once against a real
+// guest and decodes each success answer strictly (no unknown member) into
+// the type its route declares, and checks the headers it declares are sent:
+// what the document is checked against is what the server writes.
+func TestAnswersAreTheDeclaredTypes(t *testing.T) {
+	e := newEnv(t, map[string]string{"vm1": startGuest(t)})
+	e.waitConnected("vm1")
+	calls := []struct {
+		method, path string
+		body         any
+	}{
+		{"GET", "/healthz", nil},
+		{"GET", "/readyz", nil},
+		{"POST", "/personas", hardened},
+		{"GET", "/personas", nil},
+		{"GET", "/personas/hardened", nil},
+		{"PUT", "/personas/hardened", hardened},
+		{"GET", "/instances", nil},
+		{"GET", "/instances/vm1", nil},
+		{"POST", "/instances/vm1/personas/hardened/activate", nil},
+		{"GET", "/instances/vm1/active_persona", nil},
+		{"POST", "/instances/vm1/exec", execBody("echo", "hi")},
+		{"POST", "/instances/vm1/deactivate", nil},
+		{"GET", "/audit", nil},
+		{"DELETE", "/personas/hardened", nil},
+	}
+	byRoute := map[string]route{}
+	for _, rt := range e.api.routes {
+		byRoute[rt.method+" "+docPath(rt.path)] = rt
+	}
+	for _, c := range calls {
+		var rt route
+		for key, r := range byRoute {
+			method, p, _ := strings.Cut(key, " ")
+			if method == c.method && pathMatches(p, c.path) {
+				rt = r
+			}
+		}
+		if rt.handler == nil {
+			t.Fatalf("%s %s matches no route", c.method, c.path)
+		}
+		status := rt.status
+		if status == 0 {
+			status = 200
+		}
+		r := e.must(e.do(c.method, c.path, tokAdmin, c.body), status)
+		for _, h := range rt.headers {
+			if r.header.Get(h) == "" {
+				t.Errorf("%s %s: no %s header", c.method, c.path, h)
+			}
+		}
+		if rt.out == nil {
+			continue
+		}
+		dec := json.NewDecoder(strings.NewReader(string(r.body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(reflect.New(reflect.TypeOf(rt.out)).Interface()); err != nil {
+			t.Errorf("%s %s: the answer is not a %T: %v\n%s", c.method, c.path, rt.out, err, r.body)
+		}
+	}
+}
+
+// pathMatches reports whether a concrete path fits a document path with
+// {parameters}.
+func pathMatches(pattern, p string) bool {
+	a, b := strings.Split(pattern, "/"), strings.Split(p, "/")
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] && !strings.HasPrefix(a[i], "{") {
+			return false
+		}
+	}
+	return true
+}
