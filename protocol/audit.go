@@ -18,9 +18,11 @@ const (
 	AuditActivationRequested   = "activation_requested"   // an activation asked through the API
 	AuditDeactivationRequested = "deactivation_requested" // a deactivation asked through the API
 	AuditDefaultActivation     = "default_activation"     // the default persona applied to a new instance
-	AuditReconciled            = "reconciled"             // the host's record caught up with the guest's persona
+	AuditReconciled            = "reconciled"             // the host's record caught up with the guest, or the guest was converged to its desired state
 	AuditAuthFailure           = "auth_failure"           // a refused API request
 	AuditChannelEnabled        = "channel_enabled"        // the agent channel was added to a libvirt domain
+	AuditRolloutStarted        = "rollout_started"        // a rollout of a persona's revision began
+	AuditRolloutFinished       = "rollout_finished"       // a rollout ended (its summary)
 )
 
 // AuditTypes lists every audit event type.
@@ -28,5 +30,5 @@ var AuditTypes = []string{
 	AuditActivation, AuditDeactivation, AuditOverride, AuditDenial, AuditExec,
 	AuditPersonaCreated, AuditPersonaUpdated, AuditPersonaDeleted,
 	AuditActivationRequested, AuditDeactivationRequested, AuditDefaultActivation,
-	AuditReconciled, AuditAuthFailure, AuditChannelEnabled,
+	AuditReconciled, AuditAuthFailure, AuditChannelEnabled, AuditRolloutStarted, AuditRolloutFinished,
 }

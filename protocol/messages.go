@@ -22,6 +22,8 @@ const (
 	TypeActivate       Type = 0x10 // host → guest: Activate; answered by ActivateResult
 	TypeActivateResult Type = 0x11 // guest → host: ActivateResult
 	TypeDeactivate     Type = 0x12 // host → guest: Deactivate; answered by ActivateResult
+	TypeDryRun         Type = 0x13 // host → guest: DryRun; answered by DryRunResult (capability dry-run)
+	TypeDryRunResult   Type = 0x14 // guest → host: ActivationDiff
 	TypeExec           Type = 0x20 // host → guest: Exec; answered by ExecOutput* then ExecResult
 	TypeExecOutput     Type = 0x21 // guest → host: binary output chunk, FlagMore set
 	TypeExecResult     Type = 0x22 // guest → host: ExecResult
@@ -33,6 +35,7 @@ const (
 var typeNames = map[Type]string{
 	TypeHello: "hello", TypeHelloAck: "hello_ack", TypePing: "ping", TypePong: "pong",
 	TypeActivate: "activate", TypeActivateResult: "activate_result", TypeDeactivate: "deactivate",
+	TypeDryRun: "dry_run", TypeDryRunResult: "dry_run_result",
 	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result",
 	TypeAuditBatch: "audit_batch", TypeAuditAck: "audit_ack", TypeError: "error",
 }
@@ -53,6 +56,7 @@ const (
 	CapAllowlist  = "allowlist"   // Persona.AllowedCommands is enforced
 	CapAuditSpool = "audit-spool" // audit events survive restarts until acknowledged
 	CapProfile    = "profile"     // the persona's environment reaches login shells
+	CapDryRun     = "dry-run"     // DryRun: what an activation would change
 )
 
 // Persona is a persona definition: the fields of the product's contract plus
@@ -69,6 +73,10 @@ type Persona struct {
 	// and the overridden ones may run.
 	AllowedCommands []string `json:"allowed_commands,omitempty"`
 	DefaultPersona  bool     `json:"default_persona"`
+	// Rollout is "manual" (the default: an update reaches running guests
+	// by a rollout) or "auto" (an update rolls out at once to the
+	// instances desiring the persona).
+	Rollout string `json:"rollout,omitempty"`
 
 	// Server-kept fields, ignored on input.
 	Revision  uint64    `json:"revision"`

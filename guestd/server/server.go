@@ -317,6 +317,12 @@ func (c *conn) handle(f protocol.Frame) {
 		c.spawn(epoch, f.ID, func() (protocol.Type, any) {
 			return protocol.TypeActivateResult, c.s.cfg.Manager.Deactivate(c.root, req)
 		})
+	case protocol.TypeDryRun:
+		var req protocol.DryRun
+		if !c.decode(epoch, f, &req) {
+			return
+		}
+		c.reply(epoch, f.ID, protocol.TypeDryRunResult, c.s.cfg.Manager.Diff(req))
 	case protocol.TypeExec:
 		var req protocol.Exec
 		if !c.decode(epoch, f, &req) {
@@ -378,7 +384,7 @@ func (c *conn) hello(f protocol.Frame) {
 	ack := protocol.HelloAck{
 		ProtocolVersion: hi,
 		AgentVersion:    protocol.SoftwareVersion,
-		Capabilities:    []string{protocol.CapExecStream, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile},
+		Capabilities:    []string{protocol.CapExecStream, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun},
 		BootID:          c.s.cfg.BootID,
 		SpoolID:         c.s.cfg.Spool.ID(),
 		Active:          view.Active,

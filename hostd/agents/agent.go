@@ -235,16 +235,18 @@ func (a *agent) connectFailed(ep Endpoint, err error) {
 	}
 }
 
-// serve reconciles a new session with the store, activates the default
-// persona when the guest holds none, publishes the session, and waits for
-// it to end. It returns how long the session lasted.
+// serve records what a new session's guest holds, lets the Converger bring
+// the guest to what it should run, publishes the session, and waits for it
+// to end. It returns how long the session lasted.
 //
-// The session is published only after the default activation: no command
-// reaches a new guest before its default persona is in place, and no API
-// activation races with the default one.
+// The session is published only after the Converger has returned: no
+// command reaches a new guest before its persona is in place, and no API
+// activation races with the convergence.
 func (a *agent) serve(s *session) time.Duration {
-	a.reconcileStore(s)
-	a.activateDefault(s)
+	known := a.reconcileStore(s)
+	if c := a.m.cfg.Converger; c != nil {
+		c.Connected(a.ctx, &Guest{a: a, s: s, known: known})
+	}
 
 	a.mu.Lock()
 	a.sess = s
@@ -294,18 +296,20 @@ func (a *agent) ingestAudit(b protocol.AuditBatch) (uint64, error) {
 }
 
 // reconcileStore writes what the guest reports into the instance record: the
-// guest is the truth for what it enforces. A change is audited.
-func (a *agent) reconcileStore(s *session) {
+// guest is the truth for what it enforces. A change is audited. It reports
+// whether the host had a record of the instance before (a store it cannot
+// read counts as known: nothing is imposed on an instance by mistake).
+func (a *agent) reconcileStore(s *session) (known bool) {
 	st := a.m.st
 	prev, err := st.GetInstance(a.name)
 	had := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		a.log.Error("reconcile: read instance record", "err", err)
-		return
+		return true
 	}
 	rec := recordOf(a.name, s.hello.Active, s.hello.BootID)
 	if had && sameState(prev, rec) && prev.BootID == rec.BootID {
-		return
+		return had
 	}
 	rec.UpdatedAt = time.Now().UTC()
 	// A change of persona is audited in the record's commit; a new boot
@@ -327,50 +331,13 @@ func (a *agent) reconcileStore(s *session) {
 	}
 	if err := st.PutInstance(rec, evs...); err != nil {
 		a.log.Error("reconcile: write instance record", "err", err)
-		return
+		return had
 	}
 	if len(evs) > 0 {
 		a.log.Info("reconciled instance record with the guest", "from", from, "to", to)
 		a.m.countAudit(evs)
 	}
-}
-
-// activateDefault activates the default persona when the guest holds none.
-func (a *agent) activateDefault(s *session) {
-	if !a.m.cfg.DefaultPersonaOnConnect {
-		return
-	}
-	if s.hello.Active != nil {
-		return
-	}
-	p, ok, err := a.m.st.DefaultPersona()
-	if err != nil {
-		a.log.Error("read default persona", "err", err)
-		return
-	}
-	if !ok {
-		return
-	}
-	ctx, cancel := a.m.withDefaultDeadline(a.ctx, activationWant(0))
-	defer cancel()
-	if err := a.acquire(ctx); err != nil {
-		return
-	}
-	defer a.release()
-	res, id, err := a.activate(ctx, s, p, SystemActor, ReasonDefault, 0, nil)
-	ev := store.AuditEvent{
-		Type: AuditDefaultActivation, Persona: p.Name, ActivationID: id, Result: res.Result,
-	}
-	switch {
-	case err != nil:
-		ev.Result = resultError
-		ev.Detail = err.Error()
-		a.log.Warn("default persona activation failed", "persona", p.Name, "err", err)
-	default:
-		ev.Detail = describeResult(res)
-		a.log.Info("default persona activation", "persona", p.Name, "result", res.Result)
-	}
-	a.appendAudit(ev)
+	return had
 }
 
 // appendAudit stores a host audit event about this instance.
@@ -414,8 +381,12 @@ func recordOf(instance string, act *protocol.ActiveState, bootID string) store.I
 	return rec
 }
 
-// sameState reports whether two records name the same activation.
+// sameState reports whether two records name the same activation. Two
+// records of no persona are the same whatever deactivation led there.
 func sameState(x, y store.InstanceRecord) bool {
+	if x.Persona == nil && y.Persona == nil {
+		return true
+	}
 	return personaName(x.Persona) == personaName(y.Persona) &&
 		x.Revision == y.Revision && x.ActivationID == y.ActivationID
 }

@@ -69,7 +69,13 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 	if s, err = a.session(); err != nil {
 		return protocol.ActivateResult{}, err
 	}
+	return a.deactivate(ctx, s, actor, scriptTimeout, req)
+}
 
+// deactivate carries one deactivation to the guest and applies the outcome.
+// The caller holds the activation slot. req (may be nil) holds the request's
+// audit events.
+func (a *agent) deactivate(ctx context.Context, s *session, actor string, scriptTimeout time.Duration, req *requestAudit) (protocol.ActivateResult, error) {
 	a.mu.Lock()
 	persona := activeName(s.active)
 	a.mu.Unlock()
@@ -78,7 +84,7 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 	res, err := call[protocol.ActivateResult](ctx, s.cl, protocol.TypeDeactivate, protocol.Deactivate{
 		ActivationID: id, ScriptTimeoutMillis: scriptTimeout.Milliseconds(), Actor: actor,
 	}, nil)
-	m.observeActivation(persona, res.Result, err, time.Since(start))
+	a.m.observeActivation(persona, res.Result, err, time.Since(start))
 	if err != nil {
 		return protocol.ActivateResult{}, a.callErr(s, err)
 	}

@@ -200,7 +200,6 @@ func newHost(t testing.TB, configure func(*Config)) *host {
 	h.cfg = Config{
 		Store: h.st, Logger: testLogger(t),
 		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 20 * time.Second,
-		DefaultPersonaOnConnect: true,
 	}
 	if configure != nil {
 		configure(&h.cfg)
@@ -525,78 +524,30 @@ func TestReconcileAfterHostRestart(t *testing.T) {
 	}
 }
 
-func TestDefaultPersonaOnConnect(t *testing.T) {
-	h := newHost(t, nil)
-	def := h.createPersona(protocol.Persona{Name: "baseline", DefaultPersona: true, RestrictedCommands: []string{"shutdown"}})
-	other := h.createPersona(hardened())
-
-	// A guest that already holds a persona keeps it.
-	held := newGuest(t)
-	setup := NewManager(Config{Store: h.st, Logger: testLogger(t), DialTimeout: 2 * time.Second})
-	if err := setup.Add("held", held.endpoint(), "static"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "setup connection", func() bool { st, _ := setup.Get("held"); return st.State == StateConnected })
-	if res, err := setup.Activate(ctxTimeout(t, 30*time.Second), "held", other, "alice", "api", 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("setup activation: %+v, %v", res, err)
-	}
-	setup.Close()
-
-	fresh := newGuest(t)
-	h.add("fresh", fresh.endpoint())
-	h.add("held", held.endpoint())
-
-	waitFor(t, "the default persona on the fresh guest", func() bool {
-		st, _ := h.m.Get("fresh")
-		return st.Active != nil && st.Active.Persona.Name == "baseline"
-	})
-	rec := h.record("fresh")
-	if rec.Persona == nil || rec.Persona.Name != "baseline" || rec.Revision != def.Revision {
-		t.Errorf("fresh record: %+v", rec)
-	}
-	var evs []store.AuditEvent
-	waitFor(t, "the default_activation event", func() bool {
-		evs = h.audit(store.AuditQuery{Instance: "fresh", Type: AuditDefaultActivation})
-		return len(evs) > 0
-	})
-	if len(evs) != 1 || evs[0].Result != protocol.ResultActivated || evs[0].Persona != "baseline" ||
-		evs[0].Actor != SystemActor || evs[0].ActivationID != rec.ActivationID {
-		t.Errorf("default_activation events: %+v", evs)
-	}
-	if got := value(t, h.met.Activations.WithLabelValues("baseline", protocol.ResultActivated)); got != 1 {
-		t.Errorf("activations{baseline,activated} = %v", got)
-	}
-
-	st := h.waitState("held", StateConnected)
-	if st.Active == nil || st.Active.Persona.Name != "hardened" {
-		t.Errorf("held guest's persona: %+v, want hardened kept", st.Active)
-	}
-	if evs := h.audit(store.AuditQuery{Instance: "held", Type: AuditDefaultActivation}); len(evs) != 0 {
-		t.Errorf("default activation on a guest holding a persona: %+v", evs)
-	}
-
-	// Reconnecting to a guest that holds the default does not activate it again.
-	h.m.Close()
-	h.startManager()
-	h.add("fresh", fresh.endpoint())
-	h.waitState("fresh", StateConnected)
-	if evs := h.audit(store.AuditQuery{Instance: "fresh", Type: AuditDefaultActivation}); len(evs) != 1 {
-		t.Errorf("default_activation events after reconnect: %d, want 1", len(evs))
-	}
-}
-
-func TestDefaultPersonaOnConnectDisabled(t *testing.T) {
-	h := newHost(t, func(c *Config) { c.DefaultPersonaOnConnect = false })
-	h.createPersona(protocol.Persona{Name: "baseline", DefaultPersona: true})
+// TestDeactivatedReconnectIsQuiet: a guest deliberately left with no persona
+// reconnects to a restarted host; the record already says no persona, so
+// nothing is reconciled and nothing audited (the deactivation's activation
+// id is not a difference).
+func TestDeactivatedReconnectIsQuiet(t *testing.T) {
 	g := newGuest(t)
+	h := newHost(t, nil)
 	h.add("vm", g.endpoint())
 	h.waitState("vm", StateConnected)
-	// The record is written before the agent is published as connected.
-	if rec := h.record("vm"); rec.Persona != nil {
-		t.Errorf("record: %+v, want no persona", rec)
+	p := h.createPersona(hardened())
+	if res, err := h.m.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", "api", 0); err != nil || res.Result != protocol.ResultActivated {
+		t.Fatalf("activate: %+v, %v", res, err)
 	}
-	if st, _ := h.m.Get("vm"); st.Active != nil {
-		t.Errorf("status: %+v, want no persona", st.Active)
+	if res, err := h.m.Deactivate(ctxTimeout(t, 30*time.Second), "vm", "alice", 0); err != nil || res.Result != protocol.ResultDeactivated {
+		t.Fatalf("deactivate: %+v, %v", res, err)
+	}
+	for range 2 {
+		h.m.Close()
+		h.startManager()
+		h.add("vm", g.endpoint())
+		h.waitState("vm", StateConnected)
+	}
+	if evs := h.audit(store.AuditQuery{Instance: "vm", Type: AuditReconciled}); len(evs) != 0 {
+		t.Errorf("reconciled events for a guest whose record was in step: %+v", evs)
 	}
 }
 

@@ -44,7 +44,7 @@ const (
 	StateDisconnected = apitypes.AgentDisconnected
 )
 
-// Actor, reason and host audit event types of the manager's own actions.
+// Actor, reason and host audit event types of the host's own actions.
 const (
 	SystemActor            = "vmpersona-hostd"
 	ReasonDefault          = "default"
@@ -76,7 +76,6 @@ type Store interface {
 	// PutInstance writes the record and the audit events that go with it
 	// in one commit.
 	PutInstance(rec store.InstanceRecord, events ...store.AuditEvent) error
-	DefaultPersona() (protocol.Persona, bool, error)
 	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
 	IngestGuestAudit(instance string, b protocol.AuditBatch) (uint64, []store.AuditEvent, error)
 }
@@ -95,18 +94,18 @@ type Config struct {
 	// (default 60 s); activations get 2×script timeout+10 s when larger,
 	// execs the command's timeout+10 s when larger.
 	CallTimeout time.Duration
-	// DefaultPersonaOnConnect activates the default persona when a guest
-	// reports none on connect. The field's zero value is false: the host
-	// daemon sets it true (see DefaultConfig).
-	DefaultPersonaOnConnect bool
+	// Converger, when set, brings each guest to what it should run on
+	// every new session, before the session is published (the desired
+	// state's reconciler; the default persona is its decision).
+	Converger Converger
 }
 
 // DefaultConfig returns the configuration the host daemon runs with, for a
-// store: default timeouts and DefaultPersonaOnConnect true.
+// store: default timeouts.
 func DefaultConfig(st Store) Config {
 	return Config{
 		Store: st, Heartbeat: 2 * time.Second, DialTimeout: 3 * time.Second,
-		CallTimeout: 60 * time.Second, DefaultPersonaOnConnect: true,
+		CallTimeout: 60 * time.Second,
 	}
 }
 
@@ -312,9 +311,6 @@ func (noStore) GetInstance(instance string) (store.InstanceRecord, error) {
 	return store.InstanceRecord{}, fmt.Errorf("instance %q: %w", instance, store.ErrNotFound)
 }
 func (noStore) PutInstance(store.InstanceRecord, ...store.AuditEvent) error { return nil }
-func (noStore) DefaultPersona() (protocol.Persona, bool, error) {
-	return protocol.Persona{}, false, nil
-}
 func (noStore) AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error) {
 	return evs, nil
 }

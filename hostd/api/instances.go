@@ -16,13 +16,14 @@ import (
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 	"github.com/vmpersona/vmpersona/rules"
 )
 
-func (s *Server) view(is instanceState) apitypes.Instance {
+func (s *Server) view(is instanceState) (apitypes.Instance, error) {
 	st := is.agent
 	v := apitypes.Instance{
 		ID: is.name, Source: st.Source, Endpoint: st.Endpoint, State: apitypes.StateUnknown,
@@ -57,14 +58,23 @@ func (s *Server) view(is instanceState) apitypes.Instance {
 	if v.Reason == "" && st.State != agents.StateConnected && st.LastError != "" {
 		v.Reason = "agent unreachable: " + st.LastError
 	}
-	return v
+	sync, err := s.cfg.Reconciler.Status(is.name, st, is.managed)
+	if err != nil {
+		return v, err
+	}
+	v.InstanceSync = sync
+	return v, nil
 }
 
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	all := s.allInstances()
 	out := apitypes.InstanceList{Instances: make([]apitypes.Instance, 0, len(all))}
 	for _, is := range all {
-		out.Instances = append(out.Instances, s.view(is))
+		v, err := s.view(is)
+		if err != nil {
+			return err
+		}
+		out.Instances = append(out.Instances, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -75,7 +85,11 @@ func (s *Server) getInstance(w http.ResponseWriter, r *http.Request, ps httprout
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.view(is))
+	v, err := s.view(is)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 
@@ -102,17 +116,14 @@ func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	default:
 		return err
 	}
-	// The record is what the guest last confirmed; it is stale while no
-	// session confirms it now.
-	v.Stale = st.State != agents.StateConnected
-	if !v.Stale {
-		switch {
-		case st.Active == nil:
-			v.Stale = v.Persona != nil
-		default:
-			v.Stale = v.ActivationID != st.Active.ActivationID
-		}
+	// The record is what the guest last confirmed; it is stale whenever the
+	// instance is not in sync with its desired state (unreachable, pending,
+	// failed, or drifted: the persona changed since).
+	sync, err := s.cfg.Reconciler.Status(is.name, st, is.managed)
+	if err != nil {
+		return err
 	}
+	v.Stale = sync.Sync != reconcile.SyncInSync
 	writeJSON(w, http.StatusOK, v)
 	return nil
 }
@@ -165,6 +176,10 @@ func (s *Server) activation(r *http.Request, ps httprouter.Params) (inst string,
 }
 
 func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	dryRun, err := boolQuery(r, "dry_run")
+	if err != nil {
+		return err
+	}
 	inst, timeout, err := s.activation(r, ps)
 	if err != nil {
 		return err
@@ -177,6 +192,9 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	if err != nil {
 		return personaErr(name, err)
 	}
+	if dryRun {
+		return s.dryRun(w, r, inst, p)
+	}
 	actor := identityOf(r).User
 	// The request is audited in the commit that records the guest's new
 	// persona, or on its own when there is none (failure, refusal, timeout).
@@ -184,7 +202,7 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 		Detail: "revision " + strconv.FormatUint(p.Revision, 10)}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Activate(ctx, inst, p, actor, "api", timeout, requested)
+	res, err := s.cfg.Reconciler.Activate(ctx, inst, p, actor, reconcile.ReasonAPI, timeout, requested)
 	if err != nil {
 		return err
 	}
@@ -200,7 +218,7 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httproute
 	requested := store.AuditEvent{Type: protocol.AuditDeactivationRequested, Instance: inst, Actor: actor}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*timeout+30*time.Second)
 	defer cancel()
-	res, err := s.cfg.Agents.Deactivate(ctx, inst, actor, timeout, requested)
+	res, err := s.cfg.Reconciler.Deactivate(ctx, inst, actor, timeout, requested)
 	if err != nil {
 		return err
 	}

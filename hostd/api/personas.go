@@ -150,6 +150,11 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		return personaErr(name, err)
 	}
 	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaUpdated, Actor: identityOf(r).User, Persona: name, Result: "revision " + strconv.FormatUint(updated.Revision, 10)})
+	// Running guests keep their revision (their instances show drifted)
+	// until a rollout, which the persona may ask for at once.
+	if updated.Rollout == "auto" {
+		s.cfg.Reconciler.AutoRollout(name, identityOf(r).User)
+	}
 	writePersona(w, http.StatusOK, updated)
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -32,10 +33,14 @@ const (
 
 // Config wires the API to the daemon's parts.
 type Config struct {
-	Store   store.Backend // Badger (*store.Store) on one host
-	Agents  *agents.Manager
-	Metrics *metrics.Metrics
-	Tokens  *auth.Tokens // nil: no tokens accepted
+	Store  store.Backend // Badger (*store.Store) on one host
+	Agents *agents.Manager
+	// Reconciler keeps each instance's desired state and converges the
+	// guests to it; it must be the Agents manager's Converger. nil: one is
+	// made here, which tracks the desired state of API requests only.
+	Reconciler *reconcile.Reconciler
+	Metrics    *metrics.Metrics
+	Tokens     *auth.Tokens // nil: no tokens accepted
 	// Inventories are discovery sources (libvirt, QMP) merged into the
 	// instance listing; ids resolve through them (a libvirt UUID, say).
 	Inventories []Inventory
@@ -94,6 +99,8 @@ func (s *Server) routeTable() []route {
 		{method: "PUT", path: "/personas/:name", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona,
 			in: apitypes.Persona{}, out: apitypes.Persona{}, headers: []string{"ETag"}},
 		{method: "DELETE", path: "/personas/:name", role: auth.RoleAdmin, handler: s.deletePersona, status: http.StatusNoContent},
+		{method: "POST", path: "/personas/:name/rollout", role: auth.RoleOperator, bodyMax: MaxRolloutBody, long: true, handler: s.rollout,
+			in: apitypes.RolloutRequest{}, out: apitypes.RolloutAnswer{}, line: apitypes.RolloutLine{}},
 
 		{method: "GET", path: "/instances", role: auth.RoleViewer, handler: s.listInstances, out: apitypes.InstanceList{}},
 		{method: "GET", path: "/instances/:id", role: auth.RoleViewer, handler: s.getInstance, out: apitypes.Instance{}},
@@ -120,6 +127,10 @@ func New(cfg Config) *Server {
 	}
 	if cfg.DefaultScriptTimeout <= 0 {
 		cfg.DefaultScriptTimeout = 5 * time.Minute
+	}
+	if cfg.Reconciler == nil {
+		cfg.Reconciler = reconcile.New(reconcile.Config{Store: cfg.Store, Metrics: cfg.Metrics, Logger: cfg.Logger})
+		cfg.Reconciler.Bind(cfg.Agents)
 	}
 	s := &Server{cfg: cfg, router: httprouter.New()}
 	s.routes = s.routeTable()

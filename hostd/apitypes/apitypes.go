@@ -76,6 +76,8 @@ type Instance struct {
 	// PortOpen says whether the guest has the agent port open (libvirt,
 	// QMP); absent when unknown.
 	PortOpen *bool `json:"port_open,omitempty"`
+	// The desired state, what the guest confirms, and how they compare.
+	InstanceSync
 }
 
 // Agent is the state of the session with an instance's guest agent.
@@ -108,10 +110,10 @@ type ActivePersona struct {
 	ActivationID string `json:"activation_id,omitempty"`
 	// ActivatedAt is null when the instance holds no persona.
 	ActivatedAt *time.Time `json:"activated_at"`
-	// Stale is true while no live agent session confirms this record: the
-	// agent is not connected, or the guest holds another activation than
-	// the one recorded. It says nothing about later revisions of the
-	// persona in the store.
+	// Stale is true whenever the instance is not in sync with its desired
+	// state: no live session confirms the record, the guest holds another
+	// activation, the desired state is not applied, or the persona changed
+	// since (drifted).
 	Stale bool `json:"stale"`
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/libvirt"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/qmp"
+	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
 )
 
@@ -112,8 +113,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Heartbeat > 0 {
 		acfg.Heartbeat = cfg.Heartbeat
 	}
+	// The reconciler converges every guest to its desired state on each
+	// connect; it acts through the manager.
+	rec := reconcile.New(reconcile.Config{Store: st, Metrics: m, Logger: log.With("component", "reconcile"),
+		ScriptTimeout: cfg.ScriptTimeout, DefaultPersona: true})
+	acfg.Converger = rec
 	mgr := agents.NewManager(acfg)
 	defer mgr.Close()
+	rec.Bind(mgr)
+	defer rec.Close() // before the manager closes: background rollouts end first
 	for _, i := range statics {
 		if err := mgr.Add(i.name, i.ep, "static"); err != nil {
 			return err
@@ -127,7 +135,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer stopDiscovery()
 
-	acfgAPI := api.Config{Store: st, Agents: mgr, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
+	acfgAPI := api.Config{Store: st, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
 	if lvd != nil {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, lvd)
 		acfgAPI.Enabler = lvd

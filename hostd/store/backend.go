@@ -38,6 +38,17 @@ type Instances interface {
 	ListInstances() ([]InstanceRecord, error)
 }
 
+// DesiredStates are what each instance should run, the reconciler's input
+// (the instance records are what it runs).
+type DesiredStates interface {
+	// GetDesired answers ErrNotFound for an instance never seen.
+	GetDesired(instance string) (DesiredState, error)
+	// PutDesired writes the desired state and the host audit events that
+	// go with it in one atomic, durable write.
+	PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, error)
+	ListDesired() ([]DesiredState, error)
+}
+
 // AuditLog is the audit log, host and guest events.
 type AuditLog interface {
 	AppendAudit(evs ...AuditEvent) ([]AuditEvent, error)
@@ -51,6 +62,7 @@ type AuditLog interface {
 type Backend interface {
 	Personas
 	Instances
+	DesiredStates
 	AuditLog
 	// Ready is nil while the store answers reads (a readiness probe).
 	Ready() error

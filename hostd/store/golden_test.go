@@ -48,6 +48,13 @@ func goldenInstance() InstanceRecord {
 	}
 }
 
+// goldenDesired is the desired state a schema 1 store's instance record
+// migrates to, and what schema 2 stores hold.
+func goldenDesired() DesiredState {
+	p := goldenPersona()
+	return DesiredState{Instance: "vm1", Persona: &p, Revision: 1, SetBy: DesiredByAdoption, UpdatedAt: goldenTime}
+}
+
 func goldenAudit() AuditEvent {
 	return AuditEvent{
 		ID: "18ecd0f92af330000000000000000000", Time: goldenTime.Add(2 * time.Minute), Instance: "vm1",
@@ -90,6 +97,7 @@ func TestGoldenEncoding(t *testing.T) {
 	p := goldenPersona()
 	inst := goldenInstance()
 	ev := goldenAudit()
+	des := goldenDesired()
 	for _, c := range []struct {
 		file   string
 		encode func() ([]byte, error)
@@ -97,6 +105,7 @@ func TestGoldenEncoding(t *testing.T) {
 		{"persona.json", func() ([]byte, error) { return encodePersona(&p) }},
 		{"instance.json", func() ([]byte, error) { return encodeInstance(&inst) }},
 		{"audit.json", func() ([]byte, error) { return encodeAudit(&ev) }},
+		{"desired.json", func() ([]byte, error) { return encodeDesired(&des) }},
 	} {
 		got, err := c.encode()
 		if err != nil {
@@ -134,6 +143,9 @@ func buildGoldenStore(t *testing.T, version uint64) string {
 		if version > 1 { // version 1 wrote no version key
 			set(keySchema, binary.BigEndian.AppendUint64(nil, version))
 		}
+		if version >= 2 { // desired states
+			set("d/vm1", readGolden(t, version, "desired.json"))
+		}
 		return err
 	})
 	if err != nil {
@@ -163,6 +175,10 @@ func TestGoldenMigration(t *testing.T) {
 			wantInst := goldenInstance()
 			if got, err := s.GetInstance("vm1"); err != nil || !reflect.DeepEqual(got, wantInst) {
 				t.Errorf("GetInstance = %+v, %v; want %+v", got, err, wantInst)
+			}
+			wantDes := goldenDesired()
+			if got, err := s.GetDesired("vm1"); err != nil || !reflect.DeepEqual(got, wantDes) {
+				t.Errorf("GetDesired = %+v, %v; want %+v", got, err, wantDes)
 			}
 			wantEv := goldenAudit()
 			for _, q := range []AuditQuery{{}, {Instance: "vm1"}, {Persona: "hardened"}, {Type: AuditActivationRequested}} {

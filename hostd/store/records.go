@@ -26,6 +26,7 @@ type personaRecord struct {
 	RestrictedCommands   []string          `json:"restricted_commands"`
 	AllowedCommands      []string          `json:"allowed_commands,omitempty"`
 	DefaultPersona       bool              `json:"default_persona"`
+	Rollout              string            `json:"rollout,omitempty"` // schema 2
 	Revision             uint64            `json:"revision"`
 	CreatedAt            time.Time         `json:"created_at,omitzero"`
 	UpdatedAt            time.Time         `json:"updated_at,omitzero"`
@@ -58,20 +59,11 @@ func decodePersona(v []byte) (*protocol.Persona, error) {
 	return fromPersonaRecord(&r), nil
 }
 
-// instanceRecord is an InstanceRecord as stored under i/<instance>.
-//
-// The desired persona of an instance (what an operator asked for, beside
-// what the guest confirmed) goes here as a field of its own, e.g.
-//
-//	Desired *desiredRecord `json:"desired,omitempty"` // {persona|null, revision}
-//	type desiredRecord struct {
-//		Persona  *personaRecord `json:"persona"`
-//		Revision uint64         `json:"revision"`
-//	}
-//
-// with the matching field on InstanceRecord, both conversions below, and a
-// migration (schema.go) even when old records read back unchanged: the
-// version then says which records a downgraded daemon would misread.
+// instanceRecord is an InstanceRecord as stored under i/<instance>: what
+// the guest last confirmed. What the instance should run is a record of its
+// own (desiredRecord, d/<instance>): the two are written by different
+// parties (the guest's confirmations, the operator's requests), so neither
+// write has to read and keep the other's fields.
 type instanceRecord struct {
 	Instance     string         `json:"instance"`
 	Persona      *personaRecord `json:"persona"`
@@ -134,5 +126,35 @@ func decodeAudit(v []byte, ev *AuditEvent) error {
 		return err
 	}
 	*ev = AuditEvent(r)
+	return nil
+}
+
+// desiredRecord is a DesiredState as stored under d/<instance> (schema 2).
+type desiredRecord struct {
+	Instance  string         `json:"instance"`
+	Persona   *personaRecord `json:"persona"`
+	Revision  uint64         `json:"revision"`
+	SetBy     string         `json:"set_by"`
+	Actor     string         `json:"actor,omitempty"`
+	UpdatedAt time.Time      `json:"updated_at,omitzero"`
+}
+
+func encodeDesired(d *DesiredState) ([]byte, error) {
+	r := desiredRecord{Instance: d.Instance, Revision: d.Revision, SetBy: d.SetBy, Actor: d.Actor, UpdatedAt: d.UpdatedAt}
+	if d.Persona != nil {
+		r.Persona = toPersonaRecord(d.Persona)
+	}
+	return json.Marshal(r)
+}
+
+func decodeDesired(v []byte, d *DesiredState) error {
+	var r desiredRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return fmt.Errorf("desired state: decode: %w", err)
+	}
+	*d = DesiredState{Instance: r.Instance, Revision: r.Revision, SetBy: r.SetBy, Actor: r.Actor, UpdatedAt: r.UpdatedAt}
+	if r.Persona != nil {
+		d.Persona = fromPersonaRecord(r.Persona)
+	}
 	return nil
 }

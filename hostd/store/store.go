@@ -11,7 +11,8 @@
 //	m/default                        name of the default persona
 //	m/auditseq                       Badger sequence for audit IDs
 //	m/schema                         schema version of the data (schema.go)
-//	i/<instance>                     instanceRecord (JSON)
+//	i/<instance>                     instanceRecord (JSON): what the guest last confirmed
+//	d/<instance>                     desiredRecord (JSON): what the instance should run
 //	a/<id>                           auditRecord (JSON); id sorts by time, then insertion
 //	g/<instance>\x00<spool>\x00<seq> audit ID of an ingested guest event (dedup)
 //	x/<i|p|t>/<value>\x00<id>       audit index by instance, persona, type (no value)
@@ -113,6 +114,7 @@ type Store struct {
 const (
 	prefixPersona  = "p/"
 	prefixInstance = "i/"
+	prefixDesired  = "d/"
 	prefixAudit    = "a/"
 	prefixDedup    = "g/"
 	prefixIndex    = "x/"

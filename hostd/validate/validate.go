@@ -117,6 +117,11 @@ func checkPersona(p *protocol.Persona) *Error {
 	if e := checkName(p.Name); e != nil {
 		return e
 	}
+	switch p.Rollout {
+	case "", "manual", "auto":
+	default:
+		return fail("rollout", "%q is neither \"manual\" nor \"auto\"", p.Rollout)
+	}
 	total := len(p.Name)
 
 	if n := len(p.EnvironmentVariables); n > MaxEnvVars {

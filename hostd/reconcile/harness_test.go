@@ -1,0 +1,339 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// guestdBin is the real guest daemon, built once by TestMain.
+var (
+	guestdBin string
+	guestdErr error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "reconcile-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	guestdBin = filepath.Join(dir, "vmpersona-guestd")
+	if bin := os.Getenv("VMPERSONA_TEST_GUESTD"); bin != "" {
+		guestdBin = bin // a prebuilt guest daemon (make build)
+	} else {
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		cmd := exec.Command(goBin, "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			guestdErr = fmt.Errorf("build vmpersona-guestd: %v\n%s", err, out)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// limit (a hang guard, not a timing assertion).
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// guest is a real vmpersona-guestd process on a unix socket.
+type guest struct {
+	t        testing.TB
+	dir      string
+	sock     string
+	stateDir string
+	env      []string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	log      *bytes.Buffer
+}
+
+// newGuest starts a guest daemon; env is added to its environment.
+func newGuest(t testing.TB, env ...string) *guest {
+	t.Helper()
+	if guestdErr != nil {
+		t.Fatal(guestdErr)
+	}
+	dir, err := os.MkdirTemp("", "rc") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	g := &guest{t: t, dir: dir, sock: filepath.Join(dir, "g.sock"), stateDir: filepath.Join(dir, "state"), env: env}
+	g.start()
+	t.Cleanup(g.kill)
+	return g
+}
+
+func (g *guest) endpoint() agents.Endpoint {
+	return agents.Endpoint{Kind: agents.KindUnix, Path: g.sock}
+}
+
+func (g *guest) start() {
+	g.t.Helper()
+	g.log = new(bytes.Buffer)
+	g.cmd = exec.Command(guestdBin, "--listen", "unix:"+g.sock, "--state-dir", g.stateDir, "--profile-file", filepath.Join(g.dir, "profile.sh"))
+	g.cmd.Env = append(os.Environ(), g.env...)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	g.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		cmd.Wait()
+		close(exited)
+	}(g.cmd, g.exited)
+	waitFor(g.t, "the guest daemon's socket", func() bool {
+		select {
+		case <-g.exited:
+			g.t.Fatalf("vmpersona-guestd exited: %s", g.log)
+		default:
+		}
+		c, err := net.Dial("unix", g.sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// kill ends the guest daemon with SIGKILL and waits.
+func (g *guest) kill() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-g.exited:
+		return
+	default:
+	}
+	g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.exited
+}
+
+// host is the host daemon's core under test: a real Badger store, the agent
+// manager and the reconciler, restartable on the same directory.
+type host struct {
+	t   testing.TB
+	dir string
+	st  *store.Store
+	met *metrics.Metrics
+	m   *agents.Manager
+	r   *Reconciler
+	// noDefault disables the default persona for new instances.
+	noDefault bool
+}
+
+func quietLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func newHost(t testing.TB) *host {
+	t.Helper()
+	h := &host{t: t, dir: t.TempDir()}
+	h.start()
+	t.Cleanup(h.stop)
+	return h
+}
+
+// start opens the store and starts a manager and reconciler on it, as the
+// host daemon does.
+func (h *host) start() {
+	h.t.Helper()
+	st, err := store.Open(h.dir, store.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.st = st
+	h.met = metrics.New()
+	h.r = New(Config{Store: st, Metrics: h.met, Logger: quietLogger(), DefaultPersona: !h.noDefault})
+	h.m = agents.NewManager(agents.Config{
+		Store: st, Metrics: h.met, Logger: quietLogger(), Converger: h.r,
+		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 30 * time.Second,
+	})
+	h.r.Bind(h.m)
+}
+
+// stop ends the manager and closes the store: a host daemon that exits.
+func (h *host) stop() {
+	if h.m == nil {
+		return
+	}
+	h.r.Close()
+	h.m.Close()
+	h.st.Close()
+	h.m = nil
+}
+
+// restart is a host daemon restart on the same data directory.
+func (h *host) restart(guests map[string]*guest) {
+	h.t.Helper()
+	h.stop()
+	h.start()
+	for name, g := range guests {
+		h.add(name, g)
+	}
+}
+
+func (h *host) add(name string, g *guest) {
+	h.t.Helper()
+	if err := h.m.Add(name, g.endpoint(), "static"); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *host) waitConnected(name string) agents.AgentStatus {
+	h.t.Helper()
+	var st agents.AgentStatus
+	waitFor(h.t, name+" connected", func() bool {
+		var err error
+		st, err = h.m.Get(name)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		return st.State == agents.StateConnected
+	})
+	return st
+}
+
+func (h *host) status(name string) Status {
+	h.t.Helper()
+	st, err := h.m.Get(name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	s, err := h.r.Status(name, st, true)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+func (h *host) desired(name string) store.DesiredState {
+	h.t.Helper()
+	d, err := h.st.GetDesired(name)
+	if err != nil {
+		h.t.Fatalf("desired state of %s: %v", name, err)
+	}
+	return d
+}
+
+func (h *host) audit(q store.AuditQuery) []store.AuditEvent {
+	h.t.Helper()
+	q.Limit = store.MaxAuditLimit
+	evs, err := h.st.QueryAudit(q)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return evs
+}
+
+func (h *host) createPersona(p protocol.Persona) protocol.Persona {
+	h.t.Helper()
+	out, err := h.st.CreatePersona(p)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+func (h *host) updatePersona(p protocol.Persona) protocol.Persona {
+	h.t.Helper()
+	out, err := h.st.UpdatePersona(p, 0)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+func (h *host) exec(name, command string, args ...string) (protocol.ExecResult, error) {
+	h.t.Helper()
+	return h.m.Exec(ctxTimeout(h.t, 30*time.Second), name, protocol.Exec{Command: command, Args: args}, nil)
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func activeName(st agents.AgentStatus) string {
+	if st.Active == nil {
+		return ""
+	}
+	return st.Active.Persona.Name
+}
+
+// snapshot is every file under dir with its mode and content.
+func snapshot(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if fi.IsDir() {
+			out[rel+"/"] = fi.Mode().String()
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		out[rel] = fi.Mode().String() + " " + string(b)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// envOf runs env in the guest and answers its variables.
+func envOf(t testing.TB, h *host, name string) map[string]string {
+	t.Helper()
+	res, err := h.exec(name, "env")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("env in %s: %+v, %v", name, res, err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			out[k] = v
+		}
+	}
+	return out
+}

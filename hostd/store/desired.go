@@ -1,0 +1,139 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// What set an instance's desired state (DesiredState.SetBy).
+const (
+	DesiredByActivation   = "activation"   // an activation request
+	DesiredByDeactivation = "deactivation" // a deactivation request: none, deliberately
+	DesiredByDefault      = "default"      // the default persona, for an instance never seen before
+	DesiredByAdoption     = "adopted"      // first seen holding a persona: what it holds
+	DesiredByRollout      = "rollout"      // a rollout of the persona's current revision
+)
+
+// Audit event types of the desired state's changes.
+const (
+	AuditRolloutStarted  = protocol.AuditRolloutStarted
+	AuditRolloutFinished = protocol.AuditRolloutFinished
+	AuditReconciled      = protocol.AuditReconciled
+)
+
+// DesiredState is what an instance should run: a persona at a revision, or
+// none. Persona is the persona as it was at Revision, so that the instance
+// converges to exactly that revision even after the persona has changed.
+type DesiredState struct {
+	Instance string            `json:"instance"`
+	Persona  *protocol.Persona `json:"persona"` // nil: none
+	Revision uint64            `json:"revision"`
+	SetBy    string            `json:"set_by"`
+	Actor    string            `json:"actor,omitempty"`
+	// UpdatedAt is when the desired state was written; PutDesired sets it
+	// to now when zero.
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+// PersonaName is the desired persona's name, "" for none.
+func (d DesiredState) PersonaName() string {
+	if d.Persona == nil {
+		return ""
+	}
+	return d.Persona.Name
+}
+
+func desiredKey(instance string) []byte { return []byte(prefixDesired + instance) }
+
+// GetDesired reads an instance's desired state; ErrNotFound when none was
+// ever recorded (an instance the host has never seen).
+func (s *Store) GetDesired(instance string) (DesiredState, error) {
+	var d DesiredState
+	if err := checkInstance(instance); err != nil {
+		return d, err
+	}
+	err := s.view(func(txn *badger.Txn) error {
+		item, err := txn.Get(desiredKey(instance))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("desired state of %q: %w", instance, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return decodeDesired(v, &d) })
+	})
+	return d, err
+}
+
+// PutDesired writes (replaces) an instance's desired state, with host audit
+// events in the same commit.
+func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, error) {
+	if err := checkInstance(d.Instance); err != nil {
+		return nil, err
+	}
+	if d.UpdatedAt.IsZero() {
+		d.UpdatedAt = s.now()
+	}
+	d.UpdatedAt = d.UpdatedAt.UTC()
+	if d.Persona == nil {
+		d.Revision = 0
+	}
+	b, err := encodeDesired(&d)
+	if err != nil {
+		return nil, fmt.Errorf("desired state of %q: encode: %w", d.Instance, err)
+	}
+	now := s.now()
+	in := make([]AuditEvent, len(events))
+	for i, ev := range events {
+		if ev.Type == "" {
+			return nil, fmt.Errorf("audit event %d has no type: %w", i, ErrInvalidArgument)
+		}
+		if ev.Time.IsZero() {
+			ev.Time = now
+		}
+		ev.Time = ev.Time.UTC()
+		ev.Source = SourceHost
+		in[i] = ev
+	}
+	evs := make([]AuditEvent, len(in))
+	err = s.update(func(txn *badger.Txn) error {
+		copy(evs, in) // a retried transaction starts again from the input
+		for i := range evs {
+			if err := s.putAudit(txn, &evs[i]); err != nil {
+				return err
+			}
+		}
+		return txn.Set(desiredKey(d.Instance), b)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return evs, nil
+}
+
+// ListDesired returns every recorded desired state, sorted by instance name
+// (never nil).
+func (s *Store) ListDesired() ([]DesiredState, error) {
+	out := []DesiredState{}
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixDesired)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var d DesiredState
+			if err := it.Item().Value(func(v []byte) error { return decodeDesired(v, &d) }); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
