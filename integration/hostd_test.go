@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/integration/vmenv"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -203,87 +204,17 @@ func (h *Hostd) MustCtl(args ...string) string {
 	return r.Stdout
 }
 
-// --- the REST API's documents, as the tier reads them --------------------
+// --- the REST API's documents: the API's own types --------------------
 
-type instanceDoc struct {
-	ID       string `json:"id"`
-	Source   string `json:"source"`
-	Endpoint string `json:"endpoint"`
-	State    string `json:"state"`
-	Agent    struct {
-		State       string     `json:"state"`
-		Version     string     `json:"version"`
-		BootID      string     `json:"boot_id"`
-		ConnectedAt *time.Time `json:"connected_at"`
-		LastError   string     `json:"last_error"`
-	} `json:"agent"`
-	ActivePersona *string `json:"active_persona"`
-	Reason        string  `json:"reason"`
-}
-
-type activeDoc struct {
-	Instance     string            `json:"instance"`
-	Persona      *protocol.Persona `json:"persona"`
-	Revision     uint64            `json:"revision"`
-	ActivationID string            `json:"activation_id"`
-	ActivatedAt  *time.Time        `json:"activated_at"`
-	Stale        bool              `json:"stale"`
-}
-
-type activateDoc struct {
-	Instance     string  `json:"instance"`
-	Result       string  `json:"result"`
-	Persona      string  `json:"persona"`
-	Revision     uint64  `json:"revision"`
-	ActivationID string  `json:"activation_id"`
-	DurationMS   float64 `json:"duration_ms"`
-}
-
-type execReq struct {
-	Command        string            `json:"command"`
-	Args           []string          `json:"args,omitempty"`
-	Env            map[string]string `json:"env,omitempty"`
-	Stdin          string            `json:"stdin,omitempty"`
-	Cwd            string            `json:"cwd,omitempty"`
-	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
-}
-
-type execDoc struct {
-	ExitCode   int     `json:"exit_code"`
-	Signal     string  `json:"signal"`
-	Stdout     string  `json:"stdout"`
-	Stderr     string  `json:"stderr"`
-	Route      string  `json:"route"`
-	Persona    *string `json:"persona"`
-	DurationMS float64 `json:"duration_ms"`
-}
-
-type problemDoc struct {
-	Type     string `json:"type"`
-	Title    string `json:"title"`
-	Status   int    `json:"status"`
-	Detail   string `json:"detail"`
-	Result   string `json:"result"`
-	Phase    string `json:"phase"`
-	ExitCode *int   `json:"exit_code"`
-}
-
-type auditDoc struct {
-	ID           string    `json:"id"`
-	Time         time.Time `json:"time"`
-	Instance     string    `json:"instance"`
-	Actor        string    `json:"actor"`
-	Type         string    `json:"type"`
-	Persona      string    `json:"persona"`
-	Command      string    `json:"command"`
-	Route        string    `json:"route"`
-	Result       string    `json:"result"`
-	ActivationID string    `json:"activation_id"`
-	Source       string    `json:"source"`
-	GuestSpool   string    `json:"guest_spool"`
-	GuestSeq     uint64    `json:"guest_seq"`
-	Detail       string    `json:"detail"`
-}
+type (
+	instanceDoc = apitypes.Instance
+	activeDoc   = apitypes.ActivePersona
+	activateDoc = apitypes.ActivationResult
+	execReq     = apitypes.ExecRequest
+	execDoc     = apitypes.ExecResult
+	problemDoc  = apitypes.Problem
+	auditDoc    = apitypes.AuditEvent
+)
 
 // --- helpers over the API -------------------------------------------------
 

@@ -263,7 +263,7 @@ func TestDefaultPersonaOnBoot(t *testing.T) {
 	h.WaitActive(id, "baseline", bootTimeout)
 	tActive := time.Since(vm.Started) // host clock: the guest's clock may lag by seconds
 	var tConnected time.Duration
-	if inst, _ := h.Instance(id); inst.Agent.ConnectedAt != nil {
+	if inst, _ := h.Instance(id); !inst.Agent.ConnectedAt.IsZero() {
 		tConnected = inst.Agent.ConnectedAt.Sub(vm.Started)
 	}
 	t.Logf("FIGURE boot (virsh start) to agent connected: %s; to default persona active: %s (hostd's retry backoff included)",
@@ -336,7 +336,7 @@ func TestPersonaSurvivesGuestdRestartAndReboot(t *testing.T) {
 	t.Logf("kill -9 of guestd %s answered %d (the answer may be lost with the daemon)", pid, st)
 	waitFor(t, reconnTimeout, "a new guestd session", func() (bool, string) {
 		inst, _ := h.Instance(id)
-		if inst.Agent.State != "connected" || inst.Agent.ConnectedAt == nil || !inst.Agent.ConnectedAt.After(*first.Agent.ConnectedAt) {
+		if inst.Agent.State != "connected" || inst.Agent.ConnectedAt.IsZero() || !inst.Agent.ConnectedAt.After(first.Agent.ConnectedAt) {
 			return false, fmt.Sprintf("%+v", inst.Agent)
 		}
 		doc, _, st := h.Exec(id, execReq{Command: "pidof", Args: []string{"vmpersona-guestd"}})
