@@ -178,8 +178,8 @@ const (
 
 // ExecStreamLine is one NDJSON line of a streamed exec: output as it
 // arrives ("stdout", "stderr": Data), then one "exit" line with the result,
-// or, should the exec fail after output began, one "error" line (StreamFailed) with the
-// problem's members.
+// or, should the exec fail after output began, one "error" line
+// (StreamFailed) with the problem's members.
 type ExecStreamLine struct {
 	Stream string `json:"stream"`
 	Data   string `json:"data,omitempty"`
