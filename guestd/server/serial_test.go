@@ -112,8 +112,8 @@ func (h *hostEnd) Close() error {
 func (h *hostEnd) release() {
 	h.Close()
 	h.mu.Lock()
-	h.mu.Unlock()
 	h.m.SetReadDeadline(time.Time{})
+	h.mu.Unlock()
 }
 
 func newServer(t *testing.T) *Server {

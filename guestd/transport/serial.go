@@ -78,8 +78,9 @@ func (s *SerialListener) Accept(ctx context.Context) (io.ReadWriteCloser, error)
 		}
 		// Wait for a read in progress to return before the port is read again.
 		prev.readMu.Lock()
+		fileClosed := prev.fileClosed
 		prev.readMu.Unlock()
-		if prev.fileClosed {
+		if fileClosed {
 			s.mu.Lock()
 			s.f = nil
 			s.mu.Unlock()

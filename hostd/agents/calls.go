@@ -31,7 +31,7 @@ import (
 func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Persona, actor, reason string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
 	req := m.newRequestAudit(instance, audit)
 	defer req.flush()
-	a, s, err := m.connected(instance)
+	a, _, err := m.connected(instance)
 	if err != nil {
 		return protocol.ActivateResult{}, err
 	}
@@ -42,7 +42,8 @@ func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Pers
 	}
 	defer a.release()
 	// The session may have been replaced while this call waited its turn.
-	if s, err = a.session(); err != nil {
+	s, err := a.session()
+	if err != nil {
 		return protocol.ActivateResult{}, err
 	}
 	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout, req)
@@ -55,7 +56,7 @@ func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Pers
 func (m *Manager) Deactivate(ctx context.Context, instance, actor string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
 	req := m.newRequestAudit(instance, audit)
 	defer req.flush()
-	a, s, err := m.connected(instance)
+	a, _, err := m.connected(instance)
 	if err != nil {
 		return protocol.ActivateResult{}, err
 	}
@@ -66,7 +67,8 @@ func (m *Manager) Deactivate(ctx context.Context, instance, actor string, script
 	}
 	defer a.release()
 	// The session may have been replaced while this call waited its turn.
-	if s, err = a.session(); err != nil {
+	s, err := a.session()
+	if err != nil {
 		return protocol.ActivateResult{}, err
 	}
 	return a.deactivate(ctx, s, actor, scriptTimeout, req)

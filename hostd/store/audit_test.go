@@ -86,6 +86,10 @@ func TestAuditOrder(t *testing.T) {
 	if !slices.IsSorted(ids(got)) {
 		t.Fatalf("IDs not sorted: %v", ids(got))
 	}
+	// The IDs the appends answered are those the query lists.
+	if want := slices.Sorted(slices.Values(ids(appended))); !slices.Equal(ids(got), want) {
+		t.Fatalf("queried IDs %v, appended %v", ids(got), want)
+	}
 }
 
 func guestEvents(from, to uint64) []protocol.AuditEvent {

@@ -45,14 +45,13 @@ type config struct {
 	profile   string
 	profDur   time.Duration
 	// sizes derived from quick
-	execN      int
-	segDur     time.Duration
-	segs       int
-	activateN  int
-	auditDur   time.Duration
-	getConc    int
-	getSegDur  time.Duration
-	guestdArgs []string
+	execN     int
+	segDur    time.Duration
+	segs      int
+	activateN int
+	auditDur  time.Duration
+	getConc   int
+	getSegDur time.Duration
 }
 
 func main() {
