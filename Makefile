@@ -2,22 +2,19 @@
 GO      ?= go
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
-LDFLAGS := -s -w -X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=$(VERSION)
 
 # Debian packages the host daemon builds with (cgo against libvirt).
 BUILD_DEBS := gcc libc6-dev pkg-config libvirt-dev
 # And those the tests need besides: promtool, QEMU for the QMP tests, shells for completion tests.
 TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish systemd lintian
 
-.PHONY: all build test fuzz bench demo clean deps-build deps-test
+.PHONY: all build test lint fuzz bench demo clean deps-build deps-test
 
 all: build
 
+# The flags live in scripts/build-programs, which the tests build through too.
 build: deps-build
-	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersona-guestd ./guestd/cmd/vmpersona-guestd
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersona-hostd ./hostd/cmd/vmpersona-hostd
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vmpersonactl ./hostd/cmd/vmpersonactl
+	GO=$(GO) scripts/build-programs $(BIN) $(VERSION)
 
 deps-build:
 	@scripts/ensure-deps $(BUILD_DEBS)
@@ -26,9 +23,20 @@ deps-test:
 	@scripts/ensure-deps $(TEST_DEBS)
 	@echo "vmpersona: fetching Go modules"; $(GO) mod download
 
-# Every test, with the race detector.
-test: deps-test
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m ./...
+# Every test, with the race detector, against the programs of `make build`
+# (built once; the tests find them through VMP_TEST_BIN_DIR).
+test: deps-test build
+	VMP_TEST_BIN_DIR=$(CURDIR)/$(BIN) VMP_TEST_BIN_VERSION=$(VERSION) CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m ./...
+
+# Static checks (CI runs them): vet and staticcheck (pinned) over every build
+# tag's files, go.mod tidy, gofmt.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+LINT_TAGS   := integration,integration_full,reliability
+lint:
+	$(GO) vet -tags $(LINT_TAGS) ./...
+	$(GO) run $(STATICCHECK) -tags $(LINT_TAGS) ./...
+	$(GO) mod tidy -diff
+	@files=$$(gofmt -l .); if [ -n "$$files" ]; then echo "gofmt: not formatted:"; echo "$$files"; exit 1; fi
 
 # Fuzz the frame decoder (FUZZTIME=5m for a long run).
 FUZZTIME ?= 60s

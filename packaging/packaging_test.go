@@ -12,12 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
 // fixed is the SOURCE_DATE_EPOCH of the test builds: two builds with the
@@ -40,13 +41,6 @@ func repoRoot(t *testing.T) string {
 	return r
 }
 
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
 func runCmd(ctx context.Context, dir string, env []string, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
@@ -58,8 +52,8 @@ func runCmd(ctx context.Context, dir string, env []string, name string, args ...
 	return string(out), nil
 }
 
-// debs builds the binaries from source (VMP_BIN_DIR names a directory of
-// already built ones) and the packages twice, once per test binary.
+// debs builds the packages twice, once per test binary, from the programs
+// of internal/testbin (VMP_BIN_DIR names a directory of other ones).
 func debs(t *testing.T) map[string]string {
 	t.Helper()
 	if _, err := exec.LookPath("dpkg-deb"); err != nil {
@@ -75,12 +69,8 @@ func debs(t *testing.T) map[string]string {
 		defer cancel()
 		bin := os.Getenv("VMP_BIN_DIR")
 		if bin == "" {
-			bin = filepath.Join(build.dir, "bin")
-			ld := "-s -w -X github.com/vmpersona/vmpersona/protocol.SoftwareVersion=0.1.0"
-			if _, build.err = runCmd(ctx, repo, []string{"CGO_ENABLED=0"}, goTool(), "build", "-trimpath", "-ldflags", ld, "-o", bin+"/", "./guestd/cmd/vmpersona-guestd"); build.err != nil {
-				return
-			}
-			if _, build.err = runCmd(ctx, repo, []string{"CGO_ENABLED=1"}, goTool(), "build", "-trimpath", "-ldflags", ld, "-o", bin+"/", "./hostd/cmd/vmpersona-hostd", "./hostd/cmd/vmpersonactl"); build.err != nil {
+			bin, build.err = testbin.Dir()
+			if build.err != nil {
 				return
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/integration/vmenv"
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
 const libvirtURI = vmenv.LibvirtURI
@@ -95,13 +96,9 @@ func prepare() error {
 	// The binaries and packages: from make (VMP_BIN_DIR, VMP_DEB_DIR) or built here.
 	bin := os.Getenv("VMP_BIN_DIR")
 	if bin == "" {
-		bin = filepath.Join(env.runDir, "bin")
 		logf("building the binaries from source")
-		ld := "-s -w"
-		if err := run(ctx, []string{"CGO_ENABLED=0"}, "go", "build", "-trimpath", "-ldflags", ld, "-o", bin+"/", "./guestd/cmd/vmpersona-guestd"); err != nil {
-			return err
-		}
-		if err := run(ctx, nil, "go", "build", "-trimpath", "-ldflags", ld, "-o", bin+"/", "./hostd/cmd/vmpersona-hostd", "./hostd/cmd/vmpersonactl"); err != nil {
+		var err error
+		if bin, err = testbin.Dir(); err != nil {
 			return err
 		}
 	}

@@ -18,11 +18,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
+// The daemons under test (internal/testbin builds them once per test run),
+// and a directory for the suite's own helper programs.
 var hostdBin, guestdBin, binDir string
 
 func TestMain(m *testing.M) {
+	var err error
+	if hostdBin, err = testbin.Path(testbin.Hostd); err == nil {
+		guestdBin, err = testbin.Path(testbin.Guestd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	dir, err := os.MkdirTemp("", "vmpersona-reliability")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -30,22 +42,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755) // the unprivileged client of the auth suite runs from here
 	binDir = dir
-	hostdBin = filepath.Join(dir, "vmpersona-hostd")
-	guestdBin = filepath.Join(dir, "vmpersona-guestd")
-	for bin, pkg := range map[string]string{
-		hostdBin:  "github.com/vmpersona/vmpersona/hostd/cmd/vmpersona-hostd",
-		guestdBin: "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd",
-	} {
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		if bin == guestdBin {
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

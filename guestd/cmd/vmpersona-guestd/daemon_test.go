@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,28 +21,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/internal/testbin"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
+// binary is the daemon under test, built with the release flags
+// (internal/testbin builds it once per test run).
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "guestd-bin")
-	if err != nil {
+	var err error
+	if binary, err = testbin.Path(testbin.Guestd); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "vmpersona-guestd")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(gobin, "build", "-o", binary, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building vmpersona-guestd: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // env is one test's guest: a state dir, a profile file and a bin dir on the
@@ -325,7 +317,7 @@ func TestHandshake(t *testing.T) {
 	e.start()
 	c := e.connect(nil)
 	ack := c.Hello()
-	if ack.ProtocolVersion != protocol.Version || ack.AgentVersion != protocol.SoftwareVersion {
+	if ack.ProtocolVersion != protocol.Version || ack.AgentVersion != testbin.Version() {
 		t.Errorf("versions: %+v", ack)
 	}
 	for _, cp := range []string{protocol.CapExecStream, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile} {
@@ -1117,7 +1109,7 @@ func TestFlags(t *testing.T) {
 		t.Errorf("--help: %v %s", err, out)
 	}
 	out, err = exec.Command(binary, "--version").Output()
-	if err != nil || !bytes.Contains(out, []byte(protocol.SoftwareVersion)) {
+	if err != nil || !bytes.Contains(out, []byte(" "+testbin.Version()+" ")) {
 		t.Errorf("--version: %v %s", err, out)
 	}
 	for _, bad := range [][]string{{"--listen", "tcp:1"}, {"--listen", "vsock:notaport"}, {"--bogus"}, {"--max-exec", "0"}} {

@@ -15,29 +15,22 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
 var hostdBin, guestdBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vmpersona-hostd-test")
+	var err error
+	if hostdBin, err = testbin.Path(testbin.Hostd); err == nil {
+		guestdBin, err = testbin.Path(testbin.Guestd)
+	}
 	if err != nil {
-		panic(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
 	}
-	hostdBin = filepath.Join(dir, "vmpersona-hostd")
-	guestdBin = filepath.Join(dir, "vmpersona-guestd")
-	for bin, pkg := range map[string]string{
-		hostdBin:  "github.com/vmpersona/vmpersona/hostd/cmd/vmpersona-hostd",
-		guestdBin: "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd",
-	} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
-			os.Exit(1)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 type hostdProc struct {
@@ -131,7 +124,7 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
 	out, err = exec.Command(hostdBin, "--version").CombinedOutput()
-	if err != nil || !strings.HasPrefix(string(out), "vmpersona-hostd ") {
+	if err != nil || !strings.HasPrefix(string(out), "vmpersona-hostd "+testbin.Version()+" ") {
 		t.Fatalf("--version: %v %s", err, out)
 	}
 	if err := exec.Command(hostdBin, "--no-such-flag").Run(); err == nil {

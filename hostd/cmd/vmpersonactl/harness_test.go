@@ -14,57 +14,28 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
-// The binaries under test, built once in TestMain: vmpersonactl itself, the
-// real host daemon and the real guest daemon. A daemon that does not build
-// leaves its error here and the tests that need it skip, naming it.
+// The binaries under test (internal/testbin builds them once per test run):
+// vmpersonactl itself, the real host daemon and the real guest daemon. A
+// daemon that does not build leaves its error here and the tests that need
+// it skip, naming it.
 var bins struct {
-	dir                 string
 	ctl, hostd, guestd  string
 	hostdErr, guestdErr error
 }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vmpersonactl-test-")
-	if err != nil {
+	var err error
+	if bins.ctl, err = testbin.Path(testbin.Ctl); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins.dir = dir
-	bins.ctl = filepath.Join(dir, "vmpersonactl")
-	bins.hostd = filepath.Join(dir, "vmpersona-hostd")
-	bins.guestd = filepath.Join(dir, "vmpersona-guestd")
-	if err := goBuild(bins.ctl, "./hostd/cmd/vmpersonactl", nil); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	bins.hostdErr = goBuild(bins.hostd, "./hostd/cmd/vmpersona-hostd", nil)
-	bins.guestdErr = goBuild(bins.guestd, "./guestd/cmd/vmpersona-guestd", []string{"CGO_ENABLED=0"})
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func goBuild(out, pkg string, env []string) error {
-	goTool := "go"
-	if _, err := exec.LookPath(goTool); err != nil {
-		goTool = "/usr/local/go/bin/go"
-	}
-	root, err := filepath.Abs("../../..")
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, pkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), env...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return nil
+	bins.hostd, bins.hostdErr = testbin.Path(testbin.Hostd)
+	bins.guestd, bins.guestdErr = testbin.Path(testbin.Guestd)
+	os.Exit(m.Run())
 }
 
 func needHostd(t testing.TB) {
