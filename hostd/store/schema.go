@@ -76,10 +76,6 @@ type migrator struct {
 	log *slog.Logger
 }
 
-// update runs fn in one read-write transaction (for a migration that
-// touches few keys).
-func (m *migrator) update(fn func(txn *badger.Txn) error) error { return m.db.Update(fn) }
-
 // rewrite passes every value under prefix to fn and stores what it returns
 // when changed is true (the key and its expiry stay). It works in
 // transactions of bounded size, so a migration of a large audit log never
