@@ -552,7 +552,7 @@ func TestExecLatency(t *testing.T) {
 		t0 := time.Now()
 		r := h.MustExec(vm.Name, "/bin/true")
 		rest = append(rest, time.Since(t0))
-		guest = append(guest, time.Duration(r.DurationMS*float64(time.Millisecond)))
+		guest = append(guest, time.Duration(r.DurationMillis*float64(time.Millisecond)))
 	}
 	p := func(ds []time.Duration, q float64) time.Duration {
 		s := slices.Clone(ds)
