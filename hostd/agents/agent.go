@@ -340,22 +340,6 @@ func (a *agent) reconcileStore(s *session) (known bool) {
 	return had
 }
 
-// appendAudit stores a host audit event about this instance.
-func (a *agent) appendAudit(ev store.AuditEvent) {
-	ev.Time = time.Now().UTC()
-	ev.Instance = a.name
-	ev.Source = store.SourceHost
-	if ev.Actor == "" {
-		ev.Actor = SystemActor
-	}
-	stored, err := a.m.st.AppendAudit(ev)
-	if err != nil {
-		a.log.Error("append audit event", "type", ev.Type, "err", err)
-		return
-	}
-	a.m.countAudit(stored)
-}
-
 // acquire takes the instance's activation slot within ctx.
 func (a *agent) acquire(ctx context.Context) error {
 	select {
@@ -396,23 +380,6 @@ func describe(rec store.InstanceRecord) string {
 		return "no persona"
 	}
 	return fmt.Sprintf("persona %q (revision %d, activation %s)", rec.Persona.Name, rec.Revision, rec.ActivationID)
-}
-
-func describeResult(res protocol.ActivateResult) string {
-	s := "result " + res.Result
-	if res.Phase != "" {
-		s += ", " + res.Phase + "-activation script"
-	}
-	if res.Script != nil {
-		s += fmt.Sprintf(" exited %d", res.Script.ExitCode)
-		if res.Script.TimedOut {
-			s += " (timed out)"
-		}
-	}
-	if res.Error != "" {
-		s += ": " + res.Error
-	}
-	return s
 }
 
 func personaName(p *protocol.Persona) string {
