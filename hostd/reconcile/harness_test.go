@@ -3,13 +3,11 @@ package reconcile
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,38 +16,20 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testbin"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-// guestdBin is the real guest daemon, built once by TestMain.
+// guestdBin is the real guest daemon (internal/testbin builds it once per
+// test run); guestdErr says why it is missing, and fails the tests that need it.
 var (
 	guestdBin string
 	guestdErr error
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "reconcile-test-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	guestdBin = filepath.Join(dir, "vmpersona-guestd")
-	if bin := os.Getenv("VMPERSONA_TEST_GUESTD"); bin != "" {
-		guestdBin = bin // a prebuilt guest daemon (make build)
-	} else {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		cmd := exec.Command(goBin, "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			guestdErr = fmt.Errorf("build vmpersona-guestd: %v\n%s", err, out)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	guestdBin, guestdErr = testbin.Path(testbin.Guestd)
+	os.Exit(m.Run())
 }
 
 // waitFor polls cond until it holds, failing the test after a generous
