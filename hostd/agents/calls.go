@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/store"
@@ -96,11 +95,13 @@ func (a *agent) deactivate(ctx context.Context, s *session, actor string, script
 
 // Exec runs a command through the instance's guest routing table. With
 // onOutput non-nil the command is streamed: onOutput receives each chunk
-// (protocol.StreamStdout or StreamStderr) in order, from a goroutine of the
-// call's own, and has returned for the last time when Exec returns; the
+// (protocol.StreamStdout or StreamStderr) in order, on the caller's
+// goroutine, and has returned for the last time when Exec returns; the
 // result then carries no output. A slow onOutput does not hold up the
-// session (up to 8 MiB of output is queued for it). Without a deadline in ctx, the call gets the larger of CallTimeout
-// and the command's timeout+10 s.
+// session: up to protocol.DefaultOutputBuffer (8 MiB) of output waits for
+// it, and past that the exec fails with protocol.ErrOutputOverflow. Without
+// a deadline in ctx, the call gets the larger of CallTimeout and the
+// command's timeout+10 s.
 //
 // Errors: ErrUnknownInstance, ErrNotConnected, context.DeadlineExceeded, or
 // *protocol.Error (Code denied, not_found, not_executable, …).
@@ -217,142 +218,15 @@ func newActivationID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// call runs one request on a session and returns as soon as ctx is done,
-// even when the session is stuck writing to a peer that stopped reading (the
-// request's goroutine then ends within the session's write timeout, or when
-// the session closes).
-//
-// Output chunks go to onOutput through a queue, from a goroutine of their
-// own: a slow consumer (an API client reading a stream slowly) does not stall
-// the session, whose other calls and heartbeats share the reader. The queue
-// holds at most maxQueuedOutput bytes; beyond that the session waits for the
-// consumer. Every chunk is delivered before call returns the result; when ctx
-// ends first, the rest is dropped and call returns ctx.Err(). onOutput is never running once call has
-// returned.
+// call runs one request on a session. The session's write honours ctx and
+// each call has its own output buffer, so call returns as soon as ctx is
+// done (even while the session is stuck writing to a peer that stopped
+// reading), and a slow onOutput holds up no other call: it runs on this
+// goroutine, has returned for the last time when call returns, and a call
+// whose consumer falls more than protocol.DefaultOutputBuffer behind fails
+// with protocol.ErrOutputOverflow.
 func call[T any](ctx context.Context, cl *protocol.Client, t protocol.Type, req any, onOutput func(stream byte, data []byte)) (T, error) {
-	type answer struct {
-		v   T
-		err error
-	}
-	var q *outputQueue
-	var push func(byte, []byte)
-	if onOutput != nil {
-		q = newOutputQueue(onOutput)
-		push = q.push
-	}
-	ch := make(chan answer, 1)
-	go func() {
-		var v T
-		err := cl.Call(ctx, t, req, &v, push)
-		ch <- answer{v, err}
-	}()
-	select {
-	case ans := <-ch:
-		if q != nil {
-			if ans.err != nil {
-				q.stop()
-			} else if err := q.finish(ctx); err != nil {
-				var zero T
-				return zero, err
-			}
-		}
-		return ans.v, ans.err
-	case <-ctx.Done():
-		if q != nil {
-			q.stop()
-		}
-		var zero T
-		return zero, ctx.Err()
-	}
-}
-
-// maxQueuedOutput bounds the output a call buffers for a slow consumer.
-const maxQueuedOutput = 8 << 20
-
-type outputChunk struct {
-	stream byte
-	data   []byte
-}
-
-// outputQueue hands output chunks to a consumer in order, from its own
-// goroutine.
-type outputQueue struct {
-	fn   func(stream byte, data []byte)
-	done chan struct{}
-
-	mu      sync.Mutex
-	cond    sync.Cond
-	chunks  []outputChunk
-	bytes   int
-	closed  bool // no more chunks will come: deliver the rest and end
-	stopped bool // deliver nothing more and end
-}
-
-func newOutputQueue(fn func(byte, []byte)) *outputQueue {
-	q := &outputQueue{fn: fn, done: make(chan struct{})}
-	q.cond.L = &q.mu
-	go q.run()
-	return q
-}
-
-// push queues a chunk (the client hands over a payload it does not reuse).
-func (q *outputQueue) push(stream byte, data []byte) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for q.bytes > maxQueuedOutput && !q.stopped {
-		q.cond.Wait()
-	}
-	if q.stopped {
-		return
-	}
-	q.chunks = append(q.chunks, outputChunk{stream, data})
-	q.bytes += len(data)
-	q.cond.Broadcast()
-}
-
-func (q *outputQueue) run() {
-	defer close(q.done)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for {
-		for len(q.chunks) == 0 && !q.closed && !q.stopped {
-			q.cond.Wait()
-		}
-		if q.stopped || len(q.chunks) == 0 {
-			return
-		}
-		c := q.chunks[0]
-		q.chunks[0] = outputChunk{}
-		q.chunks = q.chunks[1:]
-		q.bytes -= len(c.data)
-		q.cond.Broadcast()
-		q.mu.Unlock()
-		q.fn(c.stream, c.data)
-		q.mu.Lock()
-	}
-}
-
-// finish delivers what is queued and waits for the consumer to be done, or
-// drops the rest when ctx ends first.
-func (q *outputQueue) finish(ctx context.Context) error {
-	q.mu.Lock()
-	q.closed = true
-	q.cond.Broadcast()
-	q.mu.Unlock()
-	select {
-	case <-q.done:
-		return nil
-	case <-ctx.Done():
-		q.stop()
-		return ctx.Err()
-	}
-}
-
-// stop drops what is queued and waits for a chunk being delivered.
-func (q *outputQueue) stop() {
-	q.mu.Lock()
-	q.stopped = true
-	q.cond.Broadcast()
-	q.mu.Unlock()
-	<-q.done
+	var v T
+	err := cl.Call(ctx, t, req, &v, onOutput)
+	return v, err
 }

@@ -530,9 +530,10 @@ func TestDeactivatedReconnectIsQuiet(t *testing.T) {
 }
 
 // TestSlowOutputConsumer streams many chunks to a consumer that blocks: the
-// session goes on serving other calls (the client buffers 64 frames per
-// call; without the manager's queue the reader would stall behind them), and
-// every chunk arrives in order once the consumer resumes.
+// session goes on serving other calls (each call buffers its own output in
+// the session; were the buffer shared, the reader would stall behind the
+// blocked consumer), and every chunk arrives in order once the consumer
+// resumes.
 func TestSlowOutputConsumer(t *testing.T) {
 	g := newGuest(t)
 	h := newHost(t, nil)

@@ -1,0 +1,721 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmpersona/vmpersona/errdefs"
+)
+
+// ErrClosed is returned by calls on a session that has ended: the stream
+// closed, a heartbeat was missed, or Close was called. The cause is in
+// Session.Err.
+var ErrClosed = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: session closed")
+
+// ErrNoSession is the cause of a session ended because the guest answered
+// that it holds no session: its daemon restarted while the stream stayed open.
+var ErrNoSession = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: the guest holds no session (agent restarted)")
+
+// ErrHeartbeat is the cause of a session ended because the peer stopped
+// answering heartbeats.
+var ErrHeartbeat = errdefs.New(errdefs.ErrUnavailable, "agent-unavailable", "protocol: peer missed heartbeats")
+
+// ErrReplaced fails the calls a guest had in flight when a new Hello
+// replaced its session on the same stream (their answers would carry the
+// old epoch).
+var ErrReplaced = errors.New("protocol: a new Hello replaced the session")
+
+// ErrOutputOverflow fails a call whose consumer of ExecOutput fell behind by
+// more than the session's per-call output buffer (SessionConfig.OutputBuffer).
+// Only that call fails: the session and its other calls go on, and the rest
+// of the call's output is dropped as it arrives.
+var ErrOutputOverflow = errdefs.New(errdefs.ErrTooLarge, "output-buffer-full", "protocol: exec output arrived faster than the caller consumed it (per-call output buffer full)")
+
+// Defaults of a session.
+const (
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultMaxInFlight  = 64
+	// DefaultOutputBuffer bounds the ExecOutput bytes one call holds for a
+	// consumer that has not taken them yet.
+	DefaultOutputBuffer = 8 << 20
+	// guestWatch is how often a guest checks the host's heartbeat.
+	guestWatch = 200 * time.Millisecond
+)
+
+// Handler serves one request type on a session.
+type Handler struct {
+	// Answer is the message type of a successful answer.
+	Answer Type
+	// Serial handlers of a session run one at a time, in arrival order, on
+	// one goroutine; while one runs, one more request waits and then the
+	// read loop waits, so a peer that floods is held back by the stream.
+	// Other handlers run concurrently, at most SessionConfig.MaxInFlight at
+	// once (beyond that a request is answered busy).
+	Serial bool
+	// Serve returns the answer, or an error: a *Error is sent as it is,
+	// any other error as an Error of code internal. ctx ends when the
+	// session does.
+	Serve func(ctx context.Context, r *Request) (any, error)
+}
+
+// Request is one request being served.
+type Request struct {
+	Type  Type
+	ID    uint64
+	Epoch uint32
+	// Payload belongs to the handler.
+	Payload []byte
+	s       *Session
+}
+
+// Decode decodes the JSON payload; it fails with a *Error of code
+// bad_request, which a handler may return as it is.
+func (r *Request) Decode(v any) error { return Unmarshal(r.Payload, v) }
+
+// Output sends one ExecOutput chunk of this request's answer. It waits
+// until the chunk is written (the stream holds a slow host back), and fails
+// once the session has ended.
+func (r *Request) Output(stream byte, data []byte) error {
+	return r.s.send(r.s.ctx, Header{Type: TypeExecOutput, Flags: FlagResponse | FlagMore, Epoch: r.Epoch, ID: r.ID},
+		AppendExecOutput(make([]byte, 0, len(data)+1), stream, data))
+}
+
+// SessionConfig configures one end of a session.
+type SessionConfig struct {
+	// Epoch, when not 0, is the session's epoch from the start: the host's
+	// end, which chose it for its Hello. Frames of other epochs are dropped
+	// and counted, and an Error no_session ends the session (ErrNoSession).
+	//
+	// With Epoch 0 the session is the guest's end: it acts on nothing but a
+	// Hello (OnHello) until one arrives, answers every other request with
+	// Error no_session stamped with the request's epoch, and a later Hello
+	// replaces the session (§5.2 of the README).
+	Epoch uint32
+	// Heartbeat, on the host's end, is the ping interval; three silent
+	// intervals end the session. The guest's end takes the host's interval
+	// from its Hello.
+	Heartbeat time.Duration
+	// WriteTimeout bounds each frame write when the stream supports write
+	// deadlines (default 10 s). A write that fails ends the session.
+	WriteTimeout time.Duration
+	MaxPayload   uint32
+	// MaxInFlight bounds the concurrent handlers (default 64).
+	MaxInFlight int
+	// OutputBuffer bounds the ExecOutput bytes each call holds for its
+	// consumer (default 8 MiB); past it that call fails with
+	// ErrOutputOverflow.
+	OutputBuffer int
+	// Handlers serve requests by type. Ping is always answered; a request
+	// of a type without a handler is answered unsupported_type.
+	Handlers map[Type]Handler
+	// OnHello (the guest's end) describes the guest for a HelloAck; the
+	// session fills in the negotiated protocol version.
+	OnHello func(Hello) HelloAck
+	// OnSession (the guest's end) is called after a HelloAck was sent.
+	OnSession func(epoch uint32)
+	// Side names this end in answers ("host" or "guest").
+	Side   string
+	Logger *slog.Logger
+}
+
+// Session is one end of a framed session on a byte stream: the read loop
+// with resynchronisation, handlers by message type, calls matched by id
+// with answers in any order, heartbeats, refused-frame answers, and a
+// single writer that callers wait for within their context. Both daemons
+// use it: the host through Handshake, the guest through NewSession. It is
+// safe for concurrent use.
+type Session struct {
+	cfg   SessionConfig
+	guest bool
+	conn  io.ReadWriteCloser
+	w     *Writer
+	r     *Reader
+	ctx   context.Context // ends with the session
+	stop  context.CancelFunc
+
+	epoch     atomic.Uint32
+	heartbeat atomic.Int64 // nanoseconds; 0: no heartbeat watch
+	nextID    atomic.Uint64
+	lastRecv  atomic.Int64 // unix nanoseconds of the last frame received
+	dropped   atomic.Uint64
+
+	mu      sync.Mutex
+	pending map[uint64]*call
+
+	writes   chan *outFrame
+	serial   chan *Request
+	inflight chan struct{}
+	handlers sync.WaitGroup
+	loops    sync.WaitGroup
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewSession starts a session on conn: its read loop, its writer and (with
+// a heartbeat) its heartbeat watch run until the session ends.
+func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.OutputBuffer <= 0 {
+		cfg.OutputBuffer = DefaultOutputBuffer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Side == "" {
+		cfg.Side = "host"
+		if cfg.Epoch == 0 {
+			cfg.Side = "guest"
+		}
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Session{
+		cfg: cfg, guest: cfg.Epoch == 0, conn: conn,
+		w: NewWriter(conn), r: NewReader(conn, cfg.MaxPayload),
+		ctx: ctx, stop: stop,
+		pending:  make(map[uint64]*call),
+		writes:   make(chan *outFrame),
+		serial:   make(chan *Request, 1),
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+		closed:   make(chan struct{}),
+	}
+	s.epoch.Store(cfg.Epoch)
+	s.lastRecv.Store(time.Now().UnixNano())
+	s.loops.Add(3)
+	go s.readLoop()
+	go s.writeLoop()
+	go s.serialLoop()
+	if s.guest {
+		s.loops.Add(1)
+		go s.watchLoop(guestWatch, false)
+	} else if cfg.Heartbeat > 0 {
+		s.startHeartbeat(cfg.Heartbeat)
+	}
+	return s
+}
+
+// startHeartbeat starts the host's pings (after its handshake).
+func (s *Session) startHeartbeat(d time.Duration) {
+	s.heartbeat.Store(int64(d))
+	s.loops.Add(1)
+	go s.watchLoop(d, true)
+}
+
+// Epoch returns the session epoch (on the guest's end, 0 before a Hello).
+func (s *Session) Epoch() uint32 { return s.epoch.Load() }
+
+// Done is closed when the session ends.
+func (s *Session) Done() <-chan struct{} { return s.closed }
+
+// Err returns why the session ended, nil while it runs.
+func (s *Session) Err() error {
+	select {
+	case <-s.closed:
+		return s.closeErr
+	default:
+		return nil
+	}
+}
+
+// Dropped reports frames dropped because they belonged to another session
+// or answered a request nobody waits for any more.
+func (s *Session) Dropped() uint64 { return s.dropped.Load() }
+
+// Skipped reports the bytes the reader discarded while resynchronising.
+func (s *Session) Skipped() uint64 { return s.r.Skipped() }
+
+// Close ends the session with the given cause (nil for a plain close) and
+// closes the stream. Calls in flight return ErrClosed; handlers' contexts
+// end.
+func (s *Session) Close(cause error) {
+	s.closeOnce.Do(func() {
+		if cause == nil {
+			cause = ErrClosed
+		}
+		s.closeErr = cause
+		close(s.closed)
+		s.stop()
+		s.conn.Close()
+	})
+}
+
+// Wait blocks until the session's own goroutines have ended (after Close, or
+// after the stream ended): the read loop, the writer, the heartbeat watch.
+func (s *Session) Wait() { s.loops.Wait() }
+
+// WaitHandlers blocks until every handler started by the session has
+// returned.
+func (s *Session) WaitHandlers() { s.handlers.Wait() }
+
+// outFrame is one frame handed to the writer.
+type outFrame struct {
+	h       Header
+	payload []byte
+	done    chan error
+}
+
+// send hands a frame to the writer and waits until it is written, ctx
+// ends, or the session ends. A frame the writer has not taken when ctx ends
+// is never written; one it has taken is written whole (or the write fails
+// and ends the session): either way the stream stays in step.
+func (s *Session) send(ctx context.Context, h Header, payload []byte) error {
+	f := &outFrame{h: h, payload: payload, done: make(chan error, 1)}
+	select {
+	case s.writes <- f:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return ErrClosed
+	}
+	select {
+	case err := <-f.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return ErrClosed
+	}
+}
+
+// writeLoop is the session's only writer.
+func (s *Session) writeLoop() {
+	defer s.loops.Done()
+	d, deadlines := s.conn.(interface{ SetWriteDeadline(time.Time) error })
+	for {
+		select {
+		case f := <-s.writes:
+			if deadlines {
+				d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+			}
+			if err := s.w.WriteFrame(f.h, f.payload); err != nil {
+				// A failed write may have left half a frame on the stream.
+				if s.ctx.Err() == nil {
+					s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+				}
+				s.Close(fmt.Errorf("write: %w", err))
+				f.done <- ErrClosed
+				return
+			}
+			f.done <- nil
+		case <-s.closed:
+			return
+		}
+	}
+}
+
+// call is one request waiting for its answer. The read loop hands it
+// frames without ever waiting: output chunks queue up to the session's
+// OutputBuffer, and the caller's goroutine takes them.
+type call struct {
+	epoch  uint32
+	output bool // the caller takes ExecOutput
+	ready  chan struct{}
+
+	mu     sync.Mutex
+	chunks [][]byte // ExecOutput payloads not yet taken
+	bytes  int
+	final  *Frame
+	err    error
+}
+
+func (cl *call) signal() {
+	select {
+	case cl.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Call sends a request and waits for its answer, decoding the final response
+// into resp (when non-nil). ExecOutput chunks are handed to onOutput (when
+// non-nil) in order, on the caller's goroutine; onOutput has returned for
+// the last time when Call returns. A consumer slower than the stream delays
+// no one else: its chunks wait in the call's own buffer, and when more than
+// SessionConfig.OutputBuffer bytes wait, the call fails with
+// ErrOutputOverflow. An Error answer is returned as *Error. The context
+// bounds the whole call, the write of the request included; its expiry
+// returns ctx.Err() and a late answer is dropped.
+//
+// A nil req sends an empty payload (Ping).
+func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var payload []byte
+	if req != nil {
+		var err error
+		if payload, err = Marshal(req); err != nil {
+			return err
+		}
+	}
+	epoch := s.epoch.Load()
+	if epoch == 0 {
+		return fmt.Errorf("%w: no session yet", ErrClosed)
+	}
+	id := s.nextID.Add(1)
+	cl := &call{epoch: epoch, output: onOutput != nil, ready: make(chan struct{}, 1)}
+	s.mu.Lock()
+	s.pending[id] = cl
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+	}()
+	select {
+	case <-s.closed:
+		return ErrClosed
+	default:
+	}
+	if err := s.send(ctx, Header{Type: t, Epoch: epoch, ID: id}, payload); err != nil {
+		return err
+	}
+	for {
+		cl.mu.Lock()
+		chunks, final, err := cl.chunks, cl.final, cl.err
+		cl.chunks, cl.bytes = nil, 0
+		cl.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		for _, c := range chunks {
+			if st, data, err := ParseExecOutput(c); err == nil {
+				onOutput(st, data)
+			}
+		}
+		if final != nil {
+			return decodeAnswer(*final, resp)
+		}
+		select {
+		case <-cl.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.closed:
+			return ErrClosed
+		}
+	}
+}
+
+func decodeAnswer(f Frame, resp any) error {
+	if f.Type == TypeError {
+		var e Error
+		if err := Unmarshal(f.Payload, &e); err != nil {
+			return err
+		}
+		return &e
+	}
+	if resp == nil {
+		return nil
+	}
+	return Unmarshal(f.Payload, resp)
+}
+
+// noSession reports whether an Error payload carries CodeNoSession.
+func noSession(payload []byte) bool {
+	var e Error
+	return Unmarshal(payload, &e) == nil && e.Code == CodeNoSession
+}
+
+func (s *Session) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
+
+func (s *Session) readLoop() {
+	defer s.loops.Done()
+	for {
+		f, err := s.r.Next()
+		if err != nil {
+			var fe *FrameError
+			if errors.As(err, &fe) {
+				s.refused(fe)
+				continue
+			}
+			if s.guest && errors.Is(err, io.EOF) {
+				s.cfg.Logger.Debug("connection ended", "skipped_bytes", s.r.Skipped())
+			} else if s.guest && s.ctx.Err() == nil {
+				s.cfg.Logger.Info("connection ended", "err", err)
+			}
+			s.Close(fmt.Errorf("read: %w", err))
+			s.r.Reset(nil)
+			return
+		}
+		s.dispatch(f)
+	}
+}
+
+// dispatch acts on one frame; f's payload aliases the reader's buffer.
+func (s *Session) dispatch(f Frame) {
+	epoch := s.epoch.Load()
+	if s.guest {
+		// Any frame is a sign of life of the host's stream.
+		s.touch()
+	} else {
+		if f.Epoch != epoch {
+			// Another session's frame proves nothing about this one's
+			// peer: it does not count for the heartbeat either.
+			s.dropped.Add(1)
+			return
+		}
+		s.touch()
+	}
+	if f.Flags&FlagResponse != 0 {
+		if epoch == 0 || f.Epoch != epoch {
+			return // an answer to another session: nobody waits for it
+		}
+		if f.Type == TypePong && !s.waited(f.ID) {
+			return // pongs answer the heartbeat, which waits for none
+		}
+		if !s.guest && f.Type == TypeError && noSession(f.Payload) {
+			// The guest daemon restarted behind a stream that stayed
+			// open (a virtio-serial port): this session is gone.
+			s.Close(ErrNoSession)
+			return
+		}
+		s.deliver(f)
+		return
+	}
+	if s.guest && f.Type == TypeHello && s.cfg.OnHello != nil {
+		s.hello(f)
+		return
+	}
+	if epoch == 0 {
+		// Answer in the request's epoch: a host whose session outlived a
+		// restart of this daemon learns at once that it must say Hello.
+		s.answerError(f.Epoch, f.ID, &Error{Code: CodeNoSession, Message: "no session: send Hello first"})
+		return
+	}
+	if f.Epoch != epoch {
+		s.cfg.Logger.Debug("request of another session ignored", "type", f.Type, "epoch", f.Epoch, "session", epoch)
+		return
+	}
+	if f.Type == TypePing {
+		s.send(s.ctx, Header{Type: TypePong, Flags: FlagResponse, Epoch: epoch, ID: f.ID}, nil)
+		return
+	}
+	h, ok := s.cfg.Handlers[f.Type]
+	if !ok || h.Serve == nil {
+		s.answerError(epoch, f.ID, &Error{Code: CodeUnsupportedType, Message: "the " + s.cfg.Side + " does not accept " + f.Type.String()})
+		return
+	}
+	r := &Request{Type: f.Type, ID: f.ID, Epoch: epoch, Payload: f.Clone().Payload, s: s}
+	if h.Serial {
+		select {
+		case s.serial <- r:
+		case <-s.closed:
+		}
+		return
+	}
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		s.answerError(epoch, f.ID, &Error{Code: CodeBusy, Message: "too many requests in flight"})
+		return
+	}
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		v, err := h.Serve(s.ctx, r)
+		// The slot is free before the answer leaves: a peer that has its
+		// answer may send the next request at once without being told busy.
+		<-s.inflight
+		s.answer(r, h.Answer, v, err)
+	}()
+}
+
+func (s *Session) serialLoop() {
+	defer s.loops.Done()
+	for {
+		select {
+		case r := <-s.serial:
+			h := s.cfg.Handlers[r.Type]
+			s.handlers.Add(1)
+			v, err := h.Serve(s.ctx, r)
+			s.answer(r, h.Answer, v, err)
+			s.handlers.Done()
+		case <-s.closed:
+			return
+		}
+	}
+}
+
+// answer sends a handler's answer.
+func (s *Session) answer(r *Request, t Type, v any, err error) {
+	if err != nil {
+		var pe *Error
+		if !errors.As(err, &pe) {
+			pe = &Error{Code: CodeInternal, Message: err.Error()}
+		}
+		s.answerError(r.Epoch, r.ID, pe)
+		return
+	}
+	payload, err := Marshal(v)
+	if err != nil {
+		s.answerError(r.Epoch, r.ID, &Error{Code: CodeInternal, Message: err.Error()})
+		return
+	}
+	s.send(s.ctx, Header{Type: t, Flags: FlagResponse, Epoch: r.Epoch, ID: r.ID}, payload)
+}
+
+func (s *Session) answerError(epoch uint32, id uint64, e *Error) {
+	payload, _ := Marshal(e)
+	s.send(s.ctx, Header{Type: TypeError, Flags: FlagResponse, Epoch: epoch, ID: id}, payload)
+}
+
+// hello starts (or replaces) the guest's session (§5.1).
+func (s *Session) hello(f Frame) {
+	var h Hello
+	if err := Unmarshal(f.Payload, &h); err != nil {
+		s.answerError(f.Epoch, f.ID, &Error{Code: CodeBadRequest, Message: err.Error()})
+		return
+	}
+	if h.Epoch == 0 {
+		s.answerError(f.Epoch, f.ID, &Error{Code: CodeBadRequest, Message: "hello: epoch 0"})
+		return
+	}
+	hi, lo := min(h.MaxVersion, Version), max(h.MinVersion, MinVersion)
+	if hi < lo {
+		s.answerError(h.Epoch, f.ID, &Error{Code: CodeUnsupportedVersion,
+			Message: fmt.Sprintf("the guest speaks protocol versions %d..%d, the host %d..%d", MinVersion, Version, h.MinVersion, h.MaxVersion)})
+		return
+	}
+	ack := s.cfg.OnHello(h)
+	ack.ProtocolVersion = hi
+	s.heartbeat.Store(int64(time.Duration(h.HeartbeatMillis) * time.Millisecond))
+	if old := s.epoch.Swap(h.Epoch); old != 0 && old != h.Epoch {
+		s.failCalls(ErrReplaced)
+	}
+	s.cfg.Logger.Info("session started", "epoch", h.Epoch, "host_version", h.HostVersion, "protocol", hi, "heartbeat_ms", h.HeartbeatMillis)
+	payload, err := Marshal(ack)
+	if err != nil {
+		s.answerError(h.Epoch, f.ID, &Error{Code: CodeInternal, Message: err.Error()})
+		return
+	}
+	if s.send(s.ctx, Header{Type: TypeHelloAck, Flags: FlagResponse, Epoch: h.Epoch, ID: f.ID}, payload) == nil && s.cfg.OnSession != nil {
+		s.cfg.OnSession(h.Epoch)
+	}
+}
+
+// failCalls fails every call in flight.
+func (s *Session) failCalls(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cl := range s.pending {
+		cl.mu.Lock()
+		if cl.final == nil && cl.err == nil {
+			cl.err = err
+		}
+		cl.mu.Unlock()
+		cl.signal()
+	}
+}
+
+// waited reports whether a call waits for answers to id.
+func (s *Session) waited(id uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pending[id] != nil
+}
+
+// deliver hands a response to the call waiting for it, or drops it. It
+// never waits for the caller.
+func (s *Session) deliver(f Frame) {
+	s.mu.Lock()
+	cl := s.pending[f.ID]
+	s.mu.Unlock()
+	if cl == nil || cl.epoch != f.Epoch {
+		s.dropped.Add(1)
+		return
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	switch {
+	case cl.final != nil || cl.err != nil:
+		s.dropped.Add(1)
+		return
+	case f.Type != TypeExecOutput:
+		final := f.Clone()
+		cl.final = &final
+	case !cl.output:
+		return
+	case cl.bytes+len(f.Payload) > s.cfg.OutputBuffer:
+		cl.err = ErrOutputOverflow
+		cl.chunks, cl.bytes = nil, 0
+		s.cfg.Logger.Warn("call failed: its output consumer fell behind", "type", f.Type, "id", f.ID, "buffer_bytes", s.cfg.OutputBuffer)
+	default:
+		cl.chunks = append(cl.chunks, f.Clone().Payload)
+		cl.bytes += len(f.Payload)
+	}
+	cl.signal()
+}
+
+// refused handles a frame the reader could not deliver (too large, or a
+// version or flags this package does not speak). A request is answered with
+// an Error; a response fails the call waiting for it at once instead of
+// leaving it to its deadline.
+func (s *Session) refused(fe *FrameError) {
+	h := fe.Header
+	epoch := s.epoch.Load()
+	if !s.guest {
+		if h.Epoch != epoch {
+			s.dropped.Add(1)
+			return
+		}
+		s.touch()
+	}
+	s.cfg.Logger.Warn("frame refused", "err", fe)
+	code := CodeTooLarge
+	if errors.Is(fe, ErrUnsupportedVersion) {
+		code = CodeUnsupportedVersion
+	}
+	if h.Flags&FlagResponse == 0 {
+		s.answerError(epoch, h.ID, &Error{Code: code, Message: fe.Error()})
+		return
+	}
+	if epoch == 0 || h.Epoch != epoch {
+		return
+	}
+	payload, _ := Marshal(Error{Code: code, Message: fe.Error()})
+	s.deliver(Frame{Header: Header{Version: Version, Type: TypeError, Flags: FlagResponse, Epoch: h.Epoch, ID: h.ID, Length: uint32(len(payload))}, Payload: payload})
+}
+
+// watchLoop ends the session after three silent heartbeat intervals, and on
+// the host's end pings at each tick.
+func (s *Session) watchLoop(tick time.Duration, ping bool) {
+	defer s.loops.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-s.closed:
+			return
+		}
+		hb := time.Duration(s.heartbeat.Load())
+		if hb <= 0 {
+			continue
+		}
+		if time.Since(time.Unix(0, s.lastRecv.Load())) > 3*hb {
+			if s.guest {
+				s.cfg.Logger.Warn("host missed heartbeats; ending the session", "epoch", s.epoch.Load(), "heartbeat", hb)
+			}
+			s.Close(ErrHeartbeat)
+			return
+		}
+		if ping {
+			// The pong is matched by no caller; its arrival refreshes
+			// lastRecv. A writer stuck for a whole interval skips a ping.
+			ctx, cancel := context.WithTimeout(s.ctx, hb)
+			s.send(ctx, Header{Type: TypePing, Epoch: s.epoch.Load(), ID: s.nextID.Add(1)}, nil)
+			cancel()
+		}
+	}
+}
