@@ -218,7 +218,7 @@ func TestCompleteWordsWithoutDaemon(t *testing.T) {
 		words []string
 		want  []string
 	}{
-		{[]string{""}, []string{"activate", "active", "audit", "completion", "deactivate", "exec", "instance", "instances", "persona", "version"}},
+		{[]string{""}, []string{"activate", "active", "audit", "completion", "deactivate", "diff", "exec", "instance", "instances", "persona", "rollout", "version"}},
 		{[]string{"per"}, []string{"persona"}},
 		{[]string{"persona", ""}, []string{"create", "delete", "edit", "get", "list"}},
 		{[]string{"--output", "json", "persona", "d"}, []string{"delete"}},

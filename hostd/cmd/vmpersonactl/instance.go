@@ -17,8 +17,10 @@ func instancesCommand() *command {
 	return &command{
 		name: "instances", summary: "list instances and their agents",
 		long: `Lists the instances the daemon knows (libvirt domains, static and QMP
-instances) with their state, the state of their guest agent and the
-active persona.`,
+instances) with their state, the state of their guest agent, the persona
+each should run (DESIRED, name@revision or "none"), the one its guest
+confirms (ACTIVE) and how they compare (SYNC: in_sync, drifted, pending,
+unreachable, failed).`,
 		example: `vmpersonactl instances
 vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="connected") | .id'`,
 		setup: func(fs *flag.FlagSet) runner {
@@ -40,14 +42,34 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 					}
 					return writeJSON(a.io.out, map[string]any{"instances": list})
 				}
-				t := newTable(a.io.out, "ID", "SOURCE", "STATE", "AGENT", "PERSONA", "ENDPOINT")
+				t := newTable(a.io.out, "ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")
 				for _, in := range list {
-					t.row(in.ID, in.Source, in.State, in.Agent.State, strOrEmpty(in.ActivePersona), in.Endpoint)
+					t.row(in.ID, in.Source, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync, in.Endpoint)
 				}
 				return t.flush()
 			}
 		},
 	}
+}
+
+// desiredText is a desired state as name@revision, "none" for a deliberate
+// none, "" while never set.
+func desiredText(d apitypes.DesiredState) string {
+	switch {
+	case d.Persona != nil:
+		return fmt.Sprintf("%s@%d", *d.Persona, d.Revision)
+	case d.SetBy != "":
+		return "none"
+	}
+	return ""
+}
+
+// activeText is what the guest holds as name@revision, "none" for none.
+func activeText(a apitypes.ActualState) string {
+	if a.Persona == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%s@%d", *a.Persona, a.Revision)
 }
 
 func strOrEmpty(s *string) string {
@@ -119,6 +141,15 @@ vmpersonactl instance get vm1 -o json`,
 					kv.add("Endpoint", in.Endpoint)
 					kv.add("State", in.State)
 					kv.add("Persona", strOrEmpty(in.ActivePersona))
+					kv.add("Desired", desiredText(in.Desired))
+					kv.add("Active", activeText(in.Active))
+					kv.add("Sync", in.Sync)
+					if in.SyncReason != "" {
+						kv.add("Sync reason", in.SyncReason)
+					}
+					if sc := in.SyncScript; sc != nil {
+						kv.add("Failed script", fmt.Sprintf("exit code %d: %s", sc.ExitCode, strings.TrimSpace(sc.Stderr+sc.Stdout)))
+					}
 					kv.add("Agent", in.Agent.State)
 					kv.add("Agent version", in.Agent.Version)
 					kv.add("Capabilities", strings.Join(in.Agent.Capabilities, ", "))
@@ -233,8 +264,9 @@ func activeCommand() *command {
 		name: "active", summary: "show the persona active on an instance", args: "INSTANCE",
 		complete: []argKind{argInstance},
 		long: `Shows the persona active on INSTANCE as the guest last confirmed it, with
-its revision and activation. "Stale" is yes while no connected agent
-confirms it (the agent is away, or the guest holds something else).`,
+its revision and activation. "Stale" is yes whenever the instance is not
+in sync with its desired state: no connected agent confirms it, the guest
+holds something else, or the persona changed since (see "instances").`,
 		example: `vmpersonactl active vm1
 vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'`,
 		setup: func(fs *flag.FlagSet) runner {
