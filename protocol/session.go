@@ -378,8 +378,14 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 		return ErrClosed
 	default:
 	}
+	ended := false
 	if err := s.send(ctx, Header{Type: t, Epoch: epoch, ID: id}, payload); err != nil {
-		return err
+		if !errors.Is(err, ErrClosed) {
+			return err
+		}
+		// The session ended after the request left, maybe after its
+		// answer came: look once.
+		ended = true
 	}
 	for {
 		cl.mu.Lock()
@@ -397,12 +403,17 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 		if final != nil {
 			return decodeAnswer(*final, resp)
 		}
+		if ended {
+			return ErrClosed
+		}
 		select {
 		case <-cl.ready:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.closed:
-			return ErrClosed
+			// An answer read just before the stream ended still counts
+			// (an AuditAck the guest must record): look once more.
+			ended = true
 		}
 	}
 }

@@ -387,3 +387,30 @@ func TestSessionHelloReplaces(t *testing.T) {
 		t.Errorf("epoch %d, err %v", g.Epoch(), g.Err())
 	}
 }
+
+// TestSessionAnswerBeforeEOF: an answer that arrives just before the stream
+// ends is the call's result, not ErrClosed (a guest must record an AuditAck
+// the host sent before it hung up). The end races with the caller's wake-up,
+// so the case runs many times.
+func TestSessionAnswerBeforeEOF(t *testing.T) {
+	for i := range 50 {
+		a, b := socketPair(t)
+		s := protocol.NewSession(a, protocol.SessionConfig{Epoch: 7, Logger: quiet})
+		p := newPeer(t, b)
+		p.epoch = 7
+		go func() {
+			f, err := p.nextErr()
+			if err != nil {
+				return
+			}
+			p.reply(f, protocol.TypeAuditAck, protocol.AuditAck{UpToSeq: 3})
+			b.Close()
+		}()
+		var ack protocol.AuditAck
+		if err := s.Call(testCtx(t), protocol.TypeAuditBatch, protocol.AuditBatch{}, &ack, nil); err != nil || ack.UpToSeq != 3 {
+			t.Fatalf("run %d: %+v %v, want the answer read before the end of the stream", i, ack, err)
+		}
+		s.Close(nil)
+		s.Wait()
+	}
+}
