@@ -87,8 +87,12 @@ func (g *Guest) Deactivate(ctx context.Context, actor string, scriptTimeout time
 
 // DryRun asks the guest what activating p would change, against what it
 // holds now; nothing changes in the guest. A guest without the dry-run
-// capability answers a *protocol.Error with code unsupported_type.
+// capability is not asked: the answer is a *protocol.Error with code
+// unsupported_type.
 func (g *Guest) DryRun(ctx context.Context, p protocol.Persona) (protocol.ActivationDiff, error) {
+	if !g.HasCapability(protocol.CapDryRun) {
+		return protocol.ActivationDiff{}, &protocol.Error{Code: protocol.CodeUnsupportedType, Message: "the guest agent does not announce " + protocol.CapDryRun}
+	}
 	ctx, cancel := g.a.m.withDefaultDeadline(ctx, 0)
 	defer cancel()
 	d, err := call[protocol.ActivationDiff](ctx, g.s.cl, protocol.TypeDryRun, protocol.DryRun{Persona: p, Revision: p.Revision}, nil)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUpdateWhileActiveIsDrifted: a persona updated while active is not
@@ -105,4 +106,30 @@ func TestRolloutRequestErrors(t *testing.T) {
 	if sum := ans["summary"].(map[string]any); sum["total"] != float64(0) {
 		t.Errorf("empty rollout: %v", ans)
 	}
+}
+
+// TestAutoRollout: a persona with "rollout": "auto" reaches the instances
+// desiring it as soon as it is updated; a bad rollout value is refused.
+func TestAutoRollout(t *testing.T) {
+	e := newEnv(t, map[string]string{"vm1": startGuest(t)})
+	e.waitConnected("vm1")
+	e.must(e.do("POST", "/personas", tokAdmin, map[string]any{"name": "p", "rollout": "auto"}), 201)
+	e.must(e.do("POST", "/instances/vm1/personas/p/activate", tokOperator, nil), 200)
+	p := e.must(e.do("PUT", "/personas/p", tokAdmin, map[string]any{"name": "p", "rollout": "sometimes"}), 422).json(t)
+	if p["field"] != "rollout" {
+		t.Errorf("bad rollout value: %v", p)
+	}
+	e.must(e.do("PUT", "/personas/p", tokAdmin, map[string]any{"name": "p", "rollout": "auto", "restricted_commands": []string{"cat"}}), 200)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		inst := e.must(e.do("GET", "/instances/vm1", tokViewer, nil), 200).json(t)
+		if active, _ := inst["active"].(map[string]any); inst["sync"] == "in_sync" && active["revision"] == float64(2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the update never rolled out: %v", inst)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.must(e.do("POST", "/instances/vm1/exec", tokOperator, map[string]any{"command": "cat", "args": []string{"/dev/null"}}), 403)
 }

@@ -5,7 +5,8 @@
 # they are not running, boots a demo VM under libvirt (TCG, no KVM needed),
 # starts vmpersona-hostd with its Badger store in a temporary directory,
 # creates two personas from integration/demo/*.json, activates them in turn
-# and shows routed, overridden and refused commands with vmpersonactl, the
+# and shows routed, overridden and refused commands with vmpersonactl, an
+# update that leaves the VM drifted, its dry-run diff and the rollout, the
 # audit log and a few metrics. Everything it started is stopped and removed
 # on exit, also on failure or Ctrl-C.
 set -euo pipefail
@@ -210,11 +211,27 @@ show ctl exec "$domain" -- passwd
 show ctl exec "$domain" -- ls /
 show ctl -o json exec "$domain" -- id
 
+step "desired state: hardened's update (revision 2: cat restricted, a token added) changes no guest by itself"
+jq '.restricted_commands += ["cat"] | .environment_variables.API_TOKEN = "demo-not-a-secret"' \
+  integration/demo/hardened.json >"$work/hardened-v2.json"
+show ctl persona edit hardened -f "$work/hardened-v2.json"
+show ctl instances
+show ctl exec "$domain" -- cat /proc/version
+
+step "the dry run: what rolling revision 2 out would change, computed by the guest (secret values masked)"
+show ctl diff "$domain" hardened
+
+step "the rollout: revision 2 reaches the instances desiring hardened, a progress line each"
+show ctl rollout hardened --max-parallel 5 --max-failures 1
+show ctl instances
+show ctl exec "$domain" -- cat /proc/version
+
 step "the audit log"
 show ctl audit --instance "$domain"
+show ctl audit --type rollout_finished
 
 step "a few metrics (GET /metrics)"
 curl -fsS --unix-socket "$work/api.sock" http://hostd/metrics |
-  grep -E '^vmpersona_(activations_total|commands_total|agents_connected|audit_events_total)' || true
+  grep -E '^vmpersona_(activations_total|commands_total|agents_connected|audit_events_total|instances|instance_info)' || true
 
 step "the demo is over"
