@@ -146,6 +146,7 @@ func TestPersona(t *testing.T) {
 		{"restricted 10001", func(p *protocol.Persona) { p.RestrictedCommands = manyCommands(10001) }, "restricted_commands"},
 		{"allowed empty entry", func(p *protocol.Persona) { p.AllowedCommands[1] = "" }, "allowed_commands[1]"},
 		{"allowed relative path", func(p *protocol.Persona) { p.AllowedCommands[0] = "./ls" }, "allowed_commands[0]"},
+		{"rollout neither manual nor auto", func(p *protocol.Persona) { p.Rollout = "sometimes" }, "rollout"},
 		{"allowed 10001", func(p *protocol.Persona) { p.AllowedCommands = manyCommands(10001) }, "allowed_commands"},
 
 		// aggregate
