@@ -62,6 +62,7 @@ func TestRolloutStopsAtMaxFailures(t *testing.T) {
 	if err != nil || first.Activated != n {
 		t.Fatalf("first rollout: %+v, %v", first, err)
 	}
+	t.Logf("first rollout: %d instances activated, max_parallel 10, in %.1f ms", first.Activated, first.DurationMillis)
 
 	p2 := h.updatePersona(protocol.Persona{Name: "web", EnvironmentVariables: map[string]string{"TIER": "two"},
 		PostActivationScript: "#!/bin/sh\nif [ -n \"$ROLLOUT_REFUSE\" ]; then echo \"refused on this guest\" >&2; exit 9; fi"})
