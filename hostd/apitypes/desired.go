@@ -51,7 +51,9 @@ type ActualState struct {
 	Revision     uint64    `json:"revision"`
 	ActivationID string    `json:"activation_id,omitempty"`
 	ActivatedAt  time.Time `json:"activated_at,omitzero"`
-	Confirmed    bool      `json:"confirmed"`
+	// BootID is the guest's boot id when it confirmed this state.
+	BootID    string `json:"boot_id,omitempty"`
+	Confirmed bool   `json:"confirmed"`
 }
 
 // InstanceSync is the desired state, the actual one and how they compare,

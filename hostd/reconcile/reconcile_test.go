@@ -33,7 +33,9 @@ func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
-	if s := h.status("vm"); s.Sync != SyncInSync || s.Desired.Persona == nil || *s.Desired.Persona != "web" || s.Desired.Revision != p.Revision {
+	st, _ := h.m.Get("vm")
+	if s := h.status("vm"); s.Sync != SyncInSync || s.Desired.Persona == nil || *s.Desired.Persona != "web" || s.Desired.Revision != p.Revision ||
+		!s.Active.Confirmed || s.Active.BootID == "" || s.Active.BootID != st.BootID || s.Active.ActivationID != st.Active.ActivationID {
 		t.Fatalf("status after activation: %+v", s)
 	}
 

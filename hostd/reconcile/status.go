@@ -39,15 +39,19 @@ func (r *Reconciler) Status(instance string, st agents.AgentStatus, managed bool
 	var act *protocol.ActiveState
 	if connected {
 		act = st.Active
-		out.Active.Confirmed = true
-	} else if rec, err := r.st.GetInstance(instance); err == nil && rec.Persona != nil {
-		act = &protocol.ActiveState{Persona: *rec.Persona, Revision: rec.Revision, ActivationID: rec.ActivationID, ActivatedAt: rec.ActivatedAt}
-	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		out.Active = apitypes.ActualState{BootID: st.BootID, Confirmed: true}
+	} else if rec, err := r.st.GetInstance(instance); err == nil {
+		out.Active.BootID = rec.BootID
+		if rec.Persona != nil {
+			act = &protocol.ActiveState{Persona: *rec.Persona, Revision: rec.Revision, ActivationID: rec.ActivationID, ActivatedAt: rec.ActivatedAt}
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return out, err
 	}
 	if act != nil {
 		name := act.Persona.Name
-		out.Active = apitypes.ActualState{Persona: &name, Revision: act.Revision, ActivationID: act.ActivationID, ActivatedAt: act.ActivatedAt, Confirmed: out.Active.Confirmed}
+		out.Active.Persona, out.Active.Revision = &name, act.Revision
+		out.Active.ActivationID, out.Active.ActivatedAt = act.ActivationID, act.ActivatedAt
 	}
 
 	latest, deleted := uint64(0), false
