@@ -59,6 +59,12 @@ const (
 	CapDryRun     = "dry-run"     // DryRun: what an activation would change
 )
 
+// Enforcement levels of a persona's restrictions.
+const (
+	EnforcementKernel = "kernel" // Landlock in the guest kernel, for every process an exec starts
+	EnforcementAgent  = "agent"  // the agent's routing table only
+)
+
 // Persona is a persona definition: the fields of the product's contract plus
 // the server-kept ones. The same type is the REST API's body and the payload
 // an activation carries to the guest.
@@ -77,6 +83,19 @@ type Persona struct {
 	// by a rollout) or "auto" (an update rolls out at once to the
 	// instances desiring the persona).
 	Rollout string `json:"rollout,omitempty"`
+	// Enforcement is "kernel" (the guest kernel, through Landlock, refuses
+	// restricted files to everything an exec starts; activation fails on a
+	// guest without Landlock) or "agent" (the routing table only). Empty
+	// means kernel where the guest has Landlock, agent elsewhere.
+	Enforcement string `json:"enforcement,omitempty"`
+	// DenyExecWritable forbids running files from writable places (/tmp,
+	// /var/tmp, /dev/shm, /run, home directories) under kernel
+	// enforcement. Unset means on in allowlist mode, off otherwise.
+	DenyExecWritable *bool `json:"deny_exec_writable,omitempty"`
+	// RequestEnv names variables an exec request may set beyond the safe
+	// default (loader, shell and interpreter start-up variables are
+	// refused unless named here).
+	RequestEnv []string `json:"request_env,omitempty"`
 
 	// Server-kept fields, ignored on input.
 	Revision  uint64    `json:"revision"`

@@ -1,6 +1,9 @@
 // Package execute runs a process for the guest daemon: no shell, argv as
-// given, its own process group (so a timeout kills the children it spawned
-// too), bounded output capture or streaming, and a reaped exit status.
+// given, the very file that was checked (an opened descriptor, never a path
+// resolved again), its own process group and, where cgroup v2 is mounted,
+// its own cgroup (so a timeout, or the end of the command, kills everything
+// it started, setsid and double-forked daemons included), bounded output
+// capture or streaming, and a reaped exit status.
 package execute
 
 import (
@@ -42,8 +45,14 @@ const (
 
 // Spec describes one process.
 type Spec struct {
-	// Path is the file executed; Args is the full argv (Args[0] included).
+	// Path names the file executed; Args is the full argv (Args[0]
+	// included). When Exe is set, Path is only used in messages.
 	Path string
+	// Exe, when set, is the opened file to execute (O_PATH is enough):
+	// the child executes it through /proc/self/fd, so the file run is the
+	// file opened, whatever happens to its path meanwhile. Run does not
+	// close it.
+	Exe  *os.File
 	Args []string
 	// Env is the complete environment.
 	Env   []string
@@ -92,9 +101,24 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	stderr := &capture{limit: limit, stream: Stderr, emit: spec.OnOutput}
 	start := time.Now()
 	var cmd *exec.Cmd
+	group := newCgroup()
+	defer group.remove()
 	for attempt := 0; ; attempt++ {
-		cmd = command(ctx, spec, stdout, stderr)
+		cmd = command(ctx, spec, stdout, stderr, group)
 		err := cmd.Start()
+		if err != nil && group != nil && !errors.Is(err, syscall.ETXTBSY) {
+			// Either the file cannot run, or the cgroup could not take
+			// the process (a cgroup with controllers enabled below it,
+			// say). Try once without: if that starts, cgroups are off for
+			// later processes too.
+			cmd = command(ctx, spec, stdout, stderr, nil)
+			if cmd.Start() == nil {
+				disableCgroups(err)
+				group.remove()
+				group = nil
+				break
+			}
+		}
 		if err == nil {
 			break
 		}
@@ -114,6 +138,9 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 		res.TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
 	}
+	// Nothing the command started outlives it: what left the process
+	// group (setsid, double fork) is still in the cgroup.
+	group.kill()
 	if ps := cmd.ProcessState; ps != nil {
 		res.ExitCode = ps.ExitCode()
 		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -130,11 +157,21 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 // startRetries bounds the attempts to start a file that is busy (ETXTBSY).
 const startRetries = 5
 
-func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, spec.Path)
+func command(ctx context.Context, spec Spec, stdout, stderr *capture, group *cgroup) *exec.Cmd {
+	path := spec.Path
+	if spec.Exe != nil {
+		// The descriptor becomes fd 3 in the child, without close-on-exec:
+		// the kernel resolves /proc/self/fd/3 to the opened file, and a
+		// script's interpreter can open the same path again.
+		path = "/proc/self/fd/3"
+	}
+	cmd := exec.CommandContext(ctx, path)
 	cmd.Args = spec.Args
 	if len(cmd.Args) == 0 {
 		cmd.Args = []string{spec.Path}
+	}
+	if spec.Exe != nil {
+		cmd.ExtraFiles = []*os.File{spec.Exe}
 	}
 	cmd.Env = spec.Env
 	if cmd.Env == nil {
@@ -142,6 +179,9 @@ func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd 
 	}
 	cmd.Dir = spec.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if group != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, group.fd
+	}
 	if len(spec.Stdin) > 0 {
 		cmd.Stdin = bytes.NewReader(spec.Stdin)
 	} else if f := devNull(); f != nil {
@@ -151,7 +191,8 @@ func command(ctx context.Context, spec Spec, stdout, stderr *capture) *exec.Cmd 
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Cancel = func() error {
 		// The negative pid names the process group: the command and every
-		// descendant that did not leave it.
+		// descendant that did not leave it; the cgroup holds those that did.
+		group.kill()
 		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 	}
 	cmd.WaitDelay = waitDelay

@@ -14,9 +14,11 @@
 //
 // Multi-call binaries (busybox: /bin/rm is a symbolic link to
 // /bin/busybox, which picks its applet from argv[0]) are recognised when a
-// table is built: an entry whose real file has another name is matched by
-// name and by the linked path, never by inode, so restricting rm does not
-// restrict every applet.
+// table is built (a known multi-call binary, or a file many names in PATH
+// lead to): such an entry is matched by name, by the linked path and by
+// every link on the way to it, never by inode, so restricting rm does not
+// restrict every applet. Any other link (python3 -> python3.11, Debian's
+// alternatives) restricts the file it leads to.
 //
 // Route, the decision, does not allocate in the common case (a command found
 // in PATH that is not a symbolic link); see BenchmarkRoute.
@@ -27,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -128,8 +131,11 @@ type Table struct {
 	ovIDs      map[fileID]*OverrideTarget
 	maxDir     int // length of the longest PATH directory
 
-	// listing holds, while Build runs, the names in each PATH directory.
-	listing *dirListing
+	// listing holds, while Build runs, the names in each PATH directory;
+	// linkCounts, computed when first needed, how many links in PATH lead
+	// to each file.
+	listing    *dirListing
+	linkCounts map[fileID]int
 }
 
 // dirListing records, for each bare name a Build resolves, which PATH
@@ -251,6 +257,34 @@ type Decision struct {
 	// where is the index in the table's PATH where the command was found,
 	// or -1 when the command was named by a path.
 	where int
+	// fd+1 of the file the decision was made on (Default) or of the
+	// override's target (Override), opened O_PATH; 0 for none.
+	fd int
+}
+
+// FD returns the opened file the decision was made on, which is the file
+// to execute (through /proc/self/fd, never by its name again), or -1 when
+// there is none (a denial, a command not found, an override target that
+// cannot be opened). The descriptor belongs to the Decision: Close it.
+func (d *Decision) FD() int { return d.fd - 1 }
+
+// File hands the opened file over as an *os.File (nil when there is none);
+// the Decision no longer holds it, and the caller closes it.
+func (d *Decision) File(name string) *os.File {
+	if d.fd <= 0 {
+		return nil
+	}
+	f := os.NewFile(uintptr(d.fd-1), name)
+	d.fd = 0
+	return f
+}
+
+// Close releases the opened file, if any. It is safe to call twice.
+func (d *Decision) Close() {
+	if d.fd > 0 {
+		unix.Close(d.fd - 1)
+		d.fd = 0
+	}
 }
 
 // Empty returns the table of a guest with no persona: everything runs as it is.
@@ -289,7 +323,7 @@ func Build(spec Spec) (*Table, error) {
 		t.maxDir = max(t.maxDir, len(d))
 	}
 	t.listing = newDirListing(t.dirs, names)
-	defer func() { t.listing = nil }()
+	defer func() { t.listing, t.linkCounts = nil, nil }()
 	for _, e := range spec.Restricted {
 		if err := t.add(e, func(kind int, key any) { put(t.restricted, kind, key) }, true); err != nil {
 			return nil, fmt.Errorf("restricted_commands: %w", err)
@@ -378,8 +412,12 @@ func (t *Table) add(entry string, emit func(kind int, key any), byName bool) err
 }
 
 // addFile emits the real path and inode of an existing file p named name.
-// It reports whether p is an alias of a multi-call binary (its real file has
-// another name), in which case only the path and the name identify it.
+// It reports whether p is an alias of a multi-call binary, in which case
+// only the path and the name identify it: the binary picks what it does
+// from the name it is called by, so its file cannot be restricted without
+// restricting every command it provides. Any other link is an alias of one
+// program (python3 -> python3.11, awk -> /etc/alternatives/awk -> mawk):
+// restricting the name restricts the file.
 func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi bool) {
 	// One stat first: most absolute entries name no file, and resolving
 	// the links of every component of a missing path costs one lstat each.
@@ -392,12 +430,65 @@ func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi boo
 	if err != nil {
 		return false
 	}
-	if filepath.Base(real) != name {
+	if filepath.Base(real) != name && t.multiCall(real, &st) {
 		return true
 	}
 	emit(keyPath, real)
 	emit(keyID, fileID{uint64(st.Dev), uint64(st.Ino)})
 	return false
+}
+
+// Known multi-call binaries, by the name of their file.
+var multiCallNames = map[string]bool{"busybox": true, "toybox": true, "toolbox": true, "coreutils": true}
+
+// multiCallLinks is how many names in PATH must lead to one file for it to
+// count as a multi-call binary. Debian's alternatives give a program a
+// handful (vim.basic: vi, vim, view, ex, rvim, rview, vimdiff, editor);
+// busybox and toybox give hundreds.
+const multiCallLinks = 24
+
+// multiCall reports whether the file real (stat st) is a multi-call binary:
+// a known one, or one that many names in PATH lead to (as links or as hard
+// links).
+func (t *Table) multiCall(real string, st *unix.Stat_t) bool {
+	if multiCallNames[filepath.Base(real)] {
+		return true
+	}
+	if st.Nlink >= multiCallLinks {
+		return true
+	}
+	if t.linkCounts == nil {
+		t.linkCounts = countLinks(t.dirs)
+	}
+	return t.linkCounts[fileID{uint64(st.Dev), uint64(st.Ino)}] >= multiCallLinks
+}
+
+// countLinks counts, for each file, the symbolic links in dirs that lead to
+// it.
+func countLinks(dirs []string) map[fileID]int {
+	counts := map[fileID]int{}
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		real, err := filepath.EvalSymlinks(d)
+		if err != nil || seen[real] {
+			continue
+		}
+		seen[real] = true
+		ents, err := os.ReadDir(real)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.Type()&os.ModeSymlink == 0 {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(real+"/"+e.Name(), &st) == nil {
+				counts[fileID{uint64(st.Dev), uint64(st.Ino)}]++
+			}
+		}
+	}
+	return counts
 }
 
 func splitPath(pathEnv string) []string {
@@ -432,6 +523,13 @@ func basename(s string) string {
 // Route decides what happens to command under this table. cwd is the
 // request's working directory (absolute; "" means "/"), against which a
 // command such as ./rm is resolved.
+//
+// The decision is made on an opened file: the command is opened once
+// (O_PATH, the kernel resolving every "..", symbolic link and mount on the
+// way), the opened file is compared with the table, and the same file is
+// what runs (Decision.FD). Nothing is resolved again by name after the
+// decision, so a path rewritten as text ("x/.." with x a symbolic link) or
+// a link flipped meanwhile cannot run another file. Close the Decision.
 func (t *Table) Route(command, cwd string) Decision {
 	if command == "" {
 		return Decision{Kind: NotFound}
@@ -449,44 +547,65 @@ func (t *Table) Route(command, cwd string) Decision {
 		buf = make([]byte, min(need, pathMax+1))
 	}
 	var st unix.Stat_t
-	p, where, found, executable, link := t.resolve(buf, command, cwd, &st)
+	fd, p, where, executable, link := t.resolve(buf, command, cwd, &st)
+	found := fd >= 0
+	d := Decision{where: where}
+	if found {
+		d.fd = fd + 1
+	}
+	deny := func(reason string) Decision {
+		d.Close()
+		return Decision{Kind: Denied, Reason: reason}
+	}
 	var id fileID
 	var real string
 	if found {
 		id = fileID{uint64(st.Dev), uint64(st.Ino)}
 		if _, ok := t.restricted.ids[id]; ok {
-			return Decision{Kind: Denied, Reason: ReasonRestricted}
+			return deny(ReasonRestricted)
 		}
 		if _, ok := t.restricted.paths[string(p)]; ok {
-			return Decision{Kind: Denied, Reason: ReasonRestricted}
+			return deny(ReasonRestricted)
 		}
 		if link {
-			// Rare: named through a symbolic link. Its target decides.
-			if r, err := filepath.EvalSymlinks(string(p)); err == nil {
-				real = r
-				if _, ok := t.restricted.paths[real]; ok {
-					return Decision{Kind: Denied, Reason: ReasonRestricted}
-				}
-				if _, ok := t.restricted.names[basename(real)]; ok {
-					return Decision{Kind: Denied, Reason: ReasonRestricted}
-				}
+			// Rare: named through a symbolic link. The file opened
+			// decides (its path as the kernel knows it), and so does every
+			// link on the way: a link to a restricted applet of a
+			// multi-call binary is refused, not run as an unknown applet.
+			real = fdPath(fd)
+			if _, ok := t.restricted.paths[real]; ok {
+				return deny(ReasonRestricted)
+			}
+			if _, ok := t.restricted.names[basename(real)]; ok {
+				return deny(ReasonRestricted)
+			}
+			if t.linkRestricted(string(p)) {
+				return deny(ReasonRestricted)
 			}
 		}
 	}
 
+	override := func(o *OverrideTarget) Decision {
+		d.Close()
+		od := Decision{Kind: Override, Override: o, where: -1}
+		if ofd, err := openPath(o.Path); err == nil {
+			od.fd = ofd + 1
+		}
+		return od
+	}
 	if o := t.ovNames[base]; o != nil {
-		return Decision{Kind: Override, Override: o}
+		return override(o)
 	}
 	if found {
 		if o := t.ovIDs[id]; o != nil {
-			return Decision{Kind: Override, Override: o}
+			return override(o)
 		}
 		if o := t.ovPaths[string(p)]; o != nil {
-			return Decision{Kind: Override, Override: o}
+			return override(o)
 		}
 		if real != "" {
 			if o := t.ovPaths[real]; o != nil {
-				return Decision{Kind: Override, Override: o}
+				return override(o)
 			}
 		}
 	}
@@ -500,28 +619,76 @@ func (t *Table) Route(command, cwd string) Decision {
 			allowed = a || b || (real != "" && c)
 		}
 		if !allowed {
-			return Decision{Kind: Denied, Reason: ReasonNotAllowed}
+			return deny(ReasonNotAllowed)
 		}
 	}
 	if !found {
 		return Decision{Kind: NotFound}
 	}
 	if !executable {
+		d.Close()
 		return Decision{Kind: NotExecutable, where: where}
 	}
-	return Decision{Kind: Default, where: where}
+	d.Kind = Default
+	return d
 }
 
-// resolve finds the file command names. It returns the path found (aliasing
-// buf), the PATH index it was found at (-1 for a command given as a path),
-// whether a file exists, whether it is executable and whether the path is a
-// symbolic link; st holds the stat of the file (followed).
-func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (p []byte, where int, found, executable, link bool) {
+// linkRestricted follows the chain of symbolic links starting at p and
+// reports whether a link on the way names a restricted command or path.
+// It only ever adds denials; what runs is the file opened.
+func (t *Table) linkRestricted(p string) bool {
+	for range 40 {
+		target, err := os.Readlink(p)
+		if err != nil {
+			return false
+		}
+		if !strings.HasPrefix(target, "/") {
+			if i := strings.LastIndexByte(p, '/'); i >= 0 {
+				target = p[:i+1] + target
+			}
+		}
+		if _, ok := t.restricted.names[basename(target)]; ok {
+			return true
+		}
+		if _, ok := t.restricted.paths[target]; ok {
+			return true
+		}
+		p = target
+	}
+	return false
+}
+
+// fdPath returns the path of the opened file fd as the kernel resolved it.
+func fdPath(fd int) string {
+	var b [pathMax]byte
+	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), b[:])
+	if err != nil || n <= 0 {
+		return ""
+	}
+	return string(b[:n])
+}
+
+// openPath opens p (absolute) O_PATH, following links.
+func openPath(p string) (int, error) {
+	if len(p) > pathMax {
+		return -1, unix.ENAMETOOLONG
+	}
+	b := make([]byte, len(p)+1)
+	copy(b, p)
+	return openBytes(b, true)
+}
+
+// resolve opens the file command names. It returns the descriptor (O_PATH,
+// -1 when no file is there), the path it was found at (aliasing buf), the
+// PATH index (-1 for a command given as a path), whether the file is
+// executable and whether the path's last component is a symbolic link; st
+// holds the stat of the file opened.
+func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (fd int, p []byte, where int, executable, link bool) {
 	if strings.IndexByte(command, '/') >= 0 {
 		var n int
 		if command[0] == '/' {
 			if len(command) > pathMax {
-				return nil, -1, false, false, false
+				return -1, nil, -1, false, false
 			}
 			n = copy(buf, command)
 		} else {
@@ -529,7 +696,7 @@ func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (p []b
 				cwd = "/"
 			}
 			if len(cwd)+1+len(command) > pathMax {
-				return nil, -1, false, false, false
+				return -1, nil, -1, false, false
 			}
 			n = copy(buf, cwd)
 			buf[n] = '/'
@@ -537,17 +704,15 @@ func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (p []b
 			n += copy(buf[n:], command)
 		}
 		buf[n] = 0
-		link, ok := statLink(buf[:n+1], st)
-		if !ok {
-			return nil, -1, false, false, false
+		fd, link := openStat(buf[:n+1], st)
+		if fd < 0 {
+			return -1, nil, -1, false, false
 		}
-		return buf[:n], -1, true, isExecutable(st), link
+		return fd, buf[:n], -1, isExecutable(st), link
 	}
 	// PATH search: the first executable file wins; failing that, the first
 	// file that exists (reported as not executable).
 	firstNonExec := -1
-	var nonExecSt unix.Stat_t
-	var nonExecLink bool
 	for i, d := range t.dirs {
 		if len(d)+1+len(command) > pathMax {
 			continue
@@ -557,58 +722,83 @@ func (t *Table) resolve(buf []byte, command, cwd string, st *unix.Stat_t) (p []b
 		n++
 		n += copy(buf[n:], command)
 		buf[n] = 0
-		link, ok := statLink(buf[:n+1], st)
-		if !ok || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		fd, link := openStat(buf[:n+1], st)
+		if fd < 0 {
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			unix.Close(fd)
 			continue
 		}
 		if isExecutable(st) {
-			return buf[:n], i, true, true, link
+			return fd, buf[:n], i, true, link
 		}
 		if firstNonExec < 0 {
-			firstNonExec, nonExecSt, nonExecLink = i, *st, link
+			firstNonExec = i
 		}
+		unix.Close(fd)
 	}
 	if firstNonExec < 0 {
-		return nil, -1, false, false, false
+		return -1, nil, -1, false, false
 	}
+	// Reported, never run: open it again for the decision's stat.
 	d := t.dirs[firstNonExec]
 	n := copy(buf, d)
 	buf[n] = '/'
 	n++
 	n += copy(buf[n:], command)
-	*st = nonExecSt
-	return buf[:n], firstNonExec, true, false, nonExecLink
+	buf[n] = 0
+	fd, link = openStat(buf[:n+1], st)
+	if fd < 0 {
+		return -1, nil, -1, false, false
+	}
+	return fd, buf[:n], firstNonExec, false, link
 }
 
-// statLink stats the NUL-terminated path in p: lstat first, which is the
-// answer unless p is a symbolic link (rare), then stat through it. ok is
-// false when no file is there (or the link is dangling).
-func statLink(p []byte, st *unix.Stat_t) (link, ok bool) {
-	if statBytes(p, st, false) != nil {
-		return false, false
+// openStat opens the NUL-terminated path in p (O_PATH) and stats the file
+// opened. The last component is opened without following first, which is
+// the answer unless it is a symbolic link (rare); then it is opened again
+// through the link. fd is -1 when no file is there (or the link dangles).
+func openStat(p []byte, st *unix.Stat_t) (fd int, link bool) {
+	fd, err := openBytes(p, false)
+	if err != nil {
+		return -1, false
+	}
+	if unix.Fstat(fd, st) != nil {
+		unix.Close(fd)
+		return -1, false
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
-		return false, true
+		return fd, false
 	}
-	return true, statBytes(p, st, true) == nil
+	unix.Close(fd)
+	if fd, err = openBytes(p, true); err != nil {
+		return -1, true
+	}
+	if unix.Fstat(fd, st) != nil {
+		unix.Close(fd)
+		return -1, true
+	}
+	return fd, true
 }
 
 func isExecutable(st *unix.Stat_t) bool {
 	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0
 }
 
-// Path returns the file a Default (or NotExecutable) decision runs: the
-// command as found in PATH, the command itself when it is absolute, or the
-// command joined to cwd.
+// Path returns, for messages and audit, the path a Default (or
+// NotExecutable) decision found: the command as found in PATH, the command
+// itself when it is absolute, or the command after cwd. It is never the
+// file executed (that is Decision.FD).
 func (t *Table) Path(command, cwd string, d Decision) string {
 	if d.where >= 0 && d.where < len(t.dirs) && strings.IndexByte(command, '/') < 0 {
 		return t.dirs[d.where] + "/" + command
 	}
-	if filepath.IsAbs(command) {
+	if strings.HasPrefix(command, "/") {
 		return command
 	}
-	if cwd == "" {
-		cwd = "/"
+	if cwd == "" || cwd == "/" {
+		return "/" + command
 	}
-	return filepath.Join(cwd, command)
+	return cwd + "/" + command
 }

@@ -305,6 +305,10 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		}
 	}
 
+	if _, err := s.cfg.Manager.View().ExecEnv(req.Env); err != nil {
+		return fail(protocol.CodeBadRequest, err.Error())
+	}
+
 	// At the limit the exec waits for a slot (in a bounded queue), within
 	// its own timeout: the time spent waiting counts against it. After a
 	// wait the command is routed again, under the persona active then.
@@ -348,6 +352,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		wctx, cancel := context.WithDeadline(ctx, deadline)
 		release, err = s.cfg.Limiter.Acquire(wctx)
 		cancel()
+		d.Close() // routed again below, or refused
 		if err != nil {
 			return fail(protocol.CodeBusy, "too many commands running")
 		}
@@ -358,6 +363,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		// Route again with the slot held (the loop ends at the check above).
 	}
 	defer release()
+	defer d.Close()
 
 	route := protocol.RouteDefault
 	path := ""
@@ -376,13 +382,22 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 			s.record(ev)
 		}
 	}
-	env := activation.ComposeEnv(view.Env, req.Env)
+	env, err := view.ExecEnv(req.Env)
+	if err != nil {
+		return fail(protocol.CodeBadRequest, err.Error())
+	}
+	exe := d.File(path)
+	if exe == nil {
+		// An override whose target cannot be opened.
+		return fail(protocol.CodeNotFound, "cannot open "+path)
+	}
+	defer exe.Close()
 	maxOut := s.cfg.MaxOutput
 	if req.MaxOutput > 0 {
 		maxOut = min(req.MaxOutput, s.cfg.MaxOutput)
 	}
 	spec := execute.Spec{
-		Path: path, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
+		Path: path, Exe: exe, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
 		Stdin: req.Stdin, Timeout: timeout, MaxOutput: maxOut,
 	}
 	if req.Stream {

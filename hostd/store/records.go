@@ -27,6 +27,9 @@ type personaRecord struct {
 	AllowedCommands      []string          `json:"allowed_commands,omitempty"`
 	DefaultPersona       bool              `json:"default_persona"`
 	Rollout              string            `json:"rollout,omitempty"` // schema 2
+	Enforcement          string            `json:"enforcement,omitempty"`
+	DenyExecWritable     *bool             `json:"deny_exec_writable,omitempty"`
+	RequestEnv           []string          `json:"request_env,omitempty"`
 	Revision             uint64            `json:"revision"`
 	CreatedAt            time.Time         `json:"created_at,omitzero"`
 	UpdatedAt            time.Time         `json:"updated_at,omitzero"`

@@ -122,6 +122,19 @@ func checkPersona(p *protocol.Persona) *Error {
 	default:
 		return fail("rollout", "%q is neither \"manual\" nor \"auto\"", p.Rollout)
 	}
+	switch p.Enforcement {
+	case "", protocol.EnforcementKernel, protocol.EnforcementAgent:
+	default:
+		return fail("enforcement", "%q is neither \"kernel\" nor \"agent\"", p.Enforcement)
+	}
+	if len(p.RequestEnv) > MaxEnvVars {
+		return fail("request_env", "has %d names, at most %d allowed", len(p.RequestEnv), MaxEnvVars)
+	}
+	for i, k := range p.RequestEnv {
+		if err := rules.EnvName(k); err != nil {
+			return fail(fmt.Sprintf("request_env[%d]", i), "%v", err)
+		}
+	}
 	total := len(p.Name)
 
 	if n := len(p.EnvironmentVariables); n > MaxEnvVars {

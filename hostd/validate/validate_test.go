@@ -272,3 +272,25 @@ func TestNormalize(t *testing.T) {
 		t.Errorf("Normalize changed set fields: %+v", q)
 	}
 }
+
+func TestPersonaEnforcementAndRequestEnv(t *testing.T) {
+	for _, c := range []struct {
+		p     protocol.Persona
+		field string
+	}{
+		{protocol.Persona{Name: "p", Enforcement: "strict"}, "enforcement"},
+		{protocol.Persona{Name: "p", RequestEnv: []string{"OK", "A=B"}}, "request_env[1]"},
+		{protocol.Persona{Name: "p", Enforcement: "kernel", RequestEnv: []string{"LD_LIBRARY_PATH"}}, ""},
+		{protocol.Persona{Name: "p", Enforcement: "agent"}, ""},
+	} {
+		err := Persona(&c.p)
+		var ve *Error
+		if c.field == "" {
+			if err != nil {
+				t.Errorf("%+v: %v", c.p, err)
+			}
+		} else if !errors.As(err, &ve) || ve.Field != c.field {
+			t.Errorf("%+v: want field %s, got %v", c.p, c.field, err)
+		}
+	}
+}

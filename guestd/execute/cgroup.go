@@ -1,0 +1,166 @@
+package execute
+
+import (
+	"bufio"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Each process runs in a cgroup of its own, created under the daemon's
+// cgroup of the unified (v2) hierarchy, and started in it directly
+// (clone3 with CLONE_INTO_CGROUP): no window in which a child could leave
+// before it is accounted. When the process ends, cgroup.kill ends everything
+// still in the cgroup, and the cgroup is removed.
+
+var (
+	cgroupOnce sync.Once
+	cgroupBase string // the daemon's own cgroup directory, "" when unavailable
+	cgroupOff  atomic.Bool
+	cgroupSeq  atomic.Uint64
+	cgroupWhy  string
+)
+
+// CgroupStatus reports whether processes run in cgroups of their own, and
+// why not when they do not.
+func CgroupStatus() (base string, ok bool, reason string) {
+	cgroupOnce.Do(findCgroupBase)
+	if cgroupBase == "" || cgroupOff.Load() {
+		return cgroupBase, false, cgroupWhy
+	}
+	return cgroupBase, true, ""
+}
+
+// findCgroupBase locates the daemon's cgroup in a mounted cgroup v2
+// hierarchy that supports cgroup.kill (Linux 5.14).
+func findCgroupBase() {
+	mount := cgroup2Mount()
+	if mount == "" {
+		cgroupWhy = "no cgroup v2 hierarchy is mounted"
+		return
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		cgroupWhy = "cannot read /proc/self/cgroup: " + err.Error()
+		return
+	}
+	var rel string
+	found := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			rel, found = p, true
+		}
+	}
+	if !found {
+		cgroupWhy = "the daemon is in no cgroup v2"
+		return
+	}
+	base := strings.TrimSuffix(mount+rel, "/")
+	probe := base + "/vmpersona-probe-" + strconv.Itoa(os.Getpid())
+	if err := os.Mkdir(probe, 0o700); err != nil && !os.IsExist(err) {
+		cgroupWhy = "cannot create a cgroup under " + base + ": " + err.Error()
+		return
+	}
+	_, err = os.Stat(probe + "/cgroup.kill")
+	os.Remove(probe)
+	if err != nil {
+		cgroupWhy = "the kernel has no cgroup.kill (Linux 5.14 or later)"
+		return
+	}
+	cgroupBase = base
+}
+
+// cgroup2Mount returns where the unified hierarchy is mounted ("" for
+// nowhere): /sys/fs/cgroup on a pure v2 system, /sys/fs/cgroup/unified on a
+// hybrid one.
+func cgroup2Mount() string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ... mount-point ... - fstype source options
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				return fields[4]
+			}
+		}
+	}
+	return ""
+}
+
+func disableCgroups(err error) {
+	if cgroupOff.CompareAndSwap(false, true) {
+		cgroupWhy = "starting a process in a cgroup failed: " + err.Error()
+		slog.Warn("processes run without a cgroup of their own: daemons they start may outlive them", "err", err)
+	}
+}
+
+type cgroup struct {
+	dir string
+	fd  int
+}
+
+// newCgroup creates a cgroup for one process; nil when cgroups are
+// unavailable (the process group is then all that bounds it).
+func newCgroup() *cgroup {
+	cgroupOnce.Do(findCgroupBase)
+	if cgroupBase == "" || cgroupOff.Load() {
+		return nil
+	}
+	dir := cgroupBase + "/vmpersona-exec-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(cgroupSeq.Add(1), 10)
+	if err := unix.Mkdir(dir, 0o700); err != nil {
+		disableCgroups(err)
+		return nil
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Rmdir(dir)
+		disableCgroups(err)
+		return nil
+	}
+	return &cgroup{dir: dir, fd: fd}
+}
+
+// kill ends every process left in the cgroup.
+func (g *cgroup) kill() {
+	if g == nil {
+		return
+	}
+	if err := os.WriteFile(g.dir+"/cgroup.kill", []byte("1"), 0); err != nil {
+		slog.Warn("cgroup.kill failed", "cgroup", g.dir, "err", err)
+	}
+}
+
+// remove kills what is left and removes the cgroup once it is empty (the
+// killed processes take a moment to exit).
+func (g *cgroup) remove() {
+	if g == nil || g.fd < 0 {
+		return
+	}
+	unix.Close(g.fd)
+	g.fd = -1
+	for i := 0; ; i++ {
+		err := unix.Rmdir(g.dir)
+		if err == nil || err == unix.ENOENT {
+			return
+		}
+		if err != unix.EBUSY || i == 200 {
+			slog.Warn("removing a cgroup failed", "cgroup", g.dir, "err", err)
+			return
+		}
+		if i == 0 {
+			g.kill()
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
