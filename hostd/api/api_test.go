@@ -253,7 +253,7 @@ func TestPersonaErrors(t *testing.T) {
 		{"update missing", "PUT", "/personas/nope", `{"name":"nope"}`, nil, 404, ""},
 		{"rename", "PUT", "/personas/hardened", `{"name":"other"}`, nil, 422, "name"},
 		{"stale if-match", "PUT", "/personas/hardened", `{"name":"hardened"}`, []string{"If-Match", `"7"`}, 412, ""},
-		{"bad if-match", "PUT", "/personas/hardened", `{"name":"hardened"}`, []string{"If-Match", `"abc"`}, 400, "If-Match"},
+		{"bad if-match", "PUT", "/personas/hardened", `{"name":"hardened"}`, []string{"If-Match", `abc`}, 400, "If-Match"},
 		{"delete stale", "DELETE", "/personas/hardened", ``, []string{"If-Match", `"9"`}, 412, ""},
 		{"bad force", "DELETE", "/personas/hardened?force=maybe", ``, nil, 400, "force"},
 		{"unknown instance", "POST", "/instances/nope/personas/hardened/activate", ``, nil, 404, ""},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"time"
 
@@ -38,13 +39,18 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	page := apitypes.AuditPage{Events: make([]apitypes.AuditEvent, len(evs)), Next: aq.After}
+	page := apitypes.AuditPage{Events: make([]apitypes.AuditEvent, len(evs))}
 	for i, ev := range evs {
 		// The stored event and the API's have the same fields: a field
 		// added to one and not the other does not compile.
 		page.Events[i] = apitypes.AuditEvent(ev)
 	}
-	if len(evs) > 0 {
+	limit := aq.Limit
+	if limit <= 0 {
+		limit = store.DefaultAuditLimit
+	}
+	if len(evs) > 0 && len(evs) >= limit {
+		// A full page: more may follow. A short one is the last.
 		page.Next = evs[len(evs)-1].ID
 	}
 	writeJSON(w, http.StatusOK, page)
@@ -65,4 +71,38 @@ func timeQuery(v, field string) (time.Time, error) {
 	}
 	return time.Time{}, problem(http.StatusBadRequest, "bad-query", "Bad query parameter",
 		fmt.Sprintf("%s=%q is neither an RFC 3339 time nor a duration such as 15m", field, v), "field", field)
+}
+
+// Paging of /personas and /instances: items sorted by name, ?limit= (1 to
+// MaxPageLimit, DefaultPageLimit when absent) and ?after= (the previous
+// page's next).
+const (
+	DefaultPageLimit = 1000
+	MaxPageLimit     = 1000
+)
+
+// pageQuery reads ?limit= and ?after=.
+func pageQuery(r *http.Request) (limit int, after string, err error) {
+	q := r.URL.Query()
+	limit = DefaultPageLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxPageLimit {
+			return 0, "", problem(http.StatusBadRequest, "bad-query", "Bad query parameter",
+				fmt.Sprintf("limit=%q must be a number from 1 to %d", v, MaxPageLimit), "field", "limit")
+		}
+		limit = n
+	}
+	return limit, q.Get("after"), nil
+}
+
+// pageOf cuts the page after the cursor out of n items sorted by key:
+// the index range and the next cursor ("" on the last page).
+func pageOf(n int, key func(int) string, limit int, after string) (from, to int, next string) {
+	from = sort.Search(n, func(i int) bool { return key(i) > after })
+	to = min(n, from+limit)
+	if to < n {
+		next = key(to - 1)
+	}
+	return from, to, next
 }

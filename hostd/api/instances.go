@@ -67,8 +67,14 @@ func (s *Server) view(is instanceState) (apitypes.Instance, error) {
 }
 
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	limit, after, err := pageQuery(r)
+	if err != nil {
+		return err
+	}
 	all := s.allInstances()
-	out := apitypes.InstanceList{Instances: make([]apitypes.Instance, 0, len(all))}
+	from, to, next := pageOf(len(all), func(i int) string { return all[i].name }, limit, after)
+	all = all[from:to]
+	out := apitypes.InstanceList{Instances: make([]apitypes.Instance, 0, len(all)), Next: next}
 	for _, is := range all {
 		v, err := s.view(is)
 		if err != nil {
@@ -180,6 +186,10 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	if err != nil {
 		return err
 	}
+	force, err := boolQuery(r, "force")
+	if err != nil {
+		return err
+	}
 	inst, timeout, err := s.activation(r, ps)
 	if err != nil {
 		return err
@@ -196,6 +206,17 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return s.dryRun(w, r, inst, p)
 	}
 	actor := identityOf(r).User
+	if !force {
+		if out, ok, err := s.unchanged(inst, p); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			s.appendAudit(store.AuditEvent{Type: protocol.AuditActivationRequested, Instance: inst, Actor: actor, Persona: name,
+				Result: apitypes.ResultUnchanged, Detail: "revision " + strconv.FormatUint(p.Revision, 10)})
+			writeJSON(w, http.StatusOK, out)
+			return nil
+		}
+	}
 	// The request is audited in the commit that records the guest's new
 	// persona, or on its own when there is none (failure, refusal, timeout).
 	requested := store.AuditEvent{Type: protocol.AuditActivationRequested, Instance: inst, Actor: actor, Persona: name,
@@ -207,6 +228,26 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 		return err
 	}
 	return writeActivation(w, inst, res)
+}
+
+// unchanged reports whether activating p on the instance would change
+// nothing: the guest holds p at its current revision and the instance is in
+// sync with its desired state (which is then p too).
+func (s *Server) unchanged(inst string, p protocol.Persona) (apitypes.ActivationResult, bool, error) {
+	is, err := s.resolve(inst)
+	if err != nil {
+		return apitypes.ActivationResult{}, false, err
+	}
+	a := is.agent.Active
+	if a == nil || a.Persona.Name != p.Name || a.Revision != p.Revision {
+		return apitypes.ActivationResult{}, false, nil
+	}
+	sync, err := s.cfg.Reconciler.Status(is.name, is.agent, is.managed)
+	if err != nil || sync.Sync != reconcile.SyncInSync {
+		return apitypes.ActivationResult{}, false, err
+	}
+	return apitypes.ActivationResult{Instance: inst, Result: apitypes.ResultUnchanged, Persona: p.Name,
+		Revision: a.Revision, ActivationID: a.ActivationID, ActivatedAt: a.ActivatedAt}, true, nil
 }
 
 func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {

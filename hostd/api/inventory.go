@@ -60,7 +60,7 @@ func (s *Server) resolve(id string) (instanceState, error) {
 	}
 	if !is.managed && is.disc == nil {
 		return is, problem(http.StatusNotFound, "unknown-instance", "Unknown instance",
-			fmt.Sprintf("no instance %q; GET /instances lists them", id), "instance", id)
+			fmt.Sprintf("no instance %q; GET /instances lists them", id), "instance_id", id)
 	}
 	return is, nil
 }
@@ -76,7 +76,7 @@ func (is instanceState) reachable() (string, error) {
 		reason = is.disc.Reason
 	}
 	return "", problem(http.StatusServiceUnavailable, "agent-unavailable", "Agent not reachable",
-		fmt.Sprintf("instance %s: %s", is.name, reason), "instance", is.name, "state", is.disc.State)
+		fmt.Sprintf("instance %s: %s", is.name, reason), "instance_id", is.name, "state", is.disc.State)
 }
 
 func (s *Server) allInstances() []instanceState {

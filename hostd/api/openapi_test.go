@@ -242,7 +242,11 @@ func TestOpenAPIMatchesTheTypes(t *testing.T) {
 			t.Errorf("%s: %d answer's headers %v, the route sends %v", where, status, headers, want)
 		}
 		for code, r := range obj(o["responses"]) {
-			if n, _ := strconv.Atoi(code); n >= 400 && obj(r)["$ref"] != "#/components/responses/Problem" {
+			ref := obj(r)["$ref"]
+			if code == "401" && ref != "#/components/responses/Unauthorized" {
+				t.Errorf("%s: answer 401 is not the Unauthorized answer (problem document with WWW-Authenticate)", where)
+			}
+			if n, _ := strconv.Atoi(code); n >= 400 && code != "401" && ref != "#/components/responses/Problem" {
 				t.Errorf("%s: answer %s is not the problem document", where, code)
 			}
 		}
@@ -287,7 +291,7 @@ func TestOpenAPIEnumsAreTheVocabularies(t *testing.T) {
 		{"AuditEvent.type", prop("AuditEvent", "type"), protocol.AuditTypes},
 		{"AuditEvent.source", prop("AuditEvent", "source"), []string{apitypes.SourceHost, apitypes.SourceGuest}},
 		{"GET /audit ?type=", auditParam, protocol.AuditTypes},
-		{"ActivationResult.result", prop("ActivationResult", "result"), []string{apitypes.ResultActivated, apitypes.ResultDeactivated}},
+		{"ActivationResult.result", prop("ActivationResult", "result"), []string{apitypes.ResultActivated, apitypes.ResultDeactivated, apitypes.ResultUnchanged}},
 		{"Problem.result", prop("Problem", "result"), []string{apitypes.ResultAborted, apitypes.ResultRolledBack}},
 	}
 	for _, tt := range tests {

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,20 +20,33 @@ import (
 )
 
 func (s *Server) listPersonas(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	limit, after, err := pageQuery(r)
+	if err != nil {
+		return err
+	}
 	ps, err := s.cfg.Store.ListPersonas()
 	if err != nil {
 		return err
 	}
+	if !sort.SliceIsSorted(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name }) {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
+	}
+	from, to, next := pageOf(len(ps), func(i int) string { return ps[i].Name }, limit, after)
+	ps = ps[from:to]
 	for i := range ps {
 		validate.Normalize(&ps[i])
 	}
-	writeJSON(w, http.StatusOK, apitypes.PersonaList{Personas: ps})
+	writeJSON(w, http.StatusOK, apitypes.PersonaList{Personas: ps, Next: next})
 	return nil
 }
 
 func (s *Server) getPersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	name := ps.ByName("name")
 	if err := validate.Name(name); err != nil {
+		return err
+	}
+	ifNoneMatch, err := parseTagList(r, "If-None-Match")
+	if err != nil {
 		return err
 	}
 	rev, at, err := s.cfg.Store.PersonaVersion(name)
@@ -54,6 +67,10 @@ func (s *Server) getPersona(w http.ResponseWriter, r *http.Request, ps httproute
 	}
 	h := w.Header()
 	h.Set("ETag", etag(rev))
+	if ifNoneMatch.present && ifNoneMatch.matchWeak(rev) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
 	h.Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	w.Write(body)
@@ -128,7 +145,11 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := validate.Name(name); err != nil {
 		return err
 	}
-	ifMatch, err := parseIfMatch(r)
+	ifMatch, err := parseTagList(r, "If-Match")
+	if err != nil {
+		return err
+	}
+	ifNoneMatch, err := parseTagList(r, "If-None-Match")
 	if err != nil {
 		return err
 	}
@@ -145,7 +166,43 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := validate.Persona(&p); err != nil {
 		return err
 	}
-	updated, err := s.cfg.Store.UpdatePersona(p, ifMatch)
+	rev, _, err := s.cfg.Store.PersonaVersion(name)
+	exists := err == nil
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return err
+	}
+	// If-None-Match: * asks to create the persona when it does not exist
+	// (and only then); a list of tags refuses to overwrite those versions.
+	if ifNoneMatch.present && exists && ifNoneMatch.matchWeak(rev) {
+		return preconditionFailed("If-None-Match", name, rev, true)
+	}
+	if !exists {
+		if !ifNoneMatch.any {
+			return personaErr(name, err)
+		}
+		created, err := s.cfg.Store.CreatePersona(p)
+		if errors.Is(err, errdefs.ErrAlreadyExists) {
+			// Created by another request since the check above.
+			return preconditionFailed("If-None-Match", name, 0, true)
+		}
+		if err != nil {
+			return err
+		}
+		s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaCreated, Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
+		w.Header().Set("Location", "/personas/"+url.PathEscape(created.Name))
+		writePersona(w, http.StatusCreated, created)
+		return nil
+	}
+	// The store compares the revision again in the write's transaction, so
+	// a change between this check and the write is a 412 too.
+	var want uint64
+	if ifMatch.present && !ifMatch.any {
+		if !ifMatch.matchStrong(rev) {
+			return preconditionFailed("If-Match", name, rev, true)
+		}
+		want = rev
+	}
+	updated, err := s.cfg.Store.UpdatePersona(p, want)
 	if err != nil {
 		return personaErr(name, err)
 	}
@@ -164,7 +221,7 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := validate.Name(name); err != nil {
 		return err
 	}
-	ifMatch, err := parseIfMatch(r)
+	ifMatch, err := parseTagList(r, "If-Match")
 	if err != nil {
 		return err
 	}
@@ -172,7 +229,18 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.DeletePersona(name, ifMatch, force); err != nil {
+	var want uint64
+	if ifMatch.present && !ifMatch.any {
+		rev, _, err := s.cfg.Store.PersonaVersion(name)
+		if err != nil {
+			return personaErr(name, err)
+		}
+		if !ifMatch.matchStrong(rev) {
+			return preconditionFailed("If-Match", name, rev, true)
+		}
+		want = rev
+	}
+	if err := s.cfg.Store.DeletePersona(name, want, force); err != nil {
 		return personaErr(name, err)
 	}
 	detail := ""
@@ -200,21 +268,6 @@ func writePersona(w http.ResponseWriter, status int, p protocol.Persona) {
 }
 
 func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
-
-// parseIfMatch returns the revision an If-Match header requires, 0 for none.
-func parseIfMatch(r *http.Request) (uint64, error) {
-	h := strings.TrimSpace(r.Header.Get("If-Match"))
-	if h == "" || h == "*" {
-		return 0, nil
-	}
-	v := strings.TrimPrefix(h, "W/")
-	v = strings.Trim(v, `"`)
-	rev, err := strconv.ParseUint(v, 10, 64)
-	if err != nil || rev == 0 {
-		return 0, problem(http.StatusBadRequest, "bad-if-match", "Bad If-Match", fmt.Sprintf("If-Match %q is not a revision ETag such as \"3\"", h), "field", "If-Match")
-	}
-	return rev, nil
-}
 
 func boolQuery(r *http.Request, key string) (bool, error) {
 	v := r.URL.Query().Get(key)

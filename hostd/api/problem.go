@@ -30,7 +30,7 @@ func setMember(p *apitypes.Problem, k string, v any) {
 	switch k {
 	case "field":
 		p.Field = str()
-	case "instance":
+	case "instance_id":
 		p.Instance = str()
 	case "state":
 		p.State = str()

@@ -122,7 +122,7 @@ func (s *Server) dryRun(w http.ResponseWriter, r *http.Request, inst string, p p
 		var pe *protocol.Error
 		if errors.As(err, &pe) && pe.Code == protocol.CodeUnsupportedType {
 			return problem(http.StatusNotImplemented, "dry-run-unsupported", "The guest cannot compute a dry run",
-				"the guest agent on "+inst+" predates dry runs; upgrade vmpersona-guestd", "instance", inst)
+				"the guest agent on "+inst+" predates dry runs; upgrade vmpersona-guestd", "instance_id", inst)
 		}
 		return err
 	}

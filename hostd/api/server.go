@@ -136,6 +136,11 @@ func New(cfg Config) *Server {
 	s.routes = s.routeTable()
 	for _, rt := range s.routes {
 		s.router.Handle(rt.method, rt.path, s.serve(rt))
+		if rt.method == http.MethodGet {
+			// HEAD answers what GET would, without the body (net/http
+			// drops it).
+			s.router.Handle(http.MethodHead, rt.path, s.serve(rt))
+		}
 	}
 	s.router.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem(http.StatusNotFound, "no-route", "Not found", "no endpoint "+r.URL.Path+"; see /openapi.json"))
@@ -209,6 +214,14 @@ func (s *Server) serve(rt route) httprouter.Handle {
 					"user "+id.User+" has role "+id.Role.String()+"; "+r.Method+" "+rt.path+" needs "+rt.role.String())
 			}
 			if p != nil {
+				if p.Status == http.StatusUnauthorized {
+					// RFC 6750 §3: the scheme to use, and why a token failed.
+					c := `Bearer realm="vmpersona"`
+					if r.Header.Get("Authorization") != "" {
+						c += `, error="invalid_token"`
+					}
+					sw.Header().Set("WWW-Authenticate", c)
+				}
 				s.auditAuthFailure(r, rt, id, p)
 				writeProblem(sw, p)
 				return

@@ -18,11 +18,21 @@ import (
 func (c *Client) ListPersonas(ctx context.Context) ([]protocol.Persona, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out apitypes.PersonaList
-	if _, err := c.call(ctx, http.MethodGet, "/personas", nil, nil, nil, &out); err != nil {
-		return nil, err
+	var all []protocol.Persona
+	for after := ""; ; {
+		var out apitypes.PersonaList
+		if _, err := c.call(ctx, http.MethodGet, "/personas"+afterQuery(after), nil, nil, nil, &out); err != nil {
+			return nil, err
+		}
+		all = append(all, out.Personas...)
+		if out.Next == "" || out.Next == after {
+			if all == nil {
+				all = []protocol.Persona{}
+			}
+			return all, nil
+		}
+		after = out.Next
 	}
-	return out.Personas, nil
 }
 
 // GetPersona returns one persona; its Revision is the one to send as
@@ -107,11 +117,29 @@ func parseETag(s string) (uint64, bool) {
 func (c *Client) ListInstances(ctx context.Context) ([]apitypes.Instance, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()
-	var out apitypes.InstanceList
-	if _, err := c.call(ctx, http.MethodGet, "/instances", nil, nil, nil, &out); err != nil {
-		return nil, err
+	var all []apitypes.Instance
+	for after := ""; ; {
+		var out apitypes.InstanceList
+		if _, err := c.call(ctx, http.MethodGet, "/instances"+afterQuery(after), nil, nil, nil, &out); err != nil {
+			return nil, err
+		}
+		all = append(all, out.Instances...)
+		if out.Next == "" || out.Next == after {
+			if all == nil {
+				all = []apitypes.Instance{}
+			}
+			return all, nil
+		}
+		after = out.Next
 	}
-	return out.Instances, nil
+}
+
+// afterQuery is the query string asking for the page after a list cursor.
+func afterQuery(after string) string {
+	if after == "" {
+		return ""
+	}
+	return "?after=" + url.QueryEscape(after)
 }
 
 // GetInstance returns one instance by name (or libvirt UUID).

@@ -18,9 +18,12 @@ import (
 // persona, with the server-kept revision, created_at and updated_at.
 type Persona = protocol.Persona
 
-// PersonaList answers GET /personas.
+// PersonaList answers GET /personas: personas sorted by name.
 type PersonaList struct {
 	Personas []Persona `json:"personas"`
+	// Next is the cursor of the next page (send it as ?after=); absent on
+	// the last page.
+	Next string `json:"next,omitempty"`
 }
 
 // Instance states as discovery reports them. A static instance (no
@@ -94,9 +97,12 @@ type Agent struct {
 	LastError   string    `json:"last_error,omitempty"`
 }
 
-// InstanceList answers GET /instances.
+// InstanceList answers GET /instances: instances sorted by id.
 type InstanceList struct {
 	Instances []Instance `json:"instances"`
+	// Next is the cursor of the next page (send it as ?after=); absent on
+	// the last page.
+	Next string `json:"next,omitempty"`
 }
 
 // ActivePersona answers GET /instances/{id}/active_persona: the persona the
@@ -130,6 +136,10 @@ const (
 	ResultDeactivated = protocol.ResultDeactivated
 	ResultAborted     = protocol.ResultAborted
 	ResultRolledBack  = protocol.ResultRolledBack
+	// ResultUnchanged answers an activation of the persona the instance
+	// already holds, in sync, at the same revision: no script ran
+	// (?force=true activates again).
+	ResultUnchanged = "unchanged"
 )
 
 // ActivationResult answers a successful activation or deactivation. A
@@ -137,7 +147,7 @@ const (
 // exit code and output.
 type ActivationResult struct {
 	Instance string `json:"instance"`
-	// Result is ResultActivated or ResultDeactivated.
+	// Result is ResultActivated, ResultDeactivated or ResultUnchanged.
 	Result string `json:"result"`
 	// Persona, Revision, ActivationID and ActivatedAt describe the persona
 	// now active; absent after a deactivation.
@@ -250,7 +260,8 @@ type AuditEvent struct {
 // AuditPage answers GET /audit: events oldest first.
 type AuditPage struct {
 	Events []AuditEvent `json:"events"`
-	// Next is the ID of the last event, the cursor for the next page (the
-	// request's own cursor when the page is empty).
-	Next string `json:"next"`
+	// Next is the ID of the last event when the page is full, the cursor
+	// of the next page (send it as ?after=); absent when no event follows
+	// in this query's order (a follower resumes after the last event's ID).
+	Next string `json:"next,omitempty"`
 }

@@ -37,7 +37,7 @@ type Problem struct {
 
 	// Instance names the instance a refusal is about; State is its state
 	// when its agent cannot be reached (503).
-	Instance string `json:"instance,omitempty"`
+	Instance string `json:"instance_id,omitempty"`
 	State    string `json:"state,omitempty"`
 
 	// CurrentDefault names the persona that is the default now (409,

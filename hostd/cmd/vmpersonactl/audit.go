@@ -111,8 +111,8 @@ vmpersonactl audit --follow -o json | jq -c 'select(.type=="denial")'`,
 					if err := p.print(page.Events); err != nil {
 						return err
 					}
-					if page.Next != "" {
-						q.After = page.Next
+					if n := len(page.Events); n > 0 {
+						q.After = page.Events[n-1].ID
 					}
 				}
 			}
@@ -150,8 +150,8 @@ func auditBacklog(ctx context.Context, c *apiclient.Client, q apiclient.AuditQue
 		if err := p.print(page.Events); err != nil {
 			return "", err
 		}
-		if page.Next != "" {
-			q.After = page.Next
+		if n := len(page.Events); n > 0 {
+			q.After = page.Events[n-1].ID
 		}
 		left -= len(page.Events)
 		if len(page.Events) < q.Limit || (limit > 0 && left <= 0) || page.Next == "" {
