@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,5 +207,70 @@ func BenchmarkClientRoundTrip(b *testing.B) {
 	c.Close(nil)
 	if err := c.Err(); !errors.Is(err, protocol.ErrClosed) {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkCallBesideBlockedStream: Ping round trips on a session on which
+// another call's output consumer is blocked with 200 chunks waiting for it.
+// A session whose reader waits for that consumer answers no ping at all
+// (each fails at its 1 s deadline).
+func BenchmarkCallBesideBlockedStream(b *testing.B) {
+	c, p := session(b, protocol.ClientConfig{Heartbeat: time.Hour})
+	p.conn.SetDeadline(time.Time{})
+	go func() {
+		for {
+			f, err := p.r.Next()
+			if err != nil {
+				return
+			}
+			switch f.Type {
+			case protocol.TypeExec:
+				for range 200 {
+					p.w.WriteFrame(protocol.Header{Type: protocol.TypeExecOutput, Flags: protocol.FlagResponse | protocol.FlagMore, Epoch: p.epoch, ID: f.ID},
+						protocol.AppendExecOutput(nil, protocol.StreamStdout, []byte("line\n")))
+				}
+				p.w.WriteFrame(protocol.Header{Type: protocol.TypeExecResult, Flags: protocol.FlagResponse, Epoch: p.epoch, ID: f.ID}, smallPayload)
+			case protocol.TypePing:
+				p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, Epoch: p.epoch, ID: f.ID}, nil)
+			}
+		}
+	}()
+	release := make(chan struct{})
+	defer close(release)
+	first := make(chan struct{})
+	var once sync.Once
+	go c.Call(context.Background(), protocol.TypeExec, protocol.Exec{Command: "stream", Stream: true}, nil, func(byte, []byte) {
+		once.Do(func() { close(first) })
+		<-release
+	})
+	<-first
+	time.Sleep(100 * time.Millisecond) // let the rest of the output arrive (not an assertion)
+	b.ResetTimer()
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := c.Call(ctx, protocol.TypePing, nil, nil, nil)
+		cancel()
+		if err != nil {
+			b.Fatalf("ping beside a blocked stream: %v", err)
+		}
+	}
+}
+
+// BenchmarkSessionRoundTrip: one Exec Call from the host's Client to the
+// guest's Session, both this package's, over a unix socket pair.
+func BenchmarkSessionRoundTrip(b *testing.B) {
+	host, guest := socketPair(b)
+	c, _ := pair(b, host, guest, protocol.SessionConfig{Handlers: execHandler(func(ctx context.Context, r *protocol.Request, req protocol.Exec) (any, error) {
+		return protocol.ExecResult{Route: protocol.RouteDefault}, nil
+	})}, protocol.ClientConfig{Heartbeat: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	req := protocol.Exec{Command: "true"}
+	b.ReportAllocs()
+	for b.Loop() {
+		var res protocol.ExecResult
+		if err := c.Call(ctx, protocol.TypeExec, req, &res, nil); err != nil || res.Route != protocol.RouteDefault {
+			b.Fatal(err)
+		}
 	}
 }
