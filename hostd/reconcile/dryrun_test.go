@@ -41,6 +41,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
 	envBefore := envOf(t, h, "vm")
+	waitAuditDelivered(t, g)
 	stateBefore := snapshot(t, g.stateDir)
 
 	d, err := h.r.DryRun(ctxTimeout(t, 30*time.Second), "vm", b)

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"os"
@@ -316,4 +317,34 @@ func envOf(t testing.TB, h *host, name string) map[string]string {
 		}
 	}
 	return out
+}
+
+// waitAuditDelivered waits until the host has acknowledged every audit event
+// the guest spooled (the guest writes the acknowledgement asynchronously,
+// after the call that recorded the event has been answered).
+func waitAuditDelivered(t testing.TB, g *guest) {
+	t.Helper()
+	waitFor(t, "the guest's audit events acknowledged", func() bool {
+		spool, err := os.ReadFile(filepath.Join(g.stateDir, "audit-spool.jsonl"))
+		if err != nil {
+			return false
+		}
+		var last uint64
+		for _, line := range strings.Split(strings.TrimSpace(string(spool)), "\n") {
+			var ev struct {
+				Seq uint64 `json:"seq"`
+			}
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.Seq > last {
+				last = ev.Seq
+			}
+		}
+		ack, err := os.ReadFile(filepath.Join(g.stateDir, "audit-ack.json"))
+		if err != nil {
+			return false
+		}
+		var a struct {
+			AckedUpTo uint64 `json:"acked_up_to"`
+		}
+		return json.Unmarshal(ack, &a) == nil && last > 0 && a.AckedUpTo >= last
+	})
 }

@@ -156,12 +156,12 @@ func (r *Reconciler) Rollout(ctx context.Context, persona string, q RolloutReque
 		mu.Unlock()
 		stop := failed >= q.MaxFailures
 		if ctx.Err() != nil {
-			report(RolloutResult{Instance: inst, Result: RolloutSkipped, To: to, Error: "the rollout was cancelled: " + ctx.Err().Error()})
+			report(RolloutResult{Instance: inst, Result: RolloutSkipped, From: r.holding(inst), To: to, Error: "the rollout was cancelled: " + ctx.Err().Error()})
 			continue
 		}
 		if stop {
 			<-sem
-			report(RolloutResult{Instance: inst, Result: RolloutSkipped, To: to, Error: fmt.Sprintf("not started: %d failures reached max_failures %d", failed, q.MaxFailures)})
+			report(RolloutResult{Instance: inst, Result: RolloutSkipped, From: r.holding(inst), To: to, Error: fmt.Sprintf("not started: %d failures reached max_failures %d", failed, q.MaxFailures)})
 			continue
 		}
 		wg.Add(1)
@@ -179,6 +179,16 @@ func (r *Reconciler) Rollout(ctx context.Context, persona string, q RolloutReque
 				p.Revision, sum.Total, sum.Activated, sum.InSync, sum.Failed, sum.Pending, sum.Skipped)})
 	}
 	return sum, nil
+}
+
+// holding is what the instance's guest holds as far as its session knows
+// (nil: none, or not connected).
+func (r *Reconciler) holding(inst string) *protocol.PersonaRef {
+	st, err := r.agents.Get(inst)
+	if err != nil || st.Active == nil {
+		return nil
+	}
+	return &protocol.PersonaRef{Name: st.Active.Persona.Name, Revision: st.Active.Revision}
 }
 
 func rolloutVerdict(s RolloutSummary) string {

@@ -183,7 +183,7 @@ func writeRolloutLine(w io.Writer, r apitypes.RolloutResult) error {
 	case apitypes.RolloutInSync:
 		line = fmt.Sprintf("%-20s in sync      holds %s already", r.Instance, to)
 	case apitypes.RolloutSkipped:
-		line = fmt.Sprintf("%-20s skipped      %s", r.Instance, r.Error)
+		line = fmt.Sprintf("%-20s skipped      stays on %s: %s", r.Instance, refText(r.From), r.Error)
 	case apitypes.RolloutPending:
 		line = fmt.Sprintf("%-20s pending      %s", r.Instance, r.Error)
 	default:
