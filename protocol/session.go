@@ -193,7 +193,8 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 	}
 	s.epoch.Store(cfg.Epoch)
 	s.lastRecv.Store(time.Now().UnixNano())
-	s.loops.Add(3)
+	s.loops.Add(2)
+	s.handlers.Add(1)
 	go s.readLoop()
 	go s.writeLoop()
 	go s.serialLoop()
@@ -251,12 +252,14 @@ func (s *Session) Close(cause error) {
 	})
 }
 
-// Wait blocks until the session's own goroutines have ended (after Close, or
-// after the stream ended): the read loop, the writer, the heartbeat watch.
+// Wait blocks until the session's read loop and heartbeat watch have ended
+// (after Close, or after the stream ended): nothing reads from the stream
+// any more. A write in progress may still be finishing (bounded by
+// WriteTimeout); WaitHandlers waits for it too.
 func (s *Session) Wait() { s.loops.Wait() }
 
 // WaitHandlers blocks until every handler started by the session has
-// returned.
+// returned and the writer has stopped.
 func (s *Session) WaitHandlers() { s.handlers.Wait() }
 
 // outFrame is one frame handed to the writer.
@@ -291,7 +294,7 @@ func (s *Session) send(ctx context.Context, h Header, payload []byte) error {
 
 // writeLoop is the session's only writer.
 func (s *Session) writeLoop() {
-	defer s.loops.Done()
+	defer s.handlers.Done()
 	d, deadlines := s.conn.(interface{ SetWriteDeadline(time.Time) error })
 	for {
 		select {
