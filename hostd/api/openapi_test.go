@@ -381,3 +381,46 @@ func pathMatches(pattern, p string) bool {
 	}
 	return true
 }
+
+// TestOpenAPIForGenerators: what code generators and linters need from the
+// document: an operationId on every operation, unique and stable; servers;
+// a licence; no security scheme that is not one (the unix socket's peer
+// credentials are described in words); the paging parameters on every list.
+func TestOpenAPIForGenerators(t *testing.T) {
+	doc := loadOpenAPI(t)
+	if len(doc["servers"].([]any)) == 0 {
+		t.Error("no servers")
+	}
+	if lic := obj(obj(doc["info"])["license"]); lic["name"] != "Apache-2.0" || lic["url"] == nil {
+		t.Errorf("licence %v", lic)
+	}
+	for name, s := range obj(obj(doc["components"])["securitySchemes"]) {
+		if obj(s)["type"] == "apiKey" {
+			t.Errorf("security scheme %s is an API key header the server does not read", name)
+		}
+	}
+	seen := map[string]string{}
+	for p, ops := range obj(doc["paths"]) {
+		for m, o := range obj(ops) {
+			id, _ := obj(o)["operationId"].(string)
+			where := strings.ToUpper(m) + " " + p
+			if id == "" {
+				t.Errorf("%s: no operationId", where)
+				continue
+			}
+			if prev, dup := seen[id]; dup {
+				t.Errorf("%s: operationId %s already names %s", where, id, prev)
+			}
+			seen[id] = where
+		}
+	}
+	for _, p := range []string{"/personas", "/instances", "/audit"} {
+		names := map[string]bool{}
+		for _, prm := range obj(obj(obj(doc["paths"])[p])["get"])["parameters"].([]any) {
+			names[obj(prm)["name"].(string)] = true
+		}
+		if !names["limit"] || !names["after"] {
+			t.Errorf("GET %s: paging parameters limit and after not described (%v)", p, names)
+		}
+	}
+}
