@@ -113,10 +113,13 @@ func New(cfg Config) *Reconciler {
 }
 
 // Bind connects the reconciler to the agent manager it acts through, and
-// registers its metrics.
+// registers its metrics (unless a reconciler registered them on the same
+// registry already).
 func (r *Reconciler) Bind(m *agents.Manager) {
 	r.agents = m
-	r.met.Registry.MustRegister(&collector{r: r})
+	if err := r.met.Registry.Register(&collector{r: r}); err != nil {
+		r.log.Warn("instance metrics not registered", "err", err)
+	}
 }
 
 // Close stops background rollouts and waits for them.
