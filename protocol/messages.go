@@ -139,6 +139,10 @@ type HelloAck struct {
 	Active *ActiveState `json:"active"`
 	// PendingAudit is how many audit events wait for acknowledgement.
 	PendingAudit int `json:"pending_audit"`
+	// LandlockABI is the guest kernel's Landlock ABI version, 0 when it has
+	// none: personas are then enforced by the agent's routing table only,
+	// and one asking for "enforcement": "kernel" is refused.
+	LandlockABI int `json:"landlock_abi,omitempty"`
 }
 
 // Activate asks the guest to activate a persona (host → guest).

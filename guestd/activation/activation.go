@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/guestd/audit"
+	"github.com/vmpersona/vmpersona/guestd/confine"
 	"github.com/vmpersona/vmpersona/guestd/execute"
 	"github.com/vmpersona/vmpersona/guestd/routing"
 	"github.com/vmpersona/vmpersona/guestd/state"
@@ -44,6 +45,9 @@ type View struct {
 	Active *protocol.ActiveState
 	Table  *routing.Table
 	Env    []string
+	// Domain is the Landlock domain exec requests run in, nil when the
+	// persona is enforced by the routing table only.
+	Domain *confine.Domain
 }
 
 // PersonaName returns the active persona's name, "" for none.
@@ -102,6 +106,17 @@ func New(cfg Config) (*Manager, error) {
 		}
 	}
 	v, err := m.buildView(active)
+	if errors.Is(err, ErrNoKernelEnforcement) {
+		// Activated when this guest's kernel had Landlock: keep the
+		// persona, enforced by the routing table, and say so.
+		m.log.Error("the active persona asks for kernel enforcement, which this guest's kernel no longer offers: enforcing by the routing table only", "persona", active.Persona.Name)
+		p := *active
+		p.Persona.Enforcement = protocol.EnforcementAgent
+		v, err = m.buildView(&p)
+		if v != nil {
+			v.Active = active
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("activation: restoring the persisted persona: %w", err)
 	}
@@ -152,7 +167,52 @@ func (m *Manager) buildView(active *protocol.ActiveState) (*View, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidPersona, err)
 	}
-	return &View{Active: active, Table: table, Env: env}, nil
+	domain, err := buildDomain(p, table, overrides)
+	if err != nil {
+		return nil, err
+	}
+	return &View{Active: active, Table: table, Env: env, Domain: domain}, nil
+}
+
+// ErrNoKernelEnforcement reports a persona asking for kernel enforcement on
+// a guest whose kernel has no Landlock.
+var ErrNoKernelEnforcement = errors.New(`activation: the persona asks for "enforcement": "kernel", and this guest's kernel has no Landlock (Linux 5.13 or later with landlock in the LSM list): use "agent", or a kernel with Landlock`)
+
+// buildDomain builds the Landlock domain of a persona: nil when it is
+// enforced by the routing table only ("agent", or no Landlock and no
+// explicit "kernel") or has nothing to enforce.
+func buildDomain(p *protocol.Persona, table *routing.Table, overrides map[string]routing.OverrideTarget) (*confine.Domain, error) {
+	switch p.Enforcement {
+	case protocol.EnforcementAgent:
+		return nil, nil
+	case protocol.EnforcementKernel, "":
+	default:
+		return nil, fmt.Errorf("%w: enforcement %q is neither %q nor %q", ErrInvalidPersona, p.Enforcement, protocol.EnforcementKernel, protocol.EnforcementAgent)
+	}
+	if confine.ABI() == 0 {
+		if p.Enforcement == protocol.EnforcementKernel {
+			return nil, ErrNoKernelEnforcement
+		}
+		return nil, nil
+	}
+	spec := confine.Spec{Denied: table.RestrictedFiles(), DenyWritable: table.Allowlist()}
+	if p.DenyExecWritable != nil {
+		spec.DenyWritable = *p.DenyExecWritable
+	}
+	if table.Allowlist() {
+		spec.Allowed = append([]string{}, table.AllowedFiles()...)
+	}
+	for _, o := range overrides {
+		spec.Keep = append(spec.Keep, o.Path)
+	}
+	if spec.Allowed == nil && len(spec.Denied) == 0 && !spec.DenyWritable {
+		return nil, nil
+	}
+	d, err := confine.Build(spec)
+	if err != nil {
+		return nil, fmt.Errorf("activation: building the kernel enforcement: %w", err)
+	}
+	return d, nil
 }
 
 // materialise writes content to a content-addressed file under the state

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmpersona/vmpersona/guestd/confine"
 )
 
 // Defaults applied when a Spec leaves a bound at zero.
@@ -52,8 +54,11 @@ type Spec struct {
 	// the child executes it through /proc/self/fd, so the file run is the
 	// file opened, whatever happens to its path meanwhile. Run does not
 	// close it.
-	Exe  *os.File
-	Args []string
+	Exe *os.File
+	// Domain, when set, is the Landlock domain the process (and all it
+	// starts) runs in.
+	Domain *confine.Domain
+	Args   []string
 	// Env is the complete environment.
 	Env   []string
 	Dir   string
@@ -105,14 +110,14 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	defer group.remove()
 	for attempt := 0; ; attempt++ {
 		cmd = command(ctx, spec, stdout, stderr, group)
-		err := cmd.Start()
+		err := spec.Domain.Start(cmd.Start)
 		if err != nil && group != nil && !errors.Is(err, syscall.ETXTBSY) {
 			// Either the file cannot run, or the cgroup could not take
 			// the process (a cgroup with controllers enabled below it,
 			// say). Try once without: if that starts, cgroups are off for
 			// later processes too.
 			cmd = command(ctx, spec, stdout, stderr, nil)
-			if cmd.Start() == nil {
+			if spec.Domain.Start(cmd.Start) == nil {
 				disableCgroups(err)
 				group.remove()
 				group = nil

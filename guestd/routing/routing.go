@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -113,6 +114,9 @@ type matchSet struct {
 	names map[string]struct{}
 	paths map[string]struct{}
 	ids   map[fileID]struct{}
+	// files are the real paths of the files matched by inode (for the
+	// kernel's enforcement).
+	files []string
 }
 
 func newMatchSet() matchSet {
@@ -325,13 +329,13 @@ func Build(spec Spec) (*Table, error) {
 	t.listing = newDirListing(t.dirs, names)
 	defer func() { t.listing, t.linkCounts = nil, nil }()
 	for _, e := range spec.Restricted {
-		if err := t.add(e, func(kind int, key any) { put(t.restricted, kind, key) }, true); err != nil {
+		if err := t.add(e, func(kind int, key any) { put(&t.restricted, kind, key) }, true); err != nil {
 			return nil, fmt.Errorf("restricted_commands: %w", err)
 		}
 	}
 	for _, e := range spec.Allowed {
 		t.allowlist = true
-		if err := t.add(e, func(kind int, key any) { put(t.allowed, kind, key) }, false); err != nil {
+		if err := t.add(e, func(kind int, key any) { put(&t.allowed, kind, key) }, false); err != nil {
 			return nil, fmt.Errorf("allowed_commands: %w", err)
 		}
 	}
@@ -362,10 +366,13 @@ const (
 	keyName = iota
 	keyPath
 	keyID
+	keyFile
 )
 
-func put(s matchSet, kind int, key any) {
+func put(s *matchSet, kind int, key any) {
 	switch kind {
+	case keyFile:
+		s.files = append(s.files, key.(string))
 	case keyName:
 		s.names[key.(string)] = struct{}{}
 	case keyPath:
@@ -435,6 +442,7 @@ func (t *Table) addFile(p, name string, emit func(kind int, key any)) (multi boo
 	}
 	emit(keyPath, real)
 	emit(keyID, fileID{uint64(st.Dev), uint64(st.Ino)})
+	emit(keyFile, real)
 	return false
 }
 
@@ -506,6 +514,13 @@ func splitPath(pathEnv string) []string {
 
 // Persona returns the name of the persona the table belongs to, "" for none.
 func (t *Table) Persona() string { return t.persona }
+
+// RestrictedFiles returns the real paths of the files restricted by what
+// they are (not multi-call binaries, restricted by name only).
+func (t *Table) RestrictedFiles() []string { return slices.Clone(t.restricted.files) }
+
+// AllowedFiles returns the real paths of the allowed files.
+func (t *Table) AllowedFiles() []string { return slices.Clone(t.allowed.files) }
 
 // Allowlist reports whether the table only runs allowed commands.
 func (t *Table) Allowlist() bool { return t.allowlist }

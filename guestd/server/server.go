@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/guestd/activation"
 	"github.com/vmpersona/vmpersona/guestd/audit"
+	"github.com/vmpersona/vmpersona/guestd/confine"
 	"github.com/vmpersona/vmpersona/guestd/execute"
 	"github.com/vmpersona/vmpersona/guestd/routing"
 	"github.com/vmpersona/vmpersona/guestd/transport"
@@ -199,6 +200,7 @@ func (c *conn) hello(protocol.Hello) protocol.HelloAck {
 		SpoolID:      c.s.cfg.Spool.ID(),
 		Active:       view.Active,
 		PendingAudit: c.s.cfg.Spool.Len(),
+		LandlockABI:  confine.ABI(),
 	}
 }
 
@@ -397,7 +399,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		maxOut = min(req.MaxOutput, s.cfg.MaxOutput)
 	}
 	spec := execute.Spec{
-		Path: path, Exe: exe, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
+		Path: path, Exe: exe, Domain: view.Domain, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
 		Stdin: req.Stdin, Timeout: timeout, MaxOutput: maxOut,
 	}
 	if req.Stream {

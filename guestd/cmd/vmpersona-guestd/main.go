@@ -50,7 +50,14 @@ DESCRIPTION
     and bounded output. A restricted command is refused before any process
     starts, however it is named (a name, an absolute path, /bin or /usr/bin,
     ./name, a symbolic or hard link): commands are resolved through the
-    guest's own PATH, never one sent with the request.
+    guest's own PATH, never one sent with the request. The file checked is
+    the file run (opened once). Where the kernel has Landlock, every
+    process an exec starts runs in a domain built at activation that
+    refuses to execute the restricted files (or all but the allowed ones).
+    Each exec runs in a cgroup of its own (cgroup v2) that is killed when it
+    ends. A request may not set loader, shell or interpreter start-up
+    variables (LD_*, BASH_ENV, PATH, ...) unless the persona's request_env
+    names them.
 
     Activations, deactivations, override uses and denials (with --audit-exec,
     every exec) are audit events, spooled in the state directory until the
