@@ -145,16 +145,76 @@ func (b *bench) execLatency(ctx context.Context) error {
 	return nil
 }
 
+// execEnforcement: /bin/true through guestd directly under a persona
+// restricting rm, enforced by the routing table only ("agent") beside the
+// guest kernel's Landlock domain ("kernel").
+func (b *bench) execEnforcement(ctx context.Context) error {
+	clients := map[string]*protocol.Client{}
+	for _, mode := range []string{protocol.EnforcementAgent, protocol.EnforcementKernel} {
+		c, err := b.guestNamed(ctx, "enf-"+mode)
+		if err != nil {
+			return fmt.Errorf("guest for %s enforcement: %w", mode, err)
+		}
+		defer c.Close(nil)
+		if mode == protocol.EnforcementKernel && c.Hello().LandlockABI == 0 {
+			b.add(row{"1. exec /bin/true with kernel enforcement", "not run", "", "", "", "—"})
+			b.note("kernel enforcement not measured: this kernel has no Landlock")
+			return nil
+		}
+		var res protocol.ActivateResult
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = c.Call(cctx, protocol.TypeActivate, protocol.Activate{Revision: 1, ActivationID: "bench-" + mode,
+			Persona: protocol.Persona{Name: "bench", RestrictedCommands: []string{"rm", "shutdown"}, Enforcement: mode}}, &res, nil)
+		cancel()
+		if err != nil || res.Result != protocol.ResultActivated {
+			return fmt.Errorf("activate %s: %v %+v", mode, err, res)
+		}
+		clients[mode] = c
+	}
+	run := func(c *protocol.Client) func() error {
+		return func() error {
+			var r protocol.ExecResult
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := c.Call(cctx, protocol.TypeExec, protocol.Exec{Command: "/bin/true"}, &r, nil); err != nil {
+				return err
+			}
+			if r.ExitCode != 0 {
+				return fmt.Errorf("/bin/true exited %d", r.ExitCode)
+			}
+			return nil
+		}
+	}
+	res, err := latencies(ctx, b.cfg.execN, 50,
+		side{"agent", run(clients[protocol.EnforcementAgent])},
+		side{"kernel", run(clients[protocol.EnforcementKernel])})
+	if err != nil {
+		return err
+	}
+	a, k := res["agent"], res["kernel"]
+	for _, p := range []float64{50, 99} {
+		b.add(row{fmt.Sprintf("1. exec /bin/true p%.0f, kernel enforcement (Landlock) vs routing table only", p), ms(k.pct(p)), ms(a.pct(p)),
+			fmt.Sprintf("%.2f×", float64(k.pct(p))/float64(a.pct(p))), "", "—"})
+	}
+	return nil
+}
+
 // directGuest starts a second guest daemon and opens a protocol session
 // with it, as hostd does.
 func (b *bench) directGuest(ctx context.Context) (*protocol.Client, error) {
-	sock := filepath.Join(b.dir, "guest2.sock")
-	gdir := filepath.Join(b.dir, "guest2-state")
+	return b.guestNamed(ctx, "guest2")
+}
+
+// guestNamed starts a guest daemon of its own (socket, state directory,
+// profile named after name) and opens a protocol session with it.
+func (b *bench) guestNamed(ctx context.Context, name string) (*protocol.Client, error) {
+	sock := filepath.Join(b.dir, name+".sock")
+	gdir := filepath.Join(b.dir, name+"-state")
 	if err := os.MkdirAll(gdir, 0o700); err != nil {
 		return nil, err
 	}
-	p, err := b.ps.start("vmpersona-guestd-direct", b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
-		"--profile-file", filepath.Join(b.dir, "profile2.sh"), "--max-exec", "64", "--log-level", "warn")
+	p, err := b.ps.start("vmpersona-guestd-"+name, b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
+		"--profile-file", filepath.Join(b.dir, name+"-profile.sh"), "--max-exec", "64", "--log-level", "warn")
 	if err != nil {
 		return nil, err
 	}

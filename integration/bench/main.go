@@ -272,6 +272,7 @@ func (b *bench) run(ctx context.Context) error {
 	}{
 		{"footprint", b.footprint},
 		{"exec latency", b.execLatency},
+		{"exec enforcement", b.execEnforcement},
 		{"exec throughput", b.execThroughput},
 		{"activation", b.activation},
 		{"audit ingestion", b.auditIngestion},

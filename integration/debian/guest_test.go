@@ -316,7 +316,53 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 		t.Errorf("after the reboot, active persona: %d %v %s", st, err, body)
 	}
 	loginShell("after the reboot")
+
+	kernelEnforcement(t, h, name)
 	if h.drops > 0 {
 		t.Logf("NOTE: the agent session dropped %d time(s) during the test and came back (see the hostd log)", h.drops)
+	}
+}
+
+// kernelEnforcement proves, on the Debian guest kernel (6.1, Landlock ABI
+// 2), that a restricted rm fails for everything an exec starts: a shell,
+// find -exec, xargs, env, a script calling it, and a copy of it in /tmp
+// (deny_exec_writable). The file to delete survives every attempt.
+func kernelEnforcement(t *testing.T, h *hostd, vm string) {
+	t.Helper()
+	h.exec(t, vm, "sh", "-c", "printf '#!/bin/sh\\nrm \"$1\"\\n' > /usr/local/bin/cleaner && chmod 755 /usr/local/bin/cleaner && cp /usr/bin/rm /tmp/myrm")
+	persona := map[string]any{
+		"name": "debian-kernel", "restricted_commands": []string{"rm"},
+		"enforcement": "kernel", "deny_exec_writable": true,
+	}
+	if st, body, err := h.do(http.MethodPost, "/personas", persona, nil); err != nil || st != http.StatusCreated {
+		t.Fatalf("creating the kernel-enforced persona: %d %v %s", st, err, body)
+	}
+	if st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/personas/debian-kernel/activate", nil, nil); err != nil || st != http.StatusOK {
+		t.Fatalf("activating the kernel-enforced persona on the Debian guest: %d %v %s", st, err, body)
+	}
+	const f = "/var/lib/vmpersona-victim"
+	for _, c := range []struct {
+		name string
+		req  map[string]any
+	}{
+		{"sh -c", map[string]any{"command": "sh", "args": []string{"-c", "rm " + f}}},
+		{"find -exec", map[string]any{"command": "find", "args": []string{f, "-exec", "rm", "{}", ";"}}},
+		{"xargs", map[string]any{"command": "sh", "args": []string{"-c", "echo " + f + " | xargs rm"}}},
+		{"env", map[string]any{"command": "env", "args": []string{"rm", f}}},
+		{"a script calling rm", map[string]any{"command": "cleaner", "args": []string{f}}},
+		{"a copy of rm in /tmp", map[string]any{"command": "/tmp/myrm", "args": []string{f}}},
+	} {
+		h.exec(t, vm, "sh", "-c", "echo keep > "+f)
+		c.req["timeout_seconds"] = 60
+		st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/exec", c.req, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if r := h.exec(t, vm, "cat", f); strings.TrimSpace(r.Stdout) != "keep" {
+			t.Errorf("%s under kernel enforcement removed the file (answer %d %s)", c.name, st, body)
+		}
+	}
+	if st, body, err := h.do(http.MethodPost, "/instances/"+vm+"/deactivate", nil, nil); err != nil || st != http.StatusOK {
+		t.Errorf("deactivating: %d %v %s", st, err, body)
 	}
 }

@@ -124,3 +124,24 @@ func TestKernelEnforcementAllowlist(t *testing.T) {
 		t.Fatalf("an inline override under the allowlist: %+v", res)
 	}
 }
+
+// BenchmarkExecEnforcement: /bin/true through the daemon under a persona
+// restricting rm, enforced by the routing table only and by the kernel.
+func BenchmarkExecEnforcement(b *testing.B) {
+	for _, mode := range []string{protocol.EnforcementAgent, protocol.EnforcementKernel} {
+		b.Run(mode, func(b *testing.B) {
+			e := newEnv(b)
+			e.start()
+			c := e.connect(nil)
+			if mode == protocol.EnforcementKernel && c.Hello().LandlockABI == 0 {
+				b.Skip("no Landlock on this kernel")
+			}
+			mustActivate(b, c, protocol.Persona{Name: "bench", RestrictedCommands: []string{"rm", "shutdown"}, Enforcement: mode})
+			for b.Loop() {
+				if _, err := run(b, c, protocol.Exec{Command: "/bin/true"}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
