@@ -57,6 +57,10 @@ var (
 	// ErrUpstream: a part the request went through (the guest agent)
 	// failed in a way that is neither of the above.
 	ErrUpstream = errors.New("upstream failure")
+	// ErrInsufficientStorage: the host has too little free disk space to
+	// take the write; reads still work, and writes do again once space
+	// is freed.
+	ErrInsufficientStorage = errors.New("insufficient storage")
 )
 
 // Classes lists every class, most specific first: Class answers the first
@@ -65,6 +69,7 @@ var Classes = []error{
 	ErrInvalidArgument, ErrInvalid, ErrUnauthorized, ErrForbidden, ErrNotFound,
 	ErrAlreadyExists, ErrConflict, ErrPreconditionFailed, ErrTooLarge,
 	ErrUnavailable, ErrTimeout, ErrCanceled, ErrNotImplemented, ErrUpstream,
+	ErrInsufficientStorage,
 }
 
 // Class returns the class err belongs to, or nil when it belongs to none.

@@ -59,20 +59,21 @@ func setMember(p *apitypes.Problem, k string, v any) {
 // classProblems gives each error class (package errdefs) the type and
 // title of its problem document; its status is apitypes.ClassStatus's.
 var classProblems = map[error]struct{ kind, title string }{
-	errdefs.ErrInvalidArgument:    {"bad-request", "Bad request"},
-	errdefs.ErrInvalid:            {"invalid-field", "Invalid field"},
-	errdefs.ErrUnauthorized:       {"unauthorized", "Unauthorized"},
-	errdefs.ErrForbidden:          {"forbidden", "Forbidden"},
-	errdefs.ErrNotFound:           {"not-found", "Not found"},
-	errdefs.ErrAlreadyExists:      {"exists", "Already exists"},
-	errdefs.ErrConflict:           {"conflict", "Conflict"},
-	errdefs.ErrPreconditionFailed: {"precondition-failed", "Revision mismatch"},
-	errdefs.ErrTooLarge:           {"too-large", "Too large"},
-	errdefs.ErrUnavailable:        {"unavailable", "Unavailable"},
-	errdefs.ErrTimeout:            {"agent-timeout", "Agent did not answer in time"},
-	errdefs.ErrCanceled:           {"canceled", "Request canceled"},
-	errdefs.ErrNotImplemented:     {"not-implemented", "Not implemented"},
-	errdefs.ErrUpstream:           {"agent-error", "The guest agent failed"},
+	errdefs.ErrInvalidArgument:     {"bad-request", "Bad request"},
+	errdefs.ErrInvalid:             {"invalid-field", "Invalid field"},
+	errdefs.ErrUnauthorized:        {"unauthorized", "Unauthorized"},
+	errdefs.ErrForbidden:           {"forbidden", "Forbidden"},
+	errdefs.ErrNotFound:            {"not-found", "Not found"},
+	errdefs.ErrAlreadyExists:       {"exists", "Already exists"},
+	errdefs.ErrConflict:            {"conflict", "Conflict"},
+	errdefs.ErrPreconditionFailed:  {"precondition-failed", "Revision mismatch"},
+	errdefs.ErrTooLarge:            {"too-large", "Too large"},
+	errdefs.ErrUnavailable:         {"unavailable", "Unavailable"},
+	errdefs.ErrTimeout:             {"agent-timeout", "Agent did not answer in time"},
+	errdefs.ErrCanceled:            {"canceled", "Request canceled"},
+	errdefs.ErrNotImplemented:      {"not-implemented", "Not implemented"},
+	errdefs.ErrUpstream:            {"agent-error", "The guest agent failed"},
+	errdefs.ErrInsufficientStorage: {"insufficient-storage", "Insufficient storage"},
 }
 
 // kindTitles titles the problems of errors that name their kind

@@ -235,8 +235,8 @@ const (
 // AuditEvent is one entry of the audit log. Type is one of
 // protocol.AuditTypes.
 type AuditEvent struct {
-	// ID is assigned by the host, sorts by time, and is the cursor of
-	// GET /audit?after=.
+	// ID is assigned by the host, sorts in the order the host stored the
+	// events, and is the cursor of GET /audit?after=.
 	ID       string    `json:"id"`
 	Time     time.Time `json:"time"`
 	Instance string    `json:"instance,omitempty"`
@@ -255,6 +255,11 @@ type AuditEvent struct {
 	GuestSpool string `json:"guest_spool,omitempty"`
 	GuestSeq   uint64 `json:"guest_seq,omitempty"`
 	Detail     string `json:"detail,omitempty"`
+	// GuestTime is a guest event's own time by the guest's clock (Time is
+	// when the host stored it), clamped to a window around that; ClockSkew
+	// says it was clamped.
+	GuestTime time.Time `json:"guest_time,omitzero"`
+	ClockSkew bool      `json:"clock_skew,omitempty"`
 }
 
 // AuditPage answers GET /audit: events oldest first.

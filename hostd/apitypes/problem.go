@@ -209,6 +209,7 @@ var ClassStatus = []struct {
 	{errdefs.ErrUpstream, http.StatusBadGateway},
 	{errdefs.ErrUnavailable, http.StatusServiceUnavailable},
 	{errdefs.ErrTimeout, http.StatusGatewayTimeout},
+	{errdefs.ErrInsufficientStorage, http.StatusInsufficientStorage},
 }
 
 // StatusOf returns the HTTP status of an error class, 500 for none.

@@ -41,7 +41,10 @@ const (
 
 // AuditEvent is one entry of the audit log.
 type AuditEvent struct {
-	ID           string    `json:"id"` // assigned by the store, sortable (time-ordered), used as a cursor
+	ID string `json:"id"` // assigned by the store, sortable (ingestion order), used as a cursor
+	// Time is when the event happened as the host sees it: a host event's
+	// own time, a guest event's ingestion time (the guest's claim is
+	// GuestTime).
 	Time         time.Time `json:"time"`
 	Instance     string    `json:"instance,omitempty"`
 	Actor        string    `json:"actor,omitempty"`
@@ -55,6 +58,11 @@ type AuditEvent struct {
 	GuestSpool   string    `json:"guest_spool,omitempty"`
 	GuestSeq     uint64    `json:"guest_seq,omitempty"`
 	Detail       string    `json:"detail,omitempty"`
+	// GuestTime is the time a guest event carries, by the guest's clock,
+	// clamped to [ingestion − MaxGuestClockPast, ingestion +
+	// MaxGuestClockAhead]; ClockSkew says it was clamped.
+	GuestTime time.Time `json:"guest_time,omitzero"`
+	ClockSkew bool      `json:"clock_skew,omitempty"`
 }
 
 // AuditQuery selects audit events. Empty fields do not filter.
@@ -66,11 +74,18 @@ type AuditQuery struct {
 	After string
 	// Limit caps the answer: 0 (or less) means 100, more than 10000 means 10000.
 	Limit int
+	// MaxBytes, when positive, ends the answer before the event that would
+	// take the stored size of the answer past it (the first event always
+	// comes): a page then holds fewer than Limit events although more
+	// match. It bounds the memory one query takes.
+	MaxBytes int
 }
 
-// auditID is the event's key suffix and public ID: the event time in
-// nanoseconds since the epoch (clamped to 0 before 1970), then an insertion
-// sequence number, both big-endian, in hex. It sorts by time, then insertion.
+// auditID is the event's key suffix and public ID: the time the host stored
+// it in nanoseconds since the epoch (never less than an earlier ID's, see
+// ingestClock), then an insertion sequence number, both big-endian, in hex.
+// It sorts by ingestion: a guest cannot move the cursor by the time it
+// claims.
 func auditID(t time.Time, seq uint64) string {
 	var b [16]byte
 	binary.BigEndian.PutUint64(b[:8], timeNanos(t))
@@ -170,7 +185,7 @@ func (s *Store) putAudit(txn *badger.Txn, ev *AuditEvent) error {
 	if err != nil {
 		return fmt.Errorf("audit sequence: %w", err)
 	}
-	ev.ID = auditID(ev.Time, seq)
+	ev.ID = auditID(s.clock.next(s.now()), seq)
 	b, err := encodeAudit(ev)
 	if err != nil {
 		return fmt.Errorf("audit event: encode: %w", err)
@@ -272,6 +287,11 @@ func prepareHostEvent(ev *AuditEvent, now time.Time) error {
 // events are stored now, whether by this call or an earlier one) — what the
 // AuditAck carries; 0 for an empty batch. inserted are the events stored by
 // this call, with their IDs.
+//
+// A guest is not trusted with the log: an event whose type is not one a
+// guest records (GuestAuditType) is acknowledged and never stored, every
+// text field is cut to its bound (guestEvent), the guest's clock is kept as
+// GuestTime, clamped, and the event is ordered by when the host stored it.
 func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo uint64, inserted []AuditEvent, err error) {
 	if err := checkInstance(instance); err != nil {
 		return 0, nil, err
@@ -291,10 +311,8 @@ func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo u
 	marks := make(map[int]int)
 	inserted = []AuditEvent{}
 	size := func(i int) int {
-		g := &b.Events[i]
-		return estimateEvent(&AuditEvent{Instance: instance, Actor: g.Actor, Type: g.Type, Persona: g.Persona,
-			Command: g.Command, Route: g.Route, Result: g.Result, ActivationID: g.ActivationID,
-			GuestSpool: b.SpoolID, Detail: g.Detail}) + len(prefixDedup) + len(instance) + len(b.SpoolID) + 64
+		ev := guestEvent(instance, b.SpoolID, b.Events[i], now)
+		return estimateEvent(&ev) + len(prefixDedup) + len(instance) + len(b.SpoolID) + 64
 	}
 	err = s.writeChunks(len(b.Events), size, func(from int) {
 		if m, ok := marks[from]; ok {
@@ -312,15 +330,12 @@ func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo u
 		if !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
 		}
-		ev := AuditEvent{
-			Time: g.Time, Instance: instance, Actor: g.Actor, Type: g.Type, Persona: g.Persona,
-			Command: g.Command, Route: g.Route, Result: g.Result, ActivationID: g.ActivationID,
-			Source: SourceGuest, GuestSpool: b.SpoolID, GuestSeq: g.Seq, Detail: g.Detail,
+		if !GuestAuditType(g.Type) {
+			// Not a guest's to record (a host-looking type): remembered
+			// as seen, so that it is acknowledged once, never stored.
+			return txn.SetEntry(s.entry(dk, nil))
 		}
-		if ev.Time.IsZero() {
-			ev.Time = now
-		}
-		ev.Time = ev.Time.UTC()
+		ev := guestEvent(instance, b.SpoolID, g, now)
 		if err := s.putAudit(txn, &ev); err != nil {
 			return err
 		}
@@ -339,10 +354,10 @@ func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo u
 	return upTo, inserted, nil
 }
 
-// QueryAudit returns the events q selects, oldest first. With more than
-// q.Limit matches, the last event's ID is the cursor for the next page
-// (q.After). Events are ordered by their own time, so a guest event that
-// arrives late with an old time lands before a cursor already handed out.
+// QueryAudit returns the events q selects, in the order the host stored
+// them. With more than q.Limit matches (or q.MaxBytes reached), the last
+// event's ID is the cursor for the next page (q.After). Since and Until
+// select by the time the host stored the event.
 func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 	limit := q.Limit
 	if limit <= 0 {
@@ -389,6 +404,7 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 			PrefetchValues: !useIndex, PrefetchSize: min(limit, 100), Prefix: base,
 		})
 		defer it.Close()
+		size := 0
 		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
 			k := it.Item().Key()
 			if after != nil && bytes.Equal(k, after) {
@@ -411,8 +427,12 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 					return err
 				}
 			}
+			if q.MaxBytes > 0 && len(out) > 0 && size+int(item.ValueSize()) > q.MaxBytes {
+				break
+			}
 			var ev AuditEvent
-			if err := item.Value(func(v []byte) error { return decodeAudit(v, &ev) }); err != nil {
+			vsize := 0
+			if err := item.Value(func(v []byte) error { vsize = len(v); return decodeAudit(v, &ev) }); err != nil {
 				return fmt.Errorf("audit event %s: decode: %w", k[len(base):], err)
 			}
 			if q.Instance != "" && ev.Instance != q.Instance ||
@@ -420,6 +440,7 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 				q.Type != "" && ev.Type != q.Type {
 				continue
 			}
+			size += vsize
 			out = append(out, ev)
 		}
 		return nil

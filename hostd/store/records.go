@@ -119,6 +119,8 @@ type auditRecord struct {
 	GuestSpool   string    `json:"guest_spool,omitempty"`
 	GuestSeq     uint64    `json:"guest_seq,omitempty"`
 	Detail       string    `json:"detail,omitempty"`
+	GuestTime    time.Time `json:"guest_time,omitzero"`  // since schema 3
+	ClockSkew    bool      `json:"clock_skew,omitempty"` // since schema 3
 }
 
 func encodeAudit(ev *AuditEvent) ([]byte, error) { return json.Marshal(auditRecord(*ev)) }

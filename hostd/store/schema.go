@@ -39,7 +39,7 @@ const keySchema = "m/schema"
 
 // SchemaVersion is the on-disk format this build writes: one more than
 // len(migrations).
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // ErrSchemaTooNew: the store was written by a newer version of the daemon.
 // Wrapped in *SchemaError.
@@ -68,6 +68,7 @@ type migration struct {
 // migrations in order: migrations[i] takes a store from version i+1 to i+2.
 var migrations = []migration{
 	{"desired state: every recorded instance desires what it holds; personas may carry rollout", migrateDesired},
+	{"audit: IDs in ingestion order; guest events keep their own time as guest_time", migrateAuditOrder},
 }
 
 // migrator is what a migration works with.

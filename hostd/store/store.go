@@ -98,6 +98,7 @@ type Store struct {
 	retention time.Duration
 	seq       *badger.Sequence
 	now       func() time.Time
+	clock     ingestClock // audit IDs (audit_guest.go)
 
 	// personaMu serialises persona writes so that personas (what reads
 	// see) takes them in commit order; see personaCache.
