@@ -21,6 +21,7 @@ const (
 	AuditReconciled            = "reconciled"             // the host's record caught up with the guest, or the guest was converged to its desired state
 	AuditAuthFailure           = "auth_failure"           // a refused API request
 	AuditChannelEnabled        = "channel_enabled"        // the agent channel was added to a libvirt domain
+	AuditGuestRefused          = "guest_refused"          // a guest's input was out of bounds: its session was ended
 	AuditRolloutStarted        = "rollout_started"        // a rollout of a persona's revision began
 	AuditRolloutFinished       = "rollout_finished"       // a rollout ended (its summary)
 )
@@ -30,5 +31,5 @@ var AuditTypes = []string{
 	AuditActivation, AuditDeactivation, AuditOverride, AuditDenial, AuditExec,
 	AuditPersonaCreated, AuditPersonaUpdated, AuditPersonaDeleted,
 	AuditActivationRequested, AuditDeactivationRequested, AuditDefaultActivation,
-	AuditReconciled, AuditAuthFailure, AuditChannelEnabled, AuditRolloutStarted, AuditRolloutFinished,
+	AuditReconciled, AuditAuthFailure, AuditChannelEnabled, AuditGuestRefused, AuditRolloutStarted, AuditRolloutFinished,
 }

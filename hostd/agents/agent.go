@@ -40,6 +40,11 @@ type agent struct {
 	sess      *session // the live session, nil when not connected
 	lastErr   string
 	lastEpoch uint32
+	// lastRefusal is the last reason this guest's input was refused for
+	// (guestinput.go): the same reason again is not audited again.
+	lastRefusal string
+	// quota is the instance's audit ingestion budget (guestinput.go).
+	quota auditQuota
 
 	// ingestMu guards ingestion against the loop's end: once run has
 	// returned no audit batch is being or will be written to the store,
@@ -68,6 +73,7 @@ func newAgent(m *Manager, name string, ep Endpoint, source string) *agent {
 		done:   make(chan struct{}),
 		redial: make(chan struct{}, 1),
 		actSem: make(chan struct{}, 1),
+		quota:  auditQuota{eventRate: m.cfg.AuditEventsPerSecond, byteRate: m.cfg.AuditBytesPerSecond},
 	}
 }
 
@@ -218,6 +224,10 @@ func (a *agent) connect(ep Endpoint) (*session, error) {
 		return nil, err
 	}
 	hello := cl.Hello()
+	if err := checkHello(&hello); err != nil {
+		a.refuseGuest(&session{cl: cl}, "hello", err)
+		return nil, err
+	}
 	return &session{cl: cl, ep: ep, hello: hello, connectedAt: time.Now(), active: cloneActive(hello.Active)}, nil
 }
 
@@ -287,6 +297,7 @@ func (a *agent) ingestAudit(b protocol.AuditBatch) (uint64, error) {
 	if a.ended {
 		return 0, fmt.Errorf("ingest audit of %s: the instance is no longer managed", a.name)
 	}
+	b = a.throttleAudit(a.ctx, b)
 	upTo, inserted, err := a.m.st.IngestGuestAudit(a.name, b)
 	if err != nil {
 		return 0, fmt.Errorf("ingest audit of %s: %w", a.name, err)

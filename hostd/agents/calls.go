@@ -112,10 +112,20 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 	}
 	ctx, cancel := m.withDefaultDeadline(ctx, time.Duration(req.TimeoutMillis)*time.Millisecond+callSlack)
 	defer cancel()
+	if req.MaxOutput <= 0 {
+		req.MaxOutput = DefaultExecMaxOutput
+	}
 	if onOutput != nil {
 		req.Stream = true
+		onOutput = a.boundOutput(s, req.MaxOutput, onOutput)
 	}
 	res, err := call[protocol.ExecResult](ctx, s.cl, protocol.TypeExec, req, onOutput)
+	if err == nil {
+		if err = checkExecResult(&res, req.MaxOutput); err != nil {
+			a.refuseGuest(s, "exec_result", err)
+			return protocol.ExecResult{}, err
+		}
+	}
 	if err != nil {
 		var pe *protocol.Error
 		if errors.As(err, &pe) && pe.Code == protocol.CodeDenied {
@@ -145,6 +155,10 @@ func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, ac
 	a.m.observeActivation(p.Name, res.Result, err, time.Since(start))
 	if err != nil {
 		return protocol.ActivateResult{}, id, a.callErr(s, err)
+	}
+	if err := checkActive("active", res.Active); err != nil {
+		a.refuseGuest(s, "activate_result", err)
+		return protocol.ActivateResult{}, id, err
 	}
 	a.apply(s, res, p, id, req)
 	return res, id, nil

@@ -98,6 +98,12 @@ type Config struct {
 	// every new session, before the session is published (the desired
 	// state's reconciler; the default persona is its decision).
 	Converger Converger
+	// AuditEventsPerSecond and AuditBytesPerSecond are each instance's
+	// audit ingestion quota (an idle instance saves up two seconds of it);
+	// past it the host answers the guest's batches later, and the guest
+	// keeps its events spooled. 0 disables the quota.
+	AuditEventsPerSecond float64
+	AuditBytesPerSecond  float64
 }
 
 // DefaultConfig returns the configuration the host daemon runs with, for a
@@ -105,7 +111,9 @@ type Config struct {
 func DefaultConfig(st Store) Config {
 	return Config{
 		Store: st, Heartbeat: 2 * time.Second, DialTimeout: 3 * time.Second,
-		CallTimeout: 60 * time.Second,
+		CallTimeout:          60 * time.Second,
+		AuditEventsPerSecond: DefaultAuditEventsPerSecond,
+		AuditBytesPerSecond:  DefaultAuditBytesPerSecond,
 	}
 }
 

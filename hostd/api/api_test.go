@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -348,10 +351,17 @@ func TestAgentFailures(t *testing.T) {
 	}
 }
 
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	c.Write(&m)
+	return m.GetCounter().GetValue()
+}
+
 func TestAuthMatrix(t *testing.T) {
 	e := newEnv(t, map[string]string{"vm1": "unix:" + t.TempDir() + "/none.sock"})
 	roles := map[string]string{"viewer": tokViewer, "operator": tokOperator, "admin": tokAdmin}
 	rank := map[string]int{"": 0, "viewer": 1, "operator": 2, "admin": 3}
+	refused := 0
 	for _, rt := range e.api.routes {
 		path := strings.NewReplacer(":name", "x", ":id", "vm1", ":persona", "x").Replace(rt.path)
 		need := rt.role.String()
@@ -382,12 +392,24 @@ func TestAuthMatrix(t *testing.T) {
 			if r.status != want {
 				t.Errorf("%s %s as %s: %d, want %d", rt.method, rt.path, who, r.status, want)
 			}
+			refused++
 		}
 	}
-	// Every refusal is audited.
+	// Every refusal is counted; they are audited at a bounded rate per
+	// source (all of these come from one), naming the route pattern.
+	m := e.api.cfg.Metrics
+	counted := counterValue(m.AuthFailures.WithLabelValues("401")) + counterValue(m.AuthFailures.WithLabelValues("403"))
+	if int(counted) != refused {
+		t.Fatalf("%v refusals counted, %d made", counted, refused)
+	}
 	evs := e.waitAudit("&type=auth_failure", "auth_failure")
-	if len(evs) < len(e.api.routes) {
-		t.Fatalf("only %d auth failures audited", len(evs))
+	if len(evs) < 1 || len(evs) > authFailBurst+1 {
+		t.Fatalf("%d auth failures audited of %d refusals from one source; want 1..%d", len(evs), refused, authFailBurst+1)
+	}
+	for _, ev := range evs {
+		if d, _ := ev["detail"].(string); !strings.Contains(d, "/:") && !strings.Contains(d, "/audit") && !strings.Contains(d, "/personas") && !strings.Contains(d, "/instances") {
+			t.Errorf("detail %q names no route pattern", d)
+		}
 	}
 }
 

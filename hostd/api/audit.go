@@ -16,6 +16,11 @@ import (
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
+// MaxAuditPageBytes bounds the stored size of the events of one GET /audit
+// page (the answer is about as large): a page holds up to limit events or
+// this many bytes of them, whichever comes first.
+const MaxAuditPageBytes = 4 << 20
+
 func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	q := r.URL.Query()
 	aq := store.AuditQuery{
@@ -35,6 +40,14 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 		}
 		aq.Limit = n
 	}
+	// A page is bounded in bytes as well as in events; "next" is set only
+	// when more events match, so a client paging until it is empty stops.
+	limit := aq.Limit
+	if limit <= 0 {
+		limit = store.DefaultAuditLimit
+	}
+	aq.Limit = limit
+	aq.MaxBytes = MaxAuditPageBytes
 	evs, err := s.cfg.Store.QueryAudit(aq)
 	if err != nil {
 		return err
@@ -45,13 +58,22 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 		// added to one and not the other does not compile.
 		page.Events[i] = apitypes.AuditEvent(ev)
 	}
-	limit := aq.Limit
-	if limit <= 0 {
-		limit = store.DefaultAuditLimit
-	}
-	if len(evs) > 0 && len(evs) >= limit {
-		// A full page: more may follow. A short one is the last.
-		page.Next = evs[len(evs)-1].ID
+	if len(evs) > 0 {
+		last := evs[len(evs)-1].ID
+		more := len(evs) == limit
+		if !more {
+			// Cut short by bytes, or the end: look one event further.
+			peek := aq
+			peek.After, peek.Limit, peek.MaxBytes = last, 1, 0
+			rest, err := s.cfg.Store.QueryAudit(peek)
+			if err != nil {
+				return err
+			}
+			more = len(rest) > 0
+		}
+		if more {
+			page.Next = last
+		}
 	}
 	writeJSON(w, http.StatusOK, page)
 	return nil

@@ -21,7 +21,6 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
-	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Limits of request bodies.
@@ -58,6 +57,8 @@ type Server struct {
 	routes []route
 	// personaJSON caches encoded GET /personas/{name} answers.
 	personaJSON personaJSONCache
+	// authFails bounds how often refused requests are audited.
+	authFails authFailLimiter
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
@@ -273,22 +274,6 @@ func (s *Server) authenticate(r *http.Request) (auth.Identity, *apitypes.Problem
 			"socket peer "+id.User+" is neither root nor in group "+auth.AdminGroup+"; send a bearer token")
 	}
 	return auth.Identity{}, problem(http.StatusUnauthorized, "unauthorized", "Unauthorized", "send a bearer token (Authorization: Bearer TOKEN)")
-}
-
-func (s *Server) auditAuthFailure(r *http.Request, rt route, id auth.Identity, p *apitypes.Problem) {
-	actor := id.User
-	if actor == "" {
-		actor = "anonymous"
-	}
-	_, err := s.cfg.Store.AppendAudit(store.AuditEvent{
-		Type: protocol.AuditAuthFailure, Actor: actor, Source: store.SourceHost,
-		Result: strconv.Itoa(p.Status), Detail: r.Method + " " + r.URL.Path + ": " + p.Detail,
-	})
-	if err != nil {
-		s.cfg.Logger.Error("audit write failed", "err", err)
-		return
-	}
-	s.cfg.Metrics.AuditEvents.WithLabelValues(protocol.AuditAuthFailure).Inc()
 }
 
 func auditHost(typ, instance, actor, detail string) store.AuditEvent {

@@ -57,8 +57,9 @@ type Identity struct {
 	Via string
 }
 
-// ErrWorldReadable is returned for a token file other users can read.
-var ErrWorldReadable = errors.New("token file is readable by other users")
+// ErrWorldReadable is returned for a token file its group or other users
+// can read or write (like ssh with a private key: only the owner may).
+var ErrWorldReadable = errors.New("token file is accessible to its group or other users")
 
 type entry struct {
 	sum  [sha256.Size]byte
@@ -73,7 +74,7 @@ type Tokens struct {
 
 // LoadTokenFile reads a static token file: CSV lines `token,user,uid,"group1,group2"`.
 // The caller's role is the highest of its groups among admin, operator and
-// viewer. A file readable by other users is refused.
+// viewer. A file its group or other users may read or write is refused.
 func LoadTokenFile(path string) (*Tokens, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -84,7 +85,7 @@ func LoadTokenFile(path string) (*Tokens, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fi.Mode().Perm()&0o004 != 0 {
+	if fi.Mode().Perm()&0o066 != 0 {
 		return nil, fmt.Errorf("%s (mode %04o): %w; run chmod 600 %s", path, fi.Mode().Perm(), ErrWorldReadable, path)
 	}
 	t, err := ParseTokens(f)

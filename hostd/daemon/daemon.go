@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,9 +42,16 @@ type Config struct {
 	Instances      []string // NAME=ENDPOINT
 	QMP            []string // NAME=PATH
 	AuditRetention time.Duration
-	Heartbeat      time.Duration
-	ScriptTimeout  time.Duration
-	Logger         *slog.Logger
+	// MinFreeBytes is the free-space watermark of the data directory:
+	// under it writes are answered 507 (0 disables the check).
+	MinFreeBytes uint64
+	// AuditEventsPerSecond and AuditBytesPerSecond are each instance's
+	// guest audit ingestion quota (0 disables it).
+	AuditEventsPerSecond float64
+	AuditBytesPerSecond  float64
+	Heartbeat            time.Duration
+	ScriptTimeout        time.Duration
+	Logger               *slog.Logger
 }
 
 // ParseInstance splits a NAME=ENDPOINT flag value.
@@ -101,15 +110,26 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return err
 	}
-	st, err := store.Open(cfg.DataDir, store.Options{Logger: log.With("component", "store"), AuditRetention: cfg.AuditRetention})
+	m := metrics.New()
+	st, err := store.Open(cfg.DataDir, store.Options{
+		Logger: log.With("component", "store"), AuditRetention: cfg.AuditRetention, MinFreeBytes: cfg.MinFreeBytes,
+		OnStorageCheck: func(low bool, free uint64) {
+			m.StorageFreeBytes.Set(float64(free))
+			if low {
+				m.StorageLow.Set(1)
+			} else {
+				m.StorageLow.Set(0)
+			}
+		},
+	})
 	if err != nil {
 		return fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	defer st.Close()
 
-	m := metrics.New()
 	acfg := agents.DefaultConfig(st)
 	acfg.Metrics, acfg.Logger = m, log.With("component", "agents")
+	acfg.AuditEventsPerSecond, acfg.AuditBytesPerSecond = cfg.AuditEventsPerSecond, cfg.AuditBytesPerSecond
 	if cfg.Heartbeat > 0 {
 		acfg.Heartbeat = cfg.Heartbeat
 	}
@@ -271,7 +291,9 @@ func listen(cfg Config, log *slog.Logger) ([]listener, error) {
 }
 
 // listenUnix listens on path, replacing a stale socket left by a previous
-// run, and makes it reachable by the vmpersona group (mode 0660).
+// run, and makes it reachable by the vmpersona group: mode 0660, group
+// vmpersona when that group exists (root:vmpersona, as a systemd socket
+// unit with SocketGroup= would make it).
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
@@ -287,7 +309,17 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--unix-socket: %w", err)
 	}
-	os.Chmod(path, 0o660)
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("--unix-socket: %w", err)
+	}
+	if g, err := user.LookupGroup(auth.AdminGroup); err == nil {
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(path, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("--unix-socket: give %s to group %s: %w", path, auth.AdminGroup, err)
+		}
+	}
 	return l, nil
 }
 

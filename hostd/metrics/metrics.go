@@ -25,6 +25,21 @@ type Metrics struct {
 	AuditEvents *prometheus.CounterVec
 	// HTTPDuration observes API requests by route pattern, method and code.
 	HTTPDuration *prometheus.HistogramVec
+
+	// AuthFailures counts refused API requests by status (401, 403), all of
+	// them (the audit log keeps a rate-limited sample).
+	AuthFailures *prometheus.CounterVec
+	// GuestInputRefused counts guest input the host refused, by reason
+	// (hello, exec_result, audit_type).
+	GuestInputRefused *prometheus.CounterVec
+	// AuditThrottleSeconds counts the time audit batches were held back by
+	// their instance's ingestion quota.
+	AuditThrottleSeconds prometheus.Counter
+	// StorageLow is 1 while the data directory's free space is under the
+	// watermark (writes refused with 507), else 0.
+	StorageLow prometheus.Gauge
+	// StorageFreeBytes is the data directory's free space as last checked.
+	StorageFreeBytes prometheus.Gauge
 }
 
 // New registers every family, with the Go and process collectors, on a fresh
@@ -58,11 +73,32 @@ func New() *Metrics {
 			Help:    "REST API request latency by route, method and status code.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"route", "method", "code"}),
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmpersona_auth_failures_total",
+			Help: "Refused API requests by status code (401, 403).",
+		}, []string{"code"}),
+		GuestInputRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmpersona_guest_input_refused_total",
+			Help: "Guest input out of bounds, refused by the host, by reason.",
+		}, []string{"reason"}),
+		AuditThrottleSeconds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vmpersona_audit_throttle_seconds_total",
+			Help: "Time guest audit batches were held back by their instance's ingestion quota.",
+		}),
+		StorageLow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vmpersona_storage_low",
+			Help: "1 while the data directory's free space is under the watermark and writes are refused.",
+		}),
+		StorageFreeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vmpersona_storage_free_bytes",
+			Help: "Free space of the data directory's file system as last checked.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Activations, m.ActivationDuration, m.Commands, m.AgentsConnected, m.AuditEvents, m.HTTPDuration,
+		m.AuthFailures, m.GuestInputRefused, m.AuditThrottleSeconds, m.StorageLow, m.StorageFreeBytes,
 	)
 	for _, r := range []string{"default", "override", "denied"} {
 		m.Commands.WithLabelValues(r)

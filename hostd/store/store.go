@@ -85,6 +85,12 @@ type Options struct {
 	// kept after they are written; 0 keeps them forever. Badger expires
 	// entries with a one-second granularity.
 	AuditRetention time.Duration
+	// MinFreeBytes is the free-space watermark of the data directory's file
+	// system: under it writes fail with ErrStorageLow (reads go on). 0
+	// disables the check.
+	MinFreeBytes uint64
+	// OnStorageCheck, when set, receives each free-space measurement.
+	OnStorageCheck func(low bool, free uint64)
 
 	// migrations replaces the package's list (tests); nil means migrations.
 	migrations []migration
@@ -99,6 +105,8 @@ type Store struct {
 	seq       *badger.Sequence
 	now       func() time.Time
 	clock     ingestClock // audit IDs (audit_guest.go)
+	disk      *diskGuard  // free-space watermark (diskspace.go)
+	diskDone  chan struct{}
 
 	// personaMu serialises persona writes so that personas (what reads
 	// see) takes them in commit order; see personaCache.
@@ -180,7 +188,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		now:       func() time.Time { return time.Now().UTC() },
 		stop:      make(chan struct{}),
 		gcDone:    make(chan struct{}),
+		disk:      &diskGuard{dir: dir, min: opts.MinFreeBytes, onCheck: opts.OnStorageCheck, log: log},
+		diskDone:  make(chan struct{}),
 	}
+	s.disk.check(true)
 	c, err := s.loadPersonas()
 	if err != nil {
 		seq.Release()
@@ -189,6 +200,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s.personas.Store(c)
 	go s.gcLoop()
+	go s.disk.loop(s.stop, s.diskDone)
 	return s, nil
 }
 
@@ -203,6 +215,7 @@ func (s *Store) Close() error {
 	s.closed.Store(true)
 	close(s.stop)
 	<-s.gcDone
+	<-s.diskDone
 	var errs []error
 	if err := s.seq.Release(); err != nil {
 		errs = append(errs, fmt.Errorf("store: release audit sequence: %w", err))
@@ -240,7 +253,7 @@ func (s *Store) gcLoop() {
 func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	var err error
 	for range maxRetries {
-		err = s.db.Update(fn)
+		err = s.guardedUpdate(fn)
 		if !errors.Is(err, badger.ErrConflict) {
 			break
 		}
@@ -262,10 +275,14 @@ func (s *Store) view(fn func(txn *badger.Txn) error) error {
 	return err
 }
 
-// Ready reports whether the store answers reads (nil) or is closed
-// (ErrClosed): for a readiness probe.
+// Ready reports whether the store answers reads and takes writes (nil), is
+// closed (ErrClosed), or refuses writes for want of disk space
+// (ErrStorageLow, saying how much is free): for a readiness probe.
 func (s *Store) Ready() error {
-	return s.view(func(*badger.Txn) error { return nil })
+	if err := s.view(func(*badger.Txn) error { return nil }); err != nil {
+		return err
+	}
+	return s.disk.refuse()
 }
 
 // badgerLogger hands Badger's logs to slog. Badger's informational lines

@@ -15,8 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/daemon"
 	"github.com/vmpersona/vmpersona/hostd/logging"
+	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -63,7 +65,10 @@ func main() {
 	fs.StringVar(&cfg.LibvirtURI, "libvirt-uri", "qemu:///system", "libvirt connection (empty disables libvirt)")
 	fs.Var(&instances, "instance", "NAME=ENDPOINT of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT")
 	fs.Var(&qmp, "qmp", "NAME=PATH of a plain QEMU instance's QMP socket (repeatable)")
-	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 0, "how long audit events are kept (0 keeps them forever), e.g. 2160h")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit events are kept (0 keeps them forever)")
+	fs.Uint64Var(&cfg.MinFreeBytes, "min-free-space", store.DefaultMinFreeBytes, "free bytes the data directory's file system must keep: under it writes are answered 507 until space is freed (0 disables)")
+	fs.Float64Var(&cfg.AuditEventsPerSecond, "audit-guest-events", agents.DefaultAuditEventsPerSecond, "audit events per second each guest may have stored; past it the host answers later and the guest keeps them spooled (0: no limit)")
+	fs.Float64Var(&cfg.AuditBytesPerSecond, "audit-guest-bytes", agents.DefaultAuditBytesPerSecond, "audit bytes per second each guest may have stored (0: no limit)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; three missed intervals drop the session")
 	fs.DurationVar(&cfg.ScriptTimeout, "script-timeout", 5*time.Minute, "default timeout of activation scripts")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -154,7 +154,7 @@ func auditBacklog(ctx context.Context, c *apiclient.Client, q apiclient.AuditQue
 			q.After = page.Events[n-1].ID
 		}
 		left -= len(page.Events)
-		if len(page.Events) < q.Limit || (limit > 0 && left <= 0) || page.Next == "" {
+		if page.Next == "" || (limit > 0 && left <= 0) {
 			return q.After, nil
 		}
 	}
