@@ -106,6 +106,7 @@ const (
 	AuditEventTypeDefaultActivation     AuditEventType = "default_activation"
 	AuditEventTypeDenial                AuditEventType = "denial"
 	AuditEventTypeExec                  AuditEventType = "exec"
+	AuditEventTypeGuestRefused          AuditEventType = "guest_refused"
 	AuditEventTypeOverride              AuditEventType = "override"
 	AuditEventTypePersonaCreated        AuditEventType = "persona_created"
 	AuditEventTypePersonaDeleted        AuditEventType = "persona_deleted"
@@ -135,6 +136,8 @@ func (e AuditEventType) Valid() bool {
 	case AuditEventTypeDenial:
 		return true
 	case AuditEventTypeExec:
+		return true
+	case AuditEventTypeGuestRefused:
 		return true
 	case AuditEventTypeOverride:
 		return true
@@ -535,6 +538,7 @@ const (
 	ListAuditEventsParamsTypeDefaultActivation     ListAuditEventsParamsType = "default_activation"
 	ListAuditEventsParamsTypeDenial                ListAuditEventsParamsType = "denial"
 	ListAuditEventsParamsTypeExec                  ListAuditEventsParamsType = "exec"
+	ListAuditEventsParamsTypeGuestRefused          ListAuditEventsParamsType = "guest_refused"
 	ListAuditEventsParamsTypeOverride              ListAuditEventsParamsType = "override"
 	ListAuditEventsParamsTypePersonaCreated        ListAuditEventsParamsType = "persona_created"
 	ListAuditEventsParamsTypePersonaDeleted        ListAuditEventsParamsType = "persona_deleted"
@@ -564,6 +568,8 @@ func (e ListAuditEventsParamsType) Valid() bool {
 	case ListAuditEventsParamsTypeDenial:
 		return true
 	case ListAuditEventsParamsTypeExec:
+		return true
+	case ListAuditEventsParamsTypeGuestRefused:
 		return true
 	case ListAuditEventsParamsTypeOverride:
 		return true
@@ -693,14 +699,22 @@ type ActualState struct {
 type AuditEvent struct {
 	ActivationId *string `json:"activation_id,omitempty"`
 	Actor        *string `json:"actor,omitempty"`
-	Command      *string `json:"command,omitempty"`
-	Detail       *string `json:"detail,omitempty"`
-	GuestSeq     *int    `json:"guest_seq,omitempty"`
-	GuestSpool   *string `json:"guest_spool,omitempty"`
-	Id           string  `json:"id"`
-	Instance     *string `json:"instance,omitempty"`
-	Persona      *string `json:"persona,omitempty"`
-	Result       *string `json:"result,omitempty"`
+
+	// ClockSkew guest_time was outside the window and was clamped
+	ClockSkew  *bool   `json:"clock_skew,omitempty"`
+	Command    *string `json:"command,omitempty"`
+	Detail     *string `json:"detail,omitempty"`
+	GuestSeq   *int    `json:"guest_seq,omitempty"`
+	GuestSpool *string `json:"guest_spool,omitempty"`
+
+	// GuestTime a guest event's own time by the guest's clock (time is when the host stored it), clamped to a window around that
+	GuestTime *time.Time `json:"guest_time,omitempty"`
+
+	// Id assigned by the host in the order it stores events; the cursor of ?after=
+	Id       string  `json:"id"`
+	Instance *string `json:"instance,omitempty"`
+	Persona  *string `json:"persona,omitempty"`
+	Result   *string `json:"result,omitempty"`
 
 	// Route the exec route: default, override or denied
 	Route  *string          `json:"route,omitempty"`
@@ -2977,7 +2991,7 @@ type ListAuditEventsResponse struct {
 	JSON200 *struct {
 		Events []AuditEvent `json:"events"`
 
-		// Next cursor of the next page, for ?after=: the last event's ID when the page is full; absent when no more events follow
+		// Next cursor of the next page, for ?after=: the last event's ID when more events follow; absent on the last page. A page holds up to limit events and at most 4 MiB of them
 		Next *string `json:"next,omitempty"`
 	}
 	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
@@ -2994,7 +3008,7 @@ type ListAuditEventsResponse struct {
 func (r ListAuditEventsResponse) GetJSON200() *struct {
 	Events []AuditEvent `json:"events"`
 
-	// Next cursor of the next page, for ?after=: the last event's ID when the page is full; absent when no more events follow
+	// Next cursor of the next page, for ?after=: the last event's ID when more events follow; absent on the last page. A page holds up to limit events and at most 4 MiB of them
 	Next *string `json:"next,omitempty"`
 } {
 	return r.JSON200
@@ -4767,7 +4781,7 @@ func ParseListAuditEventsResponse(rsp *http.Response) (*ListAuditEventsResponse,
 		var dest struct {
 			Events []AuditEvent `json:"events"`
 
-			// Next cursor of the next page, for ?after=: the last event's ID when the page is full; absent when no more events follow
+			// Next cursor of the next page, for ?after=: the last event's ID when more events follow; absent on the last page. A page holds up to limit events and at most 4 MiB of them
 			Next *string `json:"next,omitempty"`
 		}
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
