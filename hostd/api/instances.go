@@ -190,6 +190,11 @@ func (s *Server) activate(w http.ResponseWriter, r *http.Request, ps httprouter.
 	if err != nil {
 		return err
 	}
+	if !dryRun {
+		if err := s.fleetActivation(); err != nil {
+			return err
+		}
+	}
 	inst, timeout, err := s.activation(r, ps)
 	if err != nil {
 		return err

@@ -127,7 +127,7 @@ func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprou
 	if err := validate.Persona(&p); err != nil {
 		return err
 	}
-	created, err := s.cfg.Store.CreatePersona(p)
+	created, err := s.storeCreatePersona(r, p)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrAlreadyExists) {
 			err = errdefs.WithMessage(err, fmt.Sprintf("persona %q already exists; use PUT /personas/%s to change it", p.Name, p.Name))
@@ -180,7 +180,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		if !ifNoneMatch.any {
 			return personaErr(name, err)
 		}
-		created, err := s.cfg.Store.CreatePersona(p)
+		created, err := s.storeCreatePersona(r, p)
 		if errors.Is(err, errdefs.ErrAlreadyExists) {
 			// Created by another request since the check above.
 			return preconditionFailed("If-None-Match", name, 0, true)
@@ -202,7 +202,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		}
 		want = rev
 	}
-	updated, err := s.cfg.Store.UpdatePersona(p, want)
+	updated, err := s.storeUpdatePersona(r, p, want)
 	if err != nil {
 		return personaErr(name, err)
 	}

@@ -48,6 +48,8 @@ type Config struct {
 	Logger  *slog.Logger
 	// DefaultScriptTimeout bounds activation scripts when a request names none.
 	DefaultScriptTimeout time.Duration
+	// Fleet is the fleet backend's link to etcd; nil outside fleet mode.
+	Fleet FleetLink
 }
 
 // Server is the REST API handler.
@@ -228,6 +230,7 @@ func (s *Server) serve(rt route) httprouter.Handle {
 				return
 			}
 			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+			s.setFleetHeaders(sw)
 		}
 		if rt.bodyMax > 0 {
 			r.Body = http.MaxBytesReader(sw, r.Body, rt.bodyMax)

@@ -23,11 +23,13 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/api"
 	"github.com/vmpersona/vmpersona/hostd/auth"
+	"github.com/vmpersona/vmpersona/hostd/fleet"
 	"github.com/vmpersona/vmpersona/hostd/libvirt"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/qmp"
 	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Config is the host daemon's configuration, from its flags.
@@ -52,6 +54,13 @@ type Config struct {
 	Heartbeat            time.Duration
 	ScriptTimeout        time.Duration
 	Logger               *slog.Logger
+	// Fleet mode (--fleet-*): on when FleetEtcd is not empty.
+	FleetEtcd              string // URL[,URL…]
+	FleetCA                string
+	FleetCert, FleetKey    string
+	FleetHost              string
+	FleetPrefix            string
+	FleetOfflineActivation string
 }
 
 // ParseInstance splits a NAME=ENDPOINT flag value.
@@ -127,6 +136,24 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer st.Close()
 
+	// In fleet mode the API's store is the fleet backend: persona writes go
+	// to etcd, reads (and everything else) stay on the local store, which
+	// holds the copy of the catalogue.
+	var backend store.Backend = st
+	var fleetLink api.FleetLink
+	if cfg.FleetEtcd != "" {
+		fb, err := fleet.Open(fleet.Config{
+			Endpoints: fleet.ParseEndpoints(cfg.FleetEtcd), CA: cfg.FleetCA, Cert: cfg.FleetCert, Key: cfg.FleetKey,
+			Host: cfg.FleetHost, Prefix: cfg.FleetPrefix, OfflineActivation: cfg.FleetOfflineActivation,
+			APIAddress: cfg.Listen, Version: protocol.SoftwareVersion,
+			Local: st, Registerer: m.Registry, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		defer fb.Close()
+		backend, fleetLink = fb, fb
+	}
 	acfg := agents.DefaultConfig(st)
 	acfg.Metrics, acfg.Logger = m, log.With("component", "agents")
 	acfg.AuditEventsPerSecond, acfg.AuditBytesPerSecond = cfg.AuditEventsPerSecond, cfg.AuditBytesPerSecond
@@ -155,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer stopDiscovery()
 
-	acfgAPI := api.Config{Store: st, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
+	acfgAPI := api.Config{Store: backend, Fleet: fleetLink, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
 	if lvd != nil {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, lvd)
 		acfgAPI.Enabler = lvd

@@ -416,5 +416,12 @@ func clientTLS(cfg Config) (*tls.Config, string, error) {
 // kept as text only, so that a deadline does not make it a timeout (504).
 func unavailable(op string, err error) error {
 	return errdefs.WithMessage(fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err),
-		fmt.Sprintf("the fleet store (etcd) did not accept the %s: %v", op, err))
+		fmt.Sprintf("the fleet store (etcd) did not accept the %s: %v; a write that timed out may still have been applied: retry it with the same Idempotency-Key header", op, err))
+}
+
+// FleetState is the revision of the local copy and since when it is stale
+// (zero while connected): the API's fleet headers.
+func (b *Backend) FleetState() (int64, time.Time) {
+	st := b.Status()
+	return st.Revision, st.StaleSince
 }

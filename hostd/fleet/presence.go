@@ -3,9 +3,12 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Presence is a host's entry under hosts/<host>/presence, kept on a lease:
@@ -90,7 +93,7 @@ func (b *Backend) Hosts(ctx context.Context) ([]Presence, error) {
 	defer cancel()
 	resp, err := b.cli.Get(ctx, b.cfg.Prefix+"hosts/", clientv3.WithPrefix(), clientv3.WithSerializable())
 	if err != nil {
-		return nil, unavailable("read of the hosts", err)
+		return nil, errdefs.WithMessage(fmt.Errorf("%w: hosts: %v", ErrUnavailable, err), "the fleet store (etcd) did not answer: "+err.Error())
 	}
 	var out []Presence
 	for _, kv := range resp.Kvs {

@@ -1,0 +1,76 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
+)
+
+// Fleet mode: the persona catalogue lives in etcd and this host serves a
+// local copy of it. FleetLink is what the API asks of the fleet backend.
+type FleetLink interface {
+	// FleetState is the etcd revision of the local copy and, while etcd is
+	// unreachable, since when the copy is stale (zero while connected).
+	FleetState() (revision int64, staleSince time.Time)
+	// ActivationAllowed is nil unless activations are refused while etcd
+	// is unreachable (--fleet-offline-activation=refuse).
+	ActivationAllowed() error
+}
+
+// Response headers of every authenticated answer in fleet mode.
+const (
+	HeaderFleetRevision   = "Vmpersona-Fleet-Revision"
+	HeaderFleetStaleSince = "Vmpersona-Fleet-Stale-Since"
+	// HeaderIdempotencyKey on a persona create or update names the request:
+	// a retry with the same key after an answer was lost (a timeout, a 503
+	// whose outcome is unknown) answers what the first attempt stored
+	// instead of writing twice.
+	HeaderIdempotencyKey = "Idempotency-Key"
+)
+
+// setFleetHeaders says which fleet revision the answer comes from and, when
+// the copy is stale, since when.
+func (s *Server) setFleetHeaders(w http.ResponseWriter) {
+	if s.cfg.Fleet == nil {
+		return
+	}
+	rev, stale := s.cfg.Fleet.FleetState()
+	w.Header().Set(HeaderFleetRevision, strconv.FormatInt(rev, 10))
+	if !stale.IsZero() {
+		w.Header().Set(HeaderFleetStaleSince, stale.UTC().Format(time.RFC3339Nano))
+	}
+}
+
+// fleetActivation refuses an activation when the fleet policy says so.
+func (s *Server) fleetActivation() error {
+	if s.cfg.Fleet == nil {
+		return nil
+	}
+	return s.cfg.Fleet.ActivationAllowed()
+}
+
+// requestPersonas is a store whose persona writes take a request id.
+type requestPersonas interface {
+	CreatePersonaRequest(p protocol.Persona, requestID string) (protocol.Persona, error)
+	UpdatePersonaRequest(p protocol.Persona, ifMatch uint64, requestID string) (protocol.Persona, error)
+}
+
+func (s *Server) storeCreatePersona(r *http.Request, p protocol.Persona) (protocol.Persona, error) {
+	if rp, ok := s.cfg.Store.(requestPersonas); ok {
+		if id := r.Header.Get(HeaderIdempotencyKey); id != "" {
+			return rp.CreatePersonaRequest(p, id)
+		}
+	}
+	return s.cfg.Store.CreatePersona(p)
+}
+
+func (s *Server) storeUpdatePersona(r *http.Request, p protocol.Persona, ifMatch uint64) (protocol.Persona, error) {
+	if rp, ok := s.cfg.Store.(requestPersonas); ok {
+		if id := r.Header.Get(HeaderIdempotencyKey); id != "" {
+			return rp.UpdatePersonaRequest(p, ifMatch, id)
+		}
+	}
+	return s.cfg.Store.UpdatePersona(p, ifMatch)
+}

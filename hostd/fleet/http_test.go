@@ -1,0 +1,233 @@
+package fleet
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/api"
+	"github.com/vmpersona/vmpersona/hostd/auth"
+	"github.com/vmpersona/vmpersona/hostd/metrics"
+)
+
+// guestdBin is the real guest daemon, built once for the package's tests.
+var guestdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmpersona-fleet-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	guestdBin = filepath.Join(dir, "vmpersona-guestd")
+	build := exec.Command("go", "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the guest daemon: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startGuest runs a real guest daemon on a unix socket; killed at the end.
+func startGuest(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent.sock")
+	cmd := exec.Command(guestdBin, "--listen", "unix:"+sock, "--state-dir", filepath.Join(dir, "state"),
+		"--profile-file", filepath.Join(dir, "profile.sh"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() })
+	waitFor(t, "the guest's socket", func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return "unix:" + sock
+}
+
+const adminToken = "fleet-test-admin-token"
+
+// hostd is one host's REST API over its fleet backend, served over real
+// HTTP, with real agent connections.
+type hostd struct {
+	*host
+	srv *httptest.Server
+	mgr *agents.Manager
+}
+
+func newHostd(t *testing.T, name string, endpoints []string, offline string, instances map[string]string) *hostd {
+	t.Helper()
+	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: endpoints, Host: name, Prefix: "/test/", OfflineActivation: offline}}
+	h.open()
+	tokens, err := auth.ParseTokens(strings.NewReader(adminToken + ",alice,1,admin\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	mgr := agents.NewManager(agents.Config{Store: h.st, Metrics: m, Logger: testLogger(), Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 10 * time.Second})
+	for n, ep := range instances {
+		e, err := agents.ParseEndpoint(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mgr.Add(n, e, "static"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := api.New(api.Config{Store: h.b, Fleet: h.b, Agents: mgr, Metrics: m, Tokens: tokens, Logger: testLogger(), DefaultScriptTimeout: 20 * time.Second})
+	srv := httptest.NewUnstartedServer(s)
+	srv.Config = api.NewHTTPServer(s, testLogger())
+	srv.Start()
+	t.Cleanup(func() {
+		srv.Close()
+		mgr.Close()
+		h.close()
+	})
+	return &hostd{host: h, srv: srv, mgr: mgr}
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+func (h *hostd) do(method, path string, body any, hdr ...string) answer {
+	h.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	}
+	req, _ := http.NewRequest(method, h.srv.URL+path, rd)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	a := answer{status: resp.StatusCode, header: resp.Header}
+	raw, _ := io.ReadAll(resp.Body)
+	json.Unmarshal(raw, &a.body)
+	return a
+}
+
+func TestPersonaCreatedOnOneHostIsServedByAnother(t *testing.T) {
+	c := startCluster(t, 1)
+	a := newHostd(t, "a", c.endpoints(), "", nil)
+	b := newHostd(t, "b", c.endpoints(), "", nil)
+	a.waitConnected()
+	b.waitConnected()
+
+	created := time.Now()
+	r := a.do("POST", "/personas", persona("shared", false))
+	if r.status != http.StatusCreated {
+		t.Fatalf("create on a: %d %v", r.status, r.body)
+	}
+	if r.header.Get("ETag") != `"1"` {
+		t.Fatalf("ETag %q, want \"1\"", r.header.Get("ETag"))
+	}
+	// a reads its own write at once.
+	if got := a.do("GET", "/personas/shared", nil); got.status != http.StatusOK {
+		t.Fatalf("read on a right after its create: %d", got.status)
+	}
+	var seen time.Duration
+	waitFor(t, "b to serve the persona", func() bool {
+		if b.do("GET", "/personas/shared", nil).status == http.StatusOK {
+			seen = time.Since(created)
+			return true
+		}
+		return false
+	})
+	t.Logf("persona created through a served by b %v after a's create was sent", seen.Round(time.Microsecond))
+	got := b.do("GET", "/personas/shared", nil)
+	if got.header.Get(api.HeaderFleetRevision) == "" || got.header.Get(api.HeaderFleetStaleSince) != "" {
+		t.Fatalf("b's fleet headers while connected: %v", got.header)
+	}
+
+	// An update through b with a's ETag wins once; the second is refused.
+	upd := persona("shared", false)
+	upd.RestrictedCommands = []string{"rm"}
+	if r := b.do("PUT", "/personas/shared", upd, "If-Match", `"1"`); r.status != http.StatusOK {
+		t.Fatalf("update through b: %d %v", r.status, r.body)
+	}
+	if r := a.do("PUT", "/personas/shared", upd, "If-Match", `"1"`); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("stale update through a: %d %v, want 412", r.status, r.body)
+	}
+	// A second default across hosts: 409 naming the holder.
+	if r := a.do("POST", "/personas", persona("d1", true)); r.status != http.StatusCreated {
+		t.Fatalf("default on a: %d %v", r.status, r.body)
+	}
+	r = b.do("POST", "/personas", persona("d2", true))
+	if r.status != http.StatusConflict || r.body["current_default"] != "d1" {
+		t.Fatalf("second default through b: %d %v, want 409 naming d1", r.status, r.body)
+	}
+	// A retried create with the same Idempotency-Key is answered, not refused.
+	r1 := a.do("POST", "/personas", persona("once", false), api.HeaderIdempotencyKey, "k-1")
+	r2 := a.do("POST", "/personas", persona("once", false), api.HeaderIdempotencyKey, "k-1")
+	if r1.status != http.StatusCreated || r2.status != http.StatusCreated || r2.header.Get("ETag") != `"1"` {
+		t.Fatalf("create and its retry with one key: %d then %d %v", r1.status, r2.status, r2.body)
+	}
+}
+
+func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T) {
+	c := startCluster(t, 3)
+	a := newHostd(t, "a", c.endpoints(), OfflineCached, map[string]string{"vm1": startGuest(t)})
+	strict := newHostd(t, "strict", c.endpoints(), OfflineRefuse, nil)
+	a.waitConnected()
+	strict.waitConnected()
+	if r := a.do("POST", "/personas", persona("cached", false)); r.status != http.StatusCreated {
+		t.Fatalf("create: %d %v", r.status, r.body)
+	}
+	waitFor(t, "vm1's agent", func() bool {
+		st, err := a.mgr.Get("vm1")
+		return err == nil && st.State == "connected"
+	})
+	c.stop(1)
+	c.stop(2)
+
+	start := time.Now()
+	r := a.do("POST", "/personas", persona("refused", false))
+	t.Logf("POST /personas without quorum answered %d after %v", r.status, time.Since(start).Round(time.Millisecond))
+	if r.status != http.StatusServiceUnavailable {
+		t.Fatalf("write without quorum: %d %v, want 503", r.status, r.body)
+	}
+	waitFor(t, "a to notice the loss", func() bool { return !a.b.Status().Connected })
+	waitFor(t, "strict to notice the loss", func() bool { return !strict.b.Status().Connected })
+	got := a.do("GET", "/personas/cached", nil)
+	if got.status != http.StatusOK || got.header.Get(api.HeaderFleetStaleSince) == "" || got.header.Get(api.HeaderFleetRevision) == "" {
+		t.Fatalf("read without quorum: %d, headers %v; want 200 saying since when it is stale", got.status, got.header)
+	}
+	if r := a.do("POST", "/instances/vm1/personas/cached/activate", nil); r.status != http.StatusOK {
+		t.Fatalf("activation from the copy (cached): %d %v", r.status, r.body)
+	}
+	r = strict.do("POST", "/instances/vm1/personas/cached/activate", nil)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(r.body["detail"]), "refuse") {
+		t.Fatalf("activation with refuse: %d %v, want 503 saying it refuses", r.status, r.body)
+	}
+	if r := a.do("GET", "/personas/refused", nil); r.status != http.StatusNotFound {
+		t.Fatalf("the refused write exists locally: %d", r.status)
+	}
+}
