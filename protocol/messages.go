@@ -96,6 +96,10 @@ type Persona struct {
 	// default (loader, shell and interpreter start-up variables are
 	// refused unless named here).
 	RequestEnv []string `json:"request_env,omitempty"`
+	// ExecUser is the user exec requests run as when they name none (a
+	// name or a numeric id); empty means root. Activation scripts always
+	// run as root.
+	ExecUser string `json:"exec_user,omitempty"`
 
 	// Server-kept fields, ignored on input.
 	Revision  uint64    `json:"revision"`
@@ -216,6 +220,11 @@ type Exec struct {
 	// default (1 MiB).
 	MaxOutput int    `json:"max_output,omitempty"`
 	Actor     string `json:"actor,omitempty"`
+	// User and Group run the command as this user and group (names or
+	// numeric ids, resolved in the guest); empty means the persona's
+	// exec_user, or root.
+	User  string `json:"user,omitempty"`
+	Group string `json:"group,omitempty"`
 }
 
 // Routes an exec can take.

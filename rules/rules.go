@@ -112,3 +112,30 @@ func ExecEnvValue(v string) error {
 	}
 	return nil
 }
+
+// MaxUserNameLen bounds a user or group name of an exec request.
+const MaxUserNameLen = 32
+
+// UserName checks a user or group an exec request runs as: empty (the
+// default), a numeric id, or a name of [A-Za-z0-9_.][A-Za-z0-9_.-]* with an
+// optional trailing $, at most MaxUserNameLen bytes (what Debian's adduser
+// and useradd accept).
+func UserName(name string) error {
+	if name == "" {
+		return nil
+	}
+	if len(name) > MaxUserNameLen {
+		return violation("is %d bytes long, at most %d allowed", len(name), MaxUserNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '_' || c == '.' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9':
+		case i > 0 && c == '-':
+		case i > 0 && i == len(name)-1 && c == '$':
+		default:
+			return violation("must be a numeric id or a name of [A-Za-z0-9_.][A-Za-z0-9_.-]* (bad character %q at %d)", rune(c), i)
+		}
+	}
+	return nil
+}

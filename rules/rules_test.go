@@ -100,3 +100,16 @@ func TestDaemonsAgree(t *testing.T) {
 		agree("post-activation script", s, protocol.Persona{Name: "p", PostActivationScript: s})
 	}
 }
+
+func TestUserName(t *testing.T) {
+	for _, ok := range []string{"", "root", "nobody", "1000", "www-data", "svc.app", "_apt", "host$"} {
+		if err := rules.UserName(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"a b", "-x", "x:y", "../etc", "a$b", strings.Repeat("a", 33)} {
+		if rules.UserName(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -94,3 +94,12 @@ func (v *View) ExecEnv(req map[string]string) ([]string, error) {
 func (v *View) acceptsEnv(k string) bool {
 	return v.Active != nil && slices.Contains(v.Active.Persona.RequestEnv, k)
 }
+
+// ExecUser returns the user exec requests run as when they name none: the
+// persona's exec_user, "" (root) for none.
+func (v *View) ExecUser() string {
+	if v.Active == nil {
+		return ""
+	}
+	return v.Active.Persona.ExecUser
+}

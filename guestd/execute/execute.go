@@ -58,6 +58,9 @@ type Spec struct {
 	// Domain, when set, is the Landlock domain the process (and all it
 	// starts) runs in.
 	Domain *confine.Domain
+	// Credential, when set, is the user and groups the process runs as
+	// (root, as the daemon, when nil).
+	Credential *syscall.Credential
 	Args   []string
 	// Env is the complete environment.
 	Env   []string
@@ -183,7 +186,7 @@ func command(ctx context.Context, spec Spec, stdout, stderr *capture, group *cgr
 		cmd.Env = []string{}
 	}
 	cmd.Dir = spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: spec.Credential}
 	if group != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, group.fd
 	}

@@ -388,6 +388,18 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 	if err != nil {
 		return fail(protocol.CodeBadRequest, err.Error())
 	}
+	who := req.User
+	if who == "" && req.Group == "" {
+		who = view.ExecUser()
+	}
+	identity, err := execute.LookupIdentity(who, req.Group)
+	if err != nil {
+		return fail(protocol.CodeBadRequest, err.Error())
+	}
+	var cred *syscall.Credential
+	if identity != nil {
+		env, cred = activation.ComposeEnv(env, identity.Env), identity.Credential
+	}
 	exe := d.File(path)
 	if exe == nil {
 		// An override whose target cannot be opened.
@@ -399,7 +411,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		maxOut = min(req.MaxOutput, s.cfg.MaxOutput)
 	}
 	spec := execute.Spec{
-		Path: path, Exe: exe, Domain: view.Domain, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
+		Path: path, Exe: exe, Domain: view.Domain, Credential: cred, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
 		Stdin: req.Stdin, Timeout: timeout, MaxOutput: maxOut,
 	}
 	if req.Stream {

@@ -265,6 +265,8 @@ func TestPersonaErrors(t *testing.T) {
 		{"bad audit since", "GET", "/audit?since=yesterday", ``, nil, 400, "since"},
 		{"exec empty command", "POST", "/instances/vm1/exec", `{"command":""}`, nil, 422, "command"},
 		{"exec bad env", "POST", "/instances/vm1/exec", `{"command":"true","env":{"A=B":"x"}}`, nil, 422, "env.A=B"},
+		{"exec bad user", "POST", "/instances/vm1/exec", `{"command":"true","user":"a b"}`, nil, 422, "user"},
+		{"exec bad group", "POST", "/instances/vm1/exec", `{"command":"true","group":"-x"}`, nil, 422, "group"},
 		{"exec relative cwd", "POST", "/instances/vm1/exec", `{"command":"true","cwd":"tmp"}`, nil, 422, "cwd"},
 		{"no route", "GET", "/nothing", ``, nil, 404, ""},
 		{"wrong method", "PATCH", "/personas", ``, nil, 405, ""},

@@ -323,6 +323,10 @@ func checkExec(q *apitypes.ExecRequest) error {
 		return invalid("timeout_seconds", "must be between 0 and 86400")
 	case len(q.Args) > 65536:
 		return invalid("args", "at most 65536 arguments")
+	case rules.UserName(q.User) != nil:
+		return invalid("user", "%v", rules.UserName(q.User))
+	case rules.UserName(q.Group) != nil:
+		return invalid("group", "%v", rules.UserName(q.Group))
 	}
 	for i, a := range q.Args {
 		if hasNUL(a) {
@@ -372,6 +376,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	preq := protocol.Exec{
 		Command: req.Command, Args: req.Args, Env: req.Env, Cwd: req.Cwd,
 		TimeoutMillis: timeout.Milliseconds(), Stream: stream, Actor: identityOf(r).User,
+		User: req.User, Group: req.Group,
 	}
 	if req.Stdin != "" {
 		preq.Stdin = []byte(req.Stdin)

@@ -171,6 +171,10 @@ type ExecRequest struct {
 	// TimeoutSeconds bounds the command in the guest (its whole process
 	// group is killed then), 0 to 86400; 0 means 30 seconds.
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+	// User and Group run the command as this guest user and group (names
+	// or numeric ids); empty means the persona's exec_user, or root.
+	User  string `json:"user,omitempty"`
+	Group string `json:"group,omitempty"`
 }
 
 // ExecResult answers a command that ran: its exit code or signal, output,

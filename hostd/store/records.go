@@ -30,6 +30,7 @@ type personaRecord struct {
 	Enforcement          string            `json:"enforcement,omitempty"`
 	DenyExecWritable     *bool             `json:"deny_exec_writable,omitempty"`
 	RequestEnv           []string          `json:"request_env,omitempty"`
+	ExecUser             string            `json:"exec_user,omitempty"`
 	Revision             uint64            `json:"revision"`
 	CreatedAt            time.Time         `json:"created_at,omitzero"`
 	UpdatedAt            time.Time         `json:"updated_at,omitzero"`

@@ -130,6 +130,9 @@ func checkPersona(p *protocol.Persona) *Error {
 	if len(p.RequestEnv) > MaxEnvVars {
 		return fail("request_env", "has %d names, at most %d allowed", len(p.RequestEnv), MaxEnvVars)
 	}
+	if err := rules.UserName(p.ExecUser); err != nil {
+		return fail("exec_user", "%v", err)
+	}
 	for i, k := range p.RequestEnv {
 		if err := rules.EnvName(k); err != nil {
 			return fail(fmt.Sprintf("request_env[%d]", i), "%v", err)

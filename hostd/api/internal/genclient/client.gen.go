@@ -747,10 +747,16 @@ type ExecRequest struct {
 	Command string             `json:"command"`
 	Cwd     *string            `json:"cwd,omitempty"`
 	Env     *map[string]string `json:"env,omitempty"`
-	Stdin   *string            `json:"stdin,omitempty"`
+
+	// Group guest group to run as (name or numeric id); default: the user's primary group
+	Group *string `json:"group,omitempty"`
+	Stdin *string `json:"stdin,omitempty"`
 
 	// TimeoutSeconds default 30; the whole process group is killed at expiry
 	TimeoutSeconds *float32 `json:"timeout_seconds,omitempty"`
+
+	// User guest user to run as (name or numeric id); default: the persona's exec_user, or root
+	User *string `json:"user,omitempty"`
 }
 
 // ExecResult defines model for ExecResult.
@@ -869,7 +875,10 @@ type Persona struct {
 	// Enforcement kernel: the guest kernel (Landlock) refuses restricted files to everything an exec starts, and activation fails on a guest without Landlock; agent: the guest agent's routing table only
 	Enforcement          *PersonaEnforcement `json:"enforcement,omitempty"`
 	EnvironmentVariables *map[string]string  `json:"environment_variables,omitempty"`
-	Name                 string              `json:"name"`
+
+	// ExecUser guest user exec requests run as when they name none (name or numeric id); default root; activation scripts always run as root
+	ExecUser *string `json:"exec_user,omitempty"`
+	Name     string  `json:"name"`
 
 	// PostActivationScript run with the new environment; failure rolls back
 	PostActivationScript *string `json:"post_activation_script,omitempty"`
