@@ -61,7 +61,7 @@ type Spec struct {
 	// Credential, when set, is the user and groups the process runs as
 	// (root, as the daemon, when nil).
 	Credential *syscall.Credential
-	Args   []string
+	Args       []string
 	// Env is the complete environment.
 	Env   []string
 	Dir   string
