@@ -91,7 +91,8 @@ finish() {
 root=$work/vmpersona-hostd
 install -d -m 0755 "$root/DEBIAN" "$root/usr/sbin" "$root/usr/bin" "$root/lib/systemd/system" \
   "$root/etc/default" "$root/usr/share/doc/vmpersona-hostd/examples" \
-  "$root/usr/share/bash-completion/completions"
+  "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/vendor-completions" \
+  "$root/usr/share/fish/vendor_completions.d"
 install -d -m 0755 "$root/etc/vmpersona"
 install -m 0755 "$bin/vmpersona-hostd" "$root/usr/sbin/vmpersona-hostd"
 install -m 0755 "$bin/vmpersonactl" "$root/usr/bin/vmpersonactl"
@@ -101,8 +102,12 @@ install -m 0600 "$here/hostd/tokens.csv" "$root/etc/vmpersona/tokens.csv"
 doc "$root" vmpersona-hostd
 install -m 0644 "$here/grafana-dashboard.json" "$root/usr/share/doc/vmpersona-hostd/grafana-dashboard.json"
 install -m 0644 "$here/prometheus.yml" "$root/usr/share/doc/vmpersona-hostd/examples/prometheus.yml"
+install -m 0644 "$here/prometheus-alerts.yml" "$root/usr/share/doc/vmpersona-hostd/examples/prometheus-alerts.yml"
 "$bin/vmpersonactl" completion bash >"$root/usr/share/bash-completion/completions/vmpersonactl"
-chmod 0644 "$root/usr/share/bash-completion/completions/vmpersonactl"
+"$bin/vmpersonactl" completion zsh >"$root/usr/share/zsh/vendor-completions/_vmpersonactl"
+"$bin/vmpersonactl" completion fish >"$root/usr/share/fish/vendor_completions.d/vmpersonactl.fish"
+chmod 0644 "$root/usr/share/bash-completion/completions/vmpersonactl" \
+  "$root/usr/share/zsh/vendor-completions/_vmpersonactl" "$root/usr/share/fish/vendor_completions.d/vmpersonactl.fish"
 man "$bin/vmpersona-hostd" 8 "the vmpersona host daemon" "$root"
 man "$bin/vmpersonactl" 1 "manage vmpersona personas, instances and commands" "$root"
 overrides "$root" vmpersona-hostd

@@ -172,20 +172,23 @@ func TestHostdPackage(t *testing.T) {
 	deb := debs(t)["vmpersona-hostd"]
 	c := contents(t, deb)
 	want := map[string]string{
-		"/usr/sbin/vmpersona-hostd":                              "-rwxr-xr-x",
-		"/usr/bin/vmpersonactl":                                  "-rwxr-xr-x",
-		"/lib/systemd/system/vmpersona-hostd.service":            "-rw-r--r--",
-		"/lib/systemd/system/vmpersona-hostd.socket":             "-rw-r--r--",
-		"/etc/default/vmpersona-hostd":                           "-rw-r--r--",
-		"/etc/vmpersona/tokens.csv":                              "-rw-------",
-		"/usr/share/doc/vmpersona-hostd/copyright":               "-rw-r--r--",
-		"/usr/share/doc/vmpersona-hostd/changelog.gz":            "-rw-r--r--",
-		"/usr/share/doc/vmpersona-hostd/grafana-dashboard.json":  "-rw-r--r--",
-		"/usr/share/doc/vmpersona-hostd/examples/prometheus.yml": "-rw-r--r--",
-		"/usr/share/man/man8/vmpersona-hostd.8.gz":               "-rw-r--r--",
-		"/usr/share/man/man1/vmpersonactl.1.gz":                  "-rw-r--r--",
-		"/usr/share/bash-completion/completions/vmpersonactl":    "-rw-r--r--",
-		"/usr/share/lintian/overrides/vmpersona-hostd":           "-rw-r--r--",
+		"/usr/sbin/vmpersona-hostd":                                     "-rwxr-xr-x",
+		"/usr/bin/vmpersonactl":                                         "-rwxr-xr-x",
+		"/lib/systemd/system/vmpersona-hostd.service":                   "-rw-r--r--",
+		"/lib/systemd/system/vmpersona-hostd.socket":                    "-rw-r--r--",
+		"/etc/default/vmpersona-hostd":                                  "-rw-r--r--",
+		"/etc/vmpersona/tokens.csv":                                     "-rw-------",
+		"/usr/share/doc/vmpersona-hostd/copyright":                      "-rw-r--r--",
+		"/usr/share/doc/vmpersona-hostd/changelog.gz":                   "-rw-r--r--",
+		"/usr/share/doc/vmpersona-hostd/grafana-dashboard.json":         "-rw-r--r--",
+		"/usr/share/doc/vmpersona-hostd/examples/prometheus.yml":        "-rw-r--r--",
+		"/usr/share/man/man8/vmpersona-hostd.8.gz":                      "-rw-r--r--",
+		"/usr/share/man/man1/vmpersonactl.1.gz":                         "-rw-r--r--",
+		"/usr/share/bash-completion/completions/vmpersonactl":           "-rw-r--r--",
+		"/usr/share/lintian/overrides/vmpersona-hostd":                  "-rw-r--r--",
+		"/usr/share/zsh/vendor-completions/_vmpersonactl":               "-rw-r--r--",
+		"/usr/share/fish/vendor_completions.d/vmpersonactl.fish":        "-rw-r--r--",
+		"/usr/share/doc/vmpersona-hostd/examples/prometheus-alerts.yml": "-rw-r--r--",
 	}
 	checkContents(t, c, want)
 	if dep := field(t, deb, "Depends"); !regexp.MustCompile(`(^|, )libvirt0 \(>= [0-9.]+\)`).MatchString(dep) ||
@@ -398,6 +401,21 @@ func TestPrometheusExample(t *testing.T) {
 	}
 }
 
+// TestAlertRules: the shipped alert rules load (promtool check rules) and
+// each alert fires on the series it is written for (promtool test rules).
+func TestAlertRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool is not installed (Debian package prometheus; `make test` installs it): alert rules not checked")
+	}
+	if out, err := runCmd(context.Background(), "", nil, promtool, "check", "rules", "prometheus-alerts.yml"); err != nil {
+		t.Errorf("%v\n%s", err, out)
+	}
+	if out, err := runCmd(context.Background(), "", nil, promtool, "test", "rules", "testdata/prometheus-alerts-test.yml"); err != nil {
+		t.Errorf("%v\n%s", err, out)
+	}
+}
+
 // TestLintian runs lintian on both packages: no errors, and the warnings
 // are exactly the known ones (the README of this package says why).
 func TestLintian(t *testing.T) {
@@ -406,16 +424,12 @@ func TestLintian(t *testing.T) {
 	if err != nil {
 		t.Skip("lintian is not installed (`make test` installs it): packages not linted")
 	}
-	// Go builds without -buildmode=pie: no PIE, and no RELRO for the
-	// internally linked (cgo-free) vmpersonactl.
-	allowed := map[string]bool{
-		"W: vmpersona-hostd: hardening-no-pie [usr/bin/vmpersonactl]":     true,
-		"W: vmpersona-hostd: hardening-no-pie [usr/sbin/vmpersona-hostd]": true,
-		"W: vmpersona-hostd: hardening-no-relro [usr/bin/vmpersonactl]":   true,
-	}
+	// The host programs are PIE, linked with RELRO and BIND_NOW
+	// (scripts/build-programs): no warning is expected at all.
+	allowed := map[string]bool{}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, lintian, "--tag-display-limit", "0", d["vmpersona-hostd"], d["vmpersona-guestd"])
+	cmd := exec.CommandContext(ctx, lintian, "--pedantic", "--tag-display-limit", "0", d["vmpersona-hostd"], d["vmpersona-guestd"])
 	out, _ := cmd.CombinedOutput() // exit status is 1 with warnings or errors; the lines decide
 	for _, line := range strings.Split(string(out), "\n") {
 		switch {
@@ -462,5 +476,18 @@ func TestVersion(t *testing.T) {
 	v := strings.TrimSpace(out)
 	if !regexp.MustCompile(`^[0-9][A-Za-z0-9.+~]*$`).MatchString(v) {
 		t.Errorf("version.sh: %q is not a native Debian version", v)
+	}
+}
+
+// TestLicence: the project's licence (Apache-2.0) is in the repository and
+// in both packages' machine-readable copyright file.
+func TestLicence(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "LICENSE"))
+	if err != nil || !strings.Contains(string(b), "Apache License") || !strings.Contains(string(b), "Version 2.0, January 2004") {
+		t.Fatalf("LICENSE is not the Apache License 2.0: %v", err)
+	}
+	c, err := os.ReadFile("copyright")
+	if err != nil || !strings.Contains(string(c), "\nLicense: Apache-2.0\n") || !strings.Contains(string(c), "/usr/share/common-licenses/Apache-2.0") {
+		t.Fatalf("copyright does not state Apache-2.0: %v", err)
 	}
 }

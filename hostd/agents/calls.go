@@ -85,7 +85,7 @@ func (a *agent) deactivate(ctx context.Context, s *session, actor string, script
 	res, err := call[protocol.ActivateResult](ctx, s.cl, protocol.TypeDeactivate, protocol.Deactivate{
 		ActivationID: id, ScriptTimeoutMillis: scriptTimeout.Milliseconds(), Actor: actor,
 	}, nil)
-	a.m.observeActivation(persona, res.Result, err, time.Since(start))
+	a.m.observeDeactivation(persona, res.Result, err, time.Since(start))
 	if err != nil {
 		return protocol.ActivateResult{}, a.callErr(s, err)
 	}
@@ -215,6 +215,14 @@ func (m *Manager) observeActivation(persona, result string, err error, d time.Du
 	}
 	m.met.Activations.WithLabelValues(persona, result).Inc()
 	m.met.ActivationDuration.Observe(d.Seconds())
+}
+
+func (m *Manager) observeDeactivation(persona, result string, err error, d time.Duration) {
+	if err != nil || result == "" {
+		result = resultError
+	}
+	m.met.Deactivations.WithLabelValues(persona, result).Inc()
+	m.met.DeactivationDuration.Observe(d.Seconds())
 }
 
 // activationWant is the deadline an activation needs: two scripts and slack.

@@ -435,7 +435,8 @@ func TestActivateExecDeactivate(t *testing.T) {
 	}{
 		{h.met.Activations.WithLabelValues("hardened", protocol.ResultActivated), 1},
 		{h.met.Activations.WithLabelValues("broken", protocol.ResultAborted), 1},
-		{h.met.Activations.WithLabelValues("hardened", protocol.ResultDeactivated), 1},
+		{h.met.Deactivations.WithLabelValues("hardened", protocol.ResultDeactivated), 1},
+		{h.met.Activations.WithLabelValues("hardened", protocol.ResultDeactivated), 0}, // not an activation
 		{h.met.Commands.WithLabelValues(protocol.RouteOverride), 1},
 		{h.met.Commands.WithLabelValues(protocol.RouteDenied), 1},
 		{h.met.Commands.WithLabelValues(protocol.RouteDefault), 2},
@@ -444,8 +445,11 @@ func TestActivateExecDeactivate(t *testing.T) {
 			t.Errorf("%s = %v, want %v", c.m.Desc(), got, c.want)
 		}
 	}
-	if n := histogramCount(t, h.met.ActivationDuration); n != 3 {
-		t.Errorf("activation duration observations = %d, want 3", n)
+	if n := histogramCount(t, h.met.ActivationDuration); n != 2 {
+		t.Errorf("activation duration observations = %d, want 2", n)
+	}
+	if n := histogramCount(t, h.met.DeactivationDuration); n != 1 {
+		t.Errorf("deactivation duration observations = %d, want 1", n)
 	}
 }
 

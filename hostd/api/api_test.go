@@ -152,11 +152,21 @@ func TestSeedScenario(t *testing.T) {
 		`vmpersona_commands_total{route="denied"} 3`,
 		`vmpersona_commands_total{route="override"} 1`,
 		`vmpersona_agents_connected 1`,
-		`vmpersona_activation_duration_seconds_count`,
+		`vmpersona_activation_duration_seconds_count 2`,
+		`vmpersona_deactivations_total{persona="staging",result="deactivated"} 1`,
+		`vmpersona_deactivation_duration_seconds_count 1`,
+		`vmpersona_agent_connected{instance="vm1"} 1`,
+		`vmpersona_build_info{goversion="go`,
 		`vmpersona_audit_events_total{type="persona_created"} 2`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
+		}
+	}
+	// A deactivation is not an activation.
+	for _, l := range strings.Split(m, "\n") {
+		if strings.HasPrefix(l, "vmpersona_activations_total{") && strings.Contains(l, `result="deactivated"`) {
+			t.Errorf("a deactivation is counted as an activation: %s", l)
 		}
 	}
 }

@@ -135,6 +135,18 @@ func New(cfg Config) *Server {
 		cfg.Reconciler = reconcile.New(reconcile.Config{Store: cfg.Store, Metrics: cfg.Metrics, Logger: cfg.Logger})
 		cfg.Reconciler.Bind(cfg.Agents)
 	}
+	if cfg.Agents != nil {
+		// One series per instance, read at scrape time (a second API on
+		// the same registry finds it registered already).
+		mgr := cfg.Agents
+		_ = cfg.Metrics.WatchInstances(func() []metrics.InstanceAgent {
+			var out []metrics.InstanceAgent
+			for _, st := range mgr.List() {
+				out = append(out, metrics.InstanceAgent{Instance: st.Name, Connected: st.State == agents.StateConnected})
+			}
+			return out
+		})
+	}
 	s := &Server{cfg: cfg, router: httprouter.New()}
 	s.routes = s.routeTable()
 	for _, rt := range s.routes {

@@ -4,8 +4,12 @@
 package metrics
 
 import (
+	"runtime"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Metrics is one registry with every family the host daemon exports.
@@ -13,10 +17,16 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	// Activations counts activation outcomes by persona and result
-	// (activated, aborted, rolled_back, failed, deactivated, error).
+	// (activated, aborted, rolled_back, failed, error).
 	Activations *prometheus.CounterVec
 	// ActivationDuration observes activation round trips in seconds.
 	ActivationDuration prometheus.Histogram
+	// Deactivations counts deactivation outcomes by the persona left and
+	// result (deactivated, aborted, failed, error); they are not
+	// activations.
+	Deactivations *prometheus.CounterVec
+	// DeactivationDuration observes deactivation round trips in seconds.
+	DeactivationDuration prometheus.Histogram
 	// Commands counts execs by route: default, override, denied.
 	Commands *prometheus.CounterVec
 	// AgentsConnected is the number of guest agents with a live session.
@@ -49,12 +59,21 @@ func New() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		Activations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vmpersona_activations_total",
-			Help: "Persona activations and deactivations by persona and result.",
+			Help: "Persona activations by persona and result.",
 		}, []string{"persona", "result"}),
 		ActivationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vmpersona_activation_duration_seconds",
 			Help:    "Time from an activation request to the guest's answer.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+			Buckets: activationBuckets,
+		}),
+		Deactivations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmpersona_deactivations_total",
+			Help: "Persona deactivations by the persona left and result.",
+		}, []string{"persona", "result"}),
+		DeactivationDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vmpersona_deactivation_duration_seconds",
+			Help:    "Time from a deactivation request to the guest's answer.",
+			Buckets: activationBuckets,
 		}),
 		Commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vmpersona_commands_total",
@@ -94,14 +113,54 @@ func New() *Metrics {
 			Help: "Free space of the data directory's file system as last checked.",
 		}),
 	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "vmpersona_build_info",
+		Help:        "Always 1; the labels say which vmpersona release and Go version run.",
+		ConstLabels: prometheus.Labels{"version": protocol.SoftwareVersion, "goversion": runtime.Version()},
+	})
+	buildInfo.Set(1)
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Activations, m.ActivationDuration, m.Commands, m.AgentsConnected, m.AuditEvents, m.HTTPDuration,
+		m.Activations, m.ActivationDuration, m.Deactivations, m.DeactivationDuration,
+		m.Commands, m.AgentsConnected, m.AuditEvents, m.HTTPDuration, buildInfo,
 		m.AuthFailures, m.GuestInputRefused, m.AuditThrottleSeconds, m.StorageLow, m.StorageFreeBytes,
 	)
 	for _, r := range []string{"default", "override", "denied"} {
 		m.Commands.WithLabelValues(r)
 	}
 	return m
+}
+
+var activationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
+
+// InstanceAgent is one instance's agent connection, for the per-instance
+// series.
+type InstanceAgent struct {
+	Instance  string
+	Connected bool
+}
+
+// WatchInstances exports vmpersona_agent_connected{instance} (1 or 0) for
+// each instance list returns at scrape time: the series an alert on one
+// VM's agent can use. One series per instance the daemon manages.
+func (m *Metrics) WatchInstances(list func() []InstanceAgent) error {
+	return m.Registry.Register(instanceCollector{list})
+}
+
+var agentConnectedDesc = prometheus.NewDesc("vmpersona_agent_connected",
+	"1 while the instance's guest agent has a live session, else 0.", []string{"instance"}, nil)
+
+type instanceCollector struct{ list func() []InstanceAgent }
+
+func (c instanceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- agentConnectedDesc }
+
+func (c instanceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ia := range c.list() {
+		v := 0.0
+		if ia.Connected {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(agentConnectedDesc, prometheus.GaugeValue, v, ia.Instance)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
@@ -90,7 +91,7 @@ func (g *globals) register(fs *flag.FlagSet, withTimeout bool) {
 	fs.StringVar(&g.token, "token", g.token, "bearer `TOKEN` (env VMPERSONA_TOKEN; prefer --token-file: arguments are visible to other users)")
 	fs.StringVar(&g.tokenFile, "token-file", g.tokenFile, "`FILE` holding the bearer token (env VMPERSONA_TOKEN_FILE)")
 	fs.StringVar(&g.cacert, "cacert", g.cacert, "PEM `FILE` of the CA that signed the daemon's TLS certificate (env VMPERSONA_CACERT)")
-	fs.StringVar(&g.output, "output", g.output, "output `FORMAT`: table (for people) or json (for scripts)")
+	fs.StringVar(&g.output, "output", g.output, "output `FORMAT`: table (for people), json or yaml (for scripts)")
 	fs.StringVar(&g.output, "o", g.output, "short for --output")
 	if withTimeout {
 		fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the daemon, beyond an activation's or a command's own limits")
@@ -104,7 +105,8 @@ type app struct {
 	client *apiclient.Client
 }
 
-func (a *app) json() bool { return a.g.output == "json" }
+// json reports whether the output is for programs (-o json or -o yaml).
+func (a *app) json() bool { return a.g.output == "json" || a.g.output == "yaml" }
 
 // api returns the client, built from the global flags on first use.
 func (a *app) api() (*apiclient.Client, error) {
@@ -240,12 +242,21 @@ func dispatch(ctx context.Context, a *app, root *command, args []string) error {
 	for cmd.subs != nil {
 		fs := newFlagSet(cmd)
 		a.g.register(fs, true)
-		if err := fs.Parse(args); err != nil {
+		version := false
+		if cmd.parent == nil {
+			fs.BoolVar(&version, "version", false, "print the client's version and exit")
+		}
+		err := fs.Parse(args)
+		if err == nil && version {
+			_, err = fmt.Fprintf(a.io.out, "%s %s\n", progName, protocol.SoftwareVersion)
+			return err
+		}
+		if err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				printHelp(a.io.out, cmd, a.g)
 				return nil
 			}
-			return &usageError{msg: err.Error(), cmd: cmd}
+			return &usageError{msg: flagErrText(err, args), cmd: cmd}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -273,10 +284,14 @@ func dispatch(ctx context.Context, a *app, root *command, args []string) error {
 			printHelp(a.io.out, cmd, a.g)
 			return nil
 		}
-		return &usageError{msg: err.Error(), cmd: cmd}
+		return &usageError{msg: flagErrText(err, args), cmd: cmd}
 	}
-	if a.g.output != "table" && a.g.output != "json" {
-		return &usageError{msg: fmt.Sprintf("--output %q: want table or json", a.g.output), cmd: cmd}
+	switch a.g.output {
+	case "table", "json":
+	case "yaml":
+		a.io.out = yamlOut{a.io.out}
+	default:
+		return &usageError{msg: fmt.Sprintf("--output %q: want table, json or yaml", a.g.output), cmd: cmd}
 	}
 	err = runFn(ctx, a, pos)
 	var ue *usageError
@@ -330,7 +345,73 @@ func suggest(cmd *command, name string) string {
 			return fmt.Sprintf("; did you mean %q?", n)
 		}
 	}
+	// A typo: the closest name within two edits (persnoa, instanes).
+	best, bestD := "", 3
+	for _, n := range names {
+		if d := editDistance(name, n); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf("; did you mean %q?", best)
+	}
 	return "; commands: " + strings.Join(names, ", ")
+}
+
+// editDistance is the Damerau–Levenshtein distance (with adjacent
+// transpositions) between a and b.
+func editDistance(a, b string) int {
+	x, y := []rune(a), []rune(b)
+	d := make([][]int, len(x)+1)
+	for i := range d {
+		d[i] = make([]int, len(y)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(x); i++ {
+		for j := 1; j <= len(y); j++ {
+			cost := 1
+			if x[i-1] == y[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && x[i-1] == y[j-2] && x[i-2] == y[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(x)][len(y)]
+}
+
+// flagErrText is the flag package's complaint with the flag written as the
+// user wrote it ("--bogus", not "-bogus").
+func flagErrText(err error, args []string) string {
+	msg := err.Error()
+	for _, prefix := range []string{"flag provided but not defined: -", "flag needs an argument: -", "bad flag syntax: -"} {
+		name, ok := strings.CutPrefix(msg, prefix)
+		if !ok {
+			continue
+		}
+		for _, a := range args {
+			if a == "--" {
+				break
+			}
+			typed, _, _ := strings.Cut(a, "=")
+			if strings.TrimLeft(typed, "-") == name && strings.HasPrefix(typed, "--") {
+				return strings.Replace(msg, "-"+name, typed, 1)
+			}
+		}
+	}
+	if n, ok := strings.CutPrefix(msg, "invalid value "); ok {
+		for _, a := range args {
+			if typed, _, _ := strings.Cut(a, "="); strings.HasPrefix(typed, "--") && strings.Contains(n, " for flag -"+strings.TrimLeft(typed, "-")+":") {
+				return strings.Replace(msg, " for flag -"+strings.TrimLeft(typed, "-")+":", " for flag "+typed+":", 1)
+			}
+		}
+	}
+	return msg
 }
 
 // helpCommand answers "help [command…]".
@@ -394,6 +475,10 @@ func describe(err error) string {
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return err.Error() + " (the daemon did not answer in time; see --timeout)"
+	}
+	var te *apiclient.TransportError
+	if errors.As(err, &te) && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) && strings.HasPrefix(te.Target, "unix:") {
+		return err.Error() + "\nIs the daemon running? Start it with: sudo systemctl start vmpersona-hostd.socket"
 	}
 	return err.Error()
 }

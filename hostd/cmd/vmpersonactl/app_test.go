@@ -82,12 +82,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"persona", "get"}, "missing argument: want NAME"},
 		{[]string{"persona", "get", "a", "b"}, `unexpected argument "b"`},
 		{[]string{"persona", "create"}, "-f FILE is required"},
-		{[]string{"persona", "list", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"persona", "list", "--bogus"}, "flag provided but not defined: --bogus\n"},
+		{[]string{"--bogus", "persona", "list"}, "flag provided but not defined: --bogus\n"},
+		{[]string{"persona", "list", "-bogus"}, "flag provided but not defined: -bogus\n"},
+		{[]string{"persnoa", "list"}, `unknown command "persnoa"; did you mean "persona"?`},
+		{[]string{"instanse"}, `did you mean "instance"?`},
 		{[]string{"activate", "vm1"}, "missing argument: want INSTANCE PERSONA"},
 		{[]string{"exec", "vm1"}, "missing argument"},
 		{[]string{"exec", "vm1", "--env", "NOEQUALS", "--", "ls"}, "want KEY=VALUE"},
 		{[]string{"audit", "--since", "yesterday-ish"}, "--since"},
-		{[]string{"-o", "yaml", "persona", "list"}, `--output "yaml": want table or json`},
+		{[]string{"-o", "xml", "persona", "list"}, `--output "xml": want table, json or yaml`},
 		{[]string{"completion", "tcsh"}, `no completion for shell "tcsh"`},
 		{[]string{"--url", "ftp://x", "persona", "list"}, "scheme must be http, https or unix"},
 		{[]string{"--url", "http://127.0.0.1:1", "--socket", "/x", "persona", "list"}, "not both"},
@@ -274,6 +278,23 @@ func TestDaemonUnreachable(t *testing.T) {
 	_, errOut, code := runInProcess(t, map[string]string{"VMPERSONA_SOCKET": sock}, "persona", "list")
 	if code != exitGeneral || !strings.Contains(errOut, "cannot reach vmpersona-hostd at unix:"+sock) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+	if !strings.Contains(errOut, "systemctl start vmpersona-hostd.socket") {
+		t.Errorf("no hint to start the socket unit: %q", errOut)
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, errOut, code := runInProcess(t, nil, "--version")
+	if code != 0 || out != "vmpersonactl "+protocol.SoftwareVersion+"\n" || errOut != "" {
+		t.Errorf("--version: %d %q %q", code, out, errOut)
+	}
+}
+
+func TestYAMLOutput(t *testing.T) {
+	out, _, code := runInProcess(t, nil, "-o", "yaml", "version")
+	if code != 0 || !strings.HasPrefix(out, "---\n") || !strings.Contains(out, "client: ") || !strings.Contains(out, "protocol: ") {
+		t.Errorf("version -o yaml: %d %q", code, out)
 	}
 }
 

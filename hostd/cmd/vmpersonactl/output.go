@@ -7,10 +7,16 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"go.yaml.in/yaml/v4"
 )
 
-// writeJSON prints v indented, for scripts.
+// writeJSON prints v indented, for scripts; as YAML (the same members)
+// when w is the YAML output of -o yaml.
 func writeJSON(w io.Writer, v any) error {
+	if y, ok := w.(yamlOut); ok {
+		return writeYAML(y.Writer, v)
+	}
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
@@ -113,4 +119,26 @@ func millis(ms float64) string {
 		return fmt.Sprintf("%.1fms", ms)
 	}
 	return d.Round(time.Millisecond).String()
+}
+
+// yamlOut is standard output under -o yaml: documents written with
+// writeJSON come out as YAML; other writes pass through.
+type yamlOut struct{ io.Writer }
+
+// writeYAML prints v as one YAML document with the JSON member names.
+func writeYAML(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var doc any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append([]byte("---\n"), out...))
+	return err
 }
