@@ -122,6 +122,7 @@ func (a *agent) status() AgentStatus {
 		st.AgentVersion = s.hello.AgentVersion
 		st.BootID = s.hello.BootID
 		st.Capabilities = slices.Clone(s.hello.Capabilities)
+		st.LandlockABI = s.hello.LandlockABI
 		st.ConnectedAt = s.connectedAt
 		st.Active = cloneActive(s.active)
 	}

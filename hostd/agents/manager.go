@@ -123,6 +123,7 @@ type AgentStatus struct {
 	State                  string // StateConnected, StateConnecting or StateDisconnected
 	AgentVersion, BootID   string
 	Capabilities           []string
+	LandlockABI            int // the guest kernel's Landlock ABI, 0 for none
 	ConnectedAt            time.Time
 	LastError              string
 	// Active is the persona the guest reported in this session, kept up to

@@ -27,7 +27,7 @@ func (s *Server) view(is instanceState) (apitypes.Instance, error) {
 	st := is.agent
 	v := apitypes.Instance{
 		ID: is.name, Source: st.Source, Endpoint: st.Endpoint, State: apitypes.StateUnknown,
-		Agent: apitypes.Agent{State: st.State, Version: st.AgentVersion, BootID: st.BootID, Capabilities: st.Capabilities, LastError: st.LastError},
+		Agent: apitypes.Agent{State: st.State, Version: st.AgentVersion, BootID: st.BootID, Capabilities: st.Capabilities, LastError: st.LastError, LandlockABI: st.LandlockABI},
 	}
 	if !is.managed {
 		v.Agent.State = agents.StateDisconnected

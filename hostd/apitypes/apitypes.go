@@ -95,6 +95,10 @@ type Agent struct {
 	// ConnectedAt is when the current session began; absent while none.
 	ConnectedAt time.Time `json:"connected_at,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
+	// LandlockABI is the guest kernel's Landlock ABI version (restrictions
+	// enforced by the guest kernel); absent when it has none (routing
+	// table only).
+	LandlockABI int `json:"landlock_abi,omitempty"`
 }
 
 // InstanceList answers GET /instances: instances sorted by id.

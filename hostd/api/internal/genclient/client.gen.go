@@ -808,12 +808,15 @@ type Instance struct {
 	Active        ActualState `json:"active"`
 	ActivePersona *string     `json:"active_persona"`
 	Agent         struct {
-		BootId       *string            `json:"boot_id,omitempty"`
-		Capabilities []string           `json:"capabilities"`
-		ConnectedAt  *time.Time         `json:"connected_at,omitempty"`
-		LastError    *string            `json:"last_error,omitempty"`
-		State        InstanceAgentState `json:"state"`
-		Version      *string            `json:"version,omitempty"`
+		BootId       *string    `json:"boot_id,omitempty"`
+		Capabilities []string   `json:"capabilities"`
+		ConnectedAt  *time.Time `json:"connected_at,omitempty"`
+
+		// LandlockAbi the guest kernel's Landlock ABI version: restrictions are enforced by the guest kernel for everything an exec starts; absent: routing-table enforcement only
+		LandlockAbi *int               `json:"landlock_abi,omitempty"`
+		LastError   *string            `json:"last_error,omitempty"`
+		State       InstanceAgentState `json:"state"`
+		Version     *string            `json:"version,omitempty"`
 	} `json:"agent"`
 
 	// Desired what the instance should run: a persona at a revision, or none (persona null)
