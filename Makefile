@@ -5,8 +5,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 
 # Debian packages the host daemon builds with (cgo against libvirt).
 BUILD_DEBS := gcc libc6-dev pkg-config libvirt-dev
-# And those the tests need besides: promtool, QEMU for the QMP tests, shells for completion tests.
-TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish systemd lintian
+# And those the tests need besides: promtool, QEMU for the QMP tests, shells for completion tests,
+# etcd for the fleet tier.
+TEST_DEBS := $(BUILD_DEBS) prometheus qemu-system-x86 zsh fish systemd lintian etcd-server etcd-client
 
 .PHONY: all build test lint fuzz bench demo clean deps-build deps-test
 
