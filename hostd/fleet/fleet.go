@@ -59,6 +59,10 @@ const DefaultPrefix = "/vmpersona/v1/"
 // still answers reads.
 var ErrUnavailable = errdefs.New(errdefs.ErrUnavailable, "fleet-unavailable", "the fleet store (etcd) is unavailable")
 
+// ErrForbidden: etcd refused the write to this host's etcd user (its role
+// may not write the catalogue).
+var ErrForbidden = errdefs.New(errdefs.ErrForbidden, "fleet-forbidden", "this host's etcd user may not write the catalogue")
+
 // Config configures Open.
 type Config struct {
 	Endpoints []string // etcd client URLs

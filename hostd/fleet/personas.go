@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vmpersona/vmpersona/errdefs"
@@ -100,6 +102,11 @@ func (b *Backend) write(op string, attempt func(ctx context.Context) (rev int64,
 			if refusal(err) {
 				b.m.write(op, "refused", time.Since(start))
 				return err
+			}
+			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) {
+				b.m.write(op, "forbidden", time.Since(start))
+				return errdefs.WithMessage(fmt.Errorf("%w: %v", ErrForbidden, err),
+					"etcd refused the "+op+" to this host's etcd user: give it a role that may write "+b.keyCatalog)
 			}
 			b.m.write(op, "unavailable", time.Since(start))
 			return unavailable(op, err)

@@ -65,10 +65,10 @@ func (b *Backend) replicate(ctx context.Context) {
 			needFull = false
 		}
 		err := b.watch(ctx, b.Applied()+1)
-		b.setLink(&b.watchUp, false)
 		if ctx.Err() != nil {
 			return
 		}
+		b.setLink(&b.watchUp, false)
 		if errors.Is(err, errCompacted) {
 			b.log.Warn("fleet: the local copy's revision was compacted in etcd; reading everything again", "revision", b.Applied())
 			needFull = true

@@ -1,0 +1,172 @@
+package fleet
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/vmpersona/vmpersona/errdefs"
+)
+
+// pki writes a CA and certificates signed by it into dir.
+type pki struct {
+	dir    string
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	caFile string
+}
+
+func newPKI(t *testing.T) *pki {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	p := &pki{dir: t.TempDir(), ca: ca, caKey: k}
+	p.caFile = filepath.Join(p.dir, "ca.pem")
+	os.WriteFile(p.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	return p
+}
+
+// issue writes a certificate for cn (a server one with 127.0.0.1 when
+// server) and returns its cert and key files.
+func (p *pki) issue(t *testing.T, cn string, server bool) (string, string) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	if server {
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &k.PublicKey, p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(k)
+	cert, key := filepath.Join(p.dir, cn+".pem"), filepath.Join(p.dir, cn+"-key.pem")
+	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return cert, key
+}
+
+// TestMutualTLSAndRoles runs one member with client certificates and auth:
+// the host's name defaults to its certificate's CN, a host whose role may
+// only read the catalogue and write its own hosts/<host>/ keys follows the
+// catalogue, and its persona writes are refused as forbidden (403), not as
+// unavailable.
+func TestMutualTLSAndRoles(t *testing.T) {
+	p := newPKI(t)
+	srvCert, srvKey := p.issue(t, "etcd", true)
+	m := &member{name: "m0", dir: filepath.Join(t.TempDir(), "etcd")}
+	m.peerURL = url.URL{Scheme: "http", Host: "127.0.0.1:" + itoa(freePort(t))}
+	m.clientURL = url.URL{Scheme: "https", Host: "127.0.0.1:" + itoa(freePort(t))}
+	cfg := m.config("m0="+m.peerURL.String(), "new")
+	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = srvCert, srvKey
+	cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = p.caFile, true
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	<-e.Server.ReadyNotify()
+
+	// The role setup of the README, through the root user.
+	rootCert, rootKey := p.issue(t, "root", false)
+	writerCert, writerKey := p.issue(t, "writer", false)
+	hostCert, hostKey := p.issue(t, "h1", false)
+	tlsCfg, _, err := clientTLS(Config{CA: p.caFile, Cert: rootCert, Key: rootKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL.String()}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := root.UserAddWithOptions(ctx, "root", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.RoleAdd(ctx, "vmpersona-writer"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "vmpersona-writer", "/test/", clientv3.GetPrefixRangeEnd("/test/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := root.RoleAdd(ctx, "vmpersona-host-h1"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "vmpersona-host-h1", "/test/catalog/", clientv3.GetPrefixRangeEnd("/test/catalog/"), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "vmpersona-host-h1", "/test/hosts/h1/", clientv3.GetPrefixRangeEnd("/test/hosts/h1/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := root.UserAddWithOptions(ctx, "writer", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "writer", "vmpersona-writer"); return err },
+		func() error { _, err := root.UserAddWithOptions(ctx, "h1", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "h1", "vmpersona-host-h1"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("role setup step %d: %v", i, err)
+		}
+	}
+
+	w := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: []string{m.clientURL.String()}, CA: p.caFile, Cert: writerCert, Key: writerKey, Prefix: "/test/"}}
+	w.open()
+	t.Cleanup(w.close)
+	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: []string{m.clientURL.String()}, CA: p.caFile, Cert: hostCert, Key: hostKey, Prefix: "/test/"}}
+	h.open()
+	t.Cleanup(h.close)
+	if h.b.Host() != "h1" {
+		t.Fatalf("host name %q, want the certificate's CN h1", h.b.Host())
+	}
+	w.waitConnected()
+	h.waitConnected()
+	if _, err := w.b.CreatePersona(persona("fleetwide", false)); err != nil {
+		t.Fatalf("write with the writer role: %v", err)
+	}
+	waitFor(t, "h1 to follow the catalogue", func() bool { _, err := h.b.GetPersona("fleetwide"); return err == nil })
+	_, err = h.b.CreatePersona(persona("mine", false))
+	if !errors.Is(err, ErrForbidden) || errdefs.Class(err) != errdefs.ErrForbidden {
+		t.Fatalf("write with a host role: %v, want the forbidden class", err)
+	}
+	waitFor(t, "h1's presence", func() bool {
+		hs, err := w.b.Hosts(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, p := range hs {
+			if p.Host == "h1" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func itoa(n int) string { return big.NewInt(int64(n)).String() }
