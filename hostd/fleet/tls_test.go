@@ -108,7 +108,10 @@ func TestMutualTLSAndRoles(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	steps := []func() error{
-		func() error { _, err := root.UserAddWithOptions(ctx, "root", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error {
+			_, err := root.UserAddWithOptions(ctx, "root", "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		},
 		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
 		func() error { _, err := root.RoleAdd(ctx, "vmpersona-writer"); return err },
 		func() error {
@@ -124,9 +127,15 @@ func TestMutualTLSAndRoles(t *testing.T) {
 			_, err := root.RoleGrantPermission(ctx, "vmpersona-host-h1", "/test/hosts/h1/", clientv3.GetPrefixRangeEnd("/test/hosts/h1/"), clientv3.PermissionType(clientv3.PermReadWrite))
 			return err
 		},
-		func() error { _, err := root.UserAddWithOptions(ctx, "writer", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error {
+			_, err := root.UserAddWithOptions(ctx, "writer", "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		},
 		func() error { _, err := root.UserGrantRole(ctx, "writer", "vmpersona-writer"); return err },
-		func() error { _, err := root.UserAddWithOptions(ctx, "h1", "", &clientv3.UserAddOptions{NoPassword: true}); return err },
+		func() error {
+			_, err := root.UserAddWithOptions(ctx, "h1", "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		},
 		func() error { _, err := root.UserGrantRole(ctx, "h1", "vmpersona-host-h1"); return err },
 		func() error { _, err := root.AuthEnable(ctx); return err },
 	}
