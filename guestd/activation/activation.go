@@ -178,6 +178,10 @@ func (m *Manager) buildView(active *protocol.ActiveState) (*View, error) {
 // a guest whose kernel has no Landlock.
 var ErrNoKernelEnforcement = errors.New(`activation: the persona asks for "enforcement": "kernel", and this guest's kernel has no Landlock (Linux 5.13 or later with landlock in the LSM list): use "agent", or a kernel with Landlock`)
 
+// landlockABI is the kernel's Landlock ABI (a variable so that tests can
+// play a kernel without Landlock).
+var landlockABI = confine.ABI
+
 // buildDomain builds the Landlock domain of a persona: nil when it is
 // enforced by the routing table only ("agent", or no Landlock and no
 // explicit "kernel") or has nothing to enforce.
@@ -189,7 +193,7 @@ func buildDomain(p *protocol.Persona, table *routing.Table, overrides map[string
 	default:
 		return nil, fmt.Errorf("%w: enforcement %q is neither %q nor %q", ErrInvalidPersona, p.Enforcement, protocol.EnforcementKernel, protocol.EnforcementAgent)
 	}
-	if confine.ABI() == 0 {
+	if landlockABI() == 0 {
 		if p.Enforcement == protocol.EnforcementKernel {
 			return nil, ErrNoKernelEnforcement
 		}
