@@ -222,13 +222,13 @@ func TestCompleteWordsWithoutDaemon(t *testing.T) {
 		words []string
 		want  []string
 	}{
-		{[]string{""}, []string{"activate", "active", "audit", "completion", "deactivate", "diff", "exec", "instance", "instances", "persona", "rollout", "version"}},
+		{[]string{""}, []string{"activate", "active", "apply", "audit", "completion", "deactivate", "diff", "exec", "instance", "instances", "persona", "rollout", "version"}},
 		{[]string{"per"}, []string{"persona"}},
-		{[]string{"persona", ""}, []string{"create", "delete", "edit", "get", "list"}},
+		{[]string{"persona", ""}, []string{"create", "delete", "edit", "get", "list", "validate"}},
 		{[]string{"--output", "json", "persona", "d"}, []string{"delete"}},
 		{[]string{"completion", ""}, []string{"bash", "fish", "zsh"}},
 		{[]string{"audit", "--type", "de"}, []string{"deactivation", "deactivation_requested", "default_activation", "denial"}},
-		{[]string{"-o", ""}, []string{"json", "table"}},
+		{[]string{"-o", ""}, []string{"json", "table", "yaml"}},
 		{[]string{"persona", "delete", "--f"}, []string{"--force"}},
 		{[]string{"persona", "get", ""}, nil},
 	}

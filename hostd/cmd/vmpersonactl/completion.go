@@ -28,8 +28,8 @@ var flagValues = map[string]argKind{
 }
 
 var staticFlagValues = map[string][]string{
-	"output": {"table", "json"},
-	"o":      {"table", "json"},
+	"output": {"table", "json", "yaml"},
+	"o":      {"table", "json", "yaml"},
 	"type":   protocol.AuditTypes,
 }
 
@@ -47,6 +47,7 @@ vmpersonactl exec vm1 -- ls -l /
 vmpersonactl --url https://host:7443 --token-file ~/.vmpersona-token instances`,
 		subs: []*command{
 			personaCommand(),
+			applyCommand(),
 			instancesCommand(),
 			instanceCommand(),
 			activateCommand(),

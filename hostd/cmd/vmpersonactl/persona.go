@@ -28,14 +28,14 @@ func personaCommand() *command {
 		summary: "create, show, change and delete personas",
 		long: `A persona is a named set of environment variables, activation scripts,
 command overrides and restrictions that can be activated on an instance.
-Persona files are JSON, with the fields of the product's persona format:
+Persona files are JSON or YAML, with the fields of the product's persona format:
 name, environment_variables, pre_activation_script, post_activation_script,
 command_overrides, restricted_commands, allowed_commands, default_persona.`,
 		example: `vmpersonactl persona list
 vmpersonactl persona create -f hardened.json`,
 		subs: []*command{
 			personaCreateCommand(), personaGetCommand(), personaListCommand(),
-			personaEditCommand(), personaDeleteCommand(),
+			personaEditCommand(), personaDeleteCommand(), personaValidateCommand(),
 		},
 	}
 }
@@ -437,6 +437,14 @@ func readPersonaFile(a *app, file string) (protocol.Persona, error) {
 // misspelt field would otherwise be dropped without a word).
 func decodePersona(b []byte, src string) (protocol.Persona, error) {
 	var p protocol.Persona
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] != '{' && t[0] != '[' {
+		// Not JSON: a YAML persona, with the same field names.
+		j, err := yamlToJSON(b)
+		if err != nil {
+			return p, fmt.Errorf("%s: %v", src, err)
+		}
+		b = j
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
