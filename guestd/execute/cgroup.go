@@ -74,6 +74,32 @@ func findCgroupBase() {
 		return
 	}
 	cgroupBase = base
+	removeStale(base)
+}
+
+// removeStale ends what a previous daemon (killed before it could clean
+// up, and no longer running) left in its commands' cgroups, and removes
+// them.
+func removeStale(base string) {
+	ents, err := os.ReadDir(base)
+	if err != nil {
+		return
+	}
+	own := "vmpersona-exec-" + strconv.Itoa(os.Getpid()) + "-"
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "vmpersona-exec-") || strings.HasPrefix(e.Name(), own) {
+			continue
+		}
+		// Only a dead daemon's: several daemons may share a cgroup (on a
+		// host, in tests), and a live one's commands are its own business.
+		pid, _, _ := strings.Cut(strings.TrimPrefix(e.Name(), "vmpersona-exec-"), "-")
+		if n, err := strconv.Atoi(pid); err != nil || n <= 0 || unix.Kill(n, 0) != unix.ESRCH {
+			continue
+		}
+		g := &cgroup{dir: base + "/" + e.Name(), fd: -2}
+		slog.Warn("ending the processes a previous run left in a command's cgroup", "cgroup", g.dir)
+		g.remove()
+	}
 }
 
 // cgroup2Mount returns where the unified hierarchy is mounted ("" for
@@ -144,10 +170,12 @@ func (g *cgroup) kill() {
 // remove kills what is left and removes the cgroup once it is empty (the
 // killed processes take a moment to exit).
 func (g *cgroup) remove() {
-	if g == nil || g.fd < 0 {
+	if g == nil || g.fd == -1 {
 		return
 	}
-	unix.Close(g.fd)
+	if g.fd >= 0 {
+		unix.Close(g.fd)
+	}
 	g.fd = -1
 	for i := 0; ; i++ {
 		err := unix.Rmdir(g.dir)
