@@ -52,8 +52,7 @@ func (s *Store) ApplyReplica(b ReplicaBatch) error {
 			var stale [][]byte
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixPersona)})
 			for it.Rewind(); it.Valid(); it.Next() {
-				name := string(it.Item().Key()[len(prefixPersona):])
-				if _, ok := b.Personas[name]; !ok {
+				if _, ok := b.Personas[string(it.Item().Key()[len(prefixPersona):])]; !ok {
 					stale = append(stale, it.Item().KeyCopy(nil))
 				}
 			}
