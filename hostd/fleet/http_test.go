@@ -19,28 +19,20 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/api"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
+	"github.com/vmpersona/vmpersona/internal/testbin"
 )
 
-// guestdBin is the real guest daemon, built once for the package's tests.
+// guestdBin is the real guest daemon (internal/testbin builds it once per
+// test run).
 var guestdBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "vmpersona-fleet-test")
-	if err != nil {
+	var err error
+	if guestdBin, err = testbin.Path(testbin.Guestd); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	guestdBin = filepath.Join(dir, "vmpersona-guestd")
-	build := exec.Command("go", "build", "-o", guestdBin, "github.com/vmpersona/vmpersona/guestd/cmd/vmpersona-guestd")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the guest daemon: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // startGuest runs a real guest daemon on a unix socket; killed at the end.
