@@ -30,7 +30,31 @@ const (
 	MaxCommandPathLen  = 4096 // an absolute path (PATH_MAX)
 	MaxCommandEntries  = 10000
 	MaxPersonaTextSize = 16 << 20 // bytes: all names, values and scripts together
+	// MaxEnvTotal bounds a persona's environment as execve counts it
+	// (EnvSize): Linux refuses an exec (E2BIG) whose arguments and
+	// environment together pass a quarter of the stack limit, 2 MiB with
+	// the usual 8 MiB stack. Half of that is left for the guest's own
+	// environment, a request's variables and the command's arguments.
+	MaxEnvTotal = 1 << 20
 )
+
+// EnvSize is what an environment costs an execve: each NAME=value string
+// with its terminating NUL and the pointer to it.
+func EnvSize(env map[string]string) int {
+	n := 0
+	for k, v := range env {
+		n += len(k) + 1 + len(v) + 1 + 8
+	}
+	return n
+}
+
+// EnvTotal checks an environment against MaxEnvTotal.
+func EnvTotal(env map[string]string) error {
+	if n := EnvSize(env); n > MaxEnvTotal {
+		return violation("adds up to %d bytes as execve counts it (NAME=value, NUL and pointer each), at most %d allowed: every exec would fail with E2BIG", n, MaxEnvTotal)
+	}
+	return nil
+}
 
 // violation is a broken rule: class errdefs.ErrInvalid, the message saying
 // what is wrong with the value (without naming its field, which the caller

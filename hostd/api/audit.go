@@ -21,6 +21,28 @@ func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 // this many bytes of them, whichever comes first.
 const MaxAuditPageBytes = 4 << 20
 
+// auditPager is a store that says whether more events follow a page in the
+// same read (*store.Store does).
+type auditPager interface {
+	QueryAuditPage(q store.AuditQuery) ([]store.AuditEvent, bool, error)
+}
+
+// queryAuditPage reads one page and whether more events match: in one read
+// where the store can, else by looking one event further.
+func queryAuditPage(st store.Backend, q store.AuditQuery) ([]store.AuditEvent, bool, error) {
+	if p, ok := st.(auditPager); ok {
+		return p.QueryAuditPage(q)
+	}
+	evs, err := st.QueryAudit(q)
+	if err != nil || len(evs) == 0 {
+		return evs, false, err
+	}
+	peek := q
+	peek.After, peek.Limit, peek.MaxBytes = evs[len(evs)-1].ID, 1, 0
+	rest, err := st.QueryAudit(peek)
+	return evs, len(rest) > 0, err
+}
+
 func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	q := r.URL.Query()
 	aq := store.AuditQuery{
@@ -48,7 +70,7 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 	}
 	aq.Limit = limit
 	aq.MaxBytes = MaxAuditPageBytes
-	evs, err := s.cfg.Store.QueryAudit(aq)
+	evs, more, err := queryAuditPage(s.cfg.Store, aq)
 	if err != nil {
 		return err
 	}
@@ -58,22 +80,8 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 		// added to one and not the other does not compile.
 		page.Events[i] = apitypes.AuditEvent(ev)
 	}
-	if len(evs) > 0 {
-		last := evs[len(evs)-1].ID
-		more := len(evs) == limit
-		if !more {
-			// Cut short by bytes, or the end: look one event further.
-			peek := aq
-			peek.After, peek.Limit, peek.MaxBytes = last, 1, 0
-			rest, err := s.cfg.Store.QueryAudit(peek)
-			if err != nil {
-				return err
-			}
-			more = len(rest) > 0
-		}
-		if more {
-			page.Next = last
-		}
+	if more && len(evs) > 0 {
+		page.Next = evs[len(evs)-1].ID
 	}
 	writeJSON(w, http.StatusOK, page)
 	return nil

@@ -359,13 +359,21 @@ func (s *Store) IngestGuestAudit(instance string, b protocol.AuditBatch) (upTo u
 // event's ID is the cursor for the next page (q.After). Since and Until
 // select by the time the host stored the event.
 func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
+	out, _, err := s.QueryAuditPage(q)
+	return out, err
+}
+
+// QueryAuditPage is QueryAudit that also says whether more events match
+// after the answer (it was cut by q.Limit or q.MaxBytes), seen in the same
+// read transaction.
+func (s *Store) QueryAuditPage(q AuditQuery) (evs []AuditEvent, more bool, err error) {
 	limit := q.Limit
 	if limit <= 0 {
 		limit = DefaultAuditLimit
 	}
 	limit = min(limit, MaxAuditLimit)
 	if q.After != "" && !validAuditID(q.After) {
-		return nil, fmt.Errorf("audit cursor %q: %w", q.After, ErrInvalidArgument)
+		return nil, false, fmt.Errorf("audit cursor %q: %w", q.After, ErrInvalidArgument)
 	}
 	// Walk the primary log, or the index of one filter (instance first,
 	// then persona, then type). Both are ordered by ID.
@@ -399,13 +407,13 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 	}
 
 	out := []AuditEvent{}
-	err := s.view(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{
 			PrefetchValues: !useIndex, PrefetchSize: min(limit, 100), Prefix: base,
 		})
 		defer it.Close()
 		size := 0
-		for it.Seek(start); it.Valid() && len(out) < limit; it.Next() {
+		for it.Seek(start); it.Valid(); it.Next() {
 			k := it.Item().Key()
 			if after != nil && bytes.Equal(k, after) {
 				continue
@@ -427,9 +435,6 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 					return err
 				}
 			}
-			if q.MaxBytes > 0 && len(out) > 0 && size+int(item.ValueSize()) > q.MaxBytes {
-				break
-			}
 			var ev AuditEvent
 			vsize := 0
 			if err := item.Value(func(v []byte) error { vsize = len(v); return decodeAudit(v, &ev) }); err != nil {
@@ -440,13 +445,17 @@ func (s *Store) QueryAudit(q AuditQuery) ([]AuditEvent, error) {
 				q.Type != "" && ev.Type != q.Type {
 				continue
 			}
+			if len(out) >= limit || q.MaxBytes > 0 && len(out) > 0 && size+vsize > q.MaxBytes {
+				more = true // a matching event that does not fit
+				break
+			}
 			size += vsize
 			out = append(out, ev)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return out, nil
+	return out, more, nil
 }

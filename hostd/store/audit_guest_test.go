@@ -107,18 +107,21 @@ func TestQueryAuditMaxBytes(t *testing.T) {
 	seen := 0
 	q := AuditQuery{Limit: 1000, MaxBytes: 10 << 10}
 	for pages := 0; ; pages++ {
-		got, err := s.QueryAudit(q)
+		got, more, err := s.QueryAuditPage(q)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(got) == 0 {
-			break
+			t.Fatal("an empty page: the one before said more events follow")
 		}
 		if len(got) > 10 {
 			t.Fatalf("page of %d events of 1 KB under a 10 KB bound", len(got))
 		}
 		seen += len(got)
 		q.After = got[len(got)-1].ID
+		if !more {
+			break
+		}
 		if pages > 100 {
 			t.Fatal("paging does not end")
 		}

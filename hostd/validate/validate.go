@@ -154,6 +154,9 @@ func checkPersona(p *protocol.Persona) *Error {
 		}
 		total += len(k) + len(v)
 	}
+	if err := rules.EnvTotal(p.EnvironmentVariables); err != nil {
+		return fail("environment_variables", "%v", err)
+	}
 
 	if e := checkText("pre_activation_script", p.PreActivationScript, MaxScriptLen); e != nil {
 		return e

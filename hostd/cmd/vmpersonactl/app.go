@@ -39,6 +39,9 @@ type stdio struct {
 	out    io.Writer
 	err    io.Writer
 	getenv func(string) string
+	// rawOut and rawErr are out and err before escaping (termsafe.go): for
+	// a remote command's own output and the editor.
+	rawOut, rawErr io.Writer
 }
 
 // globals are the flags every command accepts.
@@ -223,7 +226,10 @@ func (e *exitStatus) Error() string { return fmt.Sprintf("exit status %d", e.cod
 // run executes one command line and returns the exit code.
 func run(ctx context.Context, args []string, sio *stdio) int {
 	g := defaultGlobals(sio.getenv)
-	a := &app{io: sio, g: g}
+	safe := *sio
+	safe.rawOut, safe.rawErr = sio.out, sio.err
+	safe.out, safe.err = termSafe(sio.out), termSafe(sio.err)
+	a := &app{io: &safe, g: g}
 	defer func() {
 		if a.client != nil {
 			a.client.Close()

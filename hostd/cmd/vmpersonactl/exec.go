@@ -114,7 +114,7 @@ vmpersonactl -o json exec vm1 -- id`,
 						err = writeJSON(a.io.out, res)
 					}
 				} else {
-					res, err = c.ExecStream(ctx, args[0], req, a.io.out, a.io.err)
+					res, err = c.ExecStream(ctx, args[0], req, a.io.rawOut, a.io.rawErr)
 				}
 				if err != nil {
 					return execError(ctx, a, err)

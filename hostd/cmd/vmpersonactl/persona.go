@@ -402,7 +402,7 @@ func runEditor(ctx context.Context, a *app, path string) error {
 		editor = "vi"
 	}
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", editor+` "$@"`, editor, path)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.in, a.io.out, a.io.err
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.io.in, a.io.rawOut, a.io.rawErr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("editor %q failed: %w; nothing was changed", editor, err)
 	}
