@@ -196,14 +196,25 @@ func (q *auditQuota) refill(now time.Time) {
 	q.bytes = min(q.byteRate*auditQuotaBurst, q.bytes+dt*q.byteRate)
 }
 
-// admit returns how many of evs fit the quota now (a prefix), taking their
-// cost; or 0 and how long until one would.
-func (q *auditQuota) admit(evs []protocol.AuditEvent, now time.Time) (int, time.Duration) {
+// admit takes the cost of as many of evs as fit the quota now (a prefix)
+// and returns how many; or, when the quota does not yet hold the whole
+// batch (or as much of it as the bucket can ever hold), 0 and how long
+// until it does. Waiting for the whole batch rather than admitting a few
+// events at a time keeps a guest from sending the same large batch again
+// and again for a handful of events each time.
+func (q *auditQuota) admit(evs []protocol.AuditEvent, now time.Time, force bool) (int, time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.refill(now)
-	if q.events < 1 || q.bytes < 1 {
-		need := max((1-q.events)/q.eventRate, (1-q.bytes)/q.byteRate)
+	wantEvents, wantBytes := 0.0, 0.0
+	for i := range evs {
+		wantEvents++
+		wantBytes += float64(store.GuestAuditSize(&evs[i]))
+	}
+	wantEvents = min(wantEvents, q.eventRate*auditQuotaBurst)
+	wantBytes = min(wantBytes, q.byteRate*auditQuotaBurst)
+	if !force && (q.events < wantEvents || q.bytes < wantBytes) {
+		need := max((wantEvents-q.events)/q.eventRate, (wantBytes-q.bytes)/q.byteRate)
 		return 0, time.Duration(need*float64(time.Second)) + time.Millisecond
 	}
 	n := 0
@@ -235,17 +246,14 @@ func (a *agent) throttleAudit(ctx context.Context, b protocol.AuditBatch) protoc
 	}()
 	deadline := start.Add(maxAuditHold)
 	for {
-		n, wait := q.admit(b.Events, time.Now())
-		if n > 0 {
+		now := time.Now()
+		n, wait := q.admit(b.Events, now, !now.Before(deadline))
+		if n > 0 || !now.Before(deadline) {
 			b.Events = b.Events[:n]
 			return b
 		}
-		if left := time.Until(deadline); wait > left {
+		if left := deadline.Sub(now); wait > left {
 			wait = left
-		}
-		if wait <= 0 {
-			b.Events = nil
-			return b
 		}
 		t := time.NewTimer(wait)
 		select {

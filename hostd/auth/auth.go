@@ -59,7 +59,7 @@ type Identity struct {
 
 // ErrWorldReadable is returned for a token file its group or other users
 // can read or write (like ssh with a private key: only the owner may).
-var ErrWorldReadable = errors.New("token file is accessible to its group or other users")
+var ErrWorldReadable = errors.New("token file is readable or writable by its group or other users")
 
 type entry struct {
 	sum  [sha256.Size]byte

@@ -88,12 +88,15 @@ func TestAuthorisationMatrix(t *testing.T) {
 	tokFile := filepath.Join(dir, "tokens.csv")
 	os.WriteFile(tokFile, []byte(authAdmin+",alice,1,admin\n"+authOperator+",oscar,2,operator\n"+authViewer+",victor,3,viewer\n"), 0o600)
 
-	// The token file is refused at start when others can read it.
-	os.Chmod(tokFile, 0o644)
-	out, err := exec.Command(hostdBin, "--data-dir", filepath.Join(dir, "d0"), "--unix-socket", filepath.Join(dir, "s0.sock"),
-		"--libvirt-uri", "", "--token-auth-file", tokFile).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "readable") {
-		t.Fatalf("a world-readable token file was accepted: %v %s", err, out)
+	// The token file is refused at start when its group or others can
+	// read it (as ssh refuses such a key).
+	for _, mode := range []os.FileMode{0o644, 0o640} {
+		os.Chmod(tokFile, mode)
+		out, err := exec.Command(hostdBin, "--data-dir", filepath.Join(dir, "d0"), "--unix-socket", filepath.Join(dir, "s0.sock"),
+			"--libvirt-uri", "", "--token-auth-file", tokFile).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "readable") || !strings.Contains(string(out), "chmod 600") {
+			t.Fatalf("a token file of mode %04o was accepted: %v %s", mode, err, out)
+		}
 	}
 	os.Chmod(tokFile, 0o600)
 
@@ -202,9 +205,15 @@ func TestAuthorisationMatrix(t *testing.T) {
 		check("unix nobody", r, -1, got[2*i])
 		check("unix nobody viewer token", r, 1, got[2*i+1])
 	}
+	// Every refusal is counted; the audit log keeps a sample bounded per
+	// source (tcp 127.0.0.1, unix root, unix nobody) and says how many it
+	// left out.
+	if n := h.authFailuresCounted(t); n != refusals {
+		t.Errorf("%d refusals but vmpersona_auth_failures_total is %d", refusals, n)
+	}
 	after := h.auditEvents(t, "type=auth_failure")
-	if n := len(after) - failuresBefore; n != refusals {
-		t.Errorf("%d refusals but %d auth_failure events audited", refusals, n)
+	if n := len(after) - failuresBefore; n < 3 || n > refusals {
+		t.Errorf("%d refusals from 3 sources but %d auth_failure events audited", refusals, n)
 	}
 	sawNobody := false
 	for _, ev := range after {
@@ -215,5 +224,5 @@ func TestAuthorisationMatrix(t *testing.T) {
 	if !sawNobody {
 		t.Errorf("no auth_failure event names the unix peer nobody")
 	}
-	t.Logf("%d routes × 9 callers; %d refusals, each audited", len(authRoutes), refusals)
+	t.Logf("%d routes × 9 callers; %d refusals, each counted, %d audited", len(authRoutes), refusals, len(after)-failuresBefore)
 }

@@ -11,6 +11,8 @@
 //	bypass_test.go        ways around a restriction; allowlist mode
 //	load_test.go          concurrent clients × real guests: no 5xx, no lost audit event, p50/p99
 //	bounds_test.go        hostile guests flooding hostd; the guest's own limits
+//	harden_test.go        anonymous floods, forged and flooding guest audit, hostile handshakes and exec answers
+//	diskfull_test.go      hostd on a small tmpfs and ext4 that fill up: 507, recovery, nothing lost
 //
 // `go test ./integration/reliability` runs short versions (part of make
 // test); with -tags reliability (make reliability) they run at full size.

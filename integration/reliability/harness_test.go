@@ -352,7 +352,7 @@ func (h *hostd) auditEvents(t testing.TB, query string) []map[string]any {
 			t.Fatal(err)
 		}
 		all = append(all, page.Events...)
-		if len(page.Events) == 0 || page.Next == after {
+		if len(page.Events) == 0 || page.Next == "" || page.Next == after {
 			return all
 		}
 		after = page.Next

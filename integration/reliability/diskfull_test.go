@@ -1,0 +1,170 @@
+package reliability
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// mountSmall mounts a small file system of the given kind ("tmpfs", or
+// "ext4" on a loop image) on a new directory, unmounted at cleanup.
+func mountSmall(t *testing.T, kind string, sizeMB int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small file system needs root")
+	}
+	dir := tmpDir(t)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var cmd *exec.Cmd
+	switch kind {
+	case "tmpfs":
+		cmd = exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%dm", sizeMB), "tmpfs", mnt)
+	case "ext4":
+		img := filepath.Join(dir, "fs.img")
+		if out, err := exec.Command("truncate", "-s", fmt.Sprintf("%dM", sizeMB), img).CombinedOutput(); err != nil {
+			t.Fatalf("truncate: %v %s", err, out)
+		}
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", img).CombinedOutput(); err != nil {
+			t.Skipf("mkfs.ext4 is not usable here: %v %s", err, out)
+		}
+		cmd = exec.Command("mount", "-o", "loop", img, mnt)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a %s here (%v: %s): the disk-full test needs it", kind, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			exec.Command("umount", "-l", mnt).Run()
+			t.Logf("umount %s: %v %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+func freeMB(t *testing.T, dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize >> 20
+}
+
+// fill writes a file until the file system has at most leaveMB free (0:
+// until it is full).
+func fill(t *testing.T, path string, leaveMB int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for freeMB(t, filepath.Dir(path)) > leaveMB {
+		if _, err := f.Write(buf); err != nil {
+			break // full
+		}
+	}
+	f.Sync()
+}
+
+// TestDiskFullIsAnAnswer: hostd on a small file system (tmpfs, and ext4 on
+// a loop image) that fills up. Under the free-space watermark writes are
+// answered 507 problem documents, reads keep working, /readyz says why and
+// vmpersona_storage_low shows it; with the disk completely full hostd stays
+// up; when space returns it takes writes again by itself; nothing
+// acknowledged is lost across a restart.
+func TestDiskFullIsAnAnswer(t *testing.T) {
+	for _, kind := range []string{"tmpfs", "ext4"} {
+		t.Run(kind, func(t *testing.T) { diskFullRun(t, kind) })
+	}
+}
+
+func diskFullRun(t *testing.T, kind string) {
+	mnt := mountSmall(t, kind, 96)
+	data := filepath.Join(mnt, "data")
+	sock := filepath.Join(tmpDir(t), "hostd.sock")
+	args := []string{"--min-free-space", fmt.Sprint(16 << 20)}
+	h := startHostd(t, data, sock, args...)
+	var acked []string
+	create := func(name string) int {
+		a, err := call(h.client, "POST", "/personas", map[string]any{"name": name, "pre_activation_script": strings.Repeat("# pad\n", 4<<10)})
+		if err != nil {
+			t.Fatalf("POST /personas: %v\n%s", err, h.stderr)
+		}
+		if a.status == 201 {
+			acked = append(acked, name)
+		} else {
+			checkProblem(t, "create under a full disk", a)
+		}
+		return a.status
+	}
+	for i := range 5 {
+		if s := create(fmt.Sprintf("before-%d", i)); s != 201 {
+			t.Fatalf("create with space: %d", s)
+		}
+	}
+
+	// Under the watermark: 507, reads work, /readyz says why.
+	fill(t, filepath.Join(mnt, "filler-1"), 8)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, _ := call(h.client, "GET", "/readyz", nil)
+		if a.status == 503 && strings.Contains(string(a.body), "watermark") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with %d MB free: %d %s", freeMB(t, mnt), a.status, a.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := create("refused"); s != 507 {
+		t.Fatalf("create under the watermark: %d, want 507", s)
+	}
+	if got := h.metric(t, "vmpersona_storage_low"); got != 1 {
+		t.Errorf("vmpersona_storage_low = %v under the watermark", got)
+	}
+	// Completely full: still an answer, never a crash.
+	fill(t, filepath.Join(mnt, "filler-2"), 0)
+	for i := range 20 {
+		if s := create(fmt.Sprintf("full-%d", i)); s != 507 {
+			t.Fatalf("create on a full disk: %d, want 507", s)
+		}
+		h.must(t, "GET", "/personas/before-0", nil, 200)
+		h.must(t, "GET", "/audit?limit=5", nil, 200)
+	}
+	if h.exited() {
+		t.Fatalf("hostd died on a full disk: %s", h.stderr)
+	}
+
+	// Space returns: writes resume by themselves.
+	os.Remove(filepath.Join(mnt, "filler-1"))
+	os.Remove(filepath.Join(mnt, "filler-2"))
+	deadline = time.Now().Add(10 * time.Second)
+	for create("after") != 201 {
+		if time.Now().After(deadline) {
+			t.Fatalf("writes did not resume with %d MB free", freeMB(t, mnt))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.must(t, "GET", "/readyz", nil, 200)
+	if got := h.metric(t, "vmpersona_storage_low"); got != 0 {
+		t.Errorf("vmpersona_storage_low = %v after space returned", got)
+	}
+
+	// Nothing acknowledged is lost.
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	<-h.done
+	h = startHostd(t, data, sock, args...)
+	for _, name := range acked {
+		h.must(t, "GET", "/personas/"+name, nil, 200)
+	}
+	t.Logf("%s: %d personas acknowledged, all present after a restart", kind, len(acked))
+}
