@@ -332,22 +332,46 @@ func listenUnix(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
-	l, err := net.Listen("unix", path)
+	// The socket is made under a temporary name, given its mode and group,
+	// and renamed into place: nobody sees it at path with other rights.
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	os.Remove(tmp)
+	l, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("--unix-socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
 		l.Close()
-		return nil, fmt.Errorf("--unix-socket: %w", err)
+		os.Remove(tmp)
+		return nil, fmt.Errorf("--unix-socket %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		return fail(err)
 	}
 	if g, err := user.LookupGroup(auth.AdminGroup); err == nil {
 		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(path, -1, gid); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("--unix-socket: give %s to group %s: %w", path, auth.AdminGroup, err)
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			return fail(fmt.Errorf("give it to group %s: %w", auth.AdminGroup, err))
 		}
 	}
-	return l, nil
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	return &unixListener{Listener: l, path: path}, nil
+}
+
+// unixListener removes its socket file when closed.
+type unixListener struct {
+	net.Listener
+	path string
+	once sync.Once
+}
+
+func (u *unixListener) Close() error {
+	err := u.Listener.Close()
+	u.once.Do(func() { os.Remove(u.path) })
+	return err
 }
 
 // watchdog pings systemd's watchdog at half its interval when enabled.

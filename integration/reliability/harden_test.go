@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -647,5 +648,35 @@ func auditFloodRun(t *testing.T, guests int, dur time.Duration) {
 	}
 	if fails.Load() > 0 {
 		t.Errorf("%d execs on the other instance failed during the flood", fails.Load())
+	}
+}
+
+// TestSocketGroup: the API socket hostd creates is root:vmpersona 0660 when
+// the group exists, so its members can connect without socket activation.
+func TestSocketGroup(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("creating the vmpersona group and reading the socket's owner needs root")
+	}
+	g, err := user.LookupGroup("vmpersona")
+	if err != nil {
+		if out, err := exec.Command("groupadd", "--system", "vmpersona").CombinedOutput(); err != nil {
+			t.Skipf("no group vmpersona and groupadd failed (%v: %s)", err, out)
+		}
+		t.Cleanup(func() { exec.Command("groupdel", "vmpersona").Run() })
+		if g, err = user.LookupGroup("vmpersona"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := tmpDir(t)
+	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"))
+	var st syscall.Stat_t
+	if err := syscall.Stat(h.sock, &st); err != nil {
+		t.Fatal(err)
+	}
+	if gid, _ := strconv.Atoi(g.Gid); int(st.Gid) != gid || st.Uid != 0 || st.Mode&0o777 != 0o660 {
+		t.Fatalf("socket is uid %d gid %d mode %04o; want root:vmpersona (gid %s) 0660", st.Uid, st.Gid, st.Mode&0o777, g.Gid)
+	}
+	if entries, _ := os.ReadDir(dir); slices.ContainsFunc(entries, func(e os.DirEntry) bool { return strings.HasSuffix(e.Name(), ".tmp") }) {
+		t.Errorf("a temporary socket was left behind: %v", entries)
 	}
 }
