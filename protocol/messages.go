@@ -236,11 +236,16 @@ const (
 
 // ExecResult answers Exec (guest → host).
 type ExecResult struct {
-	ExitCode        int     `json:"exit_code"`
-	Signal          string  `json:"signal"`
-	TimedOut        bool    `json:"timed_out,omitempty"`
-	Stdout          string  `json:"stdout"`
-	Stderr          string  `json:"stderr"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal"`
+	TimedOut bool   `json:"timed_out,omitempty"`
+	Stdout   string `json:"stdout"`
+	Stderr   string `json:"stderr"`
+	// StdoutEncoding and StderrEncoding are EncodingBase64 when the output
+	// is not valid UTF-8 and its field carries the bytes in base64; empty
+	// when the field is the text itself (see EncodeOutput).
+	StdoutEncoding  string  `json:"stdout_encoding,omitempty"`
+	StderrEncoding  string  `json:"stderr_encoding,omitempty"`
 	StdoutTruncated bool    `json:"stdout_truncated"`
 	StderrTruncated bool    `json:"stderr_truncated"`
 	Route           string  `json:"route"`
@@ -301,6 +306,7 @@ const (
 	CodeDenied             = "denied"              // restricted in the current persona
 	CodeNotFound           = "not_found"           // the command does not exist in the guest
 	CodeNotExecutable      = "not_executable"      // the command exists but cannot be run
+	CodeCannotStart        = "cannot_start"        // the process cannot be started (its cwd, say)
 	CodeBadRequest         = "bad_request"         // the payload could not be decoded or is invalid
 	CodeUnsupportedType    = "unsupported_type"    // the message type is unknown to the receiver
 	CodeUnsupportedVersion = "unsupported_version" // no protocol version in common
@@ -337,7 +343,7 @@ func (e *Error) class() error {
 	switch e.Code {
 	case CodeDenied:
 		return errdefs.ErrForbidden
-	case CodeNotFound, CodeNotExecutable:
+	case CodeNotFound, CodeNotExecutable, CodeCannotStart:
 		return errdefs.ErrInvalid
 	case CodeBadRequest:
 		return errdefs.ErrInvalidArgument
@@ -352,7 +358,7 @@ func (e *Error) Kind() string {
 	switch e.Code {
 	case CodeDenied:
 		return "command-denied"
-	case CodeNotFound, CodeNotExecutable:
+	case CodeNotFound, CodeNotExecutable, CodeCannotStart:
 		return "command-not-startable"
 	case CodeBadRequest:
 		return "guest-refused"
@@ -368,7 +374,7 @@ func (e *Error) Explain() string {
 	switch e.Code {
 	case CodeDenied:
 		return DeniedMessage
-	case CodeNotFound, CodeNotExecutable:
+	case CodeNotFound, CodeNotExecutable, CodeCannotStart:
 		return e.Command + ": " + e.Message
 	case CodeBadRequest, CodeBusy:
 		return e.Message
@@ -382,7 +388,7 @@ func (e *Error) Details() map[string]any {
 	switch e.Code {
 	case CodeDenied:
 		return map[string]any{"command": e.Command, "persona": e.Persona}
-	case CodeNotFound, CodeNotExecutable:
+	case CodeNotFound, CodeNotExecutable, CodeCannotStart:
 		return map[string]any{"command": e.Command, "reason": e.Code}
 	}
 	return nil

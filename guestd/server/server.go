@@ -299,7 +299,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		return fail(protocol.CodeBadRequest, "exec: cwd must be an absolute path")
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
-		return fail(protocol.CodeBadRequest, "exec: cwd "+cwd+" is not a directory")
+		return fail(protocol.CodeCannotStart, "cwd "+cwd+" is not a directory")
 	}
 	for k, v := range req.Env {
 		if err := errors.Join(rules.EnvName(k), rules.ExecEnvValue(v)); err != nil {
@@ -406,12 +406,9 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		return fail(protocol.CodeNotFound, "cannot open "+path)
 	}
 	defer exe.Close()
-	maxOut := s.cfg.MaxOutput
-	if req.MaxOutput > 0 {
-		maxOut = min(req.MaxOutput, s.cfg.MaxOutput)
-	}
+	maxOut := outputBound(req, s.cfg.MaxOutput)
 	spec := execute.Spec{
-		Path: path, Exe: exe, Domain: view.Domain, Credential: cred, Args: append([]string{req.Command}, req.Args...), Env: env, Dir: cwd,
+		Path: path, Exe: exe, Domain: view.Domain, Credential: cred, Args: append([]string{argv0(req.Command, d)}, req.Args...), Env: env, Dir: cwd,
 		Stdin: req.Stdin, Timeout: timeout, MaxOutput: maxOut,
 	}
 	if req.Stream {
@@ -427,10 +424,11 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 	}
 	out := protocol.ExecResult{
 		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut,
-		Stdout: string(res.Stdout), Stderr: string(res.Stderr),
 		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated,
 		Route: route, DurationMillis: float64(res.Duration.Microseconds()) / 1000,
 	}
+	out.Stdout, out.StdoutEncoding = protocol.EncodeOutput(res.Stdout)
+	out.Stderr, out.StderrEncoding = protocol.EncodeOutput(res.Stderr)
 	if persona != "" {
 		out.Persona = &persona
 	}

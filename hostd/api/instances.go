@@ -327,6 +327,10 @@ func checkExec(q *apitypes.ExecRequest) error {
 		return invalid("user", "%v", rules.UserName(q.User))
 	case rules.UserName(q.Group) != nil:
 		return invalid("group", "%v", rules.UserName(q.Group))
+	case q.MaxOutputBytes < 0:
+		return invalid("max_output_bytes", "must not be negative")
+	case q.StdinEncoding != "" && q.StdinEncoding != apitypes.EncodingBase64:
+		return invalid("stdin_encoding", "must be %q or absent (UTF-8 text)", apitypes.EncodingBase64)
 	}
 	for i, a := range q.Args {
 		if hasNUL(a) {
@@ -377,9 +381,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		Command: req.Command, Args: req.Args, Env: req.Env, Cwd: req.Cwd,
 		TimeoutMillis: timeout.Milliseconds(), Stream: stream, Actor: identityOf(r).User,
 		User: req.User, Group: req.Group,
+		MaxOutput: req.MaxOutputBytes,
 	}
 	if req.Stdin != "" {
-		preq.Stdin = []byte(req.Stdin)
+		if preq.Stdin, err = protocol.DecodeOutput(req.Stdin, req.StdinEncoding); err != nil {
+			return invalid("stdin", "%v", err)
+		}
 	}
 	// The guest kills the command at its timeout; the host waits a little
 	// longer for that answer before giving up on the agent.
@@ -407,15 +414,32 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 			w.WriteHeader(http.StatusOK)
 		}
 	}
-	res, err := s.cfg.Agents.Exec(ctx, inst, preq, func(sb byte, data []byte) {
+	// Each stream's chunks go out as text that never ends inside a
+	// character, or as base64 where the bytes are not UTF-8.
+	var split [3]protocol.TextSplitter
+	emit := func(sb byte, data string, encoding string) {
+		if data == "" {
+			return
+		}
 		start()
 		name := apitypes.StreamStdout
 		if sb == protocol.StreamStderr {
 			name = apitypes.StreamStderr
 		}
-		enc.Encode(apitypes.ExecStreamLine{Stream: name, Data: string(data)})
+		enc.Encode(apitypes.ExecStreamLine{Stream: name, Data: data, Encoding: encoding})
+	}
+	res, err := s.cfg.Agents.Exec(ctx, inst, preq, func(sb byte, data []byte) {
+		if sb != protocol.StreamStdout && sb != protocol.StreamStderr {
+			return
+		}
+		d, e := split[sb].Next(data)
+		emit(sb, d, e)
 		rc.Flush()
 	})
+	for _, sb := range []byte{protocol.StreamStdout, protocol.StreamStderr} {
+		d, e := split[sb].Flush()
+		emit(sb, d, e)
+	}
 	if err != nil {
 		if !started {
 			return err

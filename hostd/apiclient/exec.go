@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // maxStreamLine bounds one NDJSON line of a streamed exec.
@@ -71,13 +72,21 @@ func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecReq
 		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&out); err != nil {
 			return apitypes.ExecResult{}, c.streamErr(err)
 		}
-		if _, err := io.WriteString(stdout, out.Stdout); err != nil {
+		ob, err := out.StdoutBytes()
+		if err != nil {
+			return out, fmt.Errorf("%w: stdout: %v", ErrProtocol, err)
+		}
+		eb, err := out.StderrBytes()
+		if err != nil {
+			return out, fmt.Errorf("%w: stderr: %v", ErrProtocol, err)
+		}
+		if _, err := stdout.Write(ob); err != nil {
 			return out, fmt.Errorf("apiclient: write stdout: %w", err)
 		}
-		if _, err := io.WriteString(stderr, out.Stderr); err != nil {
+		if _, err := stderr.Write(eb); err != nil {
 			return out, fmt.Errorf("apiclient: write stderr: %w", err)
 		}
-		out.Stdout, out.Stderr = "", ""
+		out.Stdout, out.Stderr, out.StdoutEncoding, out.StderrEncoding = "", "", "", ""
 		return out, nil
 	}
 	if strings.TrimSpace(ct) != "application/x-ndjson" {
@@ -117,7 +126,11 @@ func readExecStream(body io.Reader, stdout, stderr io.Writer) (apitypes.ExecResu
 			if l.Stream == apitypes.StreamStderr {
 				w = stderr
 			}
-			if _, err := io.WriteString(w, l.Data); err != nil {
+			data, err := protocol.DecodeOutput(l.Data, l.Encoding)
+			if err != nil {
+				return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
+			}
+			if _, err := w.Write(data); err != nil {
 				return apitypes.ExecResult{}, &writeError{stream: l.Stream, err: err}
 			}
 		case apitypes.StreamExit:
@@ -125,7 +138,7 @@ func readExecStream(body io.Reader, stdout, stderr io.Writer) (apitypes.ExecResu
 			if l.ExecResult != nil {
 				res = *l.ExecResult
 			}
-			res.Stdout, res.Stderr = "", ""
+			res.Stdout, res.Stderr, res.StdoutEncoding, res.StderrEncoding = "", "", "", ""
 			return res, nil
 		default:
 			if e := l.StreamError; e != nil && e.Status != 0 {

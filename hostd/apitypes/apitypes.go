@@ -168,8 +168,10 @@ type ExecRequest struct {
 	Command string            `json:"command"`
 	Args    []string          `json:"args"`
 	Env     map[string]string `json:"env,omitempty"`
-	// Stdin is sent to the command byte for byte.
-	Stdin string `json:"stdin,omitempty"`
+	// Stdin is sent to the command byte for byte: UTF-8 text as it is, or
+	// any bytes in base64 with StdinEncoding "base64".
+	Stdin         string `json:"stdin,omitempty"`
+	StdinEncoding string `json:"stdin_encoding,omitempty"`
 	// Cwd is an absolute path in the guest; empty for the agent's.
 	Cwd string `json:"cwd,omitempty"`
 	// TimeoutSeconds bounds the command in the guest (its whole process
@@ -179,7 +181,19 @@ type ExecRequest struct {
 	// or numeric ids); empty means the persona's exec_user, or root.
 	User  string `json:"user,omitempty"`
 	Group string `json:"group,omitempty"`
+	// MaxOutputBytes cuts each captured stream of a buffered answer (at
+	// most the guest's --max-output; 0 for that bound) and, when set, a
+	// streamed one (which is otherwise not cut). A cut stream is flagged
+	// stdout_truncated / stderr_truncated.
+	MaxOutputBytes int `json:"max_output_bytes,omitempty"`
 }
+
+// Encodings of exec input and output strings.
+const (
+	// EncodingBase64 marks a string carrying bytes in base64 because
+	// they are not valid UTF-8; no encoding means UTF-8 text as it is.
+	EncodingBase64 = protocol.EncodingBase64
+)
 
 // ExecResult answers a command that ran: its exit code or signal, output,
 // truncation flags, route, persona and duration. A command that ran and
@@ -201,6 +215,9 @@ const (
 type ExecStreamLine struct {
 	Stream string `json:"stream"`
 	Data   string `json:"data,omitempty"`
+	// Encoding is "base64" when Data carries bytes that are not UTF-8;
+	// absent, Data is the text (a chunk never ends inside a character).
+	Encoding string `json:"encoding,omitempty"`
 	// ExecResult is set on the "exit" line.
 	*ExecResult
 	// StreamError is set on the "error" line.

@@ -578,8 +578,9 @@ Exit codes:
   1  other failure      4  conflict or stale revision
   2  wrong usage        5  unauthorized or forbidden
   exec exits with the remote command's code: 128+N for signal N, 124 when
-  it timed out, 126 when the persona denies it or it is not executable,
-  127 when it does not exist in the guest.
+  it timed out, 125 when it succeeded but its output was cut, 126 when the
+  persona denies it or it is not executable, 127 when it does not exist in
+  the guest.
 `
 
 // flagLines renders a flag set as "  -o, --output VALUE   usage (default x)".

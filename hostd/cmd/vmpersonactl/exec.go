@@ -10,17 +10,18 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Exit codes of exec beyond the remote command's own, as shells use them.
 const (
 	exitTimedOut        = 124 // the guest killed the command at --timeout (as timeout(1))
+	exitTruncated       = 125 // the command succeeded but its output was cut (--max-output or the guest's bound)
 	exitCannotExecute   = 126 // denied by the persona, or not executable
 	exitCommandNotFound = 127 // no such command in the guest
 	exitSignalBase      = 128 // 128+N: killed by signal N
@@ -50,6 +51,14 @@ persona's routing table: an overridden command runs its override, a
 restricted one is refused. Output is streamed to this program's standard
 output and error as it arrives, and vmpersonactl exits with the command's
 exit code (128+N when a signal N killed it, 124 when --timeout killed it).
+Input and output are byte for byte: binary data, pipes and files of any
+size stream through (standard input is read whole, up to 8 MiB of text or
+6 MiB of other bytes).
+
+Output is cut only at --max-output, or with --output json at the guest's
+--max-output bound (1 MiB by default). A cut output prints a warning on
+standard error, and a command that succeeded then exits 125 (unless
+--allow-truncated).
 
 A command the persona denies prints "Error: Command not allowed in current
 persona" and exits 126; a command that does not exist in the guest exits
@@ -74,6 +83,8 @@ vmpersonactl -o json exec vm1 -- id`,
 			timeout := fs.Duration("timeout", 0, "limit for the command in the guest (default: the daemon's, 30s)")
 			stdin := fs.Bool("stdin", false, "send this program's standard input to the command")
 			fs.BoolVar(stdin, "i", false, "short for --stdin")
+			maxOutput := fs.Int("max-output", 0, "cut each output stream after `BYTES` (with -o json: at most the guest's --max-output; default: that bound, and no cut when streaming)")
+			allowTrunc := fs.Bool("allow-truncated", false, "exit with the command's code even when its output was cut (default: warn and exit 125)")
 			return func(ctx context.Context, a *app, args []string) error {
 				if err := wantArgs(args, 2, -1, "INSTANCE CMD [ARG…]"); err != nil {
 					return err
@@ -96,13 +107,17 @@ vmpersonactl -o json exec vm1 -- id`,
 					if len(b) > maxInput {
 						return fmt.Errorf("standard input is larger than %d bytes", maxInput)
 					}
-					if !utf8.Valid(b) {
-						// The REST API carries stdin as a JSON string: bytes
-						// that are not UTF-8 would arrive altered.
-						return fmt.Errorf("standard input is not UTF-8 text; the daemon's API carries text only")
+					// Text goes as it is; other bytes in base64 (a JSON
+					// string holds text only), which is a third larger.
+					req.Stdin, req.StdinEncoding = protocol.EncodeOutput(b)
+					if len(req.Stdin) > maxInput-64<<10 {
+						return fmt.Errorf("standard input is too large for one request (at most about 8 MiB of text or 6 MiB of other bytes)")
 					}
-					req.Stdin = string(b)
 				}
+				if *maxOutput < 0 {
+					return usageErrorf("--max-output must not be negative")
+				}
+				req.MaxOutputBytes = *maxOutput
 				c, err := a.api()
 				if err != nil {
 					return err
@@ -119,6 +134,14 @@ vmpersonactl -o json exec vm1 -- id`,
 				if err != nil {
 					return execError(ctx, a, err)
 				}
+				if res.StdoutTruncated || res.StderrTruncated {
+					if !a.json() {
+						fmt.Fprintf(a.io.err, "%s: warning: the command's output was cut (%s); use --max-output to change the bound\n", progName, truncatedStreams(res))
+					}
+					if code := execExit(res); code == 0 && !*allowTrunc {
+						return &exitStatus{exitTruncated}
+					}
+				}
 				if code := execExit(res); code != 0 {
 					if res.Signal != "" && !res.TimedOut && !a.json() {
 						fmt.Fprintf(a.io.err, "%s: command killed by signal %s\n", progName, res.Signal)
@@ -129,6 +152,17 @@ vmpersonactl -o json exec vm1 -- id`,
 			}
 		},
 	}
+}
+
+// truncatedStreams names the streams that were cut.
+func truncatedStreams(res apitypes.ExecResult) string {
+	switch {
+	case res.StdoutTruncated && res.StderrTruncated:
+		return "stdout and stderr"
+	case res.StdoutTruncated:
+		return "stdout"
+	}
+	return "stderr"
 }
 
 // execExit is the exit code for a command that ran.
