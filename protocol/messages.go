@@ -27,6 +27,7 @@ const (
 	TypeExec           Type = 0x20 // host → guest: Exec; answered by ExecOutput* then ExecResult
 	TypeExecOutput     Type = 0x21 // guest → host: binary output chunk, FlagMore set
 	TypeExecResult     Type = 0x22 // guest → host: ExecResult
+	TypeExecCredit     Type = 0x23 // host → guest: ExecCredit for a streamed Exec with a Window; never answered
 	TypeAuditBatch     Type = 0x30 // guest → host: AuditBatch (unsolicited request)
 	TypeAuditAck       Type = 0x31 // host → guest: AuditAck (answers an AuditBatch)
 	TypeError          Type = 0x7f // either way: Error, answers any request
@@ -36,7 +37,7 @@ var typeNames = map[Type]string{
 	TypeHello: "hello", TypeHelloAck: "hello_ack", TypePing: "ping", TypePong: "pong",
 	TypeActivate: "activate", TypeActivateResult: "activate_result", TypeDeactivate: "deactivate",
 	TypeDryRun: "dry_run", TypeDryRunResult: "dry_run_result",
-	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result",
+	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result", TypeExecCredit: "exec_credit",
 	TypeAuditBatch: "audit_batch", TypeAuditAck: "audit_ack", TypeError: "error",
 }
 
@@ -53,6 +54,7 @@ func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
 // Capabilities a guest may announce in its HelloAck.
 const (
 	CapExecStream = "exec-stream" // ExecOutput chunks while a command runs
+	CapExecWindow = "exec-window" // Exec.Window: streamed output paced by the host's ExecCredit
 	CapAllowlist  = "allowlist"   // Persona.AllowedCommands is enforced
 	CapAuditSpool = "audit-spool" // audit events survive restarts until acknowledged
 	CapProfile    = "profile"     // the persona's environment reaches login shells
@@ -225,6 +227,18 @@ type Exec struct {
 	// exec_user, or root.
 	User  string `json:"user,omitempty"`
 	Group string `json:"group,omitempty"`
+	// Window, for a streamed Exec to a guest announcing CapExecWindow, is
+	// how many output bytes the guest may send beyond those the host has
+	// acknowledged with ExecCredit; the command waits (its pipe fills)
+	// until more credit arrives. 0: no pacing.
+	Window int `json:"window,omitempty"`
+}
+
+// ExecCredit (host → guest, same id as the Exec) acknowledges output bytes
+// the host's consumer has taken. Bytes < 0 says the host stopped reading:
+// the rest of the output is dropped as it is produced.
+type ExecCredit struct {
+	Bytes int `json:"bytes"`
 }
 
 // Routes an exec can take.

@@ -72,6 +72,7 @@ type Request struct {
 	// Payload belongs to the handler.
 	Payload []byte
 	s       *Session
+	win     *window
 }
 
 // Decode decodes the JSON payload; it fails with a *Error of code
@@ -81,9 +82,119 @@ func (r *Request) Decode(v any) error { return Unmarshal(r.Payload, v) }
 // Output sends one ExecOutput chunk of this request's answer. It waits
 // until the chunk is written (the stream holds a slow host back), and fails
 // once the session has ended.
+//
+// After SetWindow, it also waits until the host has acknowledged enough of
+// the earlier output (ExecCredit), and fails with ErrOutputStopped once the
+// host has stopped reading.
 func (r *Request) Output(stream byte, data []byte) error {
+	if r.win != nil {
+		if err := r.win.take(r.s, len(data)); err != nil {
+			return err
+		}
+	}
 	return r.s.send(r.s.ctx, Header{Type: TypeExecOutput, Flags: FlagResponse | FlagMore, Epoch: r.Epoch, ID: r.ID},
 		AppendExecOutput(make([]byte, 0, len(data)+1), stream, data))
+}
+
+// ErrOutputStopped fails Output once the host has said it reads no more of
+// this answer's output (an ExecCredit with negative bytes).
+var ErrOutputStopped = errors.New("protocol: the host stopped reading this output")
+
+// SetWindow paces this request's output: at most n bytes may be sent beyond
+// those the host has acknowledged with ExecCredit (Exec.Window). n <= 0
+// leaves the output unpaced.
+func (r *Request) SetWindow(n int) {
+	if n <= 0 || r.win != nil {
+		return
+	}
+	w := &window{size: n, changed: make(chan struct{})}
+	r.s.mu.Lock()
+	r.s.windows[r.ID] = w
+	r.s.mu.Unlock()
+	r.win = w
+}
+
+// window is the output credit of one request being served (the guest's
+// end).
+type window struct {
+	size int
+
+	mu sync.Mutex
+	// changed is closed (and replaced) at every update: both of a
+	// command's streams may be waiting, and each must look again.
+	changed chan struct{}
+	ahead   int  // bytes sent and not acknowledged
+	stopped bool // the host reads no more
+	ended   bool // the handler returned
+}
+
+// take waits until n more bytes may go. The host acknowledges in batches
+// of a quarter window, so a sender with less than that ahead never waits
+// (whatever n): the two ends cannot wait for each other.
+func (w *window) take(s *Session, n int) error {
+	for {
+		w.mu.Lock()
+		switch {
+		case w.stopped:
+			w.mu.Unlock()
+			return ErrOutputStopped
+		case w.ended:
+			w.mu.Unlock()
+			return ErrClosed
+		case w.ahead < w.size/4 || w.ahead+n <= w.size:
+			w.ahead += n
+			w.mu.Unlock()
+			return nil
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		select {
+		case <-changed:
+		case <-s.closed:
+			return ErrClosed
+		}
+	}
+}
+
+func (w *window) update(f func(*window)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f(w)
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// credit applies an ExecCredit to the request it names.
+func (s *Session) credit(f Frame) {
+	var c ExecCredit
+	if Unmarshal(f.Payload, &c) != nil {
+		return
+	}
+	s.mu.Lock()
+	w := s.windows[f.ID]
+	s.mu.Unlock()
+	if w == nil {
+		return // the answer is complete already
+	}
+	w.update(func(w *window) {
+		if c.Bytes < 0 {
+			w.stopped = true
+		} else {
+			w.ahead = max(w.ahead-c.Bytes, 0)
+		}
+	})
+}
+
+// served forgets the window of a request whose handler returned; an output
+// still waiting for credit gives up.
+func (s *Session) served(r *Request) {
+	if r.win == nil {
+		return
+	}
+	s.mu.Lock()
+	delete(s.windows, r.ID)
+	s.mu.Unlock()
+	r.win.update(func(w *window) { w.ended = true })
 }
 
 // SessionConfig configures one end of a session.
@@ -147,6 +258,7 @@ type Session struct {
 
 	mu      sync.Mutex
 	pending map[uint64]*call
+	windows map[uint64]*window // paced answers being served (guest)
 
 	writes   chan *outFrame
 	serial   chan *Request
@@ -186,6 +298,7 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 		w: NewWriter(conn), r: NewReader(conn, cfg.MaxPayload),
 		ctx: ctx, stop: stop,
 		pending:  make(map[uint64]*call),
+		windows:  make(map[uint64]*window),
 		writes:   make(chan *outFrame),
 		serial:   make(chan *Request, 1),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
@@ -352,6 +465,16 @@ func (cl *call) signal() {
 //
 // A nil req sends an empty payload (Ping).
 func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte)) error {
+	return s.CallPaced(ctx, t, req, resp, onOutput, 0)
+}
+
+// CallPaced is Call for a streamed Exec whose Window is window (> 0), to a
+// guest announcing CapExecWindow: as onOutput takes the output, the call
+// acknowledges it with ExecCredit a quarter window at a time, so the guest
+// never has more than about a window of output on its way, however slow
+// onOutput is. A call that ends before its answer tells the guest to drop
+// the rest of the output.
+func (s *Session) CallPaced(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte), window int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -381,7 +504,14 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 		return ErrClosed
 	default:
 	}
-	ended := false
+	ended, answered, taken := false, false, 0
+	if window > 0 {
+		defer func() {
+			if !answered {
+				s.stopOutput(epoch, id)
+			}
+		}()
+	}
 	if err := s.send(ctx, Header{Type: t, Epoch: epoch, ID: id}, payload); err != nil {
 		if !errors.Is(err, ErrClosed) {
 			return err
@@ -401,10 +531,18 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 		for _, c := range chunks {
 			if st, data, err := ParseExecOutput(c); err == nil {
 				onOutput(st, data)
+				taken += len(data)
 			}
 		}
 		if final != nil {
+			answered = true
 			return decodeAnswer(*final, resp)
+		}
+		if window > 0 && taken >= window/4 {
+			if err := s.sendCredit(ctx, epoch, id, taken); err != nil && !errors.Is(err, ErrClosed) {
+				return err
+			}
+			taken = 0
 		}
 		if ended {
 			return ErrClosed
@@ -419,6 +557,22 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 			ended = true
 		}
 	}
+}
+
+func (s *Session) sendCredit(ctx context.Context, epoch uint32, id uint64, n int) error {
+	payload, _ := Marshal(ExecCredit{Bytes: n})
+	return s.send(ctx, Header{Type: TypeExecCredit, Epoch: epoch, ID: id}, payload)
+}
+
+// stopOutput tells the guest, without waiting, that a paced call reads no
+// more of its output.
+func (s *Session) stopOutput(epoch uint32, id uint64) {
+	go func() {
+		// Bounded: send returns when the session ends.
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.WriteTimeout)
+		defer cancel()
+		s.sendCredit(ctx, epoch, id, -1)
+	}()
 }
 
 func decodeAnswer(f Frame, resp any) error {
@@ -515,6 +669,10 @@ func (s *Session) dispatch(f Frame) {
 		s.send(s.ctx, Header{Type: TypePong, Flags: FlagResponse, Epoch: epoch, ID: f.ID}, nil)
 		return
 	}
+	if f.Type == TypeExecCredit {
+		s.credit(f)
+		return
+	}
 	h, ok := s.cfg.Handlers[f.Type]
 	if !ok || h.Serve == nil {
 		s.answerError(epoch, f.ID, &Error{Code: CodeUnsupportedType, Message: "the " + s.cfg.Side + " does not accept " + f.Type.String()})
@@ -538,6 +696,7 @@ func (s *Session) dispatch(f Frame) {
 	go func() {
 		defer s.handlers.Done()
 		v, err := h.Serve(s.ctx, r)
+		s.served(r)
 		// The slot is free before the answer leaves: a peer that has its
 		// answer may send the next request at once without being told busy.
 		<-s.inflight
@@ -553,6 +712,7 @@ func (s *Session) serialLoop() {
 			h := s.cfg.Handlers[r.Type]
 			s.handlers.Add(1)
 			v, err := h.Serve(s.ctx, r)
+			s.served(r)
 			s.answer(r, h.Answer, v, err)
 			s.handlers.Done()
 		case <-s.closed:

@@ -156,6 +156,7 @@ func (c *conn) handlers() map[protocol.Type]protocol.Handler {
 			if err := r.Decode(&req); err != nil {
 				return nil, err
 			}
+			r.SetWindow(req.Window)
 			return c.s.exec(ctx, req, r.Output)
 		}},
 	}
@@ -195,7 +196,7 @@ func (c *conn) hello(protocol.Hello) protocol.HelloAck {
 	view := c.s.cfg.Manager.View()
 	return protocol.HelloAck{
 		AgentVersion: protocol.SoftwareVersion,
-		Capabilities: []string{protocol.CapExecStream, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun},
+		Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun},
 		BootID:       c.s.cfg.BootID,
 		SpoolID:      c.s.cfg.Spool.ID(),
 		Active:       view.Active,

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/store"
@@ -112,16 +113,31 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 	}
 	ctx, cancel := m.withDefaultDeadline(ctx, time.Duration(req.TimeoutMillis)*time.Millisecond+callSlack)
 	defer cancel()
-	if req.MaxOutput <= 0 {
-		req.MaxOutput = DefaultExecMaxOutput
+	var res protocol.ExecResult
+	bound := req.MaxOutput // what the answer is checked against
+	if bound <= 0 {
+		bound = DefaultExecMaxOutput
 	}
-	if onOutput != nil {
-		req.Stream = true
-		onOutput = a.boundOutput(s, req.MaxOutput, onOutput)
+	switch {
+	case onOutput != nil && slices.Contains(s.hello.Capabilities, protocol.CapExecWindow):
+		// The guest sends at most a window ahead of onOutput: a slow
+		// reader holds the command back instead of failing it, so the
+		// stream is not cut in total unless the request asks.
+		req.Stream, req.Window = true, execWindow
+		if req.MaxOutput > 0 {
+			onOutput = a.boundOutput(s, req.MaxOutput, onOutput)
+		}
+		err = s.cl.CallPaced(ctx, protocol.TypeExec, req, &res, onOutput, execWindow)
+	case onOutput != nil:
+		// An older guest, unpaced: its stream is bounded.
+		req.Stream, req.MaxOutput = true, bound
+		err = s.cl.Call(ctx, protocol.TypeExec, req, &res, a.boundOutput(s, bound, onOutput))
+	default:
+		req.MaxOutput = bound
+		res, err = call[protocol.ExecResult](ctx, s.cl, protocol.TypeExec, req, nil)
 	}
-	res, err := call[protocol.ExecResult](ctx, s.cl, protocol.TypeExec, req, onOutput)
 	if err == nil {
-		if err = checkExecResult(&res, req.MaxOutput); err != nil {
+		if err = checkExecResult(&res, bound); err != nil {
 			a.refuseGuest(s, "exec_result", err)
 			return protocol.ExecResult{}, err
 		}
@@ -247,6 +263,10 @@ func newActivationID() string {
 // goroutine, has returned for the last time when call returns, and a call
 // whose consumer falls more than protocol.DefaultOutputBuffer behind fails
 // with protocol.ErrOutputOverflow.
+// execWindow is how much streamed output a guest sends ahead of its
+// consumer (well inside the session's per-call output buffer).
+const execWindow = 1 << 20
+
 func call[T any](ctx context.Context, cl *protocol.Client, t protocol.Type, req any, onOutput func(stream byte, data []byte)) (T, error) {
 	var v T
 	err := cl.Call(ctx, t, req, &v, onOutput)

@@ -2,6 +2,7 @@ package agents
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"sync"
@@ -112,7 +113,14 @@ func checkActive(field string, act *protocol.ActiveState) error {
 // checkExecResult holds an exec answer to the output bound the host asked
 // for.
 func checkExecResult(res *protocol.ExecResult, maxOutput int) error {
-	if len(res.Stdout) > maxOutput || len(res.Stderr) > maxOutput {
+	// Output that is not UTF-8 comes in base64, a third larger.
+	limit := func(encoding string) int {
+		if encoding == protocol.EncodingBase64 {
+			return base64.StdEncoding.EncodedLen(maxOutput)
+		}
+		return maxOutput
+	}
+	if len(res.Stdout) > limit(res.StdoutEncoding) || len(res.Stderr) > limit(res.StderrEncoding) {
 		return guestViolation("exec result carries %d bytes of stdout and %d of stderr; the host asked for at most %d each",
 			len(res.Stdout), len(res.Stderr), maxOutput)
 	}

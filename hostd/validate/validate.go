@@ -199,8 +199,29 @@ func checkPersona(p *protocol.Persona) *Error {
 		}
 	}
 
+	if e := checkRestrictedOverride(p.RestrictedCommands, p.CommandOverrides); e != nil {
+		return e
+	}
+
 	if total > MaxPersonaTextSize {
 		return fail("", "names, values and scripts add up to %d bytes, at most %d allowed", total, MaxPersonaTextSize)
+	}
+	return nil
+}
+
+// checkRestrictedOverride refuses a command both restricted and
+// overridden (by its name, or an absolute path ending in that name): one of
+// the two would silently lose, so the author must choose.
+func checkRestrictedOverride(restricted []string, overrides map[string]string) *Error {
+	for i, c := range restricted {
+		name := c
+		if strings.HasPrefix(c, "/") {
+			name = path.Base(c)
+		}
+		if _, ok := overrides[name]; ok {
+			return fail("restricted_commands["+strconv.Itoa(i)+"]",
+				"%q is also overridden in %s: a command is either restricted or overridden", c, mapField("command_overrides", name))
+		}
 	}
 	return nil
 }

@@ -294,3 +294,20 @@ func TestPersonaEnforcementAndRequestEnv(t *testing.T) {
 		}
 	}
 }
+
+// A command both restricted and overridden is refused, naming both fields.
+func TestPersonaRestrictedAndOverridden(t *testing.T) {
+	for _, restricted := range []string{"rm", "/bin/rm"} {
+		p := &protocol.Persona{Name: "p", RestrictedCommands: []string{"ls", restricted},
+			CommandOverrides: map[string]string{"rm": "/bin/echo"}}
+		err := Persona(p)
+		var e *Error
+		if !errors.As(err, &e) || e.Field != "restricted_commands[1]" || !strings.Contains(e.Detail, "command_overrides.rm") {
+			t.Errorf("%s restricted and rm overridden: %v", restricted, err)
+		}
+	}
+	ok := &protocol.Persona{Name: "p", RestrictedCommands: []string{"rm"}, CommandOverrides: map[string]string{"ls": "/bin/echo"}}
+	if err := Persona(ok); err != nil {
+		t.Errorf("distinct commands: %v", err)
+	}
+}

@@ -297,12 +297,3 @@ func TestYAMLOutput(t *testing.T) {
 		t.Errorf("version -o yaml: %d %q", code, out)
 	}
 }
-
-func TestExecStdinMustBeText(t *testing.T) {
-	var out, errb bytes.Buffer
-	sio := &stdio{in: strings.NewReader("ok\xff\xfe"), out: &out, err: &errb, getenv: func(string) string { return "" }}
-	code := run(context.Background(), []string{"exec", "vm1", "--stdin", "--", "cat"}, sio)
-	if code != exitGeneral || !strings.Contains(errb.String(), "not UTF-8") {
-		t.Errorf("exit %d, stderr %q", code, errb.String())
-	}
-}

@@ -265,3 +265,24 @@ func TestExecMissingCwd(t *testing.T) {
 		t.Errorf("the problem does not name the reason: %s", b)
 	}
 }
+
+// An override to an absolute path runs with argv[0] set to that path (a
+// multi-call binary picks its program from argv[0]: with the typed name,
+// "whoami": "/bin/echo" on busybox ran whoami). The target here is this
+// test program, which prints its argv when the persona says so.
+func TestOverrideArgv0(t *testing.T) {
+	d := startDaemons(t, true)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	persona := fmt.Sprintf(`{"name": "argv", "environment_variables": {"VMP_TEST_PRINT_ARGV": "1"},
+		"command_overrides": {"whoami": %q}}`, self)
+	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, t.TempDir(), "p.json", persona)), 0, "create")
+	want(t, d.ctl(t, "activate", "vm1", "argv"), 0, "activate")
+	r := d.ctl(t, "exec", "vm1", "--", "whoami", "a b", "c")
+	want(t, r, 0, "exec the override")
+	if r.stdout != self+" a b c\n" {
+		t.Errorf("the override ran with argv %q, want argv[0] %q", r.stdout, self)
+	}
+}

@@ -28,6 +28,11 @@ var bins struct {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv("VMP_TEST_PRINT_ARGV") != "" {
+		// Run by the guest as an override target: show the argv it got.
+		fmt.Println(strings.Join(os.Args, " "))
+		os.Exit(0)
+	}
 	var err error
 	if bins.ctl, err = testbin.Path(testbin.Ctl); err != nil {
 		fmt.Fprintln(os.Stderr, err)
