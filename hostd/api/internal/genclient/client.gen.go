@@ -185,6 +185,21 @@ func (e DesiredStateSetBy) Valid() bool {
 	}
 }
 
+// Defines values for ExecRequestStdinEncoding.
+const (
+	ExecRequestStdinEncodingBase64 ExecRequestStdinEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecRequestStdinEncoding enum.
+func (e ExecRequestStdinEncoding) Valid() bool {
+	switch e {
+	case ExecRequestStdinEncodingBase64:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ExecResultRoute.
 const (
 	ExecResultRouteDefault  ExecResultRoute = "default"
@@ -203,6 +218,51 @@ func (e ExecResultRoute) Valid() bool {
 	}
 }
 
+// Defines values for ExecResultStderrEncoding.
+const (
+	ExecResultStderrEncodingBase64 ExecResultStderrEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecResultStderrEncoding enum.
+func (e ExecResultStderrEncoding) Valid() bool {
+	switch e {
+	case ExecResultStderrEncodingBase64:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExecResultStdoutEncoding.
+const (
+	ExecResultStdoutEncodingBase64 ExecResultStdoutEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecResultStdoutEncoding enum.
+func (e ExecResultStdoutEncoding) Valid() bool {
+	switch e {
+	case ExecResultStdoutEncodingBase64:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExecStreamLineEncoding.
+const (
+	ExecStreamLineEncodingBase64 ExecStreamLineEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecStreamLineEncoding enum.
+func (e ExecStreamLineEncoding) Valid() bool {
+	switch e {
+	case ExecStreamLineEncodingBase64:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ExecStreamLineRoute.
 const (
 	ExecStreamLineRouteDefault  ExecStreamLineRoute = "default"
@@ -215,6 +275,36 @@ func (e ExecStreamLineRoute) Valid() bool {
 	case ExecStreamLineRouteDefault:
 		return true
 	case ExecStreamLineRouteOverride:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExecStreamLineStderrEncoding.
+const (
+	ExecStreamLineStderrEncodingBase64 ExecStreamLineStderrEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecStreamLineStderrEncoding enum.
+func (e ExecStreamLineStderrEncoding) Valid() bool {
+	switch e {
+	case ExecStreamLineStderrEncodingBase64:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ExecStreamLineStdoutEncoding.
+const (
+	ExecStreamLineStdoutEncodingBase64 ExecStreamLineStdoutEncoding = "base64"
+)
+
+// Valid indicates whether the value is a known member of the ExecStreamLineStdoutEncoding enum.
+func (e ExecStreamLineStdoutEncoding) Valid() bool {
+	switch e {
+	case ExecStreamLineStdoutEncodingBase64:
 		return true
 	default:
 		return false
@@ -750,7 +840,13 @@ type ExecRequest struct {
 
 	// Group guest group to run as (name or numeric id); default: the user's primary group
 	Group *string `json:"group,omitempty"`
-	Stdin *string `json:"stdin,omitempty"`
+
+	// MaxOutputBytes cut each captured output stream after this many bytes (a buffered answer: at most the guest's --max-output, which is also the default; a streamed answer is not cut unless this is set); a cut stream is flagged stdout_truncated / stderr_truncated
+	MaxOutputBytes *int    `json:"max_output_bytes,omitempty"`
+	Stdin          *string `json:"stdin,omitempty"`
+
+	// StdinEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	StdinEncoding *ExecRequestStdinEncoding `json:"stdin_encoding,omitempty"`
 
 	// TimeoutSeconds default 30; the whole process group is killed at expiry
 	TimeoutSeconds *float32 `json:"timeout_seconds,omitempty"`
@@ -759,45 +855,78 @@ type ExecRequest struct {
 	User *string `json:"user,omitempty"`
 }
 
+// ExecRequestStdinEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecRequestStdinEncoding string
+
 // ExecResult defines model for ExecResult.
 type ExecResult struct {
-	DurationMs      float32         `json:"duration_ms"`
-	ExitCode        int             `json:"exit_code"`
-	Persona         *string         `json:"persona"`
-	Route           ExecResultRoute `json:"route"`
-	Signal          string          `json:"signal"`
-	Stderr          string          `json:"stderr"`
-	StderrTruncated bool            `json:"stderr_truncated"`
-	Stdout          string          `json:"stdout"`
-	StdoutTruncated bool            `json:"stdout_truncated"`
-	TimedOut        *bool           `json:"timed_out,omitempty"`
+	DurationMs float32         `json:"duration_ms"`
+	ExitCode   int             `json:"exit_code"`
+	Persona    *string         `json:"persona"`
+	Route      ExecResultRoute `json:"route"`
+	Signal     string          `json:"signal"`
+	Stderr     string          `json:"stderr"`
+
+	// StderrEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	StderrEncoding  *ExecResultStderrEncoding `json:"stderr_encoding,omitempty"`
+	StderrTruncated bool                      `json:"stderr_truncated"`
+	Stdout          string                    `json:"stdout"`
+
+	// StdoutEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	StdoutEncoding  *ExecResultStdoutEncoding `json:"stdout_encoding,omitempty"`
+	StdoutTruncated bool                      `json:"stdout_truncated"`
+	TimedOut        *bool                     `json:"timed_out,omitempty"`
 }
 
 // ExecResultRoute defines model for ExecResult.Route.
 type ExecResultRoute string
 
+// ExecResultStderrEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecResultStderrEncoding string
+
+// ExecResultStdoutEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecResultStdoutEncoding string
+
 // ExecStreamLine one NDJSON line of ?stream=true: stdout/stderr lines carry data as it arrives; one exit line carries the ExecResult members; should the exec fail after output began, one error line carries the problem's members
 type ExecStreamLine struct {
-	Data            *string              `json:"data,omitempty"`
-	Detail          *string              `json:"detail,omitempty"`
-	DurationMs      *float32             `json:"duration_ms,omitempty"`
-	ExitCode        *int                 `json:"exit_code,omitempty"`
-	Persona         *string              `json:"persona,omitempty"`
-	Route           *ExecStreamLineRoute `json:"route,omitempty"`
-	Signal          *string              `json:"signal,omitempty"`
-	Status          *int                 `json:"status,omitempty"`
-	Stderr          *string              `json:"stderr,omitempty"`
-	StderrTruncated *bool                `json:"stderr_truncated,omitempty"`
-	Stdout          *string              `json:"stdout,omitempty"`
-	StdoutTruncated *bool                `json:"stdout_truncated,omitempty"`
-	Stream          ExecStreamLineStream `json:"stream"`
-	TimedOut        *bool                `json:"timed_out,omitempty"`
-	Title           *string              `json:"title,omitempty"`
-	Type            *string              `json:"type,omitempty"`
+	Data       *string  `json:"data,omitempty"`
+	Detail     *string  `json:"detail,omitempty"`
+	DurationMs *float32 `json:"duration_ms,omitempty"`
+
+	// Encoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	Encoding *ExecStreamLineEncoding `json:"encoding,omitempty"`
+	ExitCode *int                    `json:"exit_code,omitempty"`
+	Persona  *string                 `json:"persona,omitempty"`
+	Route    *ExecStreamLineRoute    `json:"route,omitempty"`
+	Signal   *string                 `json:"signal,omitempty"`
+	Status   *int                    `json:"status,omitempty"`
+	Stderr   *string                 `json:"stderr,omitempty"`
+
+	// StderrEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	StderrEncoding  *ExecStreamLineStderrEncoding `json:"stderr_encoding,omitempty"`
+	StderrTruncated *bool                         `json:"stderr_truncated,omitempty"`
+	Stdout          *string                       `json:"stdout,omitempty"`
+
+	// StdoutEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+	StdoutEncoding  *ExecStreamLineStdoutEncoding `json:"stdout_encoding,omitempty"`
+	StdoutTruncated *bool                         `json:"stdout_truncated,omitempty"`
+	Stream          ExecStreamLineStream          `json:"stream"`
+	TimedOut        *bool                         `json:"timed_out,omitempty"`
+	Title           *string                       `json:"title,omitempty"`
+	Type            *string                       `json:"type,omitempty"`
 }
+
+// ExecStreamLineEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecStreamLineEncoding string
 
 // ExecStreamLineRoute defines model for ExecStreamLine.Route.
 type ExecStreamLineRoute string
+
+// ExecStreamLineStderrEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecStreamLineStderrEncoding string
+
+// ExecStreamLineStdoutEncoding base64 when the string before it carries bytes in standard base64 (RFC 4648, padded) because they are not valid UTF-8; absent, the string is the UTF-8 text itself
+type ExecStreamLineStdoutEncoding string
 
 // ExecStreamLineStream defines model for ExecStreamLine.Stream.
 type ExecStreamLineStream string
