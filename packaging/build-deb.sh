@@ -109,7 +109,10 @@ install -m 0644 "$here/prometheus-alerts.yml" "$root/usr/share/doc/vmpersona-hos
 chmod 0644 "$root/usr/share/bash-completion/completions/vmpersonactl" \
   "$root/usr/share/zsh/vendor-completions/_vmpersonactl" "$root/usr/share/fish/vendor_completions.d/vmpersonactl.fish"
 man "$bin/vmpersona-hostd" 8 "the vmpersona host daemon" "$root"
-man "$bin/vmpersonactl" 1 "manage vmpersona personas, instances and commands" "$root"
+# vmpersonactl(1) is written by the program from its command definitions.
+install -d -m 0755 "$root/usr/share/man/man1"
+"$bin/vmpersonactl" __man "$mandate" | gzip -9n >"$root/usr/share/man/man1/vmpersonactl.1.gz"
+chmod 0644 "$root/usr/share/man/man1/vmpersonactl.1.gz"
 overrides "$root" vmpersona-hostd
 for s in postinst prerm postrm; do install -m 0755 "$here/hostd/$s" "$root/DEBIAN/$s"; done
 printf '/etc/default/vmpersona-hostd\n/etc/vmpersona/tokens.csv\n' >"$root/DEBIAN/conffiles"

@@ -54,6 +54,7 @@ type globals struct {
 	tokenFile string
 	cacert    string
 	output    string
+	noHeaders bool
 	timeout   time.Duration
 }
 
@@ -96,6 +97,7 @@ func (g *globals) register(fs *flag.FlagSet, withTimeout bool) {
 	fs.StringVar(&g.cacert, "cacert", g.cacert, "PEM `FILE` of the CA that signed the daemon's TLS certificate (env VMPERSONA_CACERT)")
 	fs.StringVar(&g.output, "output", g.output, "output `FORMAT`: table (for people), json or yaml (for scripts)")
 	fs.StringVar(&g.output, "o", g.output, "short for --output")
+	fs.BoolVar(&g.noHeaders, "no-headers", g.noHeaders, "print tables without their header line")
 	if withTimeout {
 		fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the daemon, beyond an activation's or a command's own limits")
 	}
@@ -106,6 +108,14 @@ type app struct {
 	io     *stdio
 	g      *globals
 	client *apiclient.Client
+}
+
+// header is a table's header, or none with --no-headers.
+func (a *app) header(names ...string) []string {
+	if a.g.noHeaders {
+		return nil
+	}
+	return names
 }
 
 // json reports whether the output is for programs (-o json or -o yaml).

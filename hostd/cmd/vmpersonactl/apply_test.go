@@ -41,6 +41,14 @@ func TestApplyIsIdempotent(t *testing.T) {
 	if len(res.Results) != 2 || res.Results[0].Result != "unchanged" || res.Results[1] != (applyResult{"minimal", "updated", 2}) {
 		t.Errorf("third apply: %+v", res.Results)
 	}
+	r = d.ctl(t, "persona", "list", "--no-headers")
+	want(t, r, 0, "list --no-headers")
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 2 || !strings.HasPrefix(lines[0], "hardened ") {
+		t.Errorf("persona list --no-headers:\n%s", r.stdout)
+	}
+	if r = d.ctl(t, "persona", "list"); !strings.HasPrefix(r.stdout, "NAME ") {
+		t.Errorf("persona list has no header:\n%s", r.stdout)
+	}
 	r = d.ctl(t, "persona", "get", "hardened", "-o", "json")
 	if !strings.Contains(r.stdout, `"APP_ENV": "staging"`) || !strings.Contains(r.stdout, `echo preparing\n`) {
 		t.Errorf("the YAML persona did not arrive whole:\n%s", r.stdout)

@@ -197,7 +197,7 @@ func (p *auditPrinter) write(evs []apitypes.AuditEvent, header bool) error {
 		return nil
 	}
 	t := newTable(p.a.io.out)
-	if header {
+	if header && !p.a.g.noHeaders {
 		t.row("TIME", "INSTANCE", "TYPE", "PERSONA", "ACTOR", "COMMAND", "ROUTE", "RESULT", "SOURCE", "DETAIL")
 	}
 	for _, ev := range evs {

@@ -59,6 +59,7 @@ vmpersonactl --url https://host:7443 --token-file ~/.vmpersona-token instances`,
 			auditCommand(),
 			completionCommand(),
 			versionCommand(),
+			manCommand(),
 			completeCommand(),
 		},
 	})

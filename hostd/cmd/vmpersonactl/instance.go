@@ -42,7 +42,7 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 					}
 					return writeJSON(a.io.out, map[string]any{"instances": list})
 				}
-				t := newTable(a.io.out, "ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")
+				t := newTable(a.io.out, a.header("ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")...)
 				for _, in := range list {
 					t.row(in.ID, in.Source, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync, in.Endpoint)
 				}

@@ -211,7 +211,7 @@ vmpersonactl persona list -o json | jq -r '.personas[].name'`,
 					}
 					return writeJSON(a.io.out, map[string]any{"personas": list})
 				}
-				t := newTable(a.io.out, "NAME", "DEFAULT", "REVISION", "ENV", "OVERRIDES", "RESTRICTED", "ALLOWED", "UPDATED")
+				t := newTable(a.io.out, a.header("NAME", "DEFAULT", "REVISION", "ENV", "OVERRIDES", "RESTRICTED", "ALLOWED", "UPDATED")...)
 				for _, p := range list {
 					allowed := "any"
 					if len(p.AllowedCommands) > 0 {
