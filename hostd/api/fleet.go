@@ -1,10 +1,14 @@
 package api
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -17,6 +21,8 @@ type FleetLink interface {
 	// ActivationAllowed is nil unless activations are refused while etcd
 	// is unreachable (--fleet-offline-activation=refuse).
 	ActivationAllowed() error
+	// FleetInstances is every host's instances as the hosts published them.
+	FleetInstances(ctx context.Context) ([]apitypes.Instance, error)
 }
 
 // Response headers of every authenticated answer in fleet mode.
@@ -73,4 +79,38 @@ func (s *Server) storeUpdatePersona(r *http.Request, p protocol.Persona, ifMatch
 		}
 	}
 	return s.cfg.Store.UpdatePersona(p, ifMatch)
+}
+
+// errNoFleet answers ?scope=fleet outside fleet mode.
+var errNoFleet = errdefs.New(errdefs.ErrNotImplemented, "no-fleet", "not in fleet mode")
+
+// listFleetInstances answers GET /instances?scope=fleet.
+func (s *Server) listFleetInstances(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Fleet == nil {
+		return errdefs.WithMessage(errNoFleet, "scope=fleet needs fleet mode (vmpersona-hostd --fleet-etcd)")
+	}
+	list, err := s.cfg.Fleet.FleetInstances(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, apitypes.InstanceList{Instances: list})
+	return nil
+}
+
+// InstanceViews is this host's instances as GET /instances shows them (what
+// a fleet host publishes).
+func (s *Server) InstanceViews() ([]apitypes.Instance, error) {
+	all := s.allInstances()
+	out := make([]apitypes.Instance, 0, len(all))
+	for _, is := range all {
+		v, err := s.view(is)
+		if err != nil {
+			if errors.Is(err, errdefs.ErrNotFound) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

@@ -67,6 +67,13 @@ func (s *Server) view(is instanceState) (apitypes.Instance, error) {
 }
 
 func (s *Server) listInstances(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	switch scope := r.URL.Query().Get("scope"); scope {
+	case "", "host":
+	case "fleet":
+		return s.listFleetInstances(w, r)
+	default:
+		return problem(http.StatusBadRequest, "bad-query", "Bad query parameter", fmt.Sprintf("scope=%q: want host or fleet", scope), "field", "scope")
+	}
 	limit, after, err := pageQuery(r)
 	if err != nil {
 		return err

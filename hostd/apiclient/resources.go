@@ -114,6 +114,21 @@ func parseETag(s string) (uint64, bool) {
 }
 
 // ListInstances returns every instance the daemon knows.
+// ListFleetInstances lists every host's instances (GET /instances?scope=fleet,
+// fleet mode).
+func (c *Client) ListFleetInstances(ctx context.Context) ([]apitypes.Instance, error) {
+	ctx, cancel := c.withDeadline(ctx, 0)
+	defer cancel()
+	var out apitypes.InstanceList
+	if _, err := c.call(ctx, http.MethodGet, "/instances?scope=fleet", nil, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	if out.Instances == nil {
+		out.Instances = []apitypes.Instance{}
+	}
+	return out.Instances, nil
+}
+
 func (c *Client) ListInstances(ctx context.Context) ([]apitypes.Instance, error) {
 	ctx, cancel := c.withDeadline(ctx, 0)
 	defer cancel()

@@ -76,6 +76,9 @@ type Instance struct {
 	Reason string `json:"reason,omitempty"`
 	// UUID is a libvirt domain's UUID.
 	UUID string `json:"uuid,omitempty"`
+	// Host is, in a fleet listing (?scope=fleet), the host whose hostd
+	// published the instance.
+	Host string `json:"host,omitempty"`
 	// PortOpen says whether the guest has the agent port open (libvirt,
 	// QMP); absent when unknown.
 	PortOpen *bool `json:"port_open,omitempty"`

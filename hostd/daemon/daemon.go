@@ -141,8 +141,9 @@ func Run(ctx context.Context, cfg Config) error {
 	// holds the copy of the catalogue.
 	var backend store.Backend = st
 	var fleetLink api.FleetLink
+	var fb *fleet.Backend
 	if cfg.FleetEtcd != "" {
-		fb, err := fleet.Open(fleet.Config{
+		fb, err = fleet.Open(fleet.Config{
 			Endpoints: fleet.ParseEndpoints(cfg.FleetEtcd), CA: cfg.FleetCA, Cert: cfg.FleetCert, Key: cfg.FleetKey,
 			Host: cfg.FleetHost, Prefix: cfg.FleetPrefix, OfflineActivation: cfg.FleetOfflineActivation,
 			APIAddress: cfg.Listen, Version: protocol.SoftwareVersion,
@@ -191,6 +192,10 @@ func Run(ctx context.Context, cfg Config) error {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, qw)
 	}
 	srv := api.New(acfgAPI)
+	if fb != nil {
+		// This host's instances, published for GET /instances?scope=fleet.
+		fb.PublishInstances(ctx, 2*time.Second, srv.InstanceViews)
+	}
 	listeners, err := listen(cfg, log)
 	if err != nil {
 		return err

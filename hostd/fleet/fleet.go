@@ -165,6 +165,7 @@ type Backend struct {
 	m metricSet
 
 	cancel context.CancelFunc
+	closed chan struct{} // closed by Close
 	wg     sync.WaitGroup
 }
 
@@ -235,6 +236,7 @@ func Open(cfg Config) (*Backend, error) {
 		keyDefault:  cfg.Prefix + "catalog/default",
 		applied:     rev,
 		appliedCh:   make(chan struct{}),
+		closed:      make(chan struct{}),
 	}
 	now := time.Now()
 	b.staleSince.Store(&now)
@@ -254,6 +256,7 @@ func Open(cfg Config) (*Backend, error) {
 // local store stays open: it is its opener's to close.
 func (b *Backend) Close() error {
 	b.cancel()
+	close(b.closed)
 	b.wg.Wait()
 	b.m.unregister()
 	return b.cli.Close()

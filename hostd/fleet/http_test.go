@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -89,6 +90,7 @@ func newHostd(t *testing.T, name string, endpoints []string, offline string, ins
 	srv := httptest.NewUnstartedServer(s)
 	srv.Config = api.NewHTTPServer(s, testLogger())
 	srv.Start()
+	h.b.PublishInstances(context.Background(), 50*time.Millisecond, s.InstanceViews)
 	t.Cleanup(func() {
 		srv.Close()
 		mgr.Close()
@@ -222,4 +224,52 @@ func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T)
 	if r := a.do("GET", "/personas/refused", nil); r.status != http.StatusNotFound {
 		t.Fatalf("the refused write exists locally: %d", r.status)
 	}
+}
+
+func TestFleetInstanceListing(t *testing.T) {
+	c := startCluster(t, 1)
+	a := newHostd(t, "a", c.endpoints(), "", map[string]string{"vm1": startGuest(t)})
+	b := newHostd(t, "b", c.endpoints(), "", map[string]string{"vm2": startGuest(t)})
+	a.waitConnected()
+	b.waitConnected()
+	if r := a.do("POST", "/personas", persona("web", false)); r.status != http.StatusCreated {
+		t.Fatalf("create: %d %v", r.status, r.body)
+	}
+	waitFor(t, "web on b", func() bool { return b.do("GET", "/personas/web", nil).status == http.StatusOK })
+	if r := b.do("POST", "/instances/vm2/personas/web/activate", nil); r.status != http.StatusOK {
+		t.Fatalf("activate on b: %d %v", r.status, r.body)
+	}
+	type row struct{ host, id, active string }
+	list := func(h *hostd) []row {
+		r := h.do("GET", "/instances?scope=fleet", nil)
+		if r.status != http.StatusOK {
+			t.Fatalf("scope=fleet: %d %v", r.status, r.body)
+		}
+		var out []row
+		for _, v := range r.body["instances"].([]any) {
+			m := v.(map[string]any)
+			act, _ := m["active"].(map[string]any)
+			name, _ := act["persona"].(string)
+			out = append(out, row{fmt.Sprint(m["host"]), fmt.Sprint(m["id"]), name})
+		}
+		return out
+	}
+	want := []row{{"a", "vm1", ""}, {"b", "vm2", "web"}}
+	var last []row
+	waitFor(t, "both hosts' instances in a's fleet listing", func() bool {
+		last = list(a)
+		if testing.Verbose() {
+			t.Logf("%v", last)
+		}
+		return fmt.Sprint(last) == fmt.Sprint(want)
+	})
+	if got := list(b); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("b's fleet listing %v, want %v", got, want)
+	}
+	if r := a.do("GET", "/instances?scope=galaxy", nil); r.status != http.StatusBadRequest || r.body["field"] != "scope" {
+		t.Fatalf("scope=galaxy: %d %v, want 400 naming the field", r.status, r.body)
+	}
+	// An instance the host no longer has leaves the listing.
+	b.mgr.Remove("vm2")
+	waitFor(t, "vm2 to leave the fleet listing", func() bool { return fmt.Sprint(list(a)) == fmt.Sprint(want[:1]) })
 }

@@ -20,10 +20,13 @@ func instancesCommand() *command {
 instances) with their state, the state of their guest agent, the persona
 each should run (DESIRED, name@revision or "none"), the one its guest
 confirms (ACTIVE) and how they compare (SYNC: in_sync, drifted, pending,
-unreachable, failed).`,
+unreachable, failed). With --fleet (fleet mode), every host's instances as
+the hosts published them to etcd, with a HOST column.`,
 		example: `vmpersonactl instances
+vmpersonactl instances --fleet
 vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="connected") | .id'`,
 		setup: func(fs *flag.FlagSet) runner {
+			fleet := fs.Bool("fleet", false, "every host's instances (fleet mode)")
 			return func(ctx context.Context, a *app, args []string) error {
 				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
 					return err
@@ -32,7 +35,12 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 				if err != nil {
 					return err
 				}
-				list, err := c.ListInstances(ctx)
+				var list []apitypes.Instance
+				if *fleet {
+					list, err = c.ListFleetInstances(ctx)
+				} else {
+					list, err = c.ListInstances(ctx)
+				}
 				if err != nil {
 					return err
 				}
@@ -41,6 +49,13 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 						list = []apitypes.Instance{}
 					}
 					return writeJSON(a.io.out, map[string]any{"instances": list})
+				}
+				if *fleet {
+					t := newTable(a.io.out, a.header("HOST", "ID", "UUID", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC")...)
+					for _, in := range list {
+						t.row(in.Host, in.ID, in.UUID, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync)
+					}
+					return t.flush()
 				}
 				t := newTable(a.io.out, a.header("ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")...)
 				for _, in := range list {

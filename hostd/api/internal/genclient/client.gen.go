@@ -79,16 +79,16 @@ func (e ActivationResultResult) Valid() bool {
 
 // Defines values for AuditEventSource.
 const (
-	Guest AuditEventSource = "guest"
-	Host  AuditEventSource = "host"
+	AuditEventSourceGuest AuditEventSource = "guest"
+	AuditEventSourceHost  AuditEventSource = "host"
 )
 
 // Valid indicates whether the value is a known member of the AuditEventSource enum.
 func (e AuditEventSource) Valid() bool {
 	switch e {
-	case Guest:
+	case AuditEventSourceGuest:
 		return true
-	case Host:
+	case AuditEventSourceHost:
 		return true
 	default:
 		return false
@@ -695,6 +695,24 @@ func (e GetHealth200JSONResponseBodyStatus) Valid() bool {
 	}
 }
 
+// Defines values for ListInstancesParamsScope.
+const (
+	ListInstancesParamsScopeFleet ListInstancesParamsScope = "fleet"
+	ListInstancesParamsScopeHost  ListInstancesParamsScope = "host"
+)
+
+// Valid indicates whether the value is a known member of the ListInstancesParamsScope enum.
+func (e ListInstancesParamsScope) Valid() bool {
+	switch e {
+	case ListInstancesParamsScopeFleet:
+		return true
+	case ListInstancesParamsScopeHost:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for GetReady200JSONResponseBodyStatus.
 const (
 	Ready GetReady200JSONResponseBodyStatus = "ready"
@@ -952,7 +970,10 @@ type Instance struct {
 	Desired  DesiredState `json:"desired"`
 	Endpoint string       `json:"endpoint"`
 	FailedAt *time.Time   `json:"failed_at,omitempty"`
-	Id       string       `json:"id"`
+
+	// Host fleet mode, ?scope=fleet: the host whose hostd published the instance
+	Host *string `json:"host,omitempty"`
+	Id   string  `json:"id"`
 
 	// LatestRevision the desired persona's current revision
 	LatestRevision *int `json:"latest_revision,omitempty"`
@@ -1233,7 +1254,13 @@ type ListInstancesParams struct {
 
 	// After the previous page's next: the page starts after that name
 	After *string `form:"after,omitempty" json:"after,omitempty"`
+
+	// Scope fleet: every host's instances as the hosts published them to etcd (fleet mode only: 501 otherwise; 503 while etcd cannot be read); paging does not apply
+	Scope *ListInstancesParamsScope `form:"scope,omitempty" json:"scope,omitempty"`
 }
+
+// ListInstancesParamsScope defines parameters for ListInstances.
+type ListInstancesParamsScope string
 
 // ExecCommandParams defines parameters for ExecCommand.
 type ExecCommandParams struct {
@@ -2109,6 +2136,18 @@ func NewListInstancesRequest(server string, params *ListInstancesParams) (*http.
 		if params.After != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Scope != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "scope", *params.Scope, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -3265,6 +3304,10 @@ type ListInstancesResponse struct {
 	ApplicationproblemJSON401 *Unauthorized
 	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
 	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
 	// Headers401 the parsed response headers for an HTTP 401 response
 	Headers401 *ListInstancesResponse401Headers
 }
@@ -3292,6 +3335,16 @@ func (r ListInstancesResponse) GetApplicationproblemJSON401() *Unauthorized {
 // GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
 func (r ListInstancesResponse) GetApplicationproblemJSON403() *Problem {
 	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r ListInstancesResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListInstancesResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
 }
 
 // GetBody returns the raw response body bytes
@@ -5043,6 +5096,20 @@ func ParseListInstancesResponse(rsp *http.Response) (*ListInstancesResponse, err
 			return nil, err
 		}
 		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
 
 	}
 
