@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // mountSmall mounts a small file system of the given kind ("tmpfs", or
@@ -91,7 +93,11 @@ func diskFullRun(t *testing.T, kind string) {
 	mnt := mountSmall(t, kind, 96)
 	data := filepath.Join(mnt, "data")
 	sock := filepath.Join(tmpDir(t), "hostd.sock")
-	args := []string{"--min-free-space", fmt.Sprint(16 << 20)}
+	// A guest sends audit events all along, as fast as they are
+	// acknowledged: what the host acknowledges must survive.
+	gsock := filepath.Join(tmpDir(t), "guest.sock")
+	g := startFakeGuest(t, gsock, &fakeGuest{hello: protocol.HelloAck{AgentVersion: "1", BootID: "b"}, flood: 20, floodDetail: 200})
+	args := []string{"--min-free-space", fmt.Sprint(16 << 20), "--instance=vm1=unix:" + gsock}
 	h := startHostd(t, data, sock, args...)
 	var acked []string
 	create := func(name string) int {
@@ -131,6 +137,14 @@ func diskFullRun(t *testing.T, kind string) {
 	if got := h.metric(t, "vmpersona_storage_low"); got != 1 {
 		t.Errorf("vmpersona_storage_low = %v under the watermark", got)
 	}
+	// The guest's events are not acknowledged while writes are refused:
+	// they wait in its spool.
+	time.Sleep(500 * time.Millisecond)
+	held := g.acked.Load()
+	time.Sleep(time.Second)
+	if now := g.acked.Load(); now != held {
+		t.Errorf("guest audit acknowledged under the watermark: up to %d, then %d", held, now)
+	}
 	// Completely full: still an answer, never a crash.
 	fill(t, filepath.Join(mnt, "filler-2"), 0)
 	for i := range 20 {
@@ -142,6 +156,18 @@ func diskFullRun(t *testing.T, kind string) {
 	}
 	if h.exited() {
 		t.Fatalf("hostd died on a full disk: %s", h.stderr)
+	}
+	// A restart while the disk is full (as Restart=on-failure would do)
+	// comes up and answers the same way instead of failing again.
+	h.cmd.Process.Signal(syscall.SIGTERM)
+	<-h.done
+	h = startHostd(t, data, sock, args...)
+	h.must(t, "GET", "/personas/before-0", nil, 200)
+	if s := create("full-after-restart"); s != 507 {
+		t.Fatalf("create on a full disk after a restart: %d, want 507", s)
+	}
+	if a, _ := call(h.client, "GET", "/readyz", nil); a.status != 503 {
+		t.Fatalf("/readyz on a full disk after a restart: %d %s", a.status, a.body)
 	}
 
 	// Space returns: writes resume by themselves.
@@ -158,6 +184,13 @@ func diskFullRun(t *testing.T, kind string) {
 	if got := h.metric(t, "vmpersona_storage_low"); got != 0 {
 		t.Errorf("vmpersona_storage_low = %v after space returned", got)
 	}
+	deadline = time.Now().Add(10 * time.Second)
+	for g.acked.Load() <= held {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest audit not acknowledged again after space returned (up to %d)", held)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	// Nothing acknowledged is lost.
 	h.cmd.Process.Signal(syscall.SIGTERM)
@@ -166,5 +199,17 @@ func diskFullRun(t *testing.T, kind string) {
 	for _, name := range acked {
 		h.must(t, "GET", "/personas/"+name, nil, 200)
 	}
-	t.Logf("%s: %d personas acknowledged, all present after a restart", kind, len(acked))
+	upTo := g.acked.Load()
+	seqs := map[float64]bool{}
+	for _, ev := range h.auditEvents(t, "instance=vm1") {
+		if s, ok := ev["guest_seq"].(float64); ok {
+			seqs[s] = true
+		}
+	}
+	for s := uint64(1); s <= upTo; s++ {
+		if !seqs[float64(s)] {
+			t.Fatalf("guest audit event %d was acknowledged (up to %d) but is not stored", s, upTo)
+		}
+	}
+	t.Logf("%s: %d personas and %d guest audit events acknowledged, all present after a restart", kind, len(acked), upTo)
 }
