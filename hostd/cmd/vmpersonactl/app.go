@@ -55,6 +55,7 @@ type globals struct {
 	cacert    string
 	output    string
 	noHeaders bool
+	context   string
 	timeout   time.Duration
 }
 
@@ -78,6 +79,7 @@ func defaultGlobals(getenv func(string) string) *globals {
 		token:     getenv("VMPERSONA_TOKEN"),
 		tokenFile: getenv("VMPERSONA_TOKEN_FILE"),
 		cacert:    getenv("VMPERSONA_CACERT"),
+		context:   getenv("VMPERSONA_CONTEXT"),
 		output:    "table",
 		timeout:   apiclient.DefaultTimeout,
 	}
@@ -97,6 +99,7 @@ func (g *globals) register(fs *flag.FlagSet, withTimeout bool) {
 	fs.StringVar(&g.cacert, "cacert", g.cacert, "PEM `FILE` of the CA that signed the daemon's TLS certificate (env VMPERSONA_CACERT)")
 	fs.StringVar(&g.output, "output", g.output, "output `FORMAT`: table (for people), json or yaml (for scripts)")
 	fs.StringVar(&g.output, "o", g.output, "short for --output")
+	fs.StringVar(&g.context, "context", g.context, "`NAME` of a context of ~/.config/vmpersona/config.yaml: the daemon to talk to (env VMPERSONA_CONTEXT)")
 	fs.BoolVar(&g.noHeaders, "no-headers", g.noHeaders, "print tables without their header line")
 	if withTimeout {
 		fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the daemon, beyond an activation's or a command's own limits")
@@ -127,6 +130,9 @@ func (a *app) api() (*apiclient.Client, error) {
 		return a.client, nil
 	}
 	g := a.g
+	if err := g.applyContext(a.io.getenv); err != nil {
+		return nil, err
+	}
 	cfg := apiclient.Config{Timeout: g.timeout, UserAgent: progName + "/" + protocol.SoftwareVersion}
 	switch {
 	case g.urlSet && g.socketSet:
@@ -487,7 +493,11 @@ func describe(err error) string {
 		if p.Detail == "" || p.Detail == title {
 			return title
 		}
-		return title + ": " + p.Detail
+		detail := p.Detail
+		if strings.HasPrefix(strings.ToLower(detail), strings.ToLower(title)+": ") {
+			detail = detail[len(title)+2:] // "Agent not connected: agent not connected: …" said once
+		}
+		return title + ": " + detail
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return err.Error() + " (the daemon did not answer in time; see --timeout)"

@@ -297,3 +297,16 @@ func TestYAMLOutput(t *testing.T) {
 		t.Errorf("version -o yaml: %d %q", code, out)
 	}
 }
+
+// TestDescribeSaysTheTitleOnce: a detail that repeats the problem's title
+// is not printed after it again.
+func TestDescribeSaysTheTitleOnce(t *testing.T) {
+	p := &apitypes.Problem{Title: "Agent not connected", Status: 503, Detail: "agent not connected: vm1 is disconnected"}
+	if got := describe(p); got != "Agent not connected: vm1 is disconnected" {
+		t.Errorf("describe = %q", got)
+	}
+	p = &apitypes.Problem{Title: "Not found", Status: 404, Detail: `no persona named "x"`}
+	if got := describe(p); got != `Not found: no persona named "x"` {
+		t.Errorf("describe = %q", got)
+	}
+}
