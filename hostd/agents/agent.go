@@ -43,6 +43,10 @@ type agent struct {
 	// lastRefusal is the last reason this guest's input was refused for
 	// (guestinput.go): the same reason again is not audited again.
 	lastRefusal string
+	// forgedNext and forgedSince rate-limit the audit of forged guest
+	// audit events (guestinput.go).
+	forgedNext  time.Time
+	forgedSince int
 	// quota is the instance's audit ingestion budget (guestinput.go).
 	quota auditQuota
 

@@ -153,19 +153,66 @@ func (a *agent) boundOutput(s *session, maxOutput int, onOutput func(byte, []byt
 // refuseGuest ends the session for out-of-bounds input: logged, counted,
 // audited once per distinct reason.
 func (a *agent) refuseGuest(s *session, kind string, err error) {
+	if s != nil {
+		s.cl.Close(err)
+	}
+	a.noteRefusal(kind, err, "guest input refused: session ended")
+}
+
+// forgedAudit notes the events of a batch whose type is not a guest's: the
+// store acknowledges them without keeping them. Each is counted; a refusal
+// is logged and audited at most once a minute per instance, saying how
+// many such events came since the last one (a guest cannot turn forged
+// events into host events faster than that).
+func (a *agent) forgedAudit(b *protocol.AuditBatch) {
+	n, first := 0, ""
+	for i := range b.Events {
+		if typ := b.Events[i].Type; !store.GuestAuditType(typ) {
+			if n == 0 {
+				first = typ
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	a.m.met.GuestInputRefused.WithLabelValues("audit_type").Add(float64(n))
+	now := time.Now()
+	a.mu.Lock()
+	a.forgedSince += n
+	due := !now.Before(a.forgedNext)
+	count := a.forgedSince
+	if due {
+		a.forgedNext, a.forgedSince = now.Add(time.Minute), 0
+	}
+	a.mu.Unlock()
+	if !due {
+		return
+	}
+	err := guestViolation("%d audit events of types that are not a guest's (first %.64q): acknowledged, not stored", count, first)
+	a.log.Warn("guest audit events refused", "err", err)
+	a.auditRefusal("audit_type", err)
+}
+
+// noteRefusal counts a refusal, and logs and audits it unless it is the
+// same as the last one.
+func (a *agent) noteRefusal(kind string, err error, msg string) {
 	a.m.met.GuestInputRefused.WithLabelValues(kind).Inc()
 	a.mu.Lock()
 	repeated := a.lastRefusal == err.Error()
 	a.lastRefusal = err.Error()
 	a.mu.Unlock()
-	if s != nil {
-		s.cl.Close(err)
-	}
 	if repeated {
-		a.log.Debug("guest input refused again", "kind", kind, "err", err)
+		a.log.Debug(msg+" (again)", "kind", kind, "err", err)
 		return
 	}
-	a.log.Warn("guest input refused: session ended", "kind", kind, "err", err)
+	a.log.Warn(msg, "kind", kind, "err", err)
+	a.auditRefusal(kind, err)
+}
+
+// auditRefusal records a guest_refused event.
+func (a *agent) auditRefusal(kind string, err error) {
 	stored, aerr := a.m.st.AppendAudit(store.AuditEvent{
 		Type: protocol.AuditGuestRefused, Instance: a.name, Actor: SystemActor, Result: kind, Detail: capDetail(err.Error()),
 	})
@@ -242,6 +289,7 @@ func (q *auditQuota) admit(evs []protocol.AuditEvent, now time.Time, force bool)
 // batch at a time and the guest waits for each answer, its events staying
 // in its spool meanwhile.
 func (a *agent) throttleAudit(ctx context.Context, b protocol.AuditBatch) protocol.AuditBatch {
+	a.forgedAudit(&b)
 	q := &a.quota
 	if q.eventRate <= 0 || q.byteRate <= 0 || len(b.Events) == 0 {
 		return b

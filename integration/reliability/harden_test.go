@@ -449,6 +449,14 @@ func TestGuestCannotForgeAudit(t *testing.T) {
 			}
 		}
 	}
+	// The forged events are audited as one refusal (not as themselves).
+	refused := h.auditEvents(t, "type="+protocol.AuditGuestRefused)
+	if len(refused) != 1 || refused[0]["result"] != "audit_type" || !strings.Contains(refused[0]["detail"].(string), "3 audit events") {
+		t.Errorf("guest_refused events for 3 forged events: %v", refused)
+	}
+	if n := h.metric(t, "vmpersona_guest_input_refused_total"); n != 3 {
+		t.Errorf("vmpersona_guest_input_refused_total = %v, want 3", n)
+	}
 	var future map[string]any
 	for _, ev := range h.auditEvents(t, "instance=vm1") {
 		switch ev["command"] {
