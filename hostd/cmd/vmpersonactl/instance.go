@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -24,47 +27,114 @@ unreachable, failed). With --fleet (fleet mode), every host's instances as
 the hosts published them to etcd, with a HOST column.`,
 		example: `vmpersonactl instances
 vmpersonactl instances --fleet
+vmpersonactl instances --watch
 vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="connected") | .id'`,
 		setup: func(fs *flag.FlagSet) runner {
 			fleet := fs.Bool("fleet", false, "every host's instances (fleet mode)")
+			watch := fs.Bool("watch", false, "keep listing: print the list again each time it changes, until interrupted")
+			fs.BoolVar(watch, "w", false, "short for --watch")
+			interval := fs.Duration("interval", 2*time.Second, "with --watch, how often to ask the daemon")
 			return func(ctx context.Context, a *app, args []string) error {
 				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
 					return err
+				}
+				if *interval <= 0 {
+					return usageErrorf("--interval must be positive")
 				}
 				c, err := a.api()
 				if err != nil {
 					return err
 				}
-				var list []apitypes.Instance
-				if *fleet {
-					list, err = c.ListFleetInstances(ctx)
-				} else {
-					list, err = c.ListInstances(ctx)
-				}
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					if list == nil {
-						list = []apitypes.Instance{}
+				list := func() ([]apitypes.Instance, error) {
+					if *fleet {
+						return c.ListFleetInstances(ctx)
 					}
-					return writeJSON(a.io.out, map[string]any{"instances": list})
+					return c.ListInstances(ctx)
 				}
-				if *fleet {
-					t := newTable(a.io.out, a.header("HOST", "ID", "UUID", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC")...)
-					for _, in := range list {
-						t.row(in.Host, in.ID, in.UUID, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync)
+				if !*watch {
+					l, err := list()
+					if err != nil {
+						return err
 					}
-					return t.flush()
+					return printInstances(a, a.io.out, l, *fleet, false)
 				}
-				t := newTable(a.io.out, a.header("ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")...)
-				for _, in := range list {
-					t.row(in.ID, in.Source, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync, in.Endpoint)
+				// Watching: each change is printed (a table, or one JSON
+				// line per list); the daemon being away is said once.
+				last, waiting := "", false
+				tick := time.NewTicker(*interval)
+				defer tick.Stop()
+				for {
+					l, err := list()
+					switch {
+					case ctx.Err() != nil:
+						return nil
+					case err != nil && !transient(err):
+						return err
+					case err != nil:
+						if !waiting {
+							fmt.Fprintf(a.io.err, "%s: %s; still watching\n", progName, describe(err))
+							waiting = true
+						}
+					default:
+						waiting = false
+						var b bytes.Buffer
+						if err := printInstances(a, &b, l, *fleet, true); err != nil {
+							return err
+						}
+						if b.String() != last {
+							if last != "" && !a.json() {
+								fmt.Fprintln(a.io.out)
+							}
+							if _, err := a.io.out.Write(b.Bytes()); err != nil {
+								return err
+							}
+							last = b.String()
+						}
+					}
+					select {
+					case <-ctx.Done():
+						return nil // interrupted: watching ends normally
+					case <-tick.C:
+					}
 				}
-				return t.flush()
 			}
 		},
 	}
+}
+
+// printInstances writes the instance list as a table or, for programs, one
+// document (one compact line when watching).
+func printInstances(a *app, w io.Writer, list []apitypes.Instance, fleet, watching bool) error {
+	if list == nil {
+		list = []apitypes.Instance{}
+	}
+	if a.json() {
+		doc := map[string]any{"instances": list}
+		switch {
+		case a.g.output == "yaml":
+			return writeYAML(w, doc)
+		case watching:
+			b, err := json.Marshal(doc)
+			if err != nil {
+				return err
+			}
+			_, err = w.Write(append(b, '\n'))
+			return err
+		}
+		return writeJSON(w, doc)
+	}
+	if fleet {
+		t := newTable(w, a.header("HOST", "ID", "UUID", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC")...)
+		for _, in := range list {
+			t.row(in.Host, in.ID, in.UUID, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync)
+		}
+		return t.flush()
+	}
+	t := newTable(w, a.header("ID", "SOURCE", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC", "ENDPOINT")...)
+	for _, in := range list {
+		t.row(in.ID, in.Source, in.State, in.Agent.State, desiredText(in.Desired), activeText(in.Active), in.Sync, in.Endpoint)
+	}
+	return t.flush()
 }
 
 // desiredText is a desired state as name@revision, "none" for a deliberate
