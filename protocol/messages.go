@@ -102,6 +102,11 @@ type Persona struct {
 	// name or a numeric id); empty means root. Activation scripts always
 	// run as root.
 	ExecUser string `json:"exec_user,omitempty"`
+	// AuditExec records every exec under this persona (actor, command,
+	// argument count and a bounded, redacted preview, route, exit code,
+	// duration), not only overrides and denials. Unset: the host's
+	// setting (vmpersona-hostd --audit-exec, on by default).
+	AuditExec *bool `json:"audit_exec,omitempty"`
 
 	// Server-kept fields, ignored on input.
 	Revision  uint64    `json:"revision"`
@@ -232,6 +237,9 @@ type Exec struct {
 	// acknowledged with ExecCredit; the command waits (its pipe fills)
 	// until more credit arrives. 0: no pacing.
 	Window int `json:"window,omitempty"`
+	// AuditExec is the host's setting for auditing every exec, which a
+	// persona's audit_exec overrides; unset: the guest's --audit-exec.
+	AuditExec *bool `json:"audit_exec,omitempty"`
 }
 
 // ExecCredit (host → guest, same id as the Exec) acknowledges output bytes

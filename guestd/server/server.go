@@ -380,10 +380,6 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 		s.record(ev)
 	} else {
 		path = view.Table.Path(req.Command, cwd, d)
-		if s.cfg.AuditExec {
-			ev.Type, ev.Route = protocol.AuditExec, route
-			s.record(ev)
-		}
 	}
 	env, err := view.ExecEnv(req.Env)
 	if err != nil {
@@ -422,6 +418,11 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 			code = protocol.CodeNotFound
 		}
 		return fail(code, err.Error())
+	}
+	if route == protocol.RouteDefault && s.auditsExec(req, view) {
+		ev.Type, ev.Route = protocol.AuditExec, route
+		ev.Result, ev.Detail = execOutcome(req.Args, res)
+		s.record(ev)
 	}
 	out := protocol.ExecResult{
 		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut,

@@ -113,6 +113,10 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 	}
 	ctx, cancel := m.withDefaultDeadline(ctx, time.Duration(req.TimeoutMillis)*time.Millisecond+callSlack)
 	defer cancel()
+	if req.AuditExec == nil {
+		audit := !m.cfg.QuietExec
+		req.AuditExec = &audit
+	}
 	var res protocol.ExecResult
 	bound := req.MaxOutput // what the answer is checked against
 	if bound <= 0 {

@@ -104,6 +104,11 @@ type Config struct {
 	// keeps its events spooled. 0 disables the quota.
 	AuditEventsPerSecond float64
 	AuditBytesPerSecond  float64
+	// QuietExec leaves commands that run as themselves out of the audit
+	// (overrides and denials are always audited) unless the active
+	// persona's audit_exec says otherwise; by default every exec is
+	// audited (vmpersona-hostd --audit-exec).
+	QuietExec bool
 }
 
 // DefaultConfig returns the configuration the host daemon runs with, for a

@@ -50,10 +50,13 @@ type Config struct {
 	// AuditEventsPerSecond and AuditBytesPerSecond are each instance's
 	// guest audit ingestion quota (0 disables it).
 	AuditEventsPerSecond float64
-	AuditBytesPerSecond  float64
-	Heartbeat            time.Duration
-	ScriptTimeout        time.Duration
-	Logger               *slog.Logger
+	// AuditExec audits every exec, not only overrides and denials, unless
+	// the active persona's audit_exec says otherwise.
+	AuditExec           bool
+	AuditBytesPerSecond float64
+	Heartbeat           time.Duration
+	ScriptTimeout       time.Duration
+	Logger              *slog.Logger
 	// Fleet mode (--fleet-*): on when FleetEtcd is not empty.
 	FleetEtcd              string // URL[,URL…]
 	FleetCA                string
@@ -158,6 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 	acfg := agents.DefaultConfig(st)
 	acfg.Metrics, acfg.Logger = m, log.With("component", "agents")
 	acfg.AuditEventsPerSecond, acfg.AuditBytesPerSecond = cfg.AuditEventsPerSecond, cfg.AuditBytesPerSecond
+	acfg.QuietExec = !cfg.AuditExec
 	if cfg.Heartbeat > 0 {
 		acfg.Heartbeat = cfg.Heartbeat
 	}

@@ -31,6 +31,7 @@ type personaRecord struct {
 	DenyExecWritable     *bool             `json:"deny_exec_writable,omitempty"`
 	RequestEnv           []string          `json:"request_env,omitempty"`
 	ExecUser             string            `json:"exec_user,omitempty"`
+	AuditExec            *bool             `json:"audit_exec,omitempty"`
 	Revision             uint64            `json:"revision"`
 	CreatedAt            time.Time         `json:"created_at,omitzero"`
 	UpdatedAt            time.Time         `json:"updated_at,omitzero"`

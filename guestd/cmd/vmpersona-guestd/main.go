@@ -59,8 +59,8 @@ DESCRIPTION
     variables (LD_*, BASH_ENV, PATH, ...) unless the persona's request_env
     names them.
 
-    Activations, deactivations, override uses and denials (with --audit-exec,
-    every exec) are audit events, spooled in the state directory until the
+    Activations, deactivations, override uses, denials and every exec (as the
+    persona's audit_exec, else the host, else --audit-exec says) are audit events, spooled in the state directory until the
     host acknowledges them, and logged to stderr.
 
 OPTIONS
@@ -90,7 +90,8 @@ OPTIONS
     --exec-timeout DUR      default command timeout (default 30s)
     --script-timeout DUR    default persona script timeout (default 5m)
     --audit-exec            audit every command, not only overrides and
-                            denials
+                            denials, when neither the persona nor the host
+                            says (hosts ask for it by default)
     --audit-max-events N    spool bound in events (default 10000)
     --audit-max-bytes N     spool bound in bytes (default 8388608); when
                             full the oldest unacknowledged events are dropped

@@ -67,6 +67,7 @@ func main() {
 	fs.Var(&qmp, "qmp", "NAME=PATH of a plain QEMU instance's QMP socket (repeatable)")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit events are kept (0 keeps them forever)")
 	fs.Uint64Var(&cfg.MinFreeBytes, "min-free-space", store.DefaultMinFreeBytes, "free bytes the data directory's file system must keep: under it writes are answered 507 until space is freed (0 disables)")
+	fs.BoolVar(&cfg.AuditExec, "audit-exec", true, "audit every exec (actor, command, argument count and a redacted preview, route, exit code, duration), not only overrides and denials; a persona's audit_exec overrides it")
 	fs.Float64Var(&cfg.AuditEventsPerSecond, "audit-guest-events", agents.DefaultAuditEventsPerSecond, "audit events per second each guest may have stored; past it the host answers later and the guest keeps them spooled (0: no limit)")
 	fs.Float64Var(&cfg.AuditBytesPerSecond, "audit-guest-bytes", agents.DefaultAuditBytesPerSecond, "audit bytes per second each guest may have stored (0: no limit)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; three missed intervals drop the session")

@@ -1017,6 +1017,9 @@ type Persona struct {
 	// AllowedCommands when non-empty, only these and overridden commands run
 	AllowedCommands *[]string `json:"allowed_commands,omitempty"`
 
+	// AuditExec audit every exec under this persona (actor, command, argument count and a bounded preview with secret-looking values masked, route, exit code, duration), not only overrides and denials; unset: vmpersona-hostd --audit-exec (on by default)
+	AuditExec *bool `json:"audit_exec,omitempty"`
+
 	// CommandOverrides command name → absolute path or inline #! script; receives the arguments as "$@"
 	CommandOverrides *map[string]string `json:"command_overrides,omitempty"`
 	CreatedAt        *time.Time         `json:"created_at,omitempty"`
