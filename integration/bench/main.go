@@ -274,6 +274,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"exec latency", b.execLatency},
 		{"exec enforcement", b.execEnforcement},
 		{"exec throughput", b.execThroughput},
+		{"exec cat 10 MiB", b.bigExec},
 		{"activation", b.activation},
 		{"audit ingestion", b.auditIngestion},
 		{"persona reads", b.personaReads},
