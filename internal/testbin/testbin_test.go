@@ -1,8 +1,10 @@
 package testbin
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -42,5 +44,42 @@ func TestSharedDirPerCheckout(t *testing.T) {
 	a, b := sharedDir("/src/a"), sharedDir("/src/b")
 	if a == b || a != sharedDir("/src/a") {
 		t.Fatalf("sharedDir: %q %q", a, b)
+	}
+}
+
+// TestNoOtherBuildOfThePrograms: test harnesses take the programs from this
+// package, so a `go test ./...` builds each once, with the release flags.
+// The real-VM tier is the exception: it stamps a version of its own run.
+func TestNoOtherBuildOfThePrograms(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := map[string]bool{"integration/env_test.go": true}
+	build := regexp.MustCompile(`"build".*(cmd/vmpersona|"\.")`)
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") && path != root {
+			return filepath.SkipDir
+		}
+		rel, _ := filepath.Rel(root, path)
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") || allowed[rel] {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if build.MatchString(line) && !strings.Contains(line, "regexp.MustCompile") {
+				t.Errorf("%s:%d builds a program itself; use internal/testbin: %s", rel, i+1, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
