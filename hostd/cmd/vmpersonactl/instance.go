@@ -58,47 +58,55 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 					}
 					return printInstances(a, a.io.out, l, *fleet, false)
 				}
-				// Watching: each change is printed (a table, or one JSON
-				// line per list); the daemon being away is said once.
-				last, waiting := "", false
-				tick := time.NewTicker(*interval)
-				defer tick.Stop()
-				for {
+				return watchChanges(ctx, a, *interval, func(w io.Writer) error {
 					l, err := list()
-					switch {
-					case ctx.Err() != nil:
-						return nil
-					case err != nil && !transient(err):
+					if err != nil {
 						return err
-					case err != nil:
-						if !waiting {
-							fmt.Fprintf(a.io.err, "%s: %s; still watching\n", progName, describe(err))
-							waiting = true
-						}
-					default:
-						waiting = false
-						var b bytes.Buffer
-						if err := printInstances(a, &b, l, *fleet, true); err != nil {
-							return err
-						}
-						if b.String() != last {
-							if last != "" && !a.json() {
-								fmt.Fprintln(a.io.out)
-							}
-							if _, err := a.io.out.Write(b.Bytes()); err != nil {
-								return err
-							}
-							last = b.String()
-						}
 					}
-					select {
-					case <-ctx.Done():
-						return nil // interrupted: watching ends normally
-					case <-tick.C:
-					}
-				}
+					return printInstances(a, w, l, *fleet, true)
+				})
 			}
 		},
+	}
+}
+
+// watchChanges runs render every interval and prints what it writes each
+// time it differs from the last, until interrupted (exit 0). The daemon
+// being away or busy is said once, and watching goes on.
+func watchChanges(ctx context.Context, a *app, interval time.Duration, render func(w io.Writer) error) error {
+	last, waiting := "", false
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		var b bytes.Buffer
+		err := render(&b)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && !transient(err):
+			return err
+		case err != nil:
+			if !waiting {
+				fmt.Fprintf(a.io.err, "%s: %s; still watching\n", progName, describe(err))
+				waiting = true
+			}
+		default:
+			waiting = false
+			if b.String() != last {
+				if last != "" && !a.json() {
+					fmt.Fprintln(a.io.out)
+				}
+				if _, err := a.io.out.Write(b.Bytes()); err != nil {
+					return err
+				}
+				last = b.String()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil // interrupted: watching ends normally
+		case <-tick.C:
+		}
 	}
 }
 
@@ -353,40 +361,69 @@ its revision and activation. "Stale" is yes whenever the instance is not
 in sync with its desired state: no connected agent confirms it, the guest
 holds something else, or the persona changed since (see "instances").`,
 		example: `vmpersonactl active vm1
-vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'`,
+vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'
+vmpersonactl active vm1 --watch`,
 		setup: func(fs *flag.FlagSet) runner {
+			watch := fs.Bool("watch", false, "keep showing: print it again each time it changes, until interrupted")
+			fs.BoolVar(watch, "w", false, "short for --watch")
+			interval := fs.Duration("interval", 2*time.Second, "with --watch, how often to ask the daemon")
 			return func(ctx context.Context, a *app, args []string) error {
 				if err := wantArgs(args, 1, 1, "INSTANCE"); err != nil {
 					return err
+				}
+				if *interval <= 0 {
+					return usageErrorf("--interval must be positive")
 				}
 				c, err := a.api()
 				if err != nil {
 					return err
 				}
-				ap, err := c.ActivePersona(ctx, args[0])
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, ap)
-				}
-				kv := &keyValues{w: a.io.out}
-				kv.add("Instance", ap.Instance)
-				if ap.Persona == nil {
-					kv.add("Persona", "(none)")
-				} else {
-					kv.add("Persona", ap.Persona.Name)
-					kv.add("Revision", fmt.Sprint(ap.Revision))
-					kv.add("Activation", ap.ActivationID)
-					if ap.ActivatedAt != nil {
-						kv.add("Activated", timeText(*ap.ActivatedAt))
+				show := func(w io.Writer, watching bool) error {
+					ap, err := c.ActivePersona(ctx, args[0])
+					if err != nil {
+						return err
 					}
+					return printActive(a, w, ap, watching)
 				}
-				kv.add("Stale", yesNo(ap.Stale))
-				return kv.flush()
+				if !*watch {
+					return show(a.io.out, false)
+				}
+				return watchChanges(ctx, a, *interval, func(w io.Writer) error { return show(w, true) })
 			}
 		},
 	}
+}
+
+// printActive writes an instance's active persona for people or programs
+// (one compact JSON line when watching).
+func printActive(a *app, w io.Writer, ap apitypes.ActivePersona, watching bool) error {
+	switch {
+	case a.g.output == "yaml":
+		return writeYAML(w, ap)
+	case a.json() && watching:
+		b, err := json.Marshal(ap)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(append(b, '\n'))
+		return err
+	case a.json():
+		return writeJSON(w, ap)
+	}
+	kv := &keyValues{w: w}
+	kv.add("Instance", ap.Instance)
+	if ap.Persona == nil {
+		kv.add("Persona", "(none)")
+	} else {
+		kv.add("Persona", ap.Persona.Name)
+		kv.add("Revision", fmt.Sprint(ap.Revision))
+		kv.add("Activation", ap.ActivationID)
+		if ap.ActivatedAt != nil {
+			kv.add("Activated", timeText(*ap.ActivatedAt))
+		}
+	}
+	kv.add("Stale", yesNo(ap.Stale))
+	return kv.flush()
 }
 
 func deactivateCommand() *command {

@@ -60,3 +60,44 @@ func TestInstancesWatch(t *testing.T) {
 		t.Errorf("watch interrupted: %v, want exit 0", err)
 	}
 }
+
+// TestActiveWatch: active --watch shows the instance's persona again when
+// it changes.
+func TestActiveWatch(t *testing.T) {
+	d := startDaemons(t, true)
+	dir := t.TempDir()
+	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.ctl, "-o", "json", "active", "vm1", "-w", "--interval", "50ms")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(out)
+	next := func() apitypes.ActivePersona {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("watch ended: %v", lines.Err())
+		}
+		var ap apitypes.ActivePersona
+		if err := json.Unmarshal(lines.Bytes(), &ap); err != nil {
+			t.Fatalf("watch line %q: %v", lines.Bytes(), err)
+		}
+		return ap
+	}
+	if ap := next(); ap.Persona != nil {
+		t.Fatalf("first: %+v", ap)
+	}
+	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
+	for ap := next(); ap.Persona == nil || ap.Persona.Name != "hardened" || ap.Stale; ap = next() {
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("watch interrupted: %v, want exit 0", err)
+	}
+}
