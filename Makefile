@@ -64,6 +64,12 @@ integration: build
 demo:
 	integration/demo/demo.sh
 
+# Fleet mode: three etcd members, two hosts with guests on unix sockets, a persona shared through etcd,
+# rolled out on both, the fleet-wide instance table, a quorum loss; stops by PID all it started.
+.PHONY: demo-fleet
+demo-fleet:
+	integration/demo/demo-fleet.sh
+
 # Debian packages in dist/: vmpersona-hostd and vmpersona-guestd (reproducible: SOURCE_DATE_EPOCH
 # is the last commit's time; version from a vX.Y.Z tag or packaging/changelog).
 .PHONY: deb integration-full

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/julienschmidt/httprouter"
+
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -23,6 +25,8 @@ type FleetLink interface {
 	ActivationAllowed() error
 	// FleetInstances is every host's instances as the hosts published them.
 	FleetInstances(ctx context.Context) ([]apitypes.Instance, error)
+	// FleetHosts is the hosts present in the fleet.
+	FleetHosts(ctx context.Context) ([]apitypes.FleetHost, error)
 }
 
 // Response headers of every authenticated answer in fleet mode.
@@ -113,4 +117,20 @@ func (s *Server) InstanceViews() ([]apitypes.Instance, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// fleetHosts answers GET /fleet/hosts.
+func (s *Server) fleetHosts(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	if s.cfg.Fleet == nil {
+		return errdefs.WithMessage(errNoFleet, "GET /fleet/hosts needs fleet mode (vmpersona-hostd --fleet-etcd)")
+	}
+	hosts, err := s.cfg.Fleet.FleetHosts(r.Context())
+	if err != nil {
+		return err
+	}
+	if hosts == nil {
+		hosts = []apitypes.FleetHost{}
+	}
+	writeJSON(w, http.StatusOK, apitypes.FleetHostList{Hosts: hosts})
+	return nil
 }

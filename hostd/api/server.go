@@ -116,6 +116,8 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
 			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 
+		{method: "GET", path: "/fleet/hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
+
 		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},
 	}
 }

@@ -114,6 +114,20 @@ func parseETag(s string) (uint64, bool) {
 }
 
 // ListInstances returns every instance the daemon knows.
+// ListFleetHosts lists the hosts present in the fleet (GET /fleet/hosts).
+func (c *Client) ListFleetHosts(ctx context.Context) ([]apitypes.FleetHost, error) {
+	ctx, cancel := c.withDeadline(ctx, 0)
+	defer cancel()
+	var out apitypes.FleetHostList
+	if _, err := c.call(ctx, http.MethodGet, "/fleet/hosts", nil, nil, nil, &out); err != nil {
+		return nil, err
+	}
+	if out.Hosts == nil {
+		out.Hosts = []apitypes.FleetHost{}
+	}
+	return out.Hosts, nil
+}
+
 // ListFleetInstances lists every host's instances (GET /instances?scope=fleet,
 // fleet mode).
 func (c *Client) ListFleetInstances(ctx context.Context) ([]apitypes.Instance, error) {

@@ -298,3 +298,19 @@ type AuditPage struct {
 	// in this query's order (a follower resumes after the last event's ID).
 	Next string `json:"next,omitempty"`
 }
+
+// FleetHostList answers GET /fleet/hosts: the hosts present in the fleet.
+type FleetHostList struct {
+	Hosts []FleetHost `json:"hosts"`
+}
+
+// FleetHost is a host's presence in the fleet, kept on an etcd lease.
+type FleetHost struct {
+	Host       string `json:"host"`
+	Version    string `json:"version"`
+	APIAddress string `json:"api_address,omitempty"`
+	// AppliedRevision is the etcd revision of the host's copy of the
+	// catalogue.
+	AppliedRevision int64     `json:"applied_revision"`
+	StartedAt       time.Time `json:"started_at"`
+}

@@ -266,6 +266,15 @@ func TestFleetInstanceListing(t *testing.T) {
 	if got := list(b); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("b's fleet listing %v, want %v", got, want)
 	}
+	waitFor(t, "both hosts in GET /fleet/hosts", func() bool {
+		r := a.do("GET", "/fleet/hosts", nil)
+		hs, _ := r.body["hosts"].([]any)
+		var names []string
+		for _, h := range hs {
+			names = append(names, fmt.Sprint(h.(map[string]any)["host"]))
+		}
+		return r.status == http.StatusOK && fmt.Sprint(names) == "[a b]"
+	})
 	if r := a.do("GET", "/instances?scope=galaxy", nil); r.status != http.StatusBadRequest || r.body["field"] != "scope" {
 		t.Fatalf("scope=galaxy: %d %v, want 400 naming the field", r.status, r.body)
 	}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
 // Presence is a host's entry under hosts/<host>/presence, kept on a lease:
@@ -105,5 +108,19 @@ func (b *Backend) Hosts(ctx context.Context) ([]Presence, error) {
 			out = append(out, p)
 		}
 	}
+	return out, nil
+}
+
+// FleetHosts is Hosts as the API shows them, sorted by name.
+func (b *Backend) FleetHosts(ctx context.Context) ([]apitypes.FleetHost, error) {
+	ps, err := b.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]apitypes.FleetHost, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, apitypes.FleetHost{Host: p.Host, Version: p.Version, APIAddress: p.APIAddress, AppliedRevision: p.Revision, StartedAt: p.StartedAt})
+	}
+	slices.SortFunc(out, func(a, c apitypes.FleetHost) int { return strings.Compare(a.Host, c.Host) })
 	return out, nil
 }
