@@ -29,7 +29,7 @@ func (b *Backend) presenceKey(host string) string {
 }
 
 // presence publishes this host's presence on a lease and keeps the lease
-// alive; the applied revision is refreshed every LeaseTTL when it moved.
+// alive; the applied revision is refreshed every 2 s when it moved.
 func (b *Backend) presence(ctx context.Context) {
 	started := time.Now().UTC()
 	for attempt := 0; ctx.Err() == nil; attempt++ {
@@ -69,7 +69,7 @@ func (b *Backend) holdPresence(ctx context.Context, started time.Time) error {
 	if err != nil {
 		return err
 	}
-	t := time.NewTicker(b.cfg.LeaseTTL)
+	t := time.NewTicker(min(b.cfg.LeaseTTL, 2*time.Second))
 	defer t.Stop()
 	for {
 		select {
