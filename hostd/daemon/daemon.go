@@ -19,9 +19,11 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/coreos/go-systemd/v22/journal"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/api"
+	"github.com/vmpersona/vmpersona/hostd/auditjournal"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/fleet"
 	"github.com/vmpersona/vmpersona/hostd/libvirt"
@@ -138,6 +140,17 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	defer st.Close()
+	// Under systemd, audit events also go to the journal with their members
+	// as fields (stopped before the store closes).
+	if ok, _ := journal.StderrIsJournalStream(); ok {
+		jctx, stopJournal := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			auditjournal.New(st, nil, log.With("component", "audit-journal")).Run(jctx, time.Second)
+		}()
+		defer func() { stopJournal(); <-done }()
+	}
 
 	// In fleet mode the API's store is the fleet backend: persona writes go
 	// to etcd, reads (and everything else) stay on the local store, which
