@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,22 +148,26 @@ func TestHostdCrashConsistency(t *testing.T) {
 			h = startHostd(t, dataDir, sock, inst)
 			// The store opened (the daemon listens only after it did):
 			// every acknowledged write must be there.
-			a := h.must(t, "GET", "/personas", nil, 200)
-			var list []map[string]any
-			if err := json.Unmarshal(a.body, &list); err != nil {
-				var wrapped struct {
+			// The list is paged: follow next to its end.
+			have := map[string]float64{}
+			for path := "/personas"; path != ""; {
+				a := h.must(t, "GET", path, nil, 200)
+				var page struct {
 					Personas []map[string]any `json:"personas"`
+					Next     string           `json:"next"`
 				}
-				if err2 := json.Unmarshal(a.body, &wrapped); err2 != nil {
+				if err := json.Unmarshal(a.body, &page); err != nil {
 					t.Fatalf("persona list: %v: %.300s", err, a.body)
 				}
-				list = wrapped.Personas
-			}
-			have := map[string]float64{}
-			for _, p := range list {
-				name, _ := p["name"].(string)
-				rev, _ := p["revision"].(float64)
-				have[name] = rev
+				for _, p := range page.Personas {
+					name, _ := p["name"].(string)
+					rev, _ := p["revision"].(float64)
+					have[name] = rev
+				}
+				path = ""
+				if page.Next != "" {
+					path = "/personas?after=" + url.QueryEscape(page.Next)
+				}
 			}
 			mu.Lock()
 			for name, rev := range acked {
