@@ -98,6 +98,12 @@ type Persona struct {
 	// default (loader, shell and interpreter start-up variables are
 	// refused unless named here).
 	RequestEnv []string `json:"request_env,omitempty"`
+	// SecretVariables names variables of EnvironmentVariables whose values
+	// are secret: the guest keeps them out of its profile file (they reach
+	// exec'd commands through the exec environment only), and dry-run
+	// diffs and logs show them masked. Each must be a key of
+	// EnvironmentVariables.
+	SecretVariables []string `json:"secret_variables,omitempty"`
 	// ExecUser is the user exec requests run as when they name none (a
 	// name or a numeric id); empty means root. Activation scripts always
 	// run as root.

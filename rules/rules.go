@@ -56,6 +56,31 @@ func EnvTotal(env map[string]string) error {
 	return nil
 }
 
+// SecretVariables checks a persona's secret_variables against its
+// environment: each entry a valid variable name, a key of env (a name that
+// is not there is most likely a typo, and its value would be left
+// unprotected), and listed once. On a violation it returns the index of the
+// offending entry.
+func SecretVariables(names []string, env map[string]string) (int, error) {
+	if len(names) > MaxEnvVars {
+		return -1, violation("has %d names, at most %d allowed", len(names), MaxEnvVars)
+	}
+	seen := make(map[string]bool, len(names))
+	for i, k := range names {
+		if err := EnvName(k); err != nil {
+			return i, err
+		}
+		if _, ok := env[k]; !ok {
+			return i, violation("names %s, which is not one of environment_variables", k)
+		}
+		if seen[k] {
+			return i, violation("names %s twice", k)
+		}
+		seen[k] = true
+	}
+	return -1, nil
+}
+
 // violation is a broken rule: class errdefs.ErrInvalid, the message saying
 // what is wrong with the value (without naming its field, which the caller
 // knows).

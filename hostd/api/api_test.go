@@ -404,6 +404,16 @@ func TestAuthMatrix(t *testing.T) {
 			if r.status != want {
 				t.Errorf("%s %s as %s: %d, want %d", rt.method, rt.path, who, r.status, want)
 			}
+			if want == http.StatusForbidden {
+				// The refusal says what the user tried, not the route.
+				d, _ := r.json(t)["detail"].(string)
+				if rt.action == "" || d != "user "+map[string]string{"viewer": "victor", "operator": "oscar"}[who]+" has role "+who+"; "+rt.action+" needs the "+need+" role" {
+					t.Errorf("%s %s as %s: detail %q (action %q)", rt.method, rt.path, who, d, rt.action)
+				}
+				if strings.Contains(d, "/") || strings.Contains(d, rt.method+" ") {
+					t.Errorf("%s %s as %s: detail %q shows the route", rt.method, rt.path, who, d)
+				}
+			}
 			refused++
 		}
 	}

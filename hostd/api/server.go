@@ -67,9 +67,13 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 
 // route is one endpoint: method, path, who may call it, and what it does.
 type route struct {
-	method  string
-	path    string
-	role    auth.Role // RoleNone: open to everyone
+	method string
+	path   string
+	role   auth.Role // RoleNone: open to everyone
+	// action says what the route does, for the 403 answer ("activating a
+	// persona needs the operator role"): users are told the action, not
+	// the route pattern.
+	action  string
 	bodyMax int64
 	// long routes wait on the guest: their write deadline follows the request.
 	long    bool
@@ -87,6 +91,14 @@ type route struct {
 
 // routeTable is every endpoint of the API. Access is declared here, beside
 // each route, and enforced in one place (serve).
+// doing is the route's action for messages; "this request" when it has none.
+func (rt route) doing() string {
+	if rt.action == "" {
+		return "this request"
+	}
+	return rt.action
+}
+
 func (s *Server) routeTable() []route {
 	return []route{
 		{method: "GET", path: "/healthz", handler: s.healthz, out: apitypes.Health{}},
@@ -94,31 +106,31 @@ func (s *Server) routeTable() []route {
 		{method: "GET", path: "/metrics", handler: s.metricsHandler()},
 		{method: "GET", path: "/openapi.json", handler: s.openapi},
 
-		{method: "GET", path: "/personas", role: auth.RoleViewer, handler: s.listPersonas, out: apitypes.PersonaList{}},
-		{method: "POST", path: "/personas", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.createPersona,
+		{method: "GET", path: "/personas", action: "listing personas", role: auth.RoleViewer, handler: s.listPersonas, out: apitypes.PersonaList{}},
+		{method: "POST", path: "/personas", action: "creating a persona", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.createPersona,
 			in: apitypes.Persona{}, out: apitypes.Persona{}, status: http.StatusCreated, headers: []string{"ETag", "Location"}},
-		{method: "GET", path: "/personas/:name", role: auth.RoleViewer, handler: s.getPersona,
+		{method: "GET", path: "/personas/:name", action: "reading a persona", role: auth.RoleViewer, handler: s.getPersona,
 			out: apitypes.Persona{}, headers: []string{"ETag"}},
-		{method: "PUT", path: "/personas/:name", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona,
+		{method: "PUT", path: "/personas/:name", action: "changing a persona", role: auth.RoleAdmin, bodyMax: MaxPersonaBody, handler: s.updatePersona,
 			in: apitypes.Persona{}, out: apitypes.Persona{}, headers: []string{"ETag"}},
-		{method: "DELETE", path: "/personas/:name", role: auth.RoleAdmin, handler: s.deletePersona, status: http.StatusNoContent},
-		{method: "POST", path: "/personas/:name/rollout", role: auth.RoleOperator, bodyMax: MaxRolloutBody, long: true, handler: s.rollout,
+		{method: "DELETE", path: "/personas/:name", action: "deleting a persona", role: auth.RoleAdmin, handler: s.deletePersona, status: http.StatusNoContent},
+		{method: "POST", path: "/personas/:name/rollout", action: "rolling out a persona", role: auth.RoleOperator, bodyMax: MaxRolloutBody, long: true, handler: s.rollout,
 			in: apitypes.RolloutRequest{}, out: apitypes.RolloutAnswer{}, line: apitypes.RolloutLine{}},
 
-		{method: "GET", path: "/instances", role: auth.RoleViewer, handler: s.listInstances, out: apitypes.InstanceList{}},
-		{method: "GET", path: "/instances/:id", role: auth.RoleViewer, handler: s.getInstance, out: apitypes.Instance{}},
-		{method: "GET", path: "/instances/:id/active_persona", role: auth.RoleViewer, handler: s.activePersona, out: apitypes.ActivePersona{}},
-		{method: "POST", path: "/instances/:id/personas/:persona/activate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate,
+		{method: "GET", path: "/instances", action: "listing instances", role: auth.RoleViewer, handler: s.listInstances, out: apitypes.InstanceList{}},
+		{method: "GET", path: "/instances/:id", action: "reading an instance", role: auth.RoleViewer, handler: s.getInstance, out: apitypes.Instance{}},
+		{method: "GET", path: "/instances/:id/active_persona", action: "reading an instance's active persona", role: auth.RoleViewer, handler: s.activePersona, out: apitypes.ActivePersona{}},
+		{method: "POST", path: "/instances/:id/personas/:persona/activate", action: "activating a persona", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.activate,
 			in: apitypes.ActivateRequest{}, out: apitypes.ActivationResult{}},
-		{method: "POST", path: "/instances/:id/deactivate", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate,
+		{method: "POST", path: "/instances/:id/deactivate", action: "deactivating a persona", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate,
 			in: apitypes.ActivateRequest{}, out: apitypes.ActivationResult{}},
-		{method: "POST", path: "/instances/:id/enable", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel, out: apitypes.EnableResult{}},
-		{method: "POST", path: "/instances/:id/exec", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
+		{method: "POST", path: "/instances/:id/enable", action: "enabling an instance's channel", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel, out: apitypes.EnableResult{}},
+		{method: "POST", path: "/instances/:id/exec", action: "running a command in an instance", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
 			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 
-		{method: "GET", path: "/fleet/hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
+		{method: "GET", path: "/fleet/hosts", action: "listing fleet hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
 
-		{method: "GET", path: "/audit", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},
+		{method: "GET", path: "/audit", action: "reading the audit log", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},
 	}
 }
 
@@ -228,7 +240,7 @@ func (s *Server) serve(rt route) httprouter.Handle {
 			id, p := s.authenticate(r)
 			if p == nil && id.Role < rt.role {
 				p = problem(http.StatusForbidden, "forbidden", "Forbidden",
-					"user "+id.User+" has role "+id.Role.String()+"; "+r.Method+" "+rt.path+" needs "+rt.role.String())
+					"user "+id.User+" has role "+id.Role.String()+"; "+rt.doing()+" needs the "+rt.role.String()+" role")
 			}
 			if p != nil {
 				if p.Status == http.StatusUnauthorized {

@@ -201,3 +201,26 @@ func TestGoldenMigration(t *testing.T) {
 		})
 	}
 }
+
+// TestSecretVariablesKept: a persona's secret_variables survive a reopen of
+// the store (schema 4); losing them would put secret values into guests'
+// profile files.
+func TestSecretVariablesKept(t *testing.T) {
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	p := goldenPersona()
+	p.DefaultPersona = false
+	p.EnvironmentVariables["DB_PASSWORD"] = "hunter2"
+	p.SecretVariables = []string{"DB_PASSWORD"}
+	if _, err := s.CreatePersona(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, dir, Options{})
+	got, err := s.GetPersona("hardened")
+	if err != nil || !reflect.DeepEqual(got.SecretVariables, []string{"DB_PASSWORD"}) {
+		t.Fatalf("secret_variables after reopen = %v, %v; want [DB_PASSWORD]", got.SecretVariables, err)
+	}
+}

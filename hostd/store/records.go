@@ -30,6 +30,7 @@ type personaRecord struct {
 	Enforcement          string            `json:"enforcement,omitempty"`
 	DenyExecWritable     *bool             `json:"deny_exec_writable,omitempty"`
 	RequestEnv           []string          `json:"request_env,omitempty"`
+	SecretVariables      []string          `json:"secret_variables,omitempty"` // schema 4
 	ExecUser             string            `json:"exec_user,omitempty"`
 	AuditExec            *bool             `json:"audit_exec,omitempty"`
 	Revision             uint64            `json:"revision"`

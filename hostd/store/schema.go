@@ -39,7 +39,7 @@ const keySchema = "m/schema"
 
 // SchemaVersion is the on-disk format this build writes: one more than
 // len(migrations).
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // ErrSchemaTooNew: the store was written by a newer version of the daemon.
 // Wrapped in *SchemaError.
@@ -69,6 +69,11 @@ type migration struct {
 var migrations = []migration{
 	{"desired state: every recorded instance desires what it holds; personas may carry rollout", migrateDesired},
 	{"audit: IDs in ingestion order; guest events keep their own time as guest_time", migrateAuditOrder},
+	// Version 4 adds the personas' secret_variables. Old values read back
+	// unchanged; the version keeps an older daemon, which would drop the
+	// field and write secret values into guests' profile files, from
+	// opening the store.
+	{"personas may carry secret_variables", func(*migrator) error { return nil }},
 }
 
 // migrator is what a migration works with.

@@ -157,6 +157,13 @@ func checkPersona(p *protocol.Persona) *Error {
 	if err := rules.EnvTotal(p.EnvironmentVariables); err != nil {
 		return fail("environment_variables", "%v", err)
 	}
+	if i, err := rules.SecretVariables(p.SecretVariables, p.EnvironmentVariables); err != nil {
+		f := "secret_variables"
+		if i >= 0 {
+			f += "[" + strconv.Itoa(i) + "]"
+		}
+		return fail(f, "%v", err)
+	}
 
 	if e := checkText("pre_activation_script", p.PreActivationScript, MaxScriptLen); e != nil {
 		return e

@@ -311,3 +311,31 @@ func TestPersonaRestrictedAndOverridden(t *testing.T) {
 		t.Errorf("distinct commands: %v", err)
 	}
 }
+
+// secret_variables: each entry a variable name of environment_variables,
+// listed once; the refusal names the entry.
+func TestPersonaSecretVariables(t *testing.T) {
+	env := map[string]string{"DB_PASSWORD": "x", "APP_ENV": "y"}
+	for _, c := range []struct {
+		secret []string
+		field  string
+	}{
+		{nil, ""},
+		{[]string{"DB_PASSWORD"}, ""},
+		{[]string{"DB_PASSWORD", "APP_ENV"}, ""},
+		{[]string{"DB_PASSWORD", "MISSING"}, "secret_variables[1]"},
+		{[]string{"A=B"}, "secret_variables[0]"},
+		{[]string{"DB_PASSWORD", "DB_PASSWORD"}, "secret_variables[1]"},
+	} {
+		p := protocol.Persona{Name: "p", EnvironmentVariables: env, SecretVariables: c.secret}
+		err := Persona(&p)
+		var ve *Error
+		if c.field == "" {
+			if err != nil {
+				t.Errorf("%v: %v", c.secret, err)
+			}
+		} else if !errors.As(err, &ve) || ve.Field != c.field {
+			t.Errorf("%v: want field %s, got %v", c.secret, c.field, err)
+		}
+	}
+}

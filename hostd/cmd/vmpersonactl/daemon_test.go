@@ -31,10 +31,10 @@ func TestAuthOverTCP(t *testing.T) {
 		{"unknown token", "nope", []string{"persona", "list"}, exitAuth, "Unauthorized: unknown token"},
 		{"viewer reads", tokViewer, []string{"persona", "list"}, 0, ""},
 		{"viewer may not create", tokViewer, []string{"persona", "create", "-f", file}, exitAuth, "Forbidden: user victor has role viewer"},
-		{"operator may not create", tokOperator, []string{"persona", "create", "-f", file}, exitAuth, "needs admin"},
+		{"operator may not create", tokOperator, []string{"persona", "create", "-f", file}, exitAuth, "creating a persona needs the admin role"},
 		{"admin creates", tokAdmin, []string{"persona", "create", "-f", file}, 0, ""},
-		{"viewer may not exec", tokViewer, []string{"exec", "vm1", "--", "true"}, exitAuth, "needs operator"},
-		{"viewer may not read the audit log", tokViewer, []string{"audit"}, exitAuth, "needs admin"},
+		{"viewer may not exec", tokViewer, []string{"exec", "vm1", "--", "true"}, exitAuth, "running a command in an instance needs the operator role"},
+		{"viewer may not read the audit log", tokViewer, []string{"audit"}, exitAuth, "reading the audit log needs the admin role"},
 		{"operator reaches a missing agent", tokOperator, []string{"exec", "vm1", "--", "true"}, exitUnavailable, "Agent not connected"},
 	}
 	for _, tt := range tests {

@@ -1059,8 +1059,11 @@ type Persona struct {
 	Revision           *int      `json:"revision,omitempty"`
 
 	// Rollout manual (default): an update reaches running guests by a rollout; auto: an update rolls out at once to the instances desiring the persona
-	Rollout   *PersonaRollout `json:"rollout,omitempty"`
-	UpdatedAt *time.Time      `json:"updated_at,omitempty"`
+	Rollout *PersonaRollout `json:"rollout,omitempty"`
+
+	// SecretVariables names of environment_variables whose values are secret: kept out of the guest's profile file (exec'd commands still get them), masked in dry-run diffs and logs; each must be a key of environment_variables, listed once
+	SecretVariables *[]string  `json:"secret_variables,omitempty"`
+	UpdatedAt       *time.Time `json:"updated_at,omitempty"`
 }
 
 // PersonaEnforcement kernel: the guest kernel (Landlock) refuses restricted files to everything an exec starts, and activation fails on a guest without Landlock; agent: the guest agent's routing table only
