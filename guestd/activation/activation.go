@@ -255,6 +255,12 @@ func CheckPersona(p *protocol.Persona) error {
 			return fmt.Errorf("%w: environment variable %q: value %w", ErrInvalidPersona, k, err)
 		}
 	}
+	if err := rules.EnvTotal(p.EnvironmentVariables); err != nil {
+		return fmt.Errorf("%w: environment_variables %w", ErrInvalidPersona, err)
+	}
+	if i, err := rules.SecretVariables(p.SecretVariables, p.EnvironmentVariables); err != nil {
+		return fmt.Errorf("%w: secret_variables (entry %d) %w", ErrInvalidPersona, i, err)
+	}
 	if err := rules.Script(p.PreActivationScript); err != nil {
 		return fmt.Errorf("%w: pre_activation_script %w", ErrInvalidPersona, err)
 	}
@@ -450,7 +456,9 @@ func (m *Manager) writeProfile(v *View) (undo func()) {
 		}
 		return restore
 	}
-	if err := state.ReplaceFile(path, profileScript(v.Active.Persona.Name, v.Active.Persona.EnvironmentVariables), 0o644); err != nil {
+	// Secret variables stay out of the file, which every user may read:
+	// commands get them through the exec environment only.
+	if err := state.ReplaceFile(path, profileScript(v.Active.Persona.Name, publicEnv(&v.Active.Persona)), 0o644); err != nil {
 		m.log.Error("profile: write failed", "path", path, "err", err)
 	}
 	return restore

@@ -40,20 +40,25 @@ func (m *Manager) Diff(req protocol.DryRun) protocol.ActivationDiff {
 	}
 
 	// The environment: what commands get now against what they would get.
+	// Values are masked for secret-looking names and for the variables
+	// either persona lists in secret_variables.
+	secret := func(k string) bool {
+		return SecretName(k) || slices.Contains(p.SecretVariables, k) || slices.Contains(old.SecretVariables, k)
+	}
 	now := envMap(cur.Env)
 	next := envMap(ComposeEnv(m.base, p.EnvironmentVariables))
 	for _, k := range slices.Sorted(maps.Keys(now)) {
 		nv, ok := next[k]
 		switch {
 		case !ok:
-			d.Environment = append(d.Environment, envChange(k, protocol.ChangeRemoved, now[k], ""))
+			d.Environment = append(d.Environment, envChange(k, protocol.ChangeRemoved, now[k], "", secret(k)))
 		case nv != now[k]:
-			d.Environment = append(d.Environment, envChange(k, protocol.ChangeChanged, now[k], nv))
+			d.Environment = append(d.Environment, envChange(k, protocol.ChangeChanged, now[k], nv, secret(k)))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(next)) {
 		if _, ok := now[k]; !ok {
-			d.Environment = append(d.Environment, envChange(k, protocol.ChangeAdded, "", next[k]))
+			d.Environment = append(d.Environment, envChange(k, protocol.ChangeAdded, "", next[k], secret(k)))
 		}
 	}
 
@@ -74,9 +79,9 @@ func (m *Manager) Diff(req protocol.DryRun) protocol.ActivationDiff {
 	return d
 }
 
-func envChange(name, change, old, new string) protocol.EnvChange {
+func envChange(name, change, old, new string, secret bool) protocol.EnvChange {
 	c := protocol.EnvChange{Name: name, Change: change, Old: old, New: new}
-	if SecretName(name) {
+	if secret {
 		c.Masked = true
 		if old != "" {
 			c.Old = protocol.MaskedValue

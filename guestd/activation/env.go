@@ -84,3 +84,18 @@ func profileScript(persona string, vars map[string]string) []byte {
 	}
 	return []byte(b.String())
 }
+
+// publicEnv is the persona's environment without its secret_variables: what
+// the world-readable profile file may hold.
+func publicEnv(p *protocol.Persona) map[string]string {
+	if len(p.SecretVariables) == 0 {
+		return p.EnvironmentVariables
+	}
+	out := make(map[string]string, len(p.EnvironmentVariables))
+	for k, v := range p.EnvironmentVariables {
+		if !slices.Contains(p.SecretVariables, k) {
+			out[k] = v
+		}
+	}
+	return out
+}

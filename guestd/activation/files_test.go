@@ -2,8 +2,10 @@ package activation
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -90,5 +92,32 @@ func TestProfileDerivedFromActiveAtStart(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(profile); string(got) != string(profileScript("p", p.EnvironmentVariables)) {
 		t.Fatalf("profile: %q", got)
+	}
+}
+
+// The guest applies the environment size rule itself: a persona whose
+// environment would make every exec fail with E2BIG is refused with the
+// reason, and the guest keeps what it held. So is a secret_variables entry
+// that names no variable of the persona.
+func TestRefusesUnusablePersona(t *testing.T) {
+	m, _ := newManager(t, "")
+	big := map[string]string{}
+	for i := range 40 {
+		big[fmt.Sprintf("V%d", i)] = strings.Repeat("x", 30<<10) // 40 × 30 KiB: over 1 MiB
+	}
+	for _, c := range []struct {
+		p    protocol.Persona
+		want string
+	}{
+		{protocol.Persona{Name: "huge", EnvironmentVariables: big}, "E2BIG"},
+		{protocol.Persona{Name: "typo", EnvironmentVariables: map[string]string{"A": "1"}, SecretVariables: []string{"B"}}, "secret_variables"},
+	} {
+		res := m.Activate(context.Background(), protocol.Activate{Persona: c.p})
+		if res.Result != protocol.ResultFailed || !strings.Contains(res.Error, c.want) {
+			t.Errorf("%s: %+v; want failed naming %s", c.p.Name, res.Result, c.want)
+		}
+		if v := m.view.Load(); v.Active != nil {
+			t.Errorf("%s: the guest holds %s after the refusal", c.p.Name, v.Active.Persona.Name)
+		}
 	}
 }

@@ -34,7 +34,7 @@ func (s *Server) auditsExec(req protocol.Exec, view *activation.View) bool {
 // execOutcome is the audit event's result ("exit 0", "signal SIGKILL",
 // "timed out") and detail: the argument count, a bounded preview with
 // secrets masked, and the duration.
-func execOutcome(args []string, res execute.Result) (result, detail string) {
+func execOutcome(args []string, res execute.Result, secrets []string) (result, detail string) {
 	switch {
 	case res.TimedOut:
 		result = "timed out"
@@ -43,13 +43,15 @@ func execOutcome(args []string, res execute.Result) (result, detail string) {
 	default:
 		result = "exit " + strconv.Itoa(res.ExitCode)
 	}
-	detail = fmt.Sprintf("%d args: %s; %.1f ms", len(args), argPreview(args), float64(res.Duration.Microseconds())/1000)
+	detail = fmt.Sprintf("%d args: %s; %.1f ms", len(args), argPreview(args, secrets...), float64(res.Duration.Microseconds())/1000)
 	return result, detail
 }
 
 // argPreview shows the first arguments, each cut to a bound, quoted, with
-// the values of secret-looking options and assignments masked.
-func argPreview(args []string) string {
+// the values of secret-looking options and assignments masked, and every
+// occurrence of one of secrets (the values of the persona's
+// secret_variables).
+func argPreview(args []string, secrets ...string) string {
 	var b strings.Builder
 	maskNext := false
 	for i, a := range args {
@@ -64,6 +66,12 @@ func argPreview(args []string) string {
 		case secretAssignment(a):
 			k, _, _ := strings.Cut(a, "=")
 			shown = k + "=***"
+		default:
+			for _, v := range secrets {
+				if v != "" {
+					shown = strings.ReplaceAll(shown, v, "***")
+				}
+			}
 		}
 		maskNext = secretOption(a)
 		if len(shown) > previewArgLen {
@@ -114,4 +122,17 @@ func cutUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// secretValues are the values of the active persona's secret_variables.
+func secretValues(view *activation.View) []string {
+	if view.Active == nil {
+		return nil
+	}
+	p := &view.Active.Persona
+	out := make([]string, 0, len(p.SecretVariables))
+	for _, k := range p.SecretVariables {
+		out = append(out, p.EnvironmentVariables[k])
+	}
+	return out
 }

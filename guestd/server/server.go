@@ -421,7 +421,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 	}
 	if route == protocol.RouteDefault && s.auditsExec(req, view) {
 		ev.Type, ev.Route = protocol.AuditExec, route
-		ev.Result, ev.Detail = execOutcome(req.Args, res)
+		ev.Result, ev.Detail = execOutcome(req.Args, res, secretValues(view))
 		s.record(ev)
 	}
 	out := protocol.ExecResult{
