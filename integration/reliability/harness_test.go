@@ -23,7 +23,7 @@ import (
 )
 
 // The daemons under test (internal/testbin builds them once per test run),
-// and a directory for the suite's own helper programs.
+// and a directory for the suite's own client programs (peerclient).
 var hostdBin, guestdBin, binDir string
 
 func TestMain(m *testing.M) {
