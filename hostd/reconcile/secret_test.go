@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -15,6 +16,7 @@ import (
 // out of the profile file (which stays world-readable, 0644) and out of the
 // dry-run diff, and still reaches the commands an exec runs.
 func TestSecretVariables(t *testing.T) {
+	audited := true
 	h := newHost(t)
 	g := newGuest(t)
 	h.add("vm", g)
@@ -24,6 +26,7 @@ func TestSecretVariables(t *testing.T) {
 		Name:                 "sec",
 		EnvironmentVariables: map[string]string{"APP_ENV": "staging", "DB_CONN": value},
 		SecretVariables:      []string{"DB_CONN"},
+		AuditExec:            &audited,
 	})
 
 	d, err := h.r.DryRun(ctxTimeout(t, 30*time.Second), "vm", p)
@@ -65,5 +68,24 @@ func TestSecretVariables(t *testing.T) {
 	}
 	if env := envOf(t, h, "vm"); env["DB_CONN"] != value || env["APP_ENV"] != "staging" {
 		t.Errorf("exec environment: DB_CONN=%q APP_ENV=%q; want the persona's values", env["DB_CONN"], env["APP_ENV"])
+	}
+
+	// An exec whose argument holds the value is audited with it masked,
+	// in the guest's spool and in the host's log alike.
+	if res, err := h.exec("vm", "echo", "connect", value); err != nil || res.ExitCode != 0 {
+		t.Fatalf("echo: %+v, %v", res, err)
+	}
+	waitAuditDelivered(t, g)
+	evs := h.audit(store.AuditQuery{Instance: "vm", Type: store.AuditExec})
+	if len(evs) == 0 {
+		t.Fatal("no exec audited")
+	}
+	for _, ev := range evs {
+		if strings.Contains(ev.Detail, value) {
+			t.Errorf("audited exec shows the secret value: %q", ev.Detail)
+		}
+	}
+	if spool, err := os.ReadFile(filepath.Join(g.stateDir, "audit-spool.jsonl")); err != nil || strings.Contains(string(spool), value) {
+		t.Errorf("the guest's audit spool holds the secret value (%v)", err)
 	}
 }
