@@ -24,6 +24,8 @@ const (
 	AuditGuestRefused          = "guest_refused"          // a guest's input was out of bounds: its session was ended
 	AuditRolloutStarted        = "rollout_started"        // a rollout of a persona's revision began
 	AuditRolloutFinished       = "rollout_finished"       // a rollout ended (its summary)
+	AuditFilePushed            = "file_pushed"            // a file was written into a guest (path and size)
+	AuditFilePulled            = "file_pulled"            // a file was read from a guest (path and size)
 )
 
 // AuditTypes lists every audit event type.
@@ -32,4 +34,5 @@ var AuditTypes = []string{
 	AuditPersonaCreated, AuditPersonaUpdated, AuditPersonaDeleted,
 	AuditActivationRequested, AuditDeactivationRequested, AuditDefaultActivation,
 	AuditReconciled, AuditAuthFailure, AuditChannelEnabled, AuditGuestRefused, AuditRolloutStarted, AuditRolloutFinished,
+	AuditFilePushed, AuditFilePulled,
 }

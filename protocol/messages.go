@@ -38,6 +38,8 @@ var typeNames = map[Type]string{
 	TypeActivate: "activate", TypeActivateResult: "activate_result", TypeDeactivate: "deactivate",
 	TypeDryRun: "dry_run", TypeDryRunResult: "dry_run_result",
 	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result", TypeExecCredit: "exec_credit",
+	TypeFileOpen: "file_open", TypeFileOpened: "file_opened", TypeFileWrite: "file_write",
+	TypeFileRead: "file_read", TypeFileData: "file_data", TypeFileClose: "file_close",
 	TypeAuditBatch: "audit_batch", TypeAuditAck: "audit_ack", TypeError: "error",
 }
 

@@ -124,12 +124,14 @@ type conn struct {
 	root context.Context // the server's: activations finish even if the host leaves
 	kick chan struct{}
 	done chan struct{} // closed when the audit delivery has stopped
+	// files are the connection's open file handles.
+	files files
 }
 
 // handlers are the requests the guest serves. A new request type is one
 // entry here.
 func (c *conn) handlers() map[protocol.Type]protocol.Handler {
-	return map[protocol.Type]protocol.Handler{
+	h := map[protocol.Type]protocol.Handler{
 		protocol.TypeActivate: {Answer: protocol.TypeActivateResult, Serve: func(_ context.Context, r *protocol.Request) (any, error) {
 			var req protocol.Activate
 			if err := r.Decode(&req); err != nil {
@@ -160,6 +162,8 @@ func (c *conn) handlers() map[protocol.Type]protocol.Handler {
 			return c.s.exec(ctx, req, r.Output)
 		}},
 	}
+	c.fileHandlers(h)
+	return h
 }
 
 func (s *Server) newConn(root context.Context, rw io.ReadWriteCloser) *conn {
@@ -180,6 +184,7 @@ func (s *Server) newConn(root context.Context, rw io.ReadWriteCloser) *conn {
 		c.deliverAudit()
 		c.sess.Wait()
 		c.sess.WaitHandlers()
+		c.files.closeAll()
 	}()
 	return c
 }
@@ -196,7 +201,7 @@ func (c *conn) hello(protocol.Hello) protocol.HelloAck {
 	view := c.s.cfg.Manager.View()
 	return protocol.HelloAck{
 		AgentVersion: protocol.SoftwareVersion,
-		Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun},
+		Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun, protocol.CapFiles},
 		BootID:       c.s.cfg.BootID,
 		SpoolID:      c.s.cfg.Spool.ID(),
 		Active:       view.Active,

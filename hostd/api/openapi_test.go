@@ -211,6 +211,10 @@ func TestOpenAPIMatchesTheTypes(t *testing.T) {
 		switch {
 		case rt.in != nil:
 			c.check(where+" request", obj(obj(obj(body["content"])["application/json"])["schema"]), reflect.TypeOf(rt.in), true)
+		case rt.raw && rt.method == "PUT":
+			if obj(obj(body["content"])["application/octet-stream"]) == nil {
+				t.Errorf("%s: the route reads the file's bytes; the document describes no application/octet-stream body", where)
+			}
 		case body != nil:
 			t.Errorf("%s: the document describes a request body the route does not read", where)
 		}
@@ -229,6 +233,9 @@ func TestOpenAPIMatchesTheTypes(t *testing.T) {
 			c.check(fmt.Sprintf("%s %d", where, status), obj(obj(content["application/json"])["schema"]), reflect.TypeOf(rt.out), false)
 		case status == 204 && content != nil:
 			t.Errorf("%s: a 204 has no body", where)
+		}
+		if rt.raw && rt.method == "GET" && obj(content["application/octet-stream"]) == nil {
+			t.Errorf("%s: the route answers the file's bytes; the document describes no application/octet-stream answer", where)
 		}
 		if rt.line != nil {
 			c.check(where+" stream line", obj(obj(content["application/x-ndjson"])["schema"]), reflect.TypeOf(rt.line), false)

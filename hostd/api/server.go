@@ -48,6 +48,9 @@ type Config struct {
 	Logger  *slog.Logger
 	// DefaultScriptTimeout bounds activation scripts when a request names none.
 	DefaultScriptTimeout time.Duration
+	// MaxFileBytes bounds a file pushed into or pulled from a guest
+	// (default DefaultMaxFileBytes); beyond it the answer is 413.
+	MaxFileBytes int64
 	// Fleet is the fleet backend's link to etcd; nil outside fleet mode.
 	Fleet FleetLink
 }
@@ -87,6 +90,9 @@ type route struct {
 	status  int
 	headers []string
 	line    any
+	// raw routes carry a file's bytes (application/octet-stream): in the
+	// request body of a PUT, in the answer of a GET.
+	raw bool
 }
 
 // routeTable is every endpoint of the API. Access is declared here, beside
@@ -128,6 +134,10 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/instances/:id/exec", action: "running a command in an instance", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
 			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 
+		{method: "PUT", path: "/instances/:id/files", action: "writing files in guests", role: auth.RoleAdmin, bodyMax: s.cfg.MaxFileBytes, long: true, handler: s.pushFile,
+			raw: true, out: apitypes.FileResult{}},
+		{method: "GET", path: "/instances/:id/files", action: "reading files from guests", role: auth.RoleAdmin, long: true, handler: s.pullFile, raw: true},
+
 		{method: "GET", path: "/fleet/hosts", action: "listing fleet hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
 
 		{method: "GET", path: "/audit", action: "reading the audit log", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},
@@ -141,6 +151,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New()
+	}
+	if cfg.MaxFileBytes <= 0 {
+		cfg.MaxFileBytes = DefaultMaxFileBytes
 	}
 	if cfg.DefaultScriptTimeout <= 0 {
 		cfg.DefaultScriptTimeout = 5 * time.Minute
@@ -179,6 +192,9 @@ func New(cfg Config) *Server {
 			r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+w.Header().Get("Allow")))
 	})
 	s.router.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
+		if v == http.ErrAbortHandler {
+			panic(v) // an answer cut on purpose: net/http closes the connection
+		}
 		cfg.Logger.Error("handler panic", "path", r.URL.Path, "panic", v)
 		writeProblem(w, problem(http.StatusInternalServerError, "internal", "Internal error", "the request failed; see the daemon's log"))
 	}

@@ -58,7 +58,10 @@ type Config struct {
 	AuditBytesPerSecond float64
 	Heartbeat           time.Duration
 	ScriptTimeout       time.Duration
-	Logger              *slog.Logger
+	// MaxFileBytes bounds a file pushed into or pulled from a guest
+	// (0: api.DefaultMaxFileBytes).
+	MaxFileBytes int64
+	Logger       *slog.Logger
 	// Fleet mode (--fleet-*): on when FleetEtcd is not empty.
 	FleetEtcd              string // URL[,URL…]
 	FleetCA                string
@@ -200,7 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer stopDiscovery()
 
-	acfgAPI := api.Config{Store: backend, Fleet: fleetLink, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout}
+	acfgAPI := api.Config{Store: backend, Fleet: fleetLink, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	if lvd != nil {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, lvd)
 		acfgAPI.Enabler = lvd
