@@ -162,7 +162,10 @@ func (c *Client) request(ctx context.Context, method, path string, query url.Val
 		target += "?" + query.Encode()
 	}
 	var rd io.Reader
-	if body != nil {
+	raw, isRaw := body.(rawBody)
+	if isRaw {
+		rd = raw.r
+	} else if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return nil, fmt.Errorf("apiclient: encode %s %s: %w", method, path, err)
@@ -176,7 +179,13 @@ func (c *Client) request(ctx context.Context, method, path string, query url.Val
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	if body != nil {
+	switch {
+	case isRaw:
+		req.Header.Set("Content-Type", "application/octet-stream")
+		if raw.n >= 0 {
+			req.ContentLength = raw.n
+		}
+	case body != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if req.Header.Get("Accept") == "" {

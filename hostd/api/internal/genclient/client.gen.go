@@ -106,6 +106,8 @@ const (
 	AuditEventTypeDefaultActivation     AuditEventType = "default_activation"
 	AuditEventTypeDenial                AuditEventType = "denial"
 	AuditEventTypeExec                  AuditEventType = "exec"
+	AuditEventTypeFilePulled            AuditEventType = "file_pulled"
+	AuditEventTypeFilePushed            AuditEventType = "file_pushed"
 	AuditEventTypeGuestRefused          AuditEventType = "guest_refused"
 	AuditEventTypeOverride              AuditEventType = "override"
 	AuditEventTypePersonaCreated        AuditEventType = "persona_created"
@@ -136,6 +138,10 @@ func (e AuditEventType) Valid() bool {
 	case AuditEventTypeDenial:
 		return true
 	case AuditEventTypeExec:
+		return true
+	case AuditEventTypeFilePulled:
+		return true
+	case AuditEventTypeFilePushed:
 		return true
 	case AuditEventTypeGuestRefused:
 		return true
@@ -628,6 +634,8 @@ const (
 	ListAuditEventsParamsTypeDefaultActivation     ListAuditEventsParamsType = "default_activation"
 	ListAuditEventsParamsTypeDenial                ListAuditEventsParamsType = "denial"
 	ListAuditEventsParamsTypeExec                  ListAuditEventsParamsType = "exec"
+	ListAuditEventsParamsTypeFilePulled            ListAuditEventsParamsType = "file_pulled"
+	ListAuditEventsParamsTypeFilePushed            ListAuditEventsParamsType = "file_pushed"
 	ListAuditEventsParamsTypeGuestRefused          ListAuditEventsParamsType = "guest_refused"
 	ListAuditEventsParamsTypeOverride              ListAuditEventsParamsType = "override"
 	ListAuditEventsParamsTypePersonaCreated        ListAuditEventsParamsType = "persona_created"
@@ -658,6 +666,10 @@ func (e ListAuditEventsParamsType) Valid() bool {
 	case ListAuditEventsParamsTypeDenial:
 		return true
 	case ListAuditEventsParamsTypeExec:
+		return true
+	case ListAuditEventsParamsTypeFilePulled:
+		return true
+	case ListAuditEventsParamsTypeFilePushed:
 		return true
 	case ListAuditEventsParamsTypeGuestRefused:
 		return true
@@ -948,6 +960,15 @@ type ExecStreamLineStdoutEncoding string
 
 // ExecStreamLineStream defines model for ExecStreamLine.Stream.
 type ExecStreamLineStream string
+
+// FileResult defines model for FileResult.
+type FileResult struct {
+	Instance string `json:"instance"`
+	Path     string `json:"path"`
+
+	// Size bytes written
+	Size int `json:"size"`
+}
 
 // FleetHost a host's presence in the fleet
 type FleetHost struct {
@@ -1285,6 +1306,27 @@ type ExecCommandParams struct {
 	Stream *bool `form:"stream,omitempty" json:"stream,omitempty"`
 }
 
+// PullFileParams defines parameters for PullFile.
+type PullFileParams struct {
+	// Path absolute path of the file in the guest
+	Path string `form:"path" json:"path"`
+}
+
+// PushFileParams defines parameters for PushFile.
+type PushFileParams struct {
+	// Path absolute path of the file in the guest
+	Path string `form:"path" json:"path"`
+
+	// Mode octal permission mode, e.g. 0644 (absent: the replaced file's, else 0644)
+	Mode *string `form:"mode,omitempty" json:"mode,omitempty"`
+
+	// Owner user name or number (absent: the replaced file's, else the guest agent's)
+	Owner *string `form:"owner,omitempty" json:"owner,omitempty"`
+
+	// Group group name or number (absent: the replaced file's, else the guest agent's)
+	Group *string `form:"group,omitempty" json:"group,omitempty"`
+}
+
 // ActivatePersonaParams defines parameters for ActivatePersona.
 type ActivatePersonaParams struct {
 	// DryRun change nothing; the guest answers what the activation would change
@@ -1490,6 +1532,18 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /instances/{id}/exec (the `ExecCommand` operationId).
 	ExecCommand(ctx context.Context, id string, params *ExecCommandParams, body ExecCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PullFile The bytes of a regular file of the guest. Admin only; at most --max-file-size bytes, else 413. 404 when it does not exist, 422 when it is not a regular file, 501 when the guest agent predates file transfer.
+	//
+	// Corresponds with GET /instances/{id}/files (the `PullFile` operationId).
+	PullFile(ctx context.Context, id string, params *PullFileParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PushFileWithBody Write the body to a file of the guest, atomically (a temporary file beside it, synced, given its mode and owner, then renamed over it). Admin only; at most the daemon's --max-file-size bytes (default 64 MiB), else 413 and nothing changes. 422 when the guest refuses the path (not a regular file, unknown owner), 501 when its agent predates file transfer.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
+	PushFileWithBody(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ActivatePersonaWithBody Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
 	//
@@ -1741,6 +1795,38 @@ func (c *Client) ExecCommandWithBody(ctx context.Context, id string, params *Exe
 // Corresponds with POST /instances/{id}/exec (the `ExecCommand` operationId).
 func (c *Client) ExecCommand(ctx context.Context, id string, params *ExecCommandParams, body ExecCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewExecCommandRequest(c.Server, id, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PullFile The bytes of a regular file of the guest. Admin only; at most --max-file-size bytes, else 413. 404 when it does not exist, 422 when it is not a regular file, 501 when the guest agent predates file transfer.
+//
+// Corresponds with GET /instances/{id}/files (the `PullFile` operationId).
+func (c *Client) PullFile(ctx context.Context, id string, params *PullFileParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPullFileRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PushFileWithBody Write the body to a file of the guest, atomically (a temporary file beside it, synced, given its mode and owner, then renamed over it). Admin only; at most the daemon's --max-file-size bytes (default 64 MiB), else 413 and nothing changes. 422 when the guest refuses the path (not a regular file, unknown owner), 501 when its agent predates file transfer.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
+func (c *Client) PushFileWithBody(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPushFileRequestWithBody(c.Server, id, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2458,6 +2544,158 @@ func NewExecCommandRequestWithBody(server string, id string, params *ExecCommand
 	return req, nil
 }
 
+// NewPullFileRequest constructs an http.Request for the PullFile method
+func NewPullFileRequest(server string, id string, params *PullFileParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPushFileRequestWithBody constructs an http.Request for the PushFile method, with any body, and a specified content type
+func NewPushFileRequestWithBody(server string, id string, params *PushFileParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/files", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "path", params.Path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Mode != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "mode", *params.Mode, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Owner != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "owner", *params.Owner, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Group != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "group", *params.Group, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewActivatePersonaRequest calls the generic ActivatePersona builder with application/json body
 func NewActivatePersonaRequest(server string, id string, persona string, params *ActivatePersonaParams, body ActivatePersonaJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -3130,6 +3368,20 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /instances/{id}/exec (the `ExecCommand` operationId).
 	ExecCommandWithResponse(ctx context.Context, id string, params *ExecCommandParams, body ExecCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*ExecCommandResponse, error)
+
+	// PullFileWithResponse The bytes of a regular file of the guest. Admin only; at most --max-file-size bytes, else 413. 404 when it does not exist, 422 when it is not a regular file, 501 when the guest agent predates file transfer.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /instances/{id}/files (the `PullFile` operationId).
+	PullFileWithResponse(ctx context.Context, id string, params *PullFileParams, reqEditors ...RequestEditorFn) (*PullFileResponse, error)
+
+	// PushFileWithBodyWithResponse Write the body to a file of the guest, atomically (a temporary file beside it, synced, given its mode and owner, then renamed over it). Admin only; at most the daemon's --max-file-size bytes (default 64 MiB), else 413 and nothing changes. 422 when the guest refuses the path (not a regular file, unknown owner), 501 when its agent predates file transfer.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
+	PushFileWithBodyWithResponse(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PushFileResponse, error)
 
 	// ActivatePersonaWithBodyWithResponse Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
 	//
@@ -3970,6 +4222,235 @@ func (r ExecCommandResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ExecCommandResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PullFileResponse401Headers the declared response headers of an HTTP 401 response for PullFile
+type PullFileResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type PullFileResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON502 the response for an HTTP 502 `application/problem+json` response
+	ApplicationproblemJSON502 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// ApplicationproblemJSON504 the response for an HTTP 504 `application/problem+json` response
+	ApplicationproblemJSON504 *Problem
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *PullFileResponse401Headers
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON502 returns the response for an HTTP 502 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON502() *Problem {
+	return r.ApplicationproblemJSON502
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetApplicationproblemJSON504 returns the response for an HTTP 504 `application/problem+json` response
+func (r PullFileResponse) GetApplicationproblemJSON504() *Problem {
+	return r.ApplicationproblemJSON504
+}
+
+// GetBody returns the raw response body bytes
+func (r PullFileResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PullFileResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PullFileResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PullFileResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PushFileResponse401Headers the declared response headers of an HTTP 401 response for PushFile
+type PushFileResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type PushFileResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FileResult
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON502 the response for an HTTP 502 `application/problem+json` response
+	ApplicationproblemJSON502 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// ApplicationproblemJSON504 the response for an HTTP 504 `application/problem+json` response
+	ApplicationproblemJSON504 *Problem
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *PushFileResponse401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PushFileResponse) GetJSON200() *FileResult {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON502 returns the response for an HTTP 502 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON502() *Problem {
+	return r.ApplicationproblemJSON502
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetApplicationproblemJSON504 returns the response for an HTTP 504 `application/problem+json` response
+func (r PushFileResponse) GetApplicationproblemJSON504() *Problem {
+	return r.ApplicationproblemJSON504
+}
+
+// GetBody returns the raw response body bytes
+func (r PushFileResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PushFileResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PushFileResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PushFileResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4939,6 +5420,32 @@ func (c *ClientWithResponses) ExecCommandWithResponse(ctx context.Context, id st
 	return ParseExecCommandResponse(rsp)
 }
 
+// PullFileWithResponse The bytes of a regular file of the guest. Admin only; at most --max-file-size bytes, else 413. 404 when it does not exist, 422 when it is not a regular file, 501 when the guest agent predates file transfer.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /instances/{id}/files (the `PullFile` operationId).
+func (c *ClientWithResponses) PullFileWithResponse(ctx context.Context, id string, params *PullFileParams, reqEditors ...RequestEditorFn) (*PullFileResponse, error) {
+	rsp, err := c.PullFile(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePullFileResponse(rsp)
+}
+
+// PushFileWithBodyWithResponse Write the body to a file of the guest, atomically (a temporary file beside it, synced, given its mode and owner, then renamed over it). Admin only; at most the daemon's --max-file-size bytes (default 64 MiB), else 413 and nothing changes. 422 when the guest refuses the path (not a regular file, unknown owner), 501 when its agent predates file transfer.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
+func (c *ClientWithResponses) PushFileWithBodyWithResponse(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PushFileResponse, error) {
+	rsp, err := c.PushFileWithBody(ctx, id, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePushFileResponse(rsp)
+}
+
 // ActivatePersonaWithBodyWithResponse Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
@@ -5753,6 +6260,217 @@ func ParseExecCommandResponse(rsp *http.Response) (*ExecCommandResponse, error) 
 	switch {
 	case rsp.StatusCode == 401:
 		var headers ExecCommandResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePullFileResponse parses an HTTP response from a PullFileWithResponse call
+func ParsePullFileResponse(rsp *http.Response) (*PullFileResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PullFileResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 502:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON502 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 504:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON504 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers PullFileResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePushFileResponse parses an HTTP response from a PushFileWithResponse call
+func ParsePushFileResponse(rsp *http.Response) (*PushFileResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PushFileResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FileResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 502:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON502 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 504:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON504 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers PushFileResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
