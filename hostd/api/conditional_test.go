@@ -89,7 +89,7 @@ func TestHeadEverywhereGetIs(t *testing.T) {
 	e.waitConnected("vm1")
 	e.must(e.do("POST", "/personas", tokAdmin, hardened), 201)
 	paths := map[string]string{"/personas/:name": "/personas/hardened", "/instances/:id": "/instances/vm1",
-		"/instances/:id/active_persona": "/instances/vm1/active_persona"}
+		"/instances/:id/active_persona": "/instances/vm1/active_persona", "/instances/:id/files": "/instances/vm1/files?path=/etc/passwd"}
 	n := 0
 	for _, rt := range e.api.routes {
 		if rt.method != "GET" {

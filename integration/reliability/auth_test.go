@@ -50,6 +50,7 @@ var authRoutes = []authRoute{
 	{"POST", "/instances/vm1/personas/authp/activate", 2}, {"POST", "/instances/vm1/deactivate", 2}, {"POST", "/instances/vm1/exec", 2},
 	{"POST", "/personas", 3}, {"PUT", "/personas/authp", 3}, {"DELETE", "/personas/authp", 3},
 	{"POST", "/instances/vm1/enable", 3}, {"GET", "/audit", 3},
+	{"PUT", "/instances/vm1/files?path=/dev/null", 3}, {"GET", "/instances/vm1/files?path=/etc/hostname", 3},
 }
 
 const (
