@@ -179,7 +179,7 @@ func TestFileAdminOnly(t *testing.T) {
 	for _, tok := range []string{tokViewer, tokOperator} {
 		r := d.ctlTCP(t, tok, "file", "push", "vm1", src, dst)
 		want(t, r, exitAuth, "push as "+tok)
-		if !strings.Contains(r.stderr, "needs admin") {
+		if !strings.Contains(r.stderr, "writing files in guests needs the admin role") {
 			t.Errorf("stderr %q", r.stderr)
 		}
 		want(t, d.ctlTCP(t, tok, "file", "pull", "vm1", src, "-"), exitAuth, "pull as "+tok)
