@@ -187,7 +187,12 @@ func (c *conn) fileOpen(req protocol.FileOpen) (protocol.FileOpened, error) {
 	} else if !st.IsDir() {
 		return protocol.FileOpened{}, fileRefused("%s is not a directory", dir)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".vmpersona-*")
+	// The temporary name stays within NAME_MAX whatever the target's.
+	base := filepath.Base(p)
+	if len(base) > 64 {
+		base = base[:64]
+	}
+	f, err := os.CreateTemp(dir, "."+base+".vmpersona-*")
 	if err != nil {
 		return protocol.FileOpened{}, fileErr(dir, err)
 	}

@@ -193,6 +193,12 @@ func TestFileAdminOnly(t *testing.T) {
 	if r.stdout != "secret\n" {
 		t.Errorf("pulled %q", r.stdout)
 	}
+	// A name as long as the file system allows still gets a temporary file.
+	long := filepath.Join(dir, strings.Repeat("n", 255))
+	want(t, d.ctl(t, "file", "push", "vm1", src, long), 0, "push to a 255-byte name")
+	if b, _ := os.ReadFile(long); string(b) != "secret\n" {
+		t.Errorf("the long name holds %q", b)
+	}
 }
 
 func TestFileBoundAndRefusals(t *testing.T) {
