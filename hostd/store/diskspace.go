@@ -37,11 +37,12 @@ type diskGuard struct {
 	onCheck func(low bool, free uint64)
 	log     *slog.Logger
 
-	mu      sync.Mutex
-	checked time.Time
-	low     atomic.Bool
-	free    atomic.Uint64
-	statErr atomic.Pointer[error]
+	mu       sync.Mutex
+	checked  time.Time
+	reserved bool // the open reserve exists (reserve.go); under mu
+	low      atomic.Bool
+	free     atomic.Uint64
+	statErr  atomic.Pointer[error]
 }
 
 func freeBytes(dir string) (uint64, error) {
@@ -72,6 +73,9 @@ func (g *diskGuard) check(force bool) {
 	g.statErr.Store(nil)
 	g.free.Store(free)
 	low := free < g.min
+	if !low && !g.reserved {
+		g.reserved = ensureReserve(g.dir, g.min, free, g.log)
+	}
 	if was := g.low.Swap(low); was != low {
 		if low {
 			g.log.Error("free disk space under the watermark: writes are refused (507) until space is freed",

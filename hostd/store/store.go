@@ -163,6 +163,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		WithNumCompactors(2).
 		WithCompactL0OnClose(true).
 		WithDetectConflicts(true)
+	if err := releaseReserveForOpen(dir, opts.MinFreeBytes, log); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
 	db, err := badger.Open(bopts)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
