@@ -14,7 +14,6 @@ func TestStatusShowsLandlockABI(t *testing.T) {
 		want = 0
 	}
 	g := newGuest(t)
-	g.start()
 	h := newHost(t, nil)
 	h.startManager()
 	h.add("vm", g.endpoint())

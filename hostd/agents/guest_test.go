@@ -95,6 +95,15 @@ func (g *guest) endpoint() Endpoint { return Endpoint{Kind: KindUnix, Path: g.so
 
 func (g *guest) start() {
 	g.t.Helper()
+	if g.cmd != nil {
+		select {
+		case <-g.exited:
+		default:
+			// A second process would take over the socket and the first
+			// would outlive the test: kill it first.
+			g.t.Fatalf("guest daemon (pid %d) is still running: kill it before starting it again", g.cmd.Process.Pid)
+		}
+	}
 	g.log = new(bytes.Buffer)
 	g.cmd = exec.Command(guestdBin, g.args...)
 	g.cmd.Stdout = g.log
