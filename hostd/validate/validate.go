@@ -11,6 +11,7 @@ package validate
 
 import (
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strconv"
@@ -143,7 +144,7 @@ func checkPersona(p *protocol.Persona) *Error {
 	if n := len(p.EnvironmentVariables); n > MaxEnvVars {
 		return fail("environment_variables", "has %d variables, at most %d allowed", n, MaxEnvVars)
 	}
-	for _, k := range sortedKeys(p.EnvironmentVariables) {
+	for _, k := range slices.Sorted(maps.Keys(p.EnvironmentVariables)) {
 		f := mapField("environment_variables", k)
 		if e := checkEnvName(f, k); e != nil {
 			return e
@@ -176,7 +177,7 @@ func checkPersona(p *protocol.Persona) *Error {
 	if n := len(p.CommandOverrides); n > MaxOverrides {
 		return fail("command_overrides", "has %d overrides, at most %d allowed", n, MaxOverrides)
 	}
-	for _, k := range sortedKeys(p.CommandOverrides) {
+	for _, k := range slices.Sorted(maps.Keys(p.CommandOverrides)) {
 		f := mapField("command_overrides", k)
 		if e := checkCommandName(f, k); e != nil {
 			return e
@@ -231,15 +232,6 @@ func checkRestrictedOverride(restricted []string, overrides map[string]string) *
 		}
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // mapField is the JSON path of a map member: parent.key when the key is a

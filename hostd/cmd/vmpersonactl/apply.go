@@ -70,6 +70,22 @@ func personaFiles(path string) ([]string, error) {
 	return out, nil
 }
 
+// personaFilesFlag registers -f FILE|DIR on fs and returns the reader of
+// the personas it names, for commands that take no other argument.
+func personaFilesFlag(fs *flag.FlagSet) func(a *app, args []string) ([]protocol.Persona, []string, error) {
+	file := fs.String("file", "", "persona `FILE` or DIR (\"-\" for standard input)")
+	fs.StringVar(file, "f", "", "short for --file")
+	return func(a *app, args []string) ([]protocol.Persona, []string, error) {
+		if err := wantArgs(args, 0, 0, "no arguments (the personas come from -f FILE|DIR)"); err != nil {
+			return nil, nil, err
+		}
+		if *file == "" {
+			return nil, nil, usageErrorf("-f FILE|DIR is required")
+		}
+		return readPersonas(a, *file)
+	}
+}
+
 // readPersonas reads and checks (offline, with the daemon's own rules)
 // every persona the path names; a name given twice is refused.
 func readPersonas(a *app, path string) ([]protocol.Persona, []string, error) {
@@ -106,16 +122,9 @@ fault.`,
 		example: `vmpersonactl persona validate -f hardened.yaml
 vmpersonactl persona validate -f personas/`,
 		setup: func(fs *flag.FlagSet) runner {
-			file := fs.String("file", "", "persona `FILE` or DIR (\"-\" for standard input)")
-			fs.StringVar(file, "f", "", "short for --file")
+			read := personaFilesFlag(fs)
 			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments (the personas come from -f FILE|DIR)"); err != nil {
-					return err
-				}
-				if *file == "" {
-					return usageErrorf("-f FILE|DIR is required")
-				}
-				ps, files, err := readPersonas(a, *file)
+				ps, files, err := read(a, args)
 				if err != nil {
 					return err
 				}
@@ -156,16 +165,9 @@ each. All files are checked before anything is sent.`,
 		example: `vmpersonactl apply -f personas/
 vmpersonactl apply -f hardened.yaml`,
 		setup: func(fs *flag.FlagSet) runner {
-			file := fs.String("file", "", "persona `FILE` or DIR (\"-\" for standard input)")
-			fs.StringVar(file, "f", "", "short for --file")
+			read := personaFilesFlag(fs)
 			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments (the personas come from -f FILE|DIR)"); err != nil {
-					return err
-				}
-				if *file == "" {
-					return usageErrorf("-f FILE|DIR is required")
-				}
-				ps, _, err := readPersonas(a, *file)
+				ps, _, err := read(a, args)
 				if err != nil {
 					return err
 				}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -263,24 +264,24 @@ func kindCandidates(ctx context.Context, a *app, k argKind) []string {
 	if err != nil {
 		return nil
 	}
-	var out []string
 	switch k {
 	case argPersona:
-		list, err := c.ListPersonas(ctx)
-		if err != nil {
-			return nil
-		}
-		for _, p := range list {
-			out = append(out, p.Name)
-		}
+		return names(ctx, c.ListPersonas, func(p protocol.Persona) string { return p.Name })
 	case argInstance:
-		list, err := c.ListInstances(ctx)
-		if err != nil {
-			return nil
-		}
-		for _, in := range list {
-			out = append(out, in.ID)
-		}
+		return names(ctx, c.ListInstances, func(in apitypes.Instance) string { return in.ID })
+	}
+	return nil
+}
+
+// names lists the names of what list answers; an error gives none.
+func names[T any](ctx context.Context, list func(context.Context) ([]T, error), name func(T) string) []string {
+	all, err := list(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, v := range all {
+		out = append(out, name(v))
 	}
 	return out
 }

@@ -39,29 +39,15 @@ version, API address, the etcd revision of its copy of the catalogue, and
 when it started. A host that stops renewing its lease leaves the list.`,
 		example: `vmpersonactl fleet hosts
 vmpersonactl fleet hosts -o json`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				hosts, err := c.ListFleetHosts(ctx)
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, apitypes.FleetHostList{Hosts: hosts})
-				}
+		setup: query[[]apitypes.FleetHost]{args: "no arguments", ask: noArg((*apiclient.Client).ListFleetHosts),
+			doc: func(hosts []apitypes.FleetHost) any { return apitypes.FleetHostList{Hosts: hosts} },
+			text: func(a *app, hosts []apitypes.FleetHost) error {
 				t := newTable(a.io.out, a.header("HOST", "VERSION", "API", "REVISION", "STARTED")...)
 				for _, h := range hosts {
 					t.row(h.Host, h.Version, h.APIAddress, strconv.FormatInt(h.AppliedRevision, 10), h.StartedAt.Format(time.RFC3339))
 				}
 				return t.flush()
-			}
-		},
+			}}.setup,
 	}
 }
 

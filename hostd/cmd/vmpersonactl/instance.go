@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,82 +29,25 @@ vmpersonactl instances --watch
 vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="connected") | .id'`,
 		setup: func(fs *flag.FlagSet) runner {
 			fleet := fs.Bool("fleet", false, "every host's instances (fleet mode)")
-			watch := fs.Bool("watch", false, "keep listing: print the list again each time it changes, until interrupted")
-			fs.BoolVar(watch, "w", false, "short for --watch")
-			interval := fs.Duration("interval", 2*time.Second, "with --watch, how often to ask the daemon")
+			watch := addWatchFlags(fs, "keep listing: print the list again each time it changes, until interrupted")
 			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
-					return err
-				}
-				if *interval <= 0 {
-					return usageErrorf("--interval must be positive")
-				}
-				c, err := a.api()
+				c, err := watch.connect(a, args, 0, 0, "no arguments")
 				if err != nil {
 					return err
 				}
-				list := func() ([]apitypes.Instance, error) {
+				return watch.show(ctx, a, func(w io.Writer, watching bool) error {
+					list := c.ListInstances
 					if *fleet {
-						return c.ListFleetInstances(ctx)
+						list = c.ListFleetInstances
 					}
-					return c.ListInstances(ctx)
-				}
-				if !*watch {
-					l, err := list()
+					l, err := list(ctx)
 					if err != nil {
 						return err
 					}
-					return printInstances(a, a.io.out, l, *fleet, false)
-				}
-				return watchChanges(ctx, a, *interval, func(w io.Writer) error {
-					l, err := list()
-					if err != nil {
-						return err
-					}
-					return printInstances(a, w, l, *fleet, true)
+					return printInstances(a, w, l, *fleet, watching)
 				})
 			}
 		},
-	}
-}
-
-// watchChanges runs render every interval and prints what it writes each
-// time it differs from the last, until interrupted (exit 0). The daemon
-// being away or busy is said once, and watching goes on.
-func watchChanges(ctx context.Context, a *app, interval time.Duration, render func(w io.Writer) error) error {
-	last, waiting := "", false
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		var b bytes.Buffer
-		err := render(&b)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil && !transient(err):
-			return err
-		case err != nil:
-			if !waiting {
-				fmt.Fprintf(a.io.err, "%s: %s; still watching\n", progName, describe(err))
-				waiting = true
-			}
-		default:
-			waiting = false
-			if b.String() != last {
-				if last != "" && !a.json() {
-					fmt.Fprintln(a.io.out)
-				}
-				if _, err := a.io.out.Write(b.Bytes()); err != nil {
-					return err
-				}
-				last = b.String()
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil // interrupted: watching ends normally
-		case <-tick.C:
-		}
 	}
 }
 
@@ -117,19 +58,7 @@ func printInstances(a *app, w io.Writer, list []apitypes.Instance, fleet, watchi
 		list = []apitypes.Instance{}
 	}
 	if a.json() {
-		doc := map[string]any{"instances": list}
-		switch {
-		case a.g.output == "yaml":
-			return writeYAML(w, doc)
-		case watching:
-			b, err := json.Marshal(doc)
-			if err != nil {
-				return err
-			}
-			_, err = w.Write(append(b, '\n'))
-			return err
-		}
-		return writeJSON(w, doc)
+		return a.writeDoc(w, map[string]any{"instances": list}, watching)
 	}
 	if fleet {
 		t := newTable(w, a.header("HOST", "ID", "UUID", "STATE", "AGENT", "DESIRED", "ACTIVE", "SYNC")...)
@@ -184,26 +113,8 @@ vmpersonactl instance enable vm1`,
 libvirt definition, and to the running domain when it runs, so that its
 guest agent can be reached. Prints what it did. Needs the admin role.`,
 			example: `vmpersonactl instance enable web01`,
-			setup: func(fs *flag.FlagSet) runner {
-				return func(ctx context.Context, a *app, args []string) error {
-					if err := wantArgs(args, 1, 1, "DOMAIN"); err != nil {
-						return err
-					}
-					c, err := a.api()
-					if err != nil {
-						return err
-					}
-					res, err := c.EnableChannel(ctx, args[0])
-					if err != nil {
-						return err
-					}
-					if a.json() {
-						return writeJSON(a.io.out, res)
-					}
-					_, err = fmt.Fprintf(a.io.out, "%s: %s\n", res.Instance, res.Did)
-					return err
-				}
-			},
+			setup: query[apitypes.EnableResult]{args: "DOMAIN", min: 1, max: 1, ask: oneArg((*apiclient.Client).EnableChannel),
+				text: func(a *app, res apitypes.EnableResult) error { return a.printf("%s: %s\n", res.Instance, res.Did) }}.setup,
 		}, {
 			name: "get", summary: "show one instance and its agent", args: "ID",
 			complete: []argKind{argInstance},
@@ -212,57 +123,44 @@ guest agent can be reached. Prints what it did. Needs the admin role.`,
 the instance name (a libvirt domain's UUID is accepted too).`,
 			example: `vmpersonactl instance get vm1
 vmpersonactl instance get vm1 -o json`,
-			setup: func(fs *flag.FlagSet) runner {
-				return func(ctx context.Context, a *app, args []string) error {
-					if err := wantArgs(args, 1, 1, "ID"); err != nil {
-						return err
-					}
-					c, err := a.api()
-					if err != nil {
-						return err
-					}
-					in, err := c.GetInstance(ctx, args[0])
-					if err != nil {
-						return err
-					}
-					if a.json() {
-						return writeJSON(a.io.out, in)
-					}
-					kv := &keyValues{w: a.io.out}
-					kv.add("ID", in.ID)
-					kv.add("Source", in.Source)
-					kv.add("Endpoint", in.Endpoint)
-					kv.add("State", in.State)
-					kv.add("Persona", strOrEmpty(in.ActivePersona))
-					kv.add("Desired", desiredText(in.Desired))
-					kv.add("Active", activeText(in.Active))
-					kv.add("Sync", in.Sync)
-					if in.SyncReason != "" {
-						kv.add("Sync reason", in.SyncReason)
-					}
-					if sc := in.SyncScript; sc != nil {
-						kv.add("Failed script", fmt.Sprintf("exit code %d: %s", sc.ExitCode, strings.TrimSpace(sc.Stderr+sc.Stdout)))
-					}
-					kv.add("Agent", in.Agent.State)
-					kv.add("Agent version", in.Agent.Version)
-					kv.add("Capabilities", strings.Join(in.Agent.Capabilities, ", "))
-					kv.add("Boot ID", in.Agent.BootID)
-					kv.add("Connected", timeText(in.Agent.ConnectedAt))
-					kv.add("Last error", in.Agent.LastError)
-					if in.UUID != "" {
-						kv.add("UUID", in.UUID)
-					}
-					if in.PortOpen != nil {
-						kv.add("Port open", yesNo(*in.PortOpen))
-					}
-					if in.Reason != "" {
-						kv.add("Reason", in.Reason)
-					}
-					return kv.flush()
-				}
-			},
+			setup: query[apitypes.Instance]{args: "ID", min: 1, max: 1, ask: oneArg((*apiclient.Client).GetInstance), text: printInstance}.setup,
 		}},
 	}
+}
+
+// printInstance shows one instance and its agent, a line a field.
+func printInstance(a *app, in apitypes.Instance) error {
+	kv := &keyValues{w: a.io.out}
+	kv.add("ID", in.ID)
+	kv.add("Source", in.Source)
+	kv.add("Endpoint", in.Endpoint)
+	kv.add("State", in.State)
+	kv.add("Persona", strOrEmpty(in.ActivePersona))
+	kv.add("Desired", desiredText(in.Desired))
+	kv.add("Active", activeText(in.Active))
+	kv.add("Sync", in.Sync)
+	if in.SyncReason != "" {
+		kv.add("Sync reason", in.SyncReason)
+	}
+	if sc := in.SyncScript; sc != nil {
+		kv.add("Failed script", fmt.Sprintf("exit code %d: %s", sc.ExitCode, strings.TrimSpace(sc.Stderr+sc.Stdout)))
+	}
+	kv.add("Agent", in.Agent.State)
+	kv.add("Agent version", in.Agent.Version)
+	kv.add("Capabilities", strings.Join(in.Agent.Capabilities, ", "))
+	kv.add("Boot ID", in.Agent.BootID)
+	kv.add("Connected", timeText(in.Agent.ConnectedAt))
+	kv.add("Last error", in.Agent.LastError)
+	if in.UUID != "" {
+		kv.add("UUID", in.UUID)
+	}
+	if in.PortOpen != nil {
+		kv.add("Port open", yesNo(*in.PortOpen))
+	}
+	if in.Reason != "" {
+		kv.add("Reason", in.Reason)
+	}
+	return kv.flush()
 }
 
 func activateCommand() *command {
@@ -279,28 +177,21 @@ output.`,
 vmpersonactl activate vm1 hardened --script-timeout 2m`,
 		setup: func(fs *flag.FlagSet) runner {
 			st := fs.Duration("script-timeout", 0, "limit for each activation script in the guest (default: the daemon's, 5m)")
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 2, 2, "INSTANCE PERSONA"); err != nil {
-					return err
-				}
-				if *st < 0 {
-					return usageErrorf("--script-timeout must not be negative")
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				res, err := c.Activate(ctx, args[0], args[1], apiclient.ActivateOptions{ScriptTimeout: *st})
-				if err != nil {
-					return activationError(err)
-				}
-				if a.json() {
-					return writeJSON(a.io.out, res)
-				}
-				_, err = fmt.Fprintf(a.io.out, "Persona %s (revision %d) active on %s, activation %s, in %s.\n",
-					res.Persona, res.Revision, res.Instance, res.ActivationID, millis(res.DurationMillis))
-				return err
-			}
+			return query[apitypes.ActivationResult]{args: "INSTANCE PERSONA", min: 2, max: 2,
+				check: func(*app) error {
+					if *st < 0 {
+						return usageErrorf("--script-timeout must not be negative")
+					}
+					return nil
+				},
+				ask: func(ctx context.Context, c *apiclient.Client, args []string) (apitypes.ActivationResult, error) {
+					res, err := c.Activate(ctx, args[0], args[1], apiclient.ActivateOptions{ScriptTimeout: *st})
+					return res, activationError(err)
+				},
+				text: func(a *app, res apitypes.ActivationResult) error {
+					return a.printf("Persona %s (revision %d) active on %s, activation %s, in %s.\n",
+						res.Persona, res.Revision, res.Instance, res.ActivationID, millis(res.DurationMillis))
+				}}.run
 		},
 	}
 }
@@ -364,31 +255,19 @@ holds something else, or the persona changed since (see "instances").`,
 vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'
 vmpersonactl active vm1 --watch`,
 		setup: func(fs *flag.FlagSet) runner {
-			watch := fs.Bool("watch", false, "keep showing: print it again each time it changes, until interrupted")
-			fs.BoolVar(watch, "w", false, "short for --watch")
-			interval := fs.Duration("interval", 2*time.Second, "with --watch, how often to ask the daemon")
+			watch := addWatchFlags(fs, "keep showing: print it again each time it changes, until interrupted")
 			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "INSTANCE"); err != nil {
-					return err
-				}
-				if *interval <= 0 {
-					return usageErrorf("--interval must be positive")
-				}
-				c, err := a.api()
+				c, err := watch.connect(a, args, 1, 1, "INSTANCE")
 				if err != nil {
 					return err
 				}
-				show := func(w io.Writer, watching bool) error {
+				return watch.show(ctx, a, func(w io.Writer, watching bool) error {
 					ap, err := c.ActivePersona(ctx, args[0])
 					if err != nil {
 						return err
 					}
 					return printActive(a, w, ap, watching)
-				}
-				if !*watch {
-					return show(a.io.out, false)
-				}
-				return watchChanges(ctx, a, *interval, func(w io.Writer) error { return show(w, true) })
+				})
 			}
 		},
 	}
@@ -397,18 +276,8 @@ vmpersonactl active vm1 --watch`,
 // printActive writes an instance's active persona for people or programs
 // (one compact JSON line when watching).
 func printActive(a *app, w io.Writer, ap apitypes.ActivePersona, watching bool) error {
-	switch {
-	case a.g.output == "yaml":
-		return writeYAML(w, ap)
-	case a.json() && watching:
-		b, err := json.Marshal(ap)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(append(b, '\n'))
-		return err
-	case a.json():
-		return writeJSON(w, ap)
+	if a.json() {
+		return a.writeDoc(w, ap, watching)
 	}
 	kv := &keyValues{w: w}
 	kv.add("Instance", ap.Instance)
@@ -433,26 +302,14 @@ func deactivateCommand() *command {
 		long: `Removes the active persona from INSTANCE: its environment, overrides and
 restrictions no longer apply.`,
 		example: `vmpersonactl deactivate vm1`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "INSTANCE"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
+		setup: query[apitypes.ActivationResult]{args: "INSTANCE", min: 1, max: 1,
+			ask: func(ctx context.Context, c *apiclient.Client, args []string) (apitypes.ActivationResult, error) {
 				res, err := c.Deactivate(ctx, args[0])
-				if err != nil {
-					return activationError(err)
-				}
-				if a.json() {
-					return writeJSON(a.io.out, res)
-				}
-				_, err = fmt.Fprintf(a.io.out, "No persona active on %s (%s).\n", res.Instance, millis(res.DurationMillis))
-				return err
-			}
-		},
+				return res, activationError(err)
+			},
+			text: func(a *app, res apitypes.ActivationResult) error {
+				return a.printf("No persona active on %s (%s).\n", res.Instance, millis(res.DurationMillis))
+			}}.setup,
 	}
 }
 

@@ -8,10 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
@@ -51,31 +52,21 @@ echo '{"name":"minimal","restricted_commands":["rm"]}' | vmpersonactl persona cr
 		setup: func(fs *flag.FlagSet) runner {
 			file := fs.String("file", "", "persona JSON `FILE` (\"-\" for standard input)")
 			fs.StringVar(file, "f", "", "short for --file")
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments (the persona comes from -f FILE)"); err != nil {
+			var p protocol.Persona
+			return query[protocol.Persona]{args: "no arguments (the persona comes from -f FILE)",
+				check: func(a *app) (err error) {
+					if *file == "" {
+						return usageErrorf("-f FILE is required")
+					}
+					p, err = readPersonaFile(a, *file)
 					return err
-				}
-				if *file == "" {
-					return usageErrorf("-f FILE is required")
-				}
-				p, err := readPersonaFile(a, *file)
-				if err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				created, err := c.CreatePersona(ctx, p)
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, created)
-				}
-				_, err = fmt.Fprintf(a.io.out, "Persona %s created (revision %d).\n", created.Name, created.Revision)
-				return err
-			}
+				},
+				ask: func(ctx context.Context, c *apiclient.Client, _ []string) (protocol.Persona, error) {
+					return c.CreatePersona(ctx, p)
+				},
+				text: func(a *app, created protocol.Persona) error {
+					return a.printf("Persona %s created (revision %d).\n", created.Name, created.Revision)
+				}}.run
 		},
 	}
 }
@@ -89,25 +80,9 @@ accept back.`,
 		example: `vmpersonactl persona get hardened
 vmpersonactl persona get hardened -o json > hardened.json`,
 		complete: []argKind{argPersona},
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				p, err := c.GetPersona(ctx, args[0])
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, p)
-				}
-				return printPersona(a.io.out, p)
-			}
-		},
+		setup: query[protocol.Persona]{args: "NAME", min: 1, max: 1,
+			ask:  oneArg((*apiclient.Client).GetPersona),
+			text: func(a *app, p protocol.Persona) error { return printPersona(a.io.out, p) }}.setup,
 	}
 }
 
@@ -126,7 +101,7 @@ func printPersona(w io.Writer, p protocol.Persona) error {
 		kv.add("Allowed", "any command not restricted")
 	}
 	var ov []string
-	for _, name := range sortedKeys(p.CommandOverrides) {
+	for _, name := range slices.Sorted(maps.Keys(p.CommandOverrides)) {
 		target := p.CommandOverrides[name]
 		if strings.HasPrefix(target, "#!") {
 			n := strings.Count(strings.TrimRight(target, "\n"), "\n") + 1
@@ -169,18 +144,9 @@ func plural(n int) string {
 	return "s"
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func sortedPairs(m map[string]string, sep string) []string {
 	var out []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		out = append(out, k+sep+m[k])
 	}
 	return out
@@ -192,38 +158,22 @@ func personaListCommand() *command {
 		long: `Lists every persona with its revision and how much it changes.`,
 		example: `vmpersonactl persona list
 vmpersonactl persona list -o json | jq -r '.personas[].name'`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				list, err := c.ListPersonas(ctx)
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					if list == nil {
-						list = []protocol.Persona{}
-					}
-					return writeJSON(a.io.out, map[string]any{"personas": list})
-				}
-				t := newTable(a.io.out, a.header("NAME", "DEFAULT", "REVISION", "ENV", "OVERRIDES", "RESTRICTED", "ALLOWED", "UPDATED")...)
-				for _, p := range list {
-					allowed := "any"
-					if len(p.AllowedCommands) > 0 {
-						allowed = fmt.Sprint(len(p.AllowedCommands))
-					}
-					t.row(p.Name, yesNo(p.DefaultPersona), fmt.Sprint(p.Revision), fmt.Sprint(len(p.EnvironmentVariables)),
-						fmt.Sprint(len(p.CommandOverrides)), truncate(strings.Join(p.RestrictedCommands, ","), 40), allowed, timeText(p.UpdatedAt))
-				}
-				return t.flush()
-			}
-		},
+		setup: query[[]protocol.Persona]{args: "no arguments", ask: noArg((*apiclient.Client).ListPersonas),
+			doc: func(l []protocol.Persona) any { return map[string]any{"personas": l} }, text: printPersonas}.setup,
 	}
+}
+
+func printPersonas(a *app, list []protocol.Persona) error {
+	t := newTable(a.io.out, a.header("NAME", "DEFAULT", "REVISION", "ENV", "OVERRIDES", "RESTRICTED", "ALLOWED", "UPDATED")...)
+	for _, p := range list {
+		allowed := "any"
+		if len(p.AllowedCommands) > 0 {
+			allowed = fmt.Sprint(len(p.AllowedCommands))
+		}
+		t.row(p.Name, yesNo(p.DefaultPersona), fmt.Sprint(p.Revision), fmt.Sprint(len(p.EnvironmentVariables)),
+			fmt.Sprint(len(p.CommandOverrides)), truncate(strings.Join(p.RestrictedCommands, ","), 40), allowed, timeText(p.UpdatedAt))
+	}
+	return t.flush()
 }
 
 func personaEditCommand() *command {
@@ -475,23 +425,12 @@ until deactivated.`,
 vmpersonactl persona delete hardened --force`,
 		setup: func(fs *flag.FlagSet) runner {
 			force := fs.Bool("force", false, "delete even while the persona is active on instances")
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				if err := c.DeletePersona(ctx, args[0], apiclient.DeleteOptions{Force: *force}); err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, map[string]any{"name": args[0], "deleted": true})
-				}
-				_, err = fmt.Fprintf(a.io.out, "Persona %s deleted.\n", args[0])
-				return err
-			}
+			return query[string]{args: "NAME", min: 1, max: 1,
+				ask: func(ctx context.Context, c *apiclient.Client, args []string) (string, error) {
+					return args[0], c.DeletePersona(ctx, args[0], apiclient.DeleteOptions{Force: *force})
+				},
+				doc:  func(name string) any { return map[string]any{"name": name, "deleted": true} },
+				text: func(a *app, name string) error { return a.printf("Persona %s deleted.\n", name) }}.run
 		},
 	}
 }

@@ -24,25 +24,8 @@ Values of variables whose names contain PASSWORD, TOKEN, SECRET or KEY are
 masked.`,
 		example: `vmpersonactl diff vm1 hardened
 vmpersonactl diff vm1 hardened -o json`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 2, 2, "INSTANCE PERSONA"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				res, err := c.DryRun(ctx, args[0], args[1])
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, res)
-				}
-				return writeDiff(a.io.out, res.Instance, res.Diff)
-			}
-		},
+		setup: query[apitypes.DryRunResult]{args: "INSTANCE PERSONA", min: 2, max: 2, ask: twoArgs((*apiclient.Client).DryRun),
+			text: func(a *app, res apitypes.DryRunResult) error { return writeDiff(a.io.out, res.Instance, res.Diff) }}.setup,
 	}
 }
 
