@@ -14,8 +14,8 @@ type ClientConfig struct {
 	// session's on the same stream. 0 picks one from the clock.
 	Epoch       uint32
 	HostVersion string
-	// Heartbeat is the ping interval (default 2 s); three silent intervals
-	// end the session.
+	// Heartbeat is the ping interval (default 2 s); silence is probed and
+	// ends the session as protocol §5.4 says.
 	Heartbeat time.Duration
 	// WriteTimeout bounds each frame write when the stream supports write
 	// deadlines (default 10 s).

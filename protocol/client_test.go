@@ -530,8 +530,9 @@ func syncSession(t *testing.T, cfg protocol.ClientConfig) (*protocol.Client, *pe
 	return c, p
 }
 
-// TestHeartbeatLoss: a guest that reads but never answers is given up after
-// three silent intervals (checked at the next tick: between 3 and 4).
+// TestHeartbeatLoss: a guest that reads but never answers is probed after
+// three silent intervals and given up three intervals later; meanwhile the
+// host pings once an interval (the probe is one of the pings).
 func TestHeartbeatLoss(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const hb = time.Second
@@ -554,16 +555,20 @@ func TestHeartbeatLoss(t *testing.T) {
 		if !errors.Is(c.Err(), protocol.ErrHeartbeat) {
 			t.Errorf("Err() = %v, want ErrHeartbeat", c.Err())
 		}
-		if elapsed <= 3*hb || elapsed > 4*hb {
-			t.Errorf("session ended after %v of silence, want (3, 4] intervals", elapsed)
+		want := (protocol.SilenceIntervals + protocol.ProbeIntervals) * hb
+		if elapsed < want || elapsed >= want+hb {
+			t.Errorf("session ended after %v of silence, want [%v, %v)", elapsed, want, want+hb)
+		}
+		if sent, answered := c.Probes(); sent != 1 || answered != 0 {
+			t.Errorf("Probes() = %d sent, %d answered; want 1, 0", sent, answered)
 		}
 		if err := c.Call(context.Background(), protocol.TypePing, nil, nil, nil); !errors.Is(err, protocol.ErrClosed) {
 			t.Errorf("call after heartbeat loss: %v", err)
 		}
 		p.conn.Close()
 		synctest.Wait()
-		if pings != 3 {
-			t.Errorf("%d pings sent, want 3", pings)
+		if want := protocol.SilenceIntervals + protocol.ProbeIntervals - 1; pings != want {
+			t.Errorf("%d pings sent, want %d", pings, want)
 		}
 	})
 }
@@ -590,6 +595,80 @@ func TestHeartbeatKept(t *testing.T) {
 		time.Sleep(time.Minute)
 		if c.Err() != nil {
 			t.Fatalf("session ended: %v", c.Err())
+		}
+		c.Close(nil)
+		p.conn.Close()
+	})
+}
+
+// TestHeartbeatSlowPeer: a guest that answers nothing for longer than the
+// allowed silence but answers the probe is slow, not gone: the session
+// stays.
+func TestHeartbeatSlowPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const hb = time.Second
+		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: hb})
+		start := time.Now()
+		go func() {
+			for {
+				f, err := p.nextErr()
+				if err != nil {
+					return
+				}
+				// Silent until well past the allowed silence, then
+				// answering again, late (as a starved guest does).
+				if f.Type == protocol.TypePing && time.Since(start) > protocol.SilenceIntervals*hb+hb/2 {
+					time.Sleep(hb)
+					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch}, nil)
+				}
+			}
+		}()
+		time.Sleep(time.Minute)
+		if c.Err() != nil {
+			t.Fatalf("a slow guest's session ended: %v", c.Err())
+		}
+		if sent, answered := c.Probes(); sent != 1 || answered != 1 {
+			t.Errorf("Probes() = %d sent, %d answered; want 1, 1", sent, answered)
+		}
+		c.Close(nil)
+		p.conn.Close()
+	})
+}
+
+// TestHeartbeatBytesCount: the bytes of a frame still arriving are signs of
+// life, however long the frame takes (a large answer on a slow stream).
+func TestHeartbeatBytesCount(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const hb = time.Second
+		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: hb})
+		go func() {
+			for {
+				if _, err := p.nextErr(); err != nil {
+					return
+				}
+			}
+		}()
+		// One answer of 40 bytes (to no call), a byte every 700 ms: 28 s
+		// for one frame, no Pong meanwhile.
+		frame := protocol.AppendFrame(nil, protocol.Header{Type: protocol.TypeExecOutput, Flags: protocol.FlagResponse | protocol.FlagMore, Epoch: p.epoch, ID: 999},
+			protocol.AppendExecOutput(nil, protocol.StreamStdout, make([]byte, 39)))
+		p.conn.SetWriteDeadline(time.Now().Add(time.Minute))
+		if _, err := p.conn.Write(frame[:32]); err != nil {
+			t.Fatal(err)
+		}
+		for i := 32; i < len(frame); i++ {
+			time.Sleep(700 * time.Millisecond)
+			p.conn.SetWriteDeadline(time.Now().Add(time.Minute))
+			if _, err := p.conn.Write(frame[i : i+1]); err != nil {
+				t.Fatalf("byte %d: %v (session: %v)", i, err, c.Err())
+			}
+		}
+		if c.Err() != nil {
+			t.Fatalf("session ended while a frame was arriving: %v", c.Err())
+		}
+		if c.Dropped() != 1 {
+			t.Errorf("Dropped() = %d, want the one answer to no call", c.Dropped())
 		}
 		c.Close(nil)
 		p.conn.Close()

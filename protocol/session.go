@@ -44,8 +44,26 @@ const (
 	// DefaultOutputBuffer bounds the ExecOutput bytes one call holds for a
 	// consumer that has not taken them yet.
 	DefaultOutputBuffer = 8 << 20
-	// guestWatch is how often a guest checks the host's heartbeat.
-	guestWatch = 200 * time.Millisecond
+	// serialQueue is how many Serial requests wait behind the one running
+	// before the read loop waits for them.
+	serialQueue = 8
+)
+
+// Liveness (§5.4 of the README). A peer is silent when nothing of it has
+// been received: no frame of the session, and no byte of a frame still
+// arriving. After SilenceIntervals heartbeat intervals of silence the
+// watch probes (a Ping sent ahead of queued writes) and waits
+// ProbeIntervals more intervals for any sign of life before it ends the
+// session. Time in which this end itself got no CPU does not count
+// against the peer: a watch that wakes up late gives the read loop as
+// long again to catch up before it judges, and a silence is never
+// counted while the read loop is busy with what it already received.
+const (
+	SilenceIntervals = 3
+	ProbeIntervals   = 3
+	// lateSlack is how late a watch timer may fire before this end counts
+	// itself as starved of CPU.
+	lateSlack = 50 * time.Millisecond
 )
 
 // Handler serves one request type on a session.
@@ -53,7 +71,7 @@ type Handler struct {
 	// Answer is the message type of a successful answer.
 	Answer Type
 	// Serial handlers of a session run one at a time, in arrival order, on
-	// one goroutine; while one runs, one more request waits and then the
+	// one goroutine; while one runs, up to 8 more wait and then the
 	// read loop waits, so a peer that floods is held back by the stream.
 	// Other handlers run concurrently, at most SessionConfig.MaxInFlight at
 	// once (beyond that a request is answered busy).
@@ -208,8 +226,8 @@ type SessionConfig struct {
 	// Error no_session stamped with the request's epoch, and a later Hello
 	// replaces the session (§5.2 of the README).
 	Epoch uint32
-	// Heartbeat, on the host's end, is the ping interval; three silent
-	// intervals end the session. The guest's end takes the host's interval
+	// Heartbeat, on the host's end, is the ping interval; silence ends
+	// the session as §5.4 says. The guest's end takes the host's interval
 	// from its Hello.
 	Heartbeat time.Duration
 	// WriteTimeout bounds each frame write when the stream supports write
@@ -253,14 +271,31 @@ type Session struct {
 	epoch     atomic.Uint32
 	heartbeat atomic.Int64 // nanoseconds; 0: no heartbeat watch
 	nextID    atomic.Uint64
-	lastRecv  atomic.Int64 // unix nanoseconds of the last frame received
 	dropped   atomic.Uint64
+	// Liveness, unix nanoseconds: the last frame of the session received,
+	// the last byte received at all, the last frame sent; reading is true
+	// while the read loop waits in a Read of the stream, busySince is when
+	// it last left one (it is busy with what it received). partial: bytes
+	// of an incomplete frame are buffered.
+	lastRecv  atomic.Int64
+	lastBytes atomic.Int64
+	lastSent  atomic.Int64
+	reading   atomic.Bool
+	busySince atomic.Int64
+	partial   atomic.Bool
+	// hbSet wakes the watch when the heartbeat is set (the guest's Hello).
+	hbSet chan struct{}
+	// probes counts the probes sent; probeAnswered those answered in time
+	// (a slow peer told from a dead one).
+	probes        atomic.Uint64
+	probesAnswerd atomic.Uint64
 
 	mu      sync.Mutex
 	pending map[uint64]*call
 	windows map[uint64]*window // paced answers being served (guest)
 
 	writes   chan *outFrame
+	urgent   chan *outFrame // heartbeats: written before queued frames
 	serial   chan *Request
 	inflight chan struct{}
 	handlers sync.WaitGroup
@@ -295,25 +330,34 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Session{
 		cfg: cfg, guest: cfg.Epoch == 0, conn: conn,
-		w: NewWriter(conn), r: NewReader(conn, cfg.MaxPayload),
+		w:   NewWriter(conn),
 		ctx: ctx, stop: stop,
 		pending:  make(map[uint64]*call),
 		windows:  make(map[uint64]*window),
 		writes:   make(chan *outFrame),
-		serial:   make(chan *Request, 1),
+		urgent:   make(chan *outFrame),
+		serial:   make(chan *Request, serialQueue),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 		closed:   make(chan struct{}),
+		hbSet:    make(chan struct{}, 1),
 	}
+	s.r = NewReader(lifeReader{s, conn}, cfg.MaxPayload)
 	s.epoch.Store(cfg.Epoch)
-	s.lastRecv.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	s.lastRecv.Store(now)
+	s.lastBytes.Store(now)
+	s.lastSent.Store(now)
+	s.busySince.Store(now)
 	s.loops.Add(2)
 	s.handlers.Add(1)
 	go s.readLoop()
 	go s.writeLoop()
 	go s.serialLoop()
 	if s.guest {
+		// Idle until a Hello sets the heartbeat; then one timer, armed
+		// for the end of the host's allowed silence.
 		s.loops.Add(1)
-		go s.watchLoop(guestWatch, false)
+		go s.watchLoop(false)
 	} else if cfg.Heartbeat > 0 {
 		s.startHeartbeat(cfg.Heartbeat)
 	}
@@ -324,7 +368,36 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 func (s *Session) startHeartbeat(d time.Duration) {
 	s.heartbeat.Store(int64(d))
 	s.loops.Add(1)
-	go s.watchLoop(d, true)
+	go s.watchLoop(true)
+}
+
+// lifeReader is the session's stream as its read loop sees it: every byte
+// received is a sign of the peer's life, and the time the loop spends
+// outside Read is time in which it was not listening.
+type lifeReader struct {
+	s *Session
+	r io.Reader
+}
+
+func (l lifeReader) Read(p []byte) (int, error) {
+	l.s.reading.Store(true)
+	n, err := l.r.Read(p)
+	now := time.Now().UnixNano()
+	l.s.busySince.Store(now)
+	l.s.reading.Store(false)
+	if n > 0 {
+		// Until the read loop has taken the frames these bytes complete,
+		// they may be the start of one still arriving.
+		l.s.lastBytes.Store(now)
+		l.s.partial.Store(true)
+	}
+	return n, err
+}
+
+// Probes reports the liveness probes this end sent after a silence, and how
+// many of them the peer answered in time (a slow peer, not a dead one).
+func (s *Session) Probes() (sent, answered uint64) {
+	return s.probes.Load(), s.probesAnswerd.Load()
 }
 
 // Epoch returns the session epoch (on the guest's end, 0 before a Hello).
@@ -388,8 +461,14 @@ type outFrame struct {
 // and ends the session): either way the stream stays in step.
 func (s *Session) send(ctx context.Context, h Header, payload []byte) error {
 	f := &outFrame{h: h, payload: payload, done: make(chan error, 1)}
+	q := s.writes
+	if h.Type == TypePing || h.Type == TypePong {
+		// Heartbeats pass frames queued for writing (output, large
+		// answers): a busy session is not a silent one.
+		q = s.urgent
+	}
 	select {
-	case s.writes <- f:
+	case q <- f:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-s.closed:
@@ -410,24 +489,31 @@ func (s *Session) writeLoop() {
 	defer s.handlers.Done()
 	d, deadlines := s.conn.(interface{ SetWriteDeadline(time.Time) error })
 	for {
+		var f *outFrame
 		select {
-		case f := <-s.writes:
-			if deadlines {
-				d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-			}
-			if err := s.w.WriteFrame(f.h, f.payload); err != nil {
-				// A failed write may have left half a frame on the stream.
-				if s.ctx.Err() == nil {
-					s.cfg.Logger.Warn("write failed; ending the session", "err", err)
-				}
-				s.Close(fmt.Errorf("write: %w", err))
-				f.done <- ErrClosed
+		case f = <-s.urgent:
+		default:
+			select {
+			case f = <-s.urgent:
+			case f = <-s.writes:
+			case <-s.closed:
 				return
 			}
-			f.done <- nil
-		case <-s.closed:
+		}
+		if deadlines {
+			d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		}
+		if err := s.w.WriteFrame(f.h, f.payload); err != nil {
+			// A failed write may have left half a frame on the stream.
+			if s.ctx.Err() == nil {
+				s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+			}
+			s.Close(fmt.Errorf("write: %w", err))
+			f.done <- ErrClosed
 			return
 		}
+		s.lastSent.Store(time.Now().UnixNano())
+		f.done <- nil
 	}
 }
 
@@ -616,6 +702,7 @@ func (s *Session) readLoop() {
 			s.r.Reset(nil)
 			return
 		}
+		s.partial.Store(s.r.Buffered() > 0)
 		s.dispatch(f)
 	}
 }
@@ -764,6 +851,11 @@ func (s *Session) hello(f Frame) {
 	ack := s.cfg.OnHello(h)
 	ack.ProtocolVersion = hi
 	s.heartbeat.Store(int64(time.Duration(h.HeartbeatMillis) * time.Millisecond))
+	s.lastRecv.Store(time.Now().UnixNano())
+	select {
+	case s.hbSet <- struct{}{}:
+	default:
+	}
 	if old := s.epoch.Swap(h.Epoch); old != 0 && old != h.Epoch {
 		s.failCalls(ErrReplaced)
 	}
@@ -861,35 +953,144 @@ func (s *Session) refused(fe *FrameError) {
 	s.deliver(Frame{Header: Header{Version: Version, Type: TypeError, Flags: FlagResponse, Epoch: h.Epoch, ID: h.ID, Length: uint32(len(payload))}, Payload: payload})
 }
 
-// watchLoop ends the session after three silent heartbeat intervals, and on
-// the host's end pings at each tick.
-func (s *Session) watchLoop(tick time.Duration, ping bool) {
-	defer s.loops.Done()
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-s.closed:
-			return
+// lastLife is the last time the peer showed life, as far as this end can
+// tell at now: a frame of the session, or a byte of a frame still
+// arriving (on the guest's end any byte: the host's stream carries nothing
+// else), and now itself while the read loop is busy with what it received
+// (what the peer sent since waits unread: no silence of the peer's).
+func (s *Session) lastLife(now time.Time, bound time.Duration) time.Time {
+	last := s.lastRecv.Load()
+	if b := s.lastBytes.Load(); b > last && (s.guest || s.partial.Load()) {
+		last = b
+	}
+	if !s.reading.Load() {
+		// Busy, but not for ever: a read loop stuck for a whole bound
+		// behind a handler is no proof of the peer's life.
+		if busy := s.busySince.Load(); now.UnixNano()-busy < int64(bound) && busy > last {
+			last = now.UnixNano()
 		}
+	}
+	return time.Unix(0, last)
+}
+
+// watchLoop watches the peer's liveness with one timer, armed for the end of
+// the allowed silence and re-armed when it fires: an idle session wakes up
+// only when something is due. On the host's end it also pings whenever
+// nothing was sent for a heartbeat interval. After SilenceIntervals silent
+// intervals it probes, and ends the session (ErrHeartbeat) when the probe
+// too goes unanswered for ProbeIntervals intervals.
+func (s *Session) watchLoop(ping bool) {
+	defer s.loops.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	var (
+		due     time.Time // when the timer was meant to fire
+		probeAt time.Time // the outstanding probe, zero for none
+		credit  time.Duration
+	)
+	for {
 		hb := time.Duration(s.heartbeat.Load())
 		if hb <= 0 {
-			continue
+			select {
+			case <-s.hbSet:
+				continue
+			case <-s.closed:
+				return
+			}
 		}
-		if time.Since(time.Unix(0, s.lastRecv.Load())) > 3*hb {
+		bound, probeWait := SilenceIntervals*hb, ProbeIntervals*hb
+		now := time.Now()
+		var next time.Time
+		last := s.lastLife(now, bound)
+		if !probeAt.IsZero() && last.After(probeAt) {
+			s.probesAnswerd.Add(1)
+			s.cfg.Logger.Info("peer answered the liveness probe: slow, not gone", "epoch", s.epoch.Load(), "after", now.Sub(probeAt).Round(time.Millisecond))
+			probeAt = time.Time{}
+		}
+		silent := now.Sub(last)
+		judge := silent >= bound && (probeAt.IsZero() || now.Sub(probeAt) >= probeWait)
+		late := now.Sub(due)
+		switch {
+		case judge && !due.IsZero() && late > lateSlack && credit < bound:
+			// This end got no CPU for a while, and its read loop most
+			// likely neither: give the loop as long again to read what
+			// arrived before judging the peer.
+			extra := min(late, bound-credit)
+			credit += extra
+			next = earliest(next, now.Add(extra))
+		case silent < bound:
+			credit = 0
+			next = earliest(next, last.Add(bound))
+		case !judge:
+			next = earliest(next, probeAt.Add(probeWait))
+		case probeAt.IsZero():
+			probeAt = now
+			s.probes.Add(1)
+			s.cfg.Logger.Info("peer silent; probing before giving up", "epoch", s.epoch.Load(), "silent", silent.Round(time.Millisecond), "heartbeat", hb)
+			s.sendPing(hb)
+			next = earliest(next, now.Add(probeWait))
+		default:
 			if s.guest {
-				s.cfg.Logger.Warn("host missed heartbeats; ending the session", "epoch", s.epoch.Load(), "heartbeat", hb)
+				s.cfg.Logger.Warn("host missed heartbeats and the probe; ending the session", "epoch", s.epoch.Load(), "heartbeat", hb)
 			}
 			s.Close(ErrHeartbeat)
 			return
 		}
 		if ping {
-			// The pong is matched by no caller; its arrival refreshes
-			// lastRecv. A writer stuck for a whole interval skips a ping.
-			ctx, cancel := context.WithTimeout(s.ctx, hb)
-			s.send(ctx, Header{Type: TypePing, Epoch: s.epoch.Load(), ID: s.nextID.Add(1)}, nil)
-			cancel()
+			// The host's heartbeat: a Ping whenever nothing else (a
+			// probe included) was sent for an interval.
+			sent := time.Unix(0, s.lastSent.Load())
+			if time.Since(sent) >= hb {
+				s.sendPing(hb)
+				sent = time.Now()
+			}
+			next = earliest(next, sent.Add(hb))
+		}
+		due = s.arm(t, next)
+		if !s.waitTimer(t) {
+			return
 		}
 	}
+}
+
+// earliest is the earlier of two times, a zero one not counting.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// arm sets the timer to fire at at (at once when past) and returns when it
+// is meant to fire.
+func (s *Session) arm(t *time.Timer, at time.Time) time.Time {
+	now := time.Now()
+	if at.Before(now) {
+		at = now
+	}
+	t.Reset(at.Sub(now))
+	return at
+}
+
+// waitTimer waits for the timer or a change of heartbeat; false when the
+// session ended.
+func (s *Session) waitTimer(t *time.Timer) bool {
+	select {
+	case <-t.C:
+		return true
+	case <-s.hbSet:
+		t.Stop()
+		return true
+	case <-s.closed:
+		return false
+	}
+}
+
+// sendPing sends a Ping ahead of queued frames, waiting at most one interval
+// for the writer. The Pong is matched by no caller: its arrival is the
+// sign of life.
+func (s *Session) sendPing(hb time.Duration) {
+	ctx, cancel := context.WithTimeout(s.ctx, hb)
+	s.send(ctx, Header{Type: TypePing, Epoch: s.epoch.Load(), ID: s.nextID.Add(1)}, nil)
+	cancel()
 }

@@ -258,28 +258,41 @@ func TestSessionOutputOverflow(t *testing.T) {
 	}
 }
 
-// TestSessionGuestHeartbeatLoss: the guest's end ends the session after
-// three silent intervals of the heartbeat the host's Hello announced.
+// TestSessionGuestHeartbeatLoss: the guest's end probes the host after three
+// silent intervals of the heartbeat the host's Hello announced, and ends the
+// session when the probe too goes unanswered; before that it sends nothing
+// (no periodic pings of its own).
 func TestSessionGuestHeartbeatLoss(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		host, guest := net.Pipe()
 		g := protocol.NewSession(guest, protocol.SessionConfig{Logger: quiet, OnHello: func(protocol.Hello) protocol.HelloAck { return protocol.HelloAck{} }})
 		p := newPeer(t, host)
+		var pings []time.Duration
+		var start time.Time
 		go func() {
 			for {
-				if _, err := p.nextErr(); err != nil {
+				f, err := p.nextErr()
+				if err != nil {
 					return
+				}
+				if f.Type == protocol.TypePing {
+					pings = append(pings, time.Since(start))
 				}
 			}
 		}()
+		start = time.Now()
 		p.send(protocol.Header{Type: protocol.TypeHello, Epoch: 9, ID: 1}, protocol.Hello{Epoch: 9, MinVersion: 1, MaxVersion: 1, HeartbeatMillis: 1000})
-		start := time.Now()
 		<-g.Done()
 		if !errors.Is(g.Err(), protocol.ErrHeartbeat) {
 			t.Errorf("Err() = %v, want ErrHeartbeat", g.Err())
 		}
-		if d := time.Since(start); d <= 3*time.Second || d > 4*time.Second {
-			t.Errorf("guest gave up after %v, want (3, 4] intervals", d)
+		want := (protocol.SilenceIntervals + protocol.ProbeIntervals) * time.Second
+		if d := time.Since(start); d < want || d >= want+time.Second {
+			t.Errorf("guest gave up after %v, want [%v, %v)", d, want, want+time.Second)
+		}
+		synctest.Wait()
+		if len(pings) != 1 || pings[0] != protocol.SilenceIntervals*time.Second {
+			t.Errorf("guest pinged at %v, want one probe at %v", pings, protocol.SilenceIntervals*time.Second)
 		}
 		host.Close()
 		g.Wait()

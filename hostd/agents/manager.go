@@ -86,7 +86,7 @@ type Config struct {
 	Metrics *metrics.Metrics // nil: a private, unexported set
 	Logger  *slog.Logger     // nil: slog.Default()
 	// Heartbeat is the ping interval of each session (default 2 s); three
-	// silent intervals end a session.
+	// silent intervals and an unanswered probe end a session (protocol §5.4).
 	Heartbeat time.Duration
 	// DialTimeout bounds dial plus handshake (default 3 s).
 	DialTimeout time.Duration
@@ -122,7 +122,9 @@ func DefaultConfig(st Store) Config {
 	}
 }
 
-// AgentStatus is a snapshot of one managed agent.
+// AgentStatus is a snapshot of one managed agent. Capabilities and Active
+// are shared with the manager and other readers: read them, never modify
+// them.
 type AgentStatus struct {
 	Name, Source, Endpoint string
 	State                  string // StateConnected, StateConnecting or StateDisconnected

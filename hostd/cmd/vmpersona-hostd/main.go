@@ -71,7 +71,7 @@ func main() {
 	fs.BoolVar(&cfg.AuditExec, "audit-exec", true, "audit every exec (actor, command, argument count and a redacted preview, route, exit code, duration), not only overrides and denials; a persona's audit_exec overrides it")
 	fs.Float64Var(&cfg.AuditEventsPerSecond, "audit-guest-events", agents.DefaultAuditEventsPerSecond, "audit events per second each guest may have stored; past it the host answers later and the guest keeps them spooled (0: no limit)")
 	fs.Float64Var(&cfg.AuditBytesPerSecond, "audit-guest-bytes", agents.DefaultAuditBytesPerSecond, "audit bytes per second each guest may have stored (0: no limit)")
-	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; three missed intervals drop the session")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; a session silent for three intervals is probed and dropped when the probe goes unanswered for three more")
 	fs.Int64Var(&cfg.MaxFileBytes, "max-file-size", api.DefaultMaxFileBytes, "largest file, in bytes, vmpersonactl file push/pull moves into or out of a guest; beyond it the API answers 413")
 	fs.DurationVar(&cfg.ScriptTimeout, "script-timeout", 5*time.Minute, "default timeout of activation scripts")
 	fs.StringVar(&cfg.FleetEtcd, "fleet-etcd", "", "fleet mode: etcd client URLs, comma-separated; personas and the default are shared through etcd (absent: single host)")
