@@ -64,7 +64,8 @@ type session struct {
 	hello       protocol.HelloAck
 	connectedAt time.Time
 	// active is what the guest holds as far as this session knows;
-	// guarded by agent.mu.
+	// guarded by agent.mu. It is an immutable snapshot, handed out
+	// without copying: replaced whole, never modified.
 	active *protocol.ActiveState
 }
 
@@ -125,10 +126,13 @@ func (a *agent) status() AgentStatus {
 	if s := a.sess; s != nil {
 		st.AgentVersion = s.hello.AgentVersion
 		st.BootID = s.hello.BootID
-		st.Capabilities = slices.Clone(s.hello.Capabilities)
+		// Shared, not copied: the HelloAck and the active state are
+		// immutable snapshots (a change replaces s.active whole), so a
+		// status costs no copy of a persona however large.
+		st.Capabilities = s.hello.Capabilities
 		st.LandlockABI = s.hello.LandlockABI
 		st.ConnectedAt = s.connectedAt
-		st.Active = cloneActive(s.active)
+		st.Active = s.active
 	}
 	return st
 }

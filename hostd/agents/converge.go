@@ -49,11 +49,12 @@ func (g *Guest) BootID() string { return g.s.hello.BootID }
 // HasCapability reports whether the guest announced capability c.
 func (g *Guest) HasCapability(c string) bool { return slices.Contains(g.s.hello.Capabilities, c) }
 
-// Active is what the guest holds as far as this session knows (nil: none).
+// Active is what the guest holds as far as this session knows (nil: none):
+// a shared snapshot, to read and never modify.
 func (g *Guest) Active() *protocol.ActiveState {
 	g.a.mu.Lock()
 	defer g.a.mu.Unlock()
-	return cloneActive(g.s.active)
+	return g.s.active
 }
 
 // Activate activates p (at p.Revision) in this session, like
