@@ -481,10 +481,18 @@ func TestHeartbeatSilenceEndsSession(t *testing.T) {
 	e.start()
 	r := e.raw()
 	r.hello(7, 100)
-	// Say nothing: the guest ends the session and closes the connection.
+	// Say nothing: the guest probes with a Ping, then ends the session and
+	// closes the connection.
 	r.c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	_, err := r.r.Next()
-	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+	var err error
+	for pings := 0; err == nil; pings++ {
+		var f protocol.Frame
+		f, err = r.r.Next()
+		if err == nil && (f.Type != protocol.TypePing || pings > 0) {
+			t.Fatalf("want one probe Ping, then the end of a silent session, got %s", f.Type)
+		}
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("want the guest to close a silent session, got %v", err)
 	}
 	// It keeps listening.
