@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os/exec"
 	"sort"
@@ -31,6 +32,29 @@ func reportQuantiles(b *testing.B, ds []time.Duration) {
 	b.ReportMetric(q(0.99), "p99-ms")
 }
 
+// measure runs op b.N times and reports the quantiles of its duration.
+func measure(b *testing.B, op func() error) {
+	b.Helper()
+	ds := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if err := op(); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	reportQuantiles(b, ds)
+}
+
+// execFailure is an exec that failed or whose command did.
+func execFailure(res apitypes.ExecResult, err error) error {
+	if err != nil || res.ExitCode != 0 {
+		return fmt.Errorf("exec: %+v %v", res, err)
+	}
+	return nil
+}
+
 func benchClient(b *testing.B, d *daemons) *apiclient.Client {
 	b.Helper()
 	c, err := apiclient.New(apiclient.Config{URL: "unix:" + d.sock})
@@ -45,34 +69,20 @@ func BenchmarkClientExecTrue(b *testing.B) {
 	d := startDaemonsB(b, true)
 	c := benchClient(b, d)
 	ctx := context.Background()
-	ds := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
+	measure(b, func() error {
 		res, err := c.Exec(ctx, "vm1", apitypes.ExecRequest{Command: "/bin/true"})
-		if err != nil || res.ExitCode != 0 {
-			b.Fatalf("exec: %+v %v", res, err)
-		}
-		ds = append(ds, time.Since(start))
-	}
-	reportQuantiles(b, ds)
+		return execFailure(res, err)
+	})
 }
 
 func BenchmarkClientExecStreamTrue(b *testing.B) {
 	d := startDaemonsB(b, true)
 	c := benchClient(b, d)
 	ctx := context.Background()
-	ds := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
+	measure(b, func() error {
 		res, err := c.ExecStream(ctx, "vm1", apitypes.ExecRequest{Command: "/bin/true"}, io.Discard, io.Discard)
-		if err != nil || res.ExitCode != 0 {
-			b.Fatalf("exec: %+v %v", res, err)
-		}
-		ds = append(ds, time.Since(start))
-	}
-	reportQuantiles(b, ds)
+		return execFailure(res, err)
+	})
 }
 
 func BenchmarkClientGetPersona(b *testing.B) {
@@ -82,32 +92,22 @@ func BenchmarkClientGetPersona(b *testing.B) {
 	if _, err := c.CreatePersona(ctx, protocol.Persona{Name: "bench", RestrictedCommands: []string{"rm"}}); err != nil {
 		b.Fatal(err)
 	}
-	ds := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		if _, err := c.GetPersona(ctx, "bench"); err != nil {
-			b.Fatal(err)
-		}
-		ds = append(ds, time.Since(start))
-	}
-	reportQuantiles(b, ds)
+	measure(b, func() error {
+		_, err := c.GetPersona(ctx, "bench")
+		return err
+	})
 }
 
 // The whole command as a user types it: process start, flag parsing,
 // connection, exec, exit.
 func BenchmarkCLIExecTrue(b *testing.B) {
 	d := startDaemonsB(b, true)
-	ds := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
+	measure(b, func() error {
 		cmd := exec.Command(bins.ctl, "exec", "vm1", "--", "/bin/true")
 		cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("vmpersonactl exec: %v %s", err, out)
+			return fmt.Errorf("vmpersonactl exec: %v %s", err, out)
 		}
-		ds = append(ds, time.Since(start))
-	}
-	reportQuantiles(b, ds)
+		return nil
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 func TestAuthOverTCP(t *testing.T) {
@@ -112,8 +113,7 @@ func TestInstancesWithoutAgent(t *testing.T) {
 func TestAudit(t *testing.T) {
 	d := startDaemons(t, false)
 	for _, name := range []string{"one", "two", "three"} {
-		r := runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-")
-		want(t, r, 0, "create "+name)
+		d.createNamed(t, name)
 	}
 	want(t, d.ctlTCP(t, "bad-token", "persona", "list"), exitAuth, "a refused request")
 
@@ -168,26 +168,26 @@ func TestAudit(t *testing.T) {
 // interrupted; it then exits 0.
 func TestAuditFollow(t *testing.T) {
 	d := startDaemons(t, false)
-	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"before"}`, "persona", "create", "-f", "-"), 0, "create")
+	d.createNamed(t, "before")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bins.ctl, "audit", "--follow", "--interval", "50ms", "-o", "json", "--type", "persona_created")
 	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out := &syncBuffer{}
+	out := &testproc.Output{}
 	var errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), `"before"`) })
+	testproc.WaitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), `"before"`) })
 	for _, name := range []string{"after1", "after2"} {
-		want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-"), 0, "create")
+		d.createNamed(t, name)
 	}
 	// A persona update is another type: it must not show.
 	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"before","restricted_commands":["rm"]}`, "persona", "edit", "before", "-f", "-"), 0, "edit")
 	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"last"}`, "persona", "create", "-f", "-"), 0, "create")
-	waitFor(t, "the new events", func() bool { return strings.Contains(out.String(), `"last"`) })
+	testproc.WaitFor(t, "the new events", func() bool { return strings.Contains(out.String(), `"last"`) })
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestAuditFollow(t *testing.T) {
 func TestCompletionAgainstDaemon(t *testing.T) {
 	d := startDaemons(t, false)
 	for _, name := range []string{"alpha", "beta"} {
-		want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-"), 0, "create")
+		d.createNamed(t, name)
 	}
 	tests := []struct {
 		words []string
@@ -277,24 +277,24 @@ func TestAuditFollowAcrossRestart(t *testing.T) {
 	d := startDaemons(t, false)
 	create := func(name string) {
 		t.Helper()
-		want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-"), 0, "create "+name)
+		d.createNamed(t, name)
 	}
 	create("first")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bins.ctl, "audit", "--follow", "--interval", "50ms", "--type", "persona_created")
 	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out, errb := &syncBuffer{}, &syncBuffer{}
+	out, errb := &testproc.Output{}, &testproc.Output{}
 	cmd.Stdout, cmd.Stderr = out, errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), " first ") })
+	testproc.WaitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), " first ") })
 	d.hostd.stop()
-	waitFor(t, "the follower to notice", func() bool { return strings.Contains(errb.String(), "still following") })
+	testproc.WaitFor(t, "the follower to notice", func() bool { return strings.Contains(errb.String(), "still following") })
 	d.startHostd(t)
 	create("second")
-	waitFor(t, "the event after the restart", func() bool { return strings.Contains(out.String(), " second ") })
+	testproc.WaitFor(t, "the event after the restart", func() bool { return strings.Contains(out.String(), " second ") })
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 func TestDriftDiffRollout(t *testing.T) {
 	d := startDaemons(t, true)
 	dir := t.TempDir()
-	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
+	d.createHardened(t)
 	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
 	r := d.ctl(t, "instances")
 	want(t, r, 0, "instances")

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // execEvents reads the exec audit events of vm1.
@@ -25,7 +26,7 @@ func TestExecAuditedByDefault(t *testing.T) {
 	d := startDaemons(t, true)
 	want(t, d.ctl(t, "exec", "vm1", "--", "sh", "-c", "exit 3", "--password", "hunter2", "API_TOKEN=s3cr3t", "visible"), 3, "exec")
 	var ev apitypes.AuditEvent
-	waitFor(t, "the exec's audit event", func() bool {
+	testproc.WaitFor(t, "the exec's audit event", func() bool {
 		evs := d.execEvents(t)
 		if len(evs) > 0 {
 			ev = evs[0]
@@ -54,7 +55,7 @@ func TestExecAuditedByDefault(t *testing.T) {
 	want(t, d.ctl(t, "exec", "vm1", "--", "true", "under-quiet"), 0, "exec under quiet")
 	want(t, d.ctl(t, "deactivate", "vm1"), 0, "deactivate")
 	want(t, d.ctl(t, "exec", "vm1", "--", "true", "after-quiet"), 0, "exec after quiet")
-	waitFor(t, "the second exec's audit event", func() bool { return len(d.execEvents(t)) == 2 })
+	testproc.WaitFor(t, "the second exec's audit event", func() bool { return len(d.execEvents(t)) == 2 })
 	for _, e := range d.execEvents(t) {
 		if strings.Contains(e.Detail, "under-quiet") {
 			t.Errorf("an exec under audit_exec false was audited: %+v", e)
@@ -71,7 +72,7 @@ func TestExecAuditOffByHostFlag(t *testing.T) {
 	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, t.TempDir(), "p.json", overriding)), 0, "create")
 	want(t, d.ctl(t, "activate", "vm1", "o"), 0, "activate")
 	want(t, d.ctl(t, "exec", "vm1", "--", "hello"), 0, "exec an override")
-	waitFor(t, "the override's audit event", func() bool {
+	testproc.WaitFor(t, "the override's audit event", func() bool {
 		r := d.ctl(t, "-o", "json", "audit", "--instance", "vm1", "--type", "override")
 		return strings.Contains(r.stdout, `"hello"`)
 	})

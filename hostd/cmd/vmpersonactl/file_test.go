@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // These tests copy files into and out of the real guest daemon on a unix
@@ -291,9 +292,9 @@ func TestFilePartialPushLeavesTarget(t *testing.T) {
 	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: hostd\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", filesURL(dst), length)
 	c.Write([]byte(strings.Repeat("z", 700<<10)))
 	// Wait until the guest has started the temporary file, then go away.
-	waitFor(t, "the guest's temporary file", func() bool { return len(leftovers(t, guest, "target")) == 1 })
+	testproc.WaitFor(t, "the guest's temporary file", func() bool { return len(leftovers(t, guest, "target")) == 1 })
 	c.Close()
-	waitFor(t, "the temporary file to be removed", func() bool { return len(leftovers(t, guest, "target")) == 0 })
+	testproc.WaitFor(t, "the temporary file to be removed", func() bool { return len(leftovers(t, guest, "target")) == 0 })
 	if b, _ := os.ReadFile(dst); string(b) != "original\n" {
 		t.Errorf("target now holds %d bytes", len(b))
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -21,7 +22,7 @@ import (
 func TestActivateExecDeactivate(t *testing.T) {
 	d := startDaemons(t, true)
 	dir := t.TempDir()
-	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
+	d.createHardened(t)
 
 	r := d.ctl(t, "activate", "vm1", "hardened", "--script-timeout", "20s")
 	want(t, r, 0, "activate")
@@ -178,13 +179,13 @@ func TestExecStreamsAndInterrupt(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bins.ctl, "exec", "vm1", "--timeout", "60s", "--", "sh", "-c", "echo started; exec sleep 60")
 	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out := &syncBuffer{}
+	out := &testproc.Output{}
 	var errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the first line of output", func() bool { return out.String() == "started\n" })
+	testproc.WaitFor(t, "the first line of output", func() bool { return out.String() == "started\n" })
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ func TestActivateInterrupted(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the activation to reach the guest", func() bool {
+	testproc.WaitFor(t, "the activation to reach the guest", func() bool {
 		_, err := os.Stat(marker)
 		return err == nil
 	})

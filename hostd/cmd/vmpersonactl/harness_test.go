@@ -10,12 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // The binaries under test (internal/testbin builds them once per test run):
@@ -58,24 +57,6 @@ func needGuestd(t testing.TB) {
 	}
 }
 
-// syncBuffer is a buffer written by a process and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Tokens of the host daemon under test, one per role.
 const (
 	tokAdmin    = "admin-token-0123456789"
@@ -113,7 +94,7 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	if withGuest {
 		_ = startProcess(t, "guestd", nil, bins.guestd, "--listen", "unix:"+guestSock,
 			"--state-dir", filepath.Join(dir, "guest-state"), "--profile-file", filepath.Join(dir, "profile.sh"))
-		waitFor(t, "the guest daemon's socket", func() bool { _, err := os.Stat(guestSock); return err == nil })
+		testproc.WaitFor(t, "the guest daemon's socket", func() bool { _, err := os.Stat(guestSock); return err == nil })
 	}
 	tokens := filepath.Join(dir, "tokens.csv")
 	csv := fmt.Sprintf("%s,alice,1001,\"admin\"\n%s,olivia,1002,\"operator\"\n%s,victor,1003,\"viewer\"\n", tokAdmin, tokOperator, tokViewer)
@@ -128,7 +109,7 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	d.args = append(args, hostdArgs...)
 	d.startHostd(t)
 	if withGuest {
-		waitFor(t, "the guest agent to connect", func() bool {
+		testproc.WaitFor(t, "the guest agent to connect", func() bool {
 			r := d.ctl(t, "-o", "json", "instance", "get", "vm1")
 			var in struct {
 				Agent struct{ State string } `json:"agent"`
@@ -139,10 +120,23 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	return d
 }
 
+// createHardened creates the persona of hardenedJSON from a file.
+func (d *daemons) createHardened(t *testing.T) {
+	t.Helper()
+	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, t.TempDir(), "p.json", hardenedJSON)), 0, "create")
+}
+
+// createNamed creates an empty persona of that name from standard input.
+func (d *daemons) createNamed(t *testing.T, name string) {
+	t.Helper()
+	r := runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"`+name+`"}`, "persona", "create", "-f", "-")
+	want(t, r, 0, "create "+name)
+}
+
 func (d *daemons) startHostd(t testing.TB) {
 	t.Helper()
 	d.hostd = startProcess(t, "hostd", nil, bins.hostd, d.args...)
-	waitFor(t, "the host daemon's TCP listener", func() bool {
+	testproc.WaitFor(t, "the host daemon's TCP listener", func() bool {
 		d.url = tcpAddr(d.hostd.logs.String())
 		return d.url != ""
 	})
@@ -170,37 +164,22 @@ func tcpAddr(logs string) string {
 
 // proc is a running daemon.
 type proc struct {
+	*testproc.Proc
 	name string
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{}
-	once sync.Once
+	logs *testproc.Output
 }
 
 // stop ends the daemon: SIGTERM, then SIGKILL if it does not stop.
-func (p *proc) stop() {
-	p.once.Do(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-}
+func (p *proc) stop() { p.Stop(10 * time.Second) }
 
 // startProcess runs a daemon until the test ends and collects its output.
 func startProcess(t testing.TB, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
+	p := &proc{name: name, logs: &testproc.Output{}}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	p.Proc = testproc.Start(t, cmd)
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
@@ -216,19 +195,6 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// waitFor polls cond until it holds, failing the test after a generous
-// bound (a wait for readiness, not a timing assertion).
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // result is one run of vmpersonactl.

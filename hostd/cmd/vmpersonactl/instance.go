@@ -30,23 +30,17 @@ vmpersonactl instances -o json | jq -r '.instances[] | select(.agent.state=="con
 		setup: func(fs *flag.FlagSet) runner {
 			fleet := fs.Bool("fleet", false, "every host's instances (fleet mode)")
 			watch := addWatchFlags(fs, "keep listing: print the list again each time it changes, until interrupted")
-			return func(ctx context.Context, a *app, args []string) error {
-				c, err := watch.connect(a, args, 0, 0, "no arguments")
+			return watch.runner(0, 0, "no arguments", func(ctx context.Context, a *app, c *apiclient.Client, _ []string, w io.Writer, watching bool) error {
+				list := c.ListInstances
+				if *fleet {
+					list = c.ListFleetInstances
+				}
+				l, err := list(ctx)
 				if err != nil {
 					return err
 				}
-				return watch.show(ctx, a, func(w io.Writer, watching bool) error {
-					list := c.ListInstances
-					if *fleet {
-						list = c.ListFleetInstances
-					}
-					l, err := list(ctx)
-					if err != nil {
-						return err
-					}
-					return printInstances(a, w, l, *fleet, watching)
-				})
-			}
+				return printInstances(a, w, l, *fleet, watching)
+			})
 		},
 	}
 }
@@ -256,19 +250,13 @@ vmpersonactl active vm1 -o json | jq -r '.persona.name // "none"'
 vmpersonactl active vm1 --watch`,
 		setup: func(fs *flag.FlagSet) runner {
 			watch := addWatchFlags(fs, "keep showing: print it again each time it changes, until interrupted")
-			return func(ctx context.Context, a *app, args []string) error {
-				c, err := watch.connect(a, args, 1, 1, "INSTANCE")
+			return watch.runner(1, 1, "INSTANCE", func(ctx context.Context, a *app, c *apiclient.Client, args []string, w io.Writer, watching bool) error {
+				ap, err := c.ActivePersona(ctx, args[0])
 				if err != nil {
 					return err
 				}
-				return watch.show(ctx, a, func(w io.Writer, watching bool) error {
-					ap, err := c.ActivePersona(ctx, args[0])
-					if err != nil {
-						return err
-					}
-					return printActive(a, w, ap, watching)
-				})
-			}
+				return printActive(a, w, ap, watching)
+			})
 		},
 	}
 }

@@ -158,7 +158,7 @@ func TestPersonaLifecycle(t *testing.T) {
 func TestPersonaEditInEditor(t *testing.T) {
 	d := startDaemons(t, false)
 	dir := t.TempDir()
-	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
+	d.createHardened(t)
 	sock := "VMPERSONA_SOCKET=" + d.sock
 
 	// An editor that changes the persona: the change is saved with If-Match.

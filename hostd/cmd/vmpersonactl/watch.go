@@ -27,25 +27,27 @@ func addWatchFlags(fs *flag.FlagSet, usage string) watchFlags {
 	return w
 }
 
-// connect checks the positional arguments and the interval, and returns
-// the client.
-func (wf watchFlags) connect(a *app, args []string, min, max int, names string) (*apiclient.Client, error) {
-	if err := wantArgs(args, min, max, names); err != nil {
-		return nil, err
-	}
-	if *wf.interval <= 0 {
-		return nil, usageErrorf("--interval must be positive")
-	}
-	return a.api()
-}
-
-// show runs render once on standard output or, with --watch, again every
+// runner checks the positional arguments and the interval, and shows what
+// render writes: once on standard output or, with --watch, again every
 // interval (see watchChanges).
-func (wf watchFlags) show(ctx context.Context, a *app, render func(w io.Writer, watching bool) error) error {
-	if !*wf.on {
-		return render(a.io.out, false)
+func (wf watchFlags) runner(min, max int, names string,
+	render func(ctx context.Context, a *app, c *apiclient.Client, args []string, w io.Writer, watching bool) error) runner {
+	return func(ctx context.Context, a *app, args []string) error {
+		if err := wantArgs(args, min, max, names); err != nil {
+			return err
+		}
+		if *wf.interval <= 0 {
+			return usageErrorf("--interval must be positive")
+		}
+		c, err := a.api()
+		if err != nil {
+			return err
+		}
+		if !*wf.on {
+			return render(ctx, a, c, args, a.io.out, false)
+		}
+		return watchChanges(ctx, a, *wf.interval, func(w io.Writer) error { return render(ctx, a, c, args, w, true) })
 	}
-	return watchChanges(ctx, a, *wf.interval, func(w io.Writer) error { return render(w, true) })
 }
 
 // writeDoc prints a document for programs; while watching, JSON comes as

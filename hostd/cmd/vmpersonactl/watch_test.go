@@ -18,35 +18,18 @@ import (
 // exit 0 when interrupted.
 func TestInstancesWatch(t *testing.T) {
 	d := startDaemons(t, true)
-	dir := t.TempDir()
-	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
+	d.createHardened(t)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "-o", "json", "instances", "--watch", "--interval", "50ms")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(out)
+	w := d.startWatch(t, "-o", "json", "instances", "--watch", "--interval", "50ms")
 	prev := ""
 	next := func() []apitypes.Instance {
 		t.Helper()
-		if !lines.Scan() {
-			t.Fatalf("watch ended: %v", lines.Err())
-		}
-		if lines.Text() == prev {
+		var l struct{ Instances []apitypes.Instance }
+		line := w.next(&l)
+		if line == prev {
 			t.Fatalf("watch printed an unchanged list again: %s", prev)
 		}
-		prev = lines.Text()
-		var l struct{ Instances []apitypes.Instance }
-		if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
-			t.Fatalf("watch line %q: %v", lines.Bytes(), err)
-		}
+		prev = line
 		return l.Instances
 	}
 	// The guest may still be connecting: read until it is.
@@ -55,39 +38,19 @@ func TestInstancesWatch(t *testing.T) {
 	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
 	for l := next(); len(l) != 1 || l[0].ActivePersona == nil || *l[0].ActivePersona != "hardened"; l = next() {
 	}
-	cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("watch interrupted: %v, want exit 0", err)
-	}
+	w.interrupt()
 }
 
 // TestActiveWatch: active --watch shows the instance's persona again when
 // it changes.
 func TestActiveWatch(t *testing.T) {
 	d := startDaemons(t, true)
-	dir := t.TempDir()
-	want(t, d.ctl(t, "persona", "create", "-f", writeFile(t, dir, "p.json", hardenedJSON)), 0, "create")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "-o", "json", "active", "vm1", "-w", "--interval", "50ms")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := bufio.NewScanner(out)
+	d.createHardened(t)
+	w := d.startWatch(t, "-o", "json", "active", "vm1", "-w", "--interval", "50ms")
 	next := func() apitypes.ActivePersona {
 		t.Helper()
-		if !lines.Scan() {
-			t.Fatalf("watch ended: %v", lines.Err())
-		}
 		var ap apitypes.ActivePersona
-		if err := json.Unmarshal(lines.Bytes(), &ap); err != nil {
-			t.Fatalf("watch line %q: %v", lines.Bytes(), err)
-		}
+		w.next(&ap)
 		return ap
 	}
 	if ap := next(); ap.Persona != nil {
@@ -96,8 +59,51 @@ func TestActiveWatch(t *testing.T) {
 	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
 	for ap := next(); ap.Persona == nil || ap.Persona.Name != "hardened" || ap.Stale; ap = next() {
 	}
-	cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("watch interrupted: %v, want exit 0", err)
+	w.interrupt()
+}
+
+// watcher is a running vmpersonactl --watch with JSON output.
+type watcher struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines *bufio.Scanner
+}
+
+// startWatch runs vmpersonactl with args against the daemon; it is ended
+// when the test ends at the latest.
+func (d *daemons) startWatch(t *testing.T, args ...string) *watcher {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, bins.ctl, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return &watcher{t: t, cmd: cmd, lines: bufio.NewScanner(out)}
+}
+
+// next decodes the next line printed into v and returns the line.
+func (w *watcher) next(v any) string {
+	w.t.Helper()
+	if !w.lines.Scan() {
+		w.t.Fatalf("watch ended: %v", w.lines.Err())
+	}
+	if err := json.Unmarshal(w.lines.Bytes(), v); err != nil {
+		w.t.Fatalf("watch line %q: %v", w.lines.Bytes(), err)
+	}
+	return w.lines.Text()
+}
+
+// interrupt sends SIGINT: watching must end with exit 0.
+func (w *watcher) interrupt() {
+	w.t.Helper()
+	w.cmd.Process.Signal(syscall.SIGINT)
+	if err := w.cmd.Wait(); err != nil {
+		w.t.Errorf("watch interrupted: %v, want exit 0", err)
 	}
 }

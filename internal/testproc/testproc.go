@@ -1,0 +1,106 @@
+// Package testproc runs vmpersona's daemons as real processes in tests:
+// their output collected while they run, ended when the test ends, and a
+// wait for what they must reach (a socket, a connected agent).
+package testproc
+
+import (
+	"bytes"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Output collects what a process writes; it is safe to read while the
+// process writes. With a Limit it starts again once past it, keeping the
+// latest output, which is what explains a failure.
+type Output struct {
+	Limit int // bytes; 0: no limit
+
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.Limit > 0 && o.b.Len() > o.Limit {
+		o.b.Reset()
+	}
+	return o.b.Write(p)
+}
+
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
+
+// Proc is a started process.
+type Proc struct {
+	Cmd  *exec.Cmd
+	done chan struct{}
+	once sync.Once
+}
+
+// Start starts cmd (its streams set by the caller) and kills it, if it is
+// still running, when the test ends. Register cleanups that need the
+// process alive (reading its log) after calling Start: they run first.
+func Start(t testing.TB, cmd *exec.Cmd) *Proc {
+	t.Helper()
+	p := &Proc{Cmd: cmd, done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.Kill)
+	return p
+}
+
+// Done is closed once the process has exited and been waited for.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Exited reports whether the process has exited.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill sends SIGKILL (no chance to flush or close anything) and waits for
+// the process to exit.
+func (p *Proc) Kill() {
+	p.Cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop ends the process the way an operator does: SIGTERM, then SIGKILL
+// if it has not exited within grace. Only the first call signals.
+func (p *Proc) Stop(grace time.Duration) {
+	p.once.Do(func() {
+		p.Cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(grace):
+			p.Kill()
+		}
+	})
+	<-p.done
+}
+
+// WaitFor polls cond until it holds and fails the test if it does not
+// within a generous bound: a wait for readiness, not a timing assertion.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
