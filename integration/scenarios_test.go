@@ -239,6 +239,24 @@ func TestSeedFlow(t *testing.T) {
 	if !strings.Contains(m, "vmpersona_activation_duration_seconds_bucket") {
 		t.Error("no vmpersona_activation_duration_seconds histogram")
 	}
+
+	// An override to an absolute path runs with argv[0] set to that path.
+	// On busybox /bin/echo is a link to the multi-call binary, which picks
+	// the applet from argv[0]: echo must run. With argv[0] the typed name,
+	// busybox would run whoami (printing root) and hostname (renaming the
+	// guest).
+	h.CreatePersona(protocol.Persona{Name: "argv0", CommandOverrides: map[string]string{"whoami": "/bin/echo", "hostname": "/bin/echo"}})
+	h.Activate(id, "argv0")
+	hostname := strings.TrimSpace(h.MustExec(id, "cat", "/proc/sys/kernel/hostname").Stdout)
+	if res := h.MustExec(id, "whoami", "via", "echo"); res.Route != "override" || res.Stdout != "via echo\n" {
+		t.Errorf("whoami overridden by /bin/echo on busybox: route %s, stdout %q (want the echo applet's \"via echo\")", res.Route, res.Stdout)
+	}
+	if res := h.MustExec(id, "hostname", "renamed-by-override"); res.Route != "override" || res.Stdout != "renamed-by-override\n" {
+		t.Errorf("hostname overridden by /bin/echo on busybox: route %s, stdout %q", res.Route, res.Stdout)
+	}
+	if got := strings.TrimSpace(h.MustExec(id, "cat", "/proc/sys/kernel/hostname").Stdout); got != hostname {
+		t.Errorf("the override of hostname renamed the guest: %q -> %q", hostname, got)
+	}
 }
 
 // TestDefaultPersonaOnBoot: a default persona created before the VM exists

@@ -159,7 +159,13 @@ root=$work/vmpersona-guestd
 install -d -m 0755 "$root/DEBIAN" "$root/usr/sbin" "$root/lib/systemd/system" "$root/lib/udev/rules.d"
 install -d -m 0700 "$root/var/lib/vmpersona-guest"
 install -m 0755 "$bin/vmpersona-guestd" "$root/usr/sbin/vmpersona-guestd"
-install -m 0644 "$repo/systemd/vmpersona-guestd.service" "$root/lib/systemd/system/"
+install -m 0644 "$repo/systemd/vmpersona-guestd.service" "$repo/systemd/vmpersona-guestd-environment.service" \
+  "$root/lib/systemd/system/"
+# Enabled statically (like systemd's own early units): the persona's
+# environment for services must hold at every boot, whatever the admin
+# enables.
+install -d -m 0755 "$root/lib/systemd/system/sysinit.target.wants"
+ln -s ../vmpersona-guestd-environment.service "$root/lib/systemd/system/sysinit.target.wants/"
 install -m 0644 "$repo/systemd/60-vmpersona-guestd.rules" "$root/lib/udev/rules.d/"
 doc "$root" vmpersona-guestd
 man "$bin/vmpersona-guestd" 8 "the vmpersona guest agent" "$root"

@@ -217,13 +217,15 @@ func TestGuestdPackage(t *testing.T) {
 	deb := debs(t)["vmpersona-guestd"]
 	c := contents(t, deb)
 	want := map[string]string{
-		"/usr/sbin/vmpersona-guestd":                    "-rwxr-xr-x",
-		"/lib/systemd/system/vmpersona-guestd.service":  "-rw-r--r--",
-		"/lib/udev/rules.d/60-vmpersona-guestd.rules":   "-rw-r--r--",
-		"/var/lib/vmpersona-guest/":                     "drwx------",
-		"/usr/share/man/man8/vmpersona-guestd.8.gz":     "-rw-r--r--",
-		"/usr/share/doc/vmpersona-guestd/copyright":     "-rw-r--r--",
-		"/usr/share/lintian/overrides/vmpersona-guestd": "-rw-r--r--",
+		"/usr/sbin/vmpersona-guestd":                                                    "-rwxr-xr-x",
+		"/lib/systemd/system/vmpersona-guestd.service":                                  "-rw-r--r--",
+		"/lib/systemd/system/vmpersona-guestd-environment.service":                      "-rw-r--r--",
+		"/lib/systemd/system/sysinit.target.wants/vmpersona-guestd-environment.service": "lrwxrwxrwx",
+		"/lib/udev/rules.d/60-vmpersona-guestd.rules":                                   "-rw-r--r--",
+		"/var/lib/vmpersona-guest/":                                                     "drwx------",
+		"/usr/share/man/man8/vmpersona-guestd.8.gz":                                     "-rw-r--r--",
+		"/usr/share/doc/vmpersona-guestd/copyright":                                     "-rw-r--r--",
+		"/usr/share/lintian/overrides/vmpersona-guestd":                                 "-rw-r--r--",
 	}
 	checkContents(t, c, want)
 	if dep := field(t, deb, "Depends"); dep != "" {

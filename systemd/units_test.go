@@ -17,7 +17,7 @@ import (
 // host daemon's unit may have.
 const maxHostdExposure = 3.0
 
-var units = []string{"vmpersona-hostd.service", "vmpersona-hostd.socket", "vmpersona-guestd.service"}
+var units = []string{"vmpersona-hostd.service", "vmpersona-hostd.socket", "vmpersona-guestd.service", "vmpersona-guestd-environment.service"}
 
 // binaries are the ExecStart= programs of the units.
 var binaries = map[string]string{
@@ -202,6 +202,7 @@ func TestContract(t *testing.T) {
 	hostd := parseUnit(t, "vmpersona-hostd.service")
 	sock := parseUnit(t, "vmpersona-hostd.socket")
 	guestd := parseUnit(t, "vmpersona-guestd.service")
+	env := parseUnit(t, "vmpersona-guestd-environment.service")
 	device := `dev-virtio\x2dports-org.vmpersona.agent.0.device`
 	checks := []struct {
 		u                  unit
@@ -227,6 +228,12 @@ func TestContract(t *testing.T) {
 		{guestd, "Service", "Type", "notify"},
 		{guestd, "Service", "Restart", "always"},
 		{guestd, "Service", "StateDirectory", "vmpersona-guest"},
+		// Before every ordinary service, after /var is mounted.
+		{env, "Unit", "DefaultDependencies", "no"},
+		{env, "Unit", "Before", "sysinit.target shutdown.target"},
+		{env, "Unit", "After", "local-fs.target"},
+		{env, "Service", "Type", "oneshot"},
+		{env, "Service", "ExecStart", "/usr/sbin/vmpersona-guestd --sync-service-env --state-dir /var/lib/vmpersona-guest"},
 	}
 	for _, c := range checks {
 		if got := c.u.get(c.section, c.key); got != c.want {

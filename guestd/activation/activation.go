@@ -25,6 +25,7 @@ import (
 	"github.com/vmpersona/vmpersona/guestd/execute"
 	"github.com/vmpersona/vmpersona/guestd/routing"
 	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/guestd/sysenv"
 	"github.com/vmpersona/vmpersona/protocol"
 	"github.com/vmpersona/vmpersona/rules"
 )
@@ -69,6 +70,9 @@ type Config struct {
 	Environ       []string
 	ScriptTimeout time.Duration
 	Logger        *slog.Logger
+	// Services, when set, keeps systemd's environment for services in step
+	// with the active persona.
+	Services *sysenv.Manager
 }
 
 // Manager holds the active persona and changes it.
@@ -124,6 +128,9 @@ func New(cfg Config) (*Manager, error) {
 	// The profile is written without fsync: it is derived from active.json
 	// here, whatever a crash left of it (also removed when none is active).
 	m.writeProfile(v)
+	if _, err := m.applyServices(context.Background(), v); err != nil {
+		m.log.Error("services will not see the persona's environment", "err", err)
+	}
 	if active != nil {
 		// Scripts are not re-run.
 		m.log.Info("persona restored", "persona", active.Persona.Name, "revision", active.Revision, "activation_id", active.ActivationID)
@@ -331,6 +338,12 @@ func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.
 	m.view.Store(next)
 	r.Add(func() { m.view.Store(prev) })
 	r.Add(m.writeProfile(next))
+	undo, err := m.applyServices(ctx, next)
+	r.Add(undo)
+	if err != nil {
+		r.Fail()
+		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
+	}
 
 	// 4. The post-activation script, in the new environment.
 	if sr, err := m.runScript(ctx, "post", p.PostActivationScript, scriptEnv(next.Env), timeout); err != nil {
@@ -368,7 +381,12 @@ func (m *Manager) Deactivate(ctx context.Context, req protocol.Deactivate) proto
 	r.Add(func() { m.view.Store(prev) })
 	r.Add(m.writeProfile(next))
 	res := protocol.ActivateResult{Result: protocol.ResultDeactivated}
-	if err := m.cfg.Store.Save(nil); err != nil {
+	undo, err := m.applyServices(ctx, next)
+	r.Add(undo)
+	if err == nil {
+		err = m.cfg.Store.Save(nil)
+	}
+	if err != nil {
 		r.Fail()
 		m.log.Error("deactivation: persisting failed", "err", err)
 		res = protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()}

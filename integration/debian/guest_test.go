@@ -197,7 +197,8 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	marker := fmt.Sprintf("from-the-host-%d", os.Getpid())
 	persona := map[string]any{
 		"name":                  "debian-proof",
-		"environment_variables": map[string]string{"VMP_PROOF": marker},
+		"environment_variables": map[string]string{"VMP_PROOF": marker, "VMP_SECRET": "not-for-services"},
+		"secret_variables":      []string{"VMP_SECRET"},
 		"default_persona":       true,
 	}
 	if st, body, err := h.do(http.MethodPost, "/personas", persona, nil); err != nil || st != http.StatusCreated {
@@ -296,6 +297,21 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	}
 	loginShell("first boot")
 
+	// Services see the persona: a service started now (after the default
+	// persona's activation) has its variables, not its secret ones. The
+	// probe is also enabled for boot, ordered before the agent, so that
+	// after the reboot only vmpersona-guestd-environment.service can have
+	// given it the variables.
+	h.exec(t, name, "sh", "-c", probeSetup)
+	wantService := func(when, want string) {
+		t.Helper()
+		r := h.exec(t, name, "sh", "-c", "systemctl start vmp-env-probe.service && cat /run/vmp-env-probe")
+		if got := strings.TrimSpace(r.Stdout); got != want {
+			t.Errorf("%s: a service started then sees %q, want %q", when, got, want)
+		}
+	}
+	wantService("after the activation", marker+" <unset>")
+
 	// Reboot from inside; the persona is still active afterwards.
 	rebootAt := time.Now()
 	_, _, _ = h.do(http.MethodPost, "/instances/"+name+"/exec",
@@ -316,12 +332,49 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 		t.Errorf("after the reboot, active persona: %d %v %s", st, err, body)
 	}
 	loginShell("after the reboot")
+	// The probe ran at boot, before the agent started.
+	r = h.exec(t, name, "sh", "-c", "cat /run/vmp-env-probe; systemctl show -p Result --value vmpersona-guestd-environment.service")
+	if got := strings.Fields(r.Stdout); len(got) != 3 || got[0] != marker || got[1] != "<unset>" || got[2] != "success" {
+		t.Errorf("after the reboot, a service started at boot before the agent saw %q (want %q <unset>, then the boot unit's result success)", r.Stdout, marker)
+	}
+	r = h.exec(t, name, "sh", "-c", "systemctl show -p ExecMainStartTimestampMonotonic --value vmp-env-probe.service vmpersona-guestd.service")
+	t.Logf("start times (monotonic µs) of the probe and the agent after the reboot: %q", strings.Fields(r.Stdout))
+
+	// Deactivated: a service started afterwards no longer sees the
+	// persona's variables.
+	if st, body, err := h.do(http.MethodPost, "/instances/"+name+"/deactivate", nil, nil); err != nil || st != http.StatusOK {
+		t.Fatalf("deactivating: %d %v %s", st, err, body)
+	}
+	wantService("after the deactivation", "<unset> <unset>")
 
 	kernelEnforcement(t, h, name)
 	if h.drops > 0 {
 		t.Logf("NOTE: the agent session dropped %d time(s) during the test and came back (see the hostd log)", h.drops)
 	}
 }
+
+// probeSetup installs vmp-env-probe.service in the guest: a oneshot that
+// writes what a service sees of VMP_PROOF and VMP_SECRET to
+// /run/vmp-env-probe, enabled for boot and ordered before the agent.
+const probeSetup = `cat >/usr/local/bin/vmp-env-probe <<'END'
+#!/bin/sh
+echo "${VMP_PROOF-<unset>} ${VMP_SECRET-<unset>}" >/run/vmp-env-probe
+END
+chmod 755 /usr/local/bin/vmp-env-probe
+cat >/etc/systemd/system/vmp-env-probe.service <<'END'
+[Unit]
+Description=What a service sees of the persona's environment
+Before=vmpersona-guestd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/vmp-env-probe
+
+[Install]
+WantedBy=multi-user.target
+END
+systemctl daemon-reload
+systemctl enable vmp-env-probe.service`
 
 // kernelEnforcement proves, on the Debian guest kernel (6.1, Landlock ABI
 // 2), that a restricted rm fails for everything an exec starts: a shell,

@@ -22,6 +22,7 @@ import (
 	"github.com/vmpersona/vmpersona/guestd/execute"
 	"github.com/vmpersona/vmpersona/guestd/server"
 	"github.com/vmpersona/vmpersona/guestd/state"
+	"github.com/vmpersona/vmpersona/guestd/sysenv"
 	"github.com/vmpersona/vmpersona/guestd/transport"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -45,6 +46,13 @@ DESCRIPTION
     variables to the login-shell profile file and persists the persona in the
     state directory before answering. After a restart or a reboot the same
     persona is active again; its scripts are not re-run.
+
+    Where systemd is the service manager, the persona's variables (except
+    its secret_variables) are also set in systemd's environment
+    (systemctl set-environment), so services started after an activation
+    see them, and the previous persona's are removed; after a reboot
+    vmpersona-guestd-environment.service sets them again before
+    sysinit.target (--sync-service-env).
 
     Commands run without a shell, in their own process group, with a timeout
     and bounded output. A restricted command is refused before any process
@@ -97,6 +105,10 @@ OPTIONS
                             full the oldest unacknowledged events are dropped
                             and the drop is logged
     --log-level LEVEL       debug, info, warn or error (default info)
+    --sync-service-env      set the persisted persona's variables in
+                            systemd's environment and exit (at boot, from
+                            vmpersona-guestd-environment.service); does
+                            nothing where systemd is not running
     --version               print the version and exit
     --help                  print this text and exit
 
@@ -132,6 +144,7 @@ func run() int {
 	auditMaxEvents := fs.Int("audit-max-events", audit.DefaultMaxEvents, "")
 	auditMaxBytes := fs.Int("audit-max-bytes", audit.DefaultMaxBytes, "")
 	logLevel := fs.String("log-level", "info", "")
+	syncServiceEnv := fs.Bool("sync-service-env", false, "")
 	version := fs.Bool("version", false, "")
 	help := fs.Bool("help", false, "")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -177,6 +190,10 @@ func run() int {
 		log.Error("startup", "err", err)
 		return 1
 	}
+	services := sysenv.New(sysenv.Config{StateDir: *stateDir, Logger: log})
+	if *syncServiceEnv {
+		return syncServices(ctx, store, services, log)
+	}
 	spool, err := audit.Open(*stateDir, audit.Limits{MaxEvents: *auditMaxEvents, MaxBytes: *auditMaxBytes}, log)
 	if err != nil {
 		log.Error("startup", "err", err)
@@ -185,7 +202,7 @@ func run() int {
 	defer spool.Close()
 	mgr, err := activation.New(activation.Config{
 		Store: store, Spool: spool, ProfileFile: *profile, Environ: os.Environ(),
-		ScriptTimeout: *scriptTimeout, Logger: log,
+		ScriptTimeout: *scriptTimeout, Logger: log, Services: services,
 	})
 	if err != nil {
 		log.Error("startup", "err", err)
@@ -212,6 +229,21 @@ func run() int {
 		return 1
 	}
 	log.Info("vmpersona-guestd stopped")
+	return 0
+}
+
+// syncServices sets the persisted persona's variables in systemd's
+// environment (at boot, before services start).
+func syncServices(ctx context.Context, store *state.Store, services *sysenv.Manager, log *slog.Logger) int {
+	active, err := store.Load()
+	if err != nil {
+		log.Error("services' environment", "err", err)
+		return 1
+	}
+	if err := services.Sync(ctx, active); err != nil {
+		log.Error("services' environment", "err", err)
+		return 1
+	}
 	return 0
 }
 
