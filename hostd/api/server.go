@@ -138,6 +138,11 @@ func (s *Server) routeTable() []route {
 			raw: true, out: apitypes.FileResult{}},
 		{method: "GET", path: "/instances/:id/files", action: "reading files from guests", role: auth.RoleAdmin, long: true, handler: s.pullFile, raw: true},
 
+		{method: "GET", path: "/assignments", action: "listing assignments", role: auth.RoleViewer, handler: s.listAssignments, out: apitypes.AssignmentList{}},
+		{method: "GET", path: "/assignments/:name", action: "reading an assignment", role: auth.RoleViewer, handler: s.getAssignment, out: apitypes.Assignment{}, headers: []string{"ETag"}},
+		{method: "PUT", path: "/assignments/:name", action: "changing an assignment", role: auth.RoleAdmin, bodyMax: MaxSmallBody, handler: s.putAssignment,
+			in: apitypes.Assignment{}, out: apitypes.Assignment{}, headers: []string{"ETag"}},
+		{method: "DELETE", path: "/assignments/:name", action: "deleting an assignment", role: auth.RoleAdmin, handler: s.deleteAssignment, status: http.StatusNoContent},
 		{method: "GET", path: "/fleet/hosts", action: "listing fleet hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
 
 		{method: "GET", path: "/audit", action: "reading the audit log", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},

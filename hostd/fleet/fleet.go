@@ -21,6 +21,7 @@
 //
 //	catalog/personas/<name>         persona (JSON envelope: persona, request id, host)
 //	catalog/default                 name of the fleet's default persona
+//	catalog/assignments/<name>      assignment (JSON envelope: assignment, request id, host)
 //	hosts/<host>/presence           the host's presence, on a lease (JSON)
 package fleet
 
@@ -149,7 +150,11 @@ type Backend struct {
 	log  *slog.Logger
 	host string
 
-	keyPersonas, keyDefault, keyCatalog string
+	keyPersonas, keyDefault, keyCatalog, keyAssignments string
+
+	// onChange is called after the copy took a batch that changed
+	// personas, the default or assignments (SetOnChange).
+	onChange atomic.Pointer[func()]
 
 	// applied is the fleet revision of the local copy; appliedCh is closed
 	// (and replaced) whenever it moves.
@@ -226,17 +231,18 @@ func Open(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{
-		Store:       cfg.Local,
-		cfg:         cfg,
-		cli:         cli,
-		log:         cfg.Logger.With("component", "fleet"),
-		host:        host,
-		keyCatalog:  cfg.Prefix + "catalog/",
-		keyPersonas: cfg.Prefix + "catalog/personas/",
-		keyDefault:  cfg.Prefix + "catalog/default",
-		applied:     rev,
-		appliedCh:   make(chan struct{}),
-		closed:      make(chan struct{}),
+		Store:          cfg.Local,
+		cfg:            cfg,
+		cli:            cli,
+		log:            cfg.Logger.With("component", "fleet"),
+		host:           host,
+		keyCatalog:     cfg.Prefix + "catalog/",
+		keyPersonas:    cfg.Prefix + "catalog/personas/",
+		keyDefault:     cfg.Prefix + "catalog/default",
+		keyAssignments: cfg.Prefix + "catalog/assignments/",
+		applied:        rev,
+		appliedCh:      make(chan struct{}),
+		closed:         make(chan struct{}),
 	}
 	now := time.Now()
 	b.staleSince.Store(&now)
@@ -260,6 +266,17 @@ func (b *Backend) Close() error {
 	b.wg.Wait()
 	b.m.unregister()
 	return b.cli.Close()
+}
+
+// SetOnChange makes f be called (in the replication goroutine; keep it
+// short) after the local copy took a batch that changed the catalogue:
+// personas, the default, assignments.
+func (b *Backend) SetOnChange(f func()) { b.onChange.Store(&f) }
+
+func (b *Backend) changed() {
+	if f := b.onChange.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // Host is this host's name in the fleet.

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vmpersona/vmpersona/hostd/assignment"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -90,7 +91,7 @@ func (b *Backend) fullLoad(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	batch := store.ReplicaBatch{Full: true, Personas: map[string]*protocol.Persona{}, Revision: resp.Header.Revision}
+	batch := store.ReplicaBatch{Full: true, Personas: map[string]*protocol.Persona{}, Assignments: map[string]*assignment.Assignment{}, Revision: resp.Header.Revision}
 	def := ""
 	batch.Default = &def
 	for _, kv := range resp.Kvs {
@@ -101,7 +102,8 @@ func (b *Backend) fullLoad(ctx context.Context) error {
 	}
 	b.fullReads.Add(1)
 	b.setApplied(batch.Revision)
-	b.log.Info("fleet: catalogue read", "revision", batch.Revision, "personas", len(batch.Personas))
+	b.log.Info("fleet: catalogue read", "revision", batch.Revision, "personas", len(batch.Personas), "assignments", len(batch.Assignments))
+	b.changed()
 	return nil
 }
 
@@ -118,6 +120,18 @@ func (b *Backend) collect(batch *store.ReplicaBatch, kv *mvccpb.KeyValue, delete
 			name = string(kv.Value)
 		}
 		batch.Default = &name
+	case strings.HasPrefix(key, b.keyAssignments):
+		name := key[len(b.keyAssignments):]
+		if deleted {
+			batch.Assignments[name] = nil
+			return
+		}
+		a, _, err := decodeAssignment(kv)
+		if err != nil || a.Name != name {
+			b.log.Error("fleet: ignoring an unreadable assignment in etcd", "key", key, "err", err)
+			return
+		}
+		batch.Assignments[name] = a
 	case strings.HasPrefix(key, b.keyPersonas):
 		name := key[len(b.keyPersonas):]
 		if deleted {
@@ -152,7 +166,7 @@ func (b *Backend) watch(ctx context.Context, from int64) error {
 		if resp.Created {
 			b.setLink(&b.watchUp, true)
 		}
-		batch := store.ReplicaBatch{Personas: map[string]*protocol.Persona{}}
+		batch := store.ReplicaBatch{Personas: map[string]*protocol.Persona{}, Assignments: map[string]*assignment.Assignment{}}
 		for _, ev := range resp.Events {
 			b.collect(&batch, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 			batch.Revision = max(batch.Revision, ev.Kv.ModRevision)
@@ -170,6 +184,9 @@ func (b *Backend) watch(ctx context.Context, from int64) error {
 		}
 		b.m.applySeconds(time.Since(start))
 		b.setApplied(batch.Revision)
+		if len(resp.Events) > 0 {
+			b.changed()
+		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()

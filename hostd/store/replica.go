@@ -7,6 +7,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/vmpersona/vmpersona/hostd/assignment"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -23,9 +24,13 @@ type ReplicaBatch struct {
 	// Personas set (non-nil) or delete (nil) personas by name. Their
 	// revision and times are the fleet's and are stored as given.
 	Personas map[string]*protocol.Persona
+	// Assignments set (non-nil) or delete (nil) assignments by name; their
+	// revision and times are the fleet's.
+	Assignments map[string]*assignment.Assignment
 	// Default, when not nil, is the fleet's default persona ("" for none).
 	Default *string
-	// Full replaces the whole copy: personas not in Personas are removed.
+	// Full replaces the whole copy: personas not in Personas and
+	// assignments not in Assignments are removed.
 	Full bool
 	// Revision is the fleet revision the copy is at once the batch applies.
 	Revision int64
@@ -76,6 +81,9 @@ func (s *Store) ApplyReplica(b ReplicaBatch) error {
 			if _, err := putPersona(txn, *p); err != nil {
 				return err
 			}
+		}
+		if err := replicaAssignments(txn, b); err != nil {
+			return err
 		}
 		if b.Default != nil {
 			if *b.Default == "" {

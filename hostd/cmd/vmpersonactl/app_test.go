@@ -222,7 +222,7 @@ func TestCompleteWordsWithoutDaemon(t *testing.T) {
 		words []string
 		want  []string
 	}{
-		{[]string{""}, []string{"activate", "active", "apply", "audit", "completion", "deactivate", "diff", "exec", "file", "fleet", "instance", "instances", "persona", "rollout", "version"}},
+		{[]string{""}, []string{"activate", "active", "apply", "assignment", "audit", "completion", "deactivate", "diff", "exec", "file", "fleet", "instance", "instances", "persona", "rollout", "version"}},
 		{[]string{"per"}, []string{"persona"}},
 		{[]string{"persona", ""}, []string{"create", "delete", "edit", "get", "list", "validate"}},
 		{[]string{"--output", "json", "persona", "d"}, []string{"delete"}},

@@ -1,0 +1,183 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+
+	"github.com/julienschmidt/httprouter"
+
+	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/hostd/assignment"
+)
+
+// Assignments (selector → persona, with a priority) are kept by the store:
+// on one host in Badger, in fleet mode in etcd (the fleet backend), read
+// from the host's copy. These routes are an addition to the contract's
+// table: the issue of fleet mode asks for assignments and names no routes.
+
+// AssignmentStore is what the assignment routes ask of the store; both the
+// Badger store and the fleet backend have it.
+type AssignmentStore interface {
+	GetAssignment(name string) (assignment.Assignment, error)
+	ListAssignments() ([]assignment.Assignment, error)
+	PutAssignment(a assignment.Assignment, ifMatch uint64, requestID string) (assignment.Assignment, bool, error)
+	DeleteAssignment(name string, ifMatch uint64) error
+}
+
+var errNoAssignments = errdefs.New(errdefs.ErrNotImplemented, "no-assignments", "this store keeps no assignments")
+
+func (s *Server) assignments() (AssignmentStore, error) {
+	as, ok := s.cfg.Store.(AssignmentStore)
+	if !ok {
+		return nil, errNoAssignments
+	}
+	return as, nil
+}
+
+// assignmentsChanged tells the reconciler to look at every instance again.
+func (s *Server) assignmentsChanged() {
+	if s.cfg.Reconciler != nil {
+		s.cfg.Reconciler.Reassess()
+	}
+}
+
+func assignmentErr(name string, err error) error {
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return errdefs.WithDetails(errdefs.WithMessage(err, fmt.Sprintf("no assignment named %q", name)), "assignment", name)
+	}
+	if errors.Is(err, errdefs.ErrPreconditionFailed) {
+		return errdefs.WithDetails(err, "field", "If-Match", "assignment", name)
+	}
+	return err
+}
+
+func (s *Server) listAssignments(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	as, err := s.assignments()
+	if err != nil {
+		return err
+	}
+	list, err := as.ListAssignments()
+	if err != nil {
+		return err
+	}
+	if list == nil {
+		list = []assignment.Assignment{}
+	}
+	writeJSON(w, http.StatusOK, apitypes.AssignmentList{Assignments: list})
+	return nil
+}
+
+func (s *Server) getAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := assignment.CheckName(name); err != nil {
+		return err
+	}
+	as, err := s.assignments()
+	if err != nil {
+		return err
+	}
+	a, err := as.GetAssignment(name)
+	if err != nil {
+		return assignmentErr(name, err)
+	}
+	w.Header().Set("ETag", etag(a.Revision))
+	writeJSON(w, http.StatusOK, a)
+	return nil
+}
+
+func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := assignment.CheckName(name); err != nil {
+		return err
+	}
+	as, err := s.assignments()
+	if err != nil {
+		return err
+	}
+	ifMatch, err := parseTagList(r, "If-Match")
+	if err != nil {
+		return err
+	}
+	var a assignment.Assignment
+	if err := decodeJSON(r, &a); err != nil {
+		return err
+	}
+	if a.Name == "" {
+		a.Name = name
+	}
+	if a.Name != name {
+		return errdefs.InvalidField("name", fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", a.Name, name))
+	}
+	if err := assignment.Validate(&a); err != nil {
+		return err
+	}
+	// The persona must exist when the assignment is written (an assignment
+	// whose persona is deleted later is skipped by the reconciler).
+	if _, _, err := s.cfg.Store.PersonaVersion(a.Persona); err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return errdefs.WithDetails(errdefs.InvalidField("persona", fmt.Sprintf("persona: no persona named %q", a.Persona)), "persona", a.Persona)
+		}
+		return err
+	}
+	var want uint64
+	if ifMatch.present && !ifMatch.any {
+		cur, err := as.GetAssignment(name)
+		if err != nil {
+			return assignmentErr(name, err)
+		}
+		if !ifMatch.matchStrong(cur.Revision) {
+			return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch",
+				fmt.Sprintf("If-Match does not hold: assignment %q is at %s", name, etag(cur.Revision)), "field", "If-Match", "assignment", name)
+		}
+		want = cur.Revision
+	}
+	out, created, err := as.PutAssignment(a, want, r.Header.Get(HeaderIdempotencyKey))
+	if err != nil {
+		return assignmentErr(name, err)
+	}
+	s.assignmentsChanged()
+	w.Header().Set("ETag", etag(out.Revision))
+	status := http.StatusOK
+	if created {
+		w.Header().Set("Location", "/assignments/"+url.PathEscape(name))
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, out)
+	return nil
+}
+
+func (s *Server) deleteAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	name := ps.ByName("name")
+	if err := assignment.CheckName(name); err != nil {
+		return err
+	}
+	as, err := s.assignments()
+	if err != nil {
+		return err
+	}
+	ifMatch, err := parseTagList(r, "If-Match")
+	if err != nil {
+		return err
+	}
+	var want uint64
+	if ifMatch.present && !ifMatch.any {
+		cur, err := as.GetAssignment(name)
+		if err != nil {
+			return assignmentErr(name, err)
+		}
+		if !ifMatch.matchStrong(cur.Revision) {
+			return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch",
+				fmt.Sprintf("If-Match does not hold: assignment %q is at %s", name, etag(cur.Revision)), "field", "If-Match", "assignment", name)
+		}
+		want = cur.Revision
+	}
+	if err := as.DeleteAssignment(name, want); err != nil {
+		return assignmentErr(name, err)
+	}
+	s.assignmentsChanged()
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

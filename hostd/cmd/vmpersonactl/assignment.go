@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/hostd/assignment"
+)
+
+// repeated is a flag that may be given more than once.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+func assignmentCommand() *command {
+	return &command{
+		name:    "assignment",
+		summary: "assign personas to instances by name, UUID, labels or host",
+		long: `An assignment gives the instances its selector selects a persona, with a
+priority for overlaps: each host's reconciler gives every one of its
+instances the persona of the highest-priority assignment selecting it (at
+equal priority, the name sorting first). An instance activated or
+deactivated explicitly keeps that choice. In fleet mode the assignments are
+the fleet's (etcd) and apply on every host.`,
+		example: `vmpersonactl assignment set web-hardened --persona hardened --label role=web --priority 10
+vmpersonactl assignment set rack4 --persona staging --host-label rack=4
+vmpersonactl assignment list
+vmpersonactl assignment delete web-hardened`,
+		subs: []*command{assignmentListCommand(), assignmentSetCommand(), assignmentDeleteCommand()},
+	}
+}
+
+func describeSelector(s apitypes.AssignmentSelector) string {
+	var parts []string
+	labels := func(prefix string, m map[string]string) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			parts = append(parts, prefix+k+"="+m[k])
+		}
+	}
+	for _, v := range s.Instances {
+		parts = append(parts, "instance="+v)
+	}
+	for _, v := range s.UUIDs {
+		parts = append(parts, "uuid="+v)
+	}
+	labels("label:", s.InstanceLabels)
+	for _, v := range s.Hosts {
+		parts = append(parts, "host="+v)
+	}
+	labels("host-label:", s.HostLabels)
+	return strings.Join(parts, ",")
+}
+
+func assignmentListCommand() *command {
+	return &command{
+		name: "list", summary: "list the assignments",
+		long:    `Lists the assignments: name, persona, priority, selector and revision.`,
+		example: `vmpersonactl assignment list -o json`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				list, err := c.ListAssignments(ctx)
+				if err != nil {
+					return err
+				}
+				if a.json() {
+					return writeJSON(a.io.out, apitypes.AssignmentList{Assignments: list})
+				}
+				t := newTable(a.io.out, a.header("NAME", "PERSONA", "PRIORITY", "SELECTOR", "REVISION")...)
+				for _, x := range list {
+					t.row(x.Name, x.Persona, strconv.Itoa(x.Priority), describeSelector(x.Selector), strconv.FormatUint(x.Revision, 10))
+				}
+				return t.flush()
+			}
+		},
+	}
+}
+
+func assignmentSetCommand() *command {
+	return &command{
+		name: "set", args: "NAME", summary: "create or replace an assignment",
+		long: `Creates the assignment NAME, or replaces it, with the persona and the
+selector given. Every criterion given must hold; a repeated --instance,
+--uuid or --host holds when any of its values does; every --label and
+--host-label must be carried.`,
+		example: `vmpersonactl assignment set web --persona hardened --label role=web --priority 10
+vmpersonactl assignment set one-vm --persona staging --instance vm7 --priority 100`,
+		setup: func(fs *flag.FlagSet) runner {
+			persona := fs.String("persona", "", "`NAME` of the persona to assign (required)")
+			priority := fs.Int("priority", 0, "`N`: the highest priority wins where assignments overlap")
+			ifMatch := fs.Uint64("if-match", 0, "only replace revision `N` (0: any)")
+			var instances, uuids, labels, hosts, hostLabels repeated
+			fs.Var(&instances, "instance", "select the instance `NAME` (repeatable)")
+			fs.Var(&uuids, "uuid", "select the libvirt domain `UUID` (repeatable)")
+			fs.Var(&labels, "label", "select instances labelled `KEY=VALUE` (repeatable: all must hold)")
+			fs.Var(&hosts, "host", "select instances of the fleet host `NAME` (repeatable)")
+			fs.Var(&hostLabels, "host-label", "select instances of hosts labelled `KEY=VALUE` (repeatable: all must hold)")
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
+					return err
+				}
+				if *persona == "" {
+					return usageErrorf("--persona is required")
+				}
+				asg := apitypes.Assignment{Name: args[0], Persona: *persona, Priority: *priority,
+					Selector: apitypes.AssignmentSelector{Instances: instances, UUIDs: uuids, Hosts: hosts}}
+				var err error
+				if len(labels) > 0 {
+					if asg.Selector.InstanceLabels, err = assignment.ParseLabels("--label", labels); err != nil {
+						return usageErrorf("%v", err)
+					}
+				}
+				if len(hostLabels) > 0 {
+					if asg.Selector.HostLabels, err = assignment.ParseLabels("--host-label", hostLabels); err != nil {
+						return usageErrorf("%v", err)
+					}
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				out, err := c.PutAssignment(ctx, asg, *ifMatch, "")
+				if err != nil {
+					return err
+				}
+				if a.json() {
+					return writeJSON(a.io.out, out)
+				}
+				fmt.Fprintf(a.io.out, "assignment %s: persona %s, priority %d, %s (revision %d)\n",
+					out.Name, out.Persona, out.Priority, describeSelector(out.Selector), out.Revision)
+				return nil
+			}
+		},
+	}
+}
+
+func assignmentDeleteCommand() *command {
+	return &command{
+		name: "delete", args: "NAME", summary: "delete an assignment",
+		long: `Deletes the assignment NAME. The instances it selected keep their desired
+persona (nothing is deactivated); another assignment that selects them
+applies from then on.`,
+		example: `vmpersonactl assignment delete web`,
+		setup: func(fs *flag.FlagSet) runner {
+			ifMatch := fs.Uint64("if-match", 0, "only delete revision `N` (0: any)")
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				if err := c.DeleteAssignment(ctx, args[0], *ifMatch); err != nil {
+					return err
+				}
+				if !a.json() {
+					fmt.Fprintf(a.io.out, "assignment %s deleted\n", args[0])
+				}
+				return nil
+			}
+		},
+	}
+}
