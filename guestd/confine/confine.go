@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -80,6 +81,7 @@ type Domain struct {
 	fd    int
 	Rules int // how many rules it holds
 	ABI   int
+	w     workers // the confined threads that start processes
 }
 
 // Build creates the ruleset described by spec.
@@ -300,28 +302,94 @@ func elfInterp(f *os.File, head []byte) string {
 	return ""
 }
 
-// Start calls start (which forks and executes a process) on a fresh OS
-// thread confined by the domain, so the process and everything it starts
-// run in it. The thread is never given back to the Go scheduler: it ends
-// with the call. A nil Domain calls start as it is.
+// Start calls start (which forks and executes a process) on an OS thread
+// confined by the domain, so the process and everything it starts run in
+// it. Confined threads are never given back to the Go scheduler (new
+// threads of the runtime are not cloned from them): each serves the
+// domain's starts, one at a time, and ends, with its Landlock domain, after
+// idleWorker without work. A nil Domain calls start as it is.
 func (d *Domain) Start(start func() error) error {
 	if d == nil {
 		return start()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the goroutine's end terminates the thread and its
-		// Landlock domain with it.
-		runtime.LockOSThread()
-		if err := d.restrictThread(); err != nil {
-			errc <- err
+	req := startReq{fn: start, errc: make(chan error, 1)}
+	for {
+		select {
+		case d.work().reqs <- req: // an idle confined thread takes it
+			return <-req.errc
+		default:
+		}
+		w := d.work()
+		w.mu.Lock()
+		if w.threads < maxWorkers {
+			w.threads++
+			w.mu.Unlock()
+			go d.worker(req)
+			return <-req.errc
+		}
+		w.mu.Unlock()
+		// Every confined thread is busy: wait for one (a thread that
+		// ends meanwhile lets the next round start another).
+		t := time.NewTimer(time.Millisecond)
+		select {
+		case w.reqs <- req:
+			t.Stop()
+			return <-req.errc
+		case <-t.C:
+		}
+	}
+}
+
+// maxWorkers bounds the confined threads of one domain; idleWorker is how
+// long one waits for work before it ends.
+const (
+	maxWorkers = 4
+	idleWorker = 5 * time.Second
+)
+
+type startReq struct {
+	fn   func() error
+	errc chan error
+}
+
+type workers struct {
+	once    sync.Once
+	reqs    chan startReq
+	mu      sync.Mutex
+	threads int
+}
+
+func (d *Domain) work() *workers {
+	d.w.once.Do(func() { d.w.reqs = make(chan startReq) })
+	return &d.w
+}
+
+// worker confines its thread and serves starts until it has been idle for
+// idleWorker. It never unlocks the thread: its end terminates the thread.
+func (d *Domain) worker(first startReq) {
+	runtime.LockOSThread()
+	w := d.work()
+	if err := d.restrictThread(); err != nil {
+		w.mu.Lock()
+		w.threads--
+		w.mu.Unlock()
+		first.errc <- err
+		return
+	}
+	first.errc <- first.fn()
+	idle := time.NewTimer(idleWorker)
+	for {
+		select {
+		case r := <-w.reqs:
+			r.errc <- r.fn()
+			idle.Reset(idleWorker)
+		case <-idle.C:
+			w.mu.Lock()
+			w.threads--
+			w.mu.Unlock()
 			return
 		}
-		errc <- start()
-	}()
-	err := <-errc
-	runtime.KeepAlive(d)
-	return err
+	}
 }
 
 func (d *Domain) restrictThread() error {

@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,5 +55,43 @@ func BenchmarkBuild(b *testing.B) {
 			}
 			b.ReportMetric(float64(rules), "rules")
 		})
+	}
+}
+
+// TestStartConfinesEveryStart runs many starts at once through one domain
+// (more than it has confined threads): each process runs confined, and the
+// daemon's own threads stay free of the domain.
+func TestStartConfinesEveryStart(t *testing.T) {
+	if ABI() == 0 {
+		t.Skip("no Landlock on this kernel: nothing to confine with")
+	}
+	d, err := Build(Spec{Allowed: []string{"/bin/true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3*maxWorkers)
+	for range 3 * maxWorkers {
+		go func() {
+			if err := d.Start(exec.Command("/bin/true").Run); err != nil {
+				errs <- err
+				return
+			}
+			errs <- d.Start(func() error {
+				if exec.Command("/bin/sh", "-c", "exit 0").Run() == nil {
+					return errors.New("/bin/sh ran under an allowlist of /bin/true")
+				}
+				return nil
+			})
+		}()
+	}
+	for range 3 * maxWorkers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 {
+		if err := exec.Command("/bin/sh", "-c", "exit 0").Run(); err != nil {
+			t.Fatalf("a thread of the daemon itself is confined: %v", err)
+		}
 	}
 }
