@@ -96,7 +96,7 @@ func removeStale(base string) {
 		if n, err := strconv.Atoi(pid); err != nil || n <= 0 || unix.Kill(n, 0) != unix.ESRCH {
 			continue
 		}
-		g := &cgroup{dir: base + "/" + e.Name(), fd: -2}
+		g := &cgroup{dir: base + "/" + e.Name(), fd: -2, events: -1}
 		slog.Warn("ending the processes a previous run left in a command's cgroup", "cgroup", g.dir)
 		g.remove()
 	}
@@ -132,17 +132,42 @@ func disableCgroups(err error) {
 }
 
 type cgroup struct {
-	dir string
-	fd  int
+	dir    string
+	fd     int // the directory, for CLONE_INTO_CGROUP
+	events int // cgroup.events, read to see whether anything is left
+	// killed: cgroup.kill was written. Such a cgroup is never used again:
+	// some kernels kill every process cloned into a cgroup that was once
+	// killed.
+	killed atomic.Bool
 }
 
-// newCgroup creates a cgroup for one process; nil when cgroups are
+// Empty cgroups are kept for the next processes instead of being removed
+// and created again (a mkdir and an rmdir in cgroupfs per process, and
+// their opens): a cgroup goes back to the pool only when nothing is left in
+// it, so a command never starts beside another's leftovers.
+var (
+	poolMu sync.Mutex
+	pool   []*cgroup
+)
+
+// poolSize bounds the empty cgroups kept.
+const poolSize = 16
+
+// newCgroup returns an empty cgroup for one process; nil when cgroups are
 // unavailable (the process group is then all that bounds it).
 func newCgroup() *cgroup {
 	cgroupOnce.Do(findCgroupBase)
 	if cgroupBase == "" || cgroupOff.Load() {
 		return nil
 	}
+	poolMu.Lock()
+	if n := len(pool); n > 0 {
+		g := pool[n-1]
+		pool = pool[:n-1]
+		poolMu.Unlock()
+		return g
+	}
+	poolMu.Unlock()
 	dir := cgroupBase + "/vmpersona-exec-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(cgroupSeq.Add(1), 10)
 	if err := unix.Mkdir(dir, 0o700); err != nil {
 		disableCgroups(err)
@@ -154,7 +179,61 @@ func newCgroup() *cgroup {
 		disableCgroups(err)
 		return nil
 	}
-	return &cgroup{dir: dir, fd: fd}
+	events, err := unix.Openat(fd, "cgroup.events", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		events = -1 // never reused: removed after its process
+	}
+	return &cgroup{dir: dir, fd: fd, events: events}
+}
+
+// populated reports whether a process is left in the cgroup (true when it
+// cannot tell).
+func (g *cgroup) populated() bool {
+	if g.events < 0 {
+		return true
+	}
+	var buf [128]byte
+	n, err := unix.Pread(g.events, buf[:], 0)
+	if err != nil || n <= 0 {
+		return true
+	}
+	// "populated 0\nfrozen 0\n"
+	const key = "populated "
+	s := string(buf[:n])
+	i := strings.Index(s, key)
+	return i < 0 || i+len(key) >= len(s) || s[i+len(key)] != '0'
+}
+
+// done ends the cgroup's use by one process, whose leader has been reaped:
+// an empty cgroup goes back to the pool; one where something is left (a
+// daemon the command started, say) is killed and removed.
+func (g *cgroup) done() {
+	if g == nil {
+		return
+	}
+	if !g.killed.Load() && !g.populated() {
+		poolMu.Lock()
+		if len(pool) < poolSize && !cgroupOff.Load() {
+			pool = append(pool, g)
+			poolMu.Unlock()
+			return
+		}
+		poolMu.Unlock()
+	}
+	g.kill()
+	g.remove()
+}
+
+// ReleaseCgroups removes the empty cgroups kept for later processes (at
+// the daemon's end).
+func ReleaseCgroups() {
+	poolMu.Lock()
+	p := pool
+	pool = nil
+	poolMu.Unlock()
+	for _, g := range p {
+		g.remove()
+	}
 }
 
 // kill ends every process left in the cgroup.
@@ -162,6 +241,7 @@ func (g *cgroup) kill() {
 	if g == nil {
 		return
 	}
+	g.killed.Store(true)
 	if err := os.WriteFile(g.dir+"/cgroup.kill", []byte("1"), 0); err != nil {
 		slog.Warn("cgroup.kill failed", "cgroup", g.dir, "err", err)
 	}
@@ -176,7 +256,10 @@ func (g *cgroup) remove() {
 	if g.fd >= 0 {
 		unix.Close(g.fd)
 	}
-	g.fd = -1
+	if g.events >= 0 {
+		unix.Close(g.events)
+	}
+	g.fd, g.events = -1, -1
 	for i := 0; ; i++ {
 		err := unix.Rmdir(g.dir)
 		if err == nil || err == unix.ENOENT {

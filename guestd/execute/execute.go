@@ -110,7 +110,6 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	start := time.Now()
 	var cmd *exec.Cmd
 	group := newCgroup()
-	defer group.remove()
 	for attempt := 0; ; attempt++ {
 		cmd = command(ctx, spec, stdout, stderr, group)
 		err := spec.Domain.Start(cmd.Start)
@@ -137,6 +136,7 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 			time.Sleep(time.Millisecond << attempt)
 			continue
 		}
+		group.done()
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrStart, spec.Path, err)
 	}
 	waitErr := cmd.Wait()
@@ -147,8 +147,9 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 		res.TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
 	}
 	// Nothing the command started outlives it: what left the process
-	// group (setsid, double fork) is still in the cgroup.
-	group.kill()
+	// group (setsid, double fork) is still in the cgroup, which is killed
+	// unless it is empty.
+	group.done()
 	if ps := cmd.ProcessState; ps != nil {
 		res.ExitCode = ps.ExitCode()
 		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {

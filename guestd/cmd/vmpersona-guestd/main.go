@@ -224,6 +224,7 @@ func run() int {
 	go watchdog(ctx)
 	err = srv.Serve(ctx, l)
 	notify("STOPPING=1")
+	execute.ReleaseCgroups()
 	if err != nil {
 		log.Error("serve", "err", err)
 		return 1
