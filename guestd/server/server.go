@@ -63,6 +63,13 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	handlers sync.WaitGroup
+
+	// Exec events wait here to be written to the spool after the answer
+	// has left (see recordLater).
+	laterMu      sync.Mutex
+	later        []protocol.AuditEvent
+	laterRunning bool
+	laterPending sync.WaitGroup
 }
 
 // New returns a server.
@@ -98,6 +105,7 @@ func (s *Server) Serve(ctx context.Context, l transport.Listener) error {
 			cur.close()
 		}
 		s.handlers.Wait()
+		s.laterPending.Wait()
 	}()
 	for {
 		rw, err := l.Accept(ctx)
@@ -281,6 +289,56 @@ func (s *Server) record(ev protocol.AuditEvent) {
 	}
 }
 
+// maxLater bounds the exec events waiting to be written; beyond it an exec
+// writes its own before it answers.
+const maxLater = 1024
+
+// recordLater writes the event of a finished exec to the spool off the
+// answer's path: one goroutine writes the waiting events in order (each
+// append synced, as Record does), and Serve returns only once all are
+// written. The command has already run when its event is made, so a crash
+// between the answer and the write loses what a crash during the run would
+// have lost; events that decide something (denials, overrides) are written
+// before the answer, as before.
+func (s *Server) recordLater(ev protocol.AuditEvent) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	s.laterMu.Lock()
+	if len(s.later) >= maxLater {
+		s.laterMu.Unlock()
+		s.record(ev)
+		return
+	}
+	s.laterPending.Add(1)
+	s.later = append(s.later, ev)
+	start := !s.laterRunning
+	s.laterRunning = true
+	s.laterMu.Unlock()
+	if start {
+		go s.writeLater()
+	}
+}
+
+func (s *Server) writeLater() {
+	var batch []protocol.AuditEvent
+	for {
+		s.laterMu.Lock()
+		if len(s.later) == 0 {
+			s.laterRunning = false
+			s.laterMu.Unlock()
+			return
+		}
+		batch, s.later = s.later, batch[:0]
+		s.laterMu.Unlock()
+		for _, ev := range batch {
+			s.record(ev)
+			s.laterPending.Done()
+		}
+		clear(batch)
+	}
+}
+
 // exec runs one Exec request through the routing table and returns the
 // final answer; when the request streams, output chunks go to output on the
 // way. ctx ends when the connection does: the command is killed.
@@ -427,7 +485,7 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 	if route == protocol.RouteDefault && s.auditsExec(req, view) {
 		ev.Type, ev.Route = protocol.AuditExec, route
 		ev.Result, ev.Detail = execOutcome(req.Args, res, secretValues(view))
-		s.record(ev)
+		s.recordLater(ev)
 	}
 	out := protocol.ExecResult{
 		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut,
