@@ -29,6 +29,8 @@ type ClientConfig struct {
 	// acknowledged to the guest. An error leaves the batch unacknowledged
 	// (the guest sends it again).
 	OnAudit func(AuditBatch) (uint64, error)
+	// OnProbe, when set, is told the outcome of each liveness probe.
+	OnProbe func(answered bool)
 	Logger  *slog.Logger
 }
 
@@ -60,6 +62,7 @@ func Handshake(ctx context.Context, conn io.ReadWriteCloser, cfg ClientConfig) (
 		OutputBuffer: cfg.OutputBuffer,
 		Handlers:     map[Type]Handler{TypeAuditBatch: auditHandler(cfg)},
 		Side:         "host",
+		OnProbe:      cfg.OnProbe,
 		Logger:       cfg.Logger,
 	})
 	var ack HelloAck

@@ -248,6 +248,9 @@ type SessionConfig struct {
 	OnHello func(Hello) HelloAck
 	// OnSession (the guest's end) is called after a HelloAck was sent.
 	OnSession func(epoch uint32)
+	// OnProbe, when set, is told the outcome of each liveness probe
+	// (§5.4): answered in time (a slow peer) or not (the session ends).
+	OnProbe func(answered bool)
 	// Side names this end in answers ("host" or "guest").
 	Side   string
 	Logger *slog.Logger
@@ -1004,6 +1007,9 @@ func (s *Session) watchLoop(ping bool) {
 		last := s.lastLife(now, bound)
 		if !probeAt.IsZero() && last.After(probeAt) {
 			s.probesAnswerd.Add(1)
+			if s.cfg.OnProbe != nil {
+				s.cfg.OnProbe(true)
+			}
 			s.cfg.Logger.Info("peer answered the liveness probe: slow, not gone", "epoch", s.epoch.Load(), "after", now.Sub(probeAt).Round(time.Millisecond))
 			probeAt = time.Time{}
 		}
@@ -1032,6 +1038,9 @@ func (s *Session) watchLoop(ping bool) {
 		default:
 			if s.guest {
 				s.cfg.Logger.Warn("host missed heartbeats and the probe; ending the session", "epoch", s.epoch.Load(), "heartbeat", hb)
+			}
+			if s.cfg.OnProbe != nil {
+				s.cfg.OnProbe(false)
 			}
 			s.Close(ErrHeartbeat)
 			return

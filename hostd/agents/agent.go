@@ -227,6 +227,7 @@ func (a *agent) connect(ep Endpoint) (*session, error) {
 		Heartbeat:    hb,
 		WriteTimeout: 3 * hb,
 		OnAudit:      a.ingestAudit,
+		OnProbe:      a.probed,
 		Logger:       a.log,
 	})
 	if err != nil { // Handshake closed conn; err says "handshake: …"
@@ -295,8 +296,32 @@ func (a *agent) serve(s *session) time.Duration {
 	}
 	a.mu.Unlock()
 	a.m.met.AgentsConnected.Dec()
+	a.m.met.SessionsEnded.WithLabelValues(endCause(cause)).Inc()
 	a.log.Info("agent disconnected", "endpoint", s.ep.String(), "after", lasted.Round(time.Millisecond), "cause", cause)
 	return lasted
+}
+
+// probed counts a liveness probe's outcome.
+func (a *agent) probed(answered bool) {
+	outcome := "unanswered"
+	if answered {
+		outcome = "answered"
+	}
+	a.m.met.LivenessProbes.WithLabelValues(outcome).Inc()
+}
+
+// endCause is the label of a session's end in SessionsEnded.
+func endCause(err error) string {
+	switch {
+	case errors.Is(err, protocol.ErrHeartbeat):
+		return "heartbeat"
+	case errors.Is(err, protocol.ErrNoSession):
+		return "no_session"
+	case err == nil, errors.Is(err, protocol.ErrClosed), errors.Is(err, errEndpointChanged):
+		return "closed"
+	default:
+		return "stream"
+	}
 }
 
 // ingestAudit is the session's OnAudit: store the batch, count what was new.

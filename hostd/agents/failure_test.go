@@ -164,9 +164,15 @@ func TestStoppedAgentMidSession(t *testing.T) {
 		}
 	}
 
-	// Missed heartbeats end the session.
+	// Missed heartbeats end the session, after an unanswered probe.
 	st := h.waitState("stopped", StateDisconnected)
 	t.Logf("stopped agent: %s (%s)", st.State, st.LastError)
+	if n := value(t, h.met.SessionsEnded.WithLabelValues("heartbeat")); n != 1 {
+		t.Errorf("sessions ended by heartbeat: %v, want 1", n)
+	}
+	if n := value(t, h.met.LivenessProbes.WithLabelValues("unanswered")); n != 1 {
+		t.Errorf("unanswered liveness probes: %v, want 1", n)
+	}
 	if _, err := h.m.Exec(ctxTimeout(t, 2*time.Second), "stopped", protocol.Exec{Command: "true"}, nil); !notConnectedOrDeadline(err) {
 		t.Errorf("Exec after the session ended: %v", err)
 	}

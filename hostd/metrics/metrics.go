@@ -31,6 +31,14 @@ type Metrics struct {
 	Commands *prometheus.CounterVec
 	// AgentsConnected is the number of guest agents with a live session.
 	AgentsConnected prometheus.Gauge
+	// SessionsEnded counts agent sessions that ended, by cause: heartbeat
+	// (silent through the probe), closed (by the host: removal,
+	// shutdown, a new endpoint), no_session (the guest daemon
+	// restarted), stream (the stream ended or failed).
+	SessionsEnded *prometheus.CounterVec
+	// LivenessProbes counts probes sent to silent agents, by outcome:
+	// answered (a slow agent, kept) or unanswered.
+	LivenessProbes *prometheus.CounterVec
 	// AuditEvents counts audit events stored, by type.
 	AuditEvents *prometheus.CounterVec
 	// HTTPDuration observes API requests by route pattern, method and code.
@@ -83,6 +91,14 @@ func New() *Metrics {
 			Name: "vmpersona_agents_connected",
 			Help: "Guest agents with a live session.",
 		}),
+		SessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmpersona_agent_sessions_ended_total",
+			Help: "Agent sessions that ended, by cause (heartbeat, closed, no_session, stream).",
+		}, []string{"cause"}),
+		LivenessProbes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmpersona_agent_liveness_probes_total",
+			Help: "Liveness probes sent to agents silent for three heartbeat intervals, by outcome (answered, unanswered).",
+		}, []string{"outcome"}),
 		AuditEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vmpersona_audit_events_total",
 			Help: "Audit events stored, by type.",
@@ -123,11 +139,17 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Activations, m.ActivationDuration, m.Deactivations, m.DeactivationDuration,
-		m.Commands, m.AgentsConnected, m.AuditEvents, m.HTTPDuration, buildInfo,
+		m.Commands, m.AgentsConnected, m.SessionsEnded, m.LivenessProbes, m.AuditEvents, m.HTTPDuration, buildInfo,
 		m.AuthFailures, m.GuestInputRefused, m.AuditThrottleSeconds, m.StorageLow, m.StorageFreeBytes,
 	)
 	for _, r := range []string{"default", "override", "denied"} {
 		m.Commands.WithLabelValues(r)
+	}
+	for _, c := range []string{"heartbeat", "closed", "no_session", "stream"} {
+		m.SessionsEnded.WithLabelValues(c)
+	}
+	for _, o := range []string{"answered", "unanswered"} {
+		m.LivenessProbes.WithLabelValues(o)
 	}
 	return m
 }
