@@ -71,6 +71,9 @@ vmpersona_agents_connected 1000
 	if _, err := parseMetric(body, "vmpersona_missing"); err == nil {
 		t.Error("a missing metric is not an error")
 	}
+	if v, err := parseMetric(body, `vmpersona_audit_events_total{type="activation"}`); err != nil || v != 3 {
+		t.Errorf("one label set = %v, %v; want 3", v, err)
+	}
 }
 
 func TestProcFiles(t *testing.T) {
@@ -89,6 +92,20 @@ func TestProcFiles(t *testing.T) {
 	}
 	if memAvailableKiB() <= 0 {
 		t.Error("no MemAvailable")
+	}
+	a, err := sampleProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for x := 0; x < 1000; x++ {
+		time.Sleep(time.Microsecond) // a voluntary context switch each
+	}
+	b, err := sampleProc(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.switches-a.switches < 100 || b.cpu <= a.cpu {
+		t.Errorf("sampleProc(self): %d context switches and %v CPU over 1,000 sleeps", b.switches-a.switches, b.cpu-a.cpu)
 	}
 }
 

@@ -96,7 +96,7 @@ func (b *bench) bigExec(ctx context.Context) error {
 	mibps := func(d interface{ Seconds() float64 }) string {
 		return fmt.Sprintf("%.0f MiB/s", float64(bigExecSize)/(1<<20)/d.Seconds())
 	}
-	b.add(row{fmt.Sprintf("10. exec -- cat of a 10 MiB file p50 (n=%d; ours streamed and paced, qemu-ga capture-output)", n),
+	b.add(row{fmt.Sprintf("· exec -- cat of a 10 MiB file p50 (n=%d; ours streamed and paced, qemu-ga capture-output)", n),
 		ms(o) + " (" + mibps(o) + ")", "qemu-ga " + ms(qg) + " (" + mibps(qg) + ")",
 		fmt.Sprintf("%.2f×", float64(o)/float64(qg)), "", "—"})
 	return nil

@@ -271,6 +271,7 @@ func (b *bench) run(ctx context.Context) error {
 		fn   func(context.Context) error
 	}{
 		{"footprint", b.footprint},
+		{"idle", b.idle},
 		{"exec latency", b.execLatency},
 		{"exec enforcement", b.execEnforcement},
 		{"exec throughput", b.execThroughput},
@@ -294,7 +295,7 @@ func (b *bench) run(ctx context.Context) error {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
 			if errors.Is(err, errNoVM) {
-				b.add(row{figure: "9. exec over virtio-serial (TCG VM)", ours: "not run", target: "optional", met: "—"})
+				b.add(row{figure: "· exec over virtio-serial (TCG VM)", ours: "not run", target: "optional", met: "—"})
 				b.note("real VM not run: %v", err)
 				continue
 			}

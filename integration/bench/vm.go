@@ -25,7 +25,7 @@ var errNoVM = errors.New("real VM not available")
 // configure; hostd drives it over that unix socket.
 func (b *bench) vmExec(ctx context.Context) error {
 	if b.cfg.skipVM {
-		b.add(row{"9. exec over virtio-serial (TCG VM)", "skipped (-skip-vm)", "", "", "optional", "—"})
+		b.add(row{"· exec over virtio-serial (TCG VM)", "skipped (-skip-vm)", "", "", "optional", "—"})
 		return nil
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
@@ -92,9 +92,9 @@ func (b *bench) vmExec(ctx context.Context) error {
 		return err
 	}
 	v := res["vm"]
-	b.add(row{fmt.Sprintf("9. exec /bin/true in a TCG VM over virtio-serial p50 (n=%d)", len(v)), ms(v.pct(50)),
+	b.add(row{fmt.Sprintf("· exec /bin/true in a TCG VM over virtio-serial p50 (n=%d)", len(v)), ms(v.pct(50)),
 		"spawn inside the guest " + ms(guestSide.pct(50)), fmt.Sprintf("%.2f×", float64(v.pct(50))/float64(guestSide.pct(50))), "optional", "—"})
-	b.add(row{"9. exec in a TCG VM p99", ms(v.pct(99)), "spawn inside the guest " + ms(guestSide.pct(99)), "", "", "—"})
+	b.add(row{"· exec in a TCG VM p99", ms(v.pct(99)), "spawn inside the guest " + ms(guestSide.pct(99)), "", "", "—"})
 	b.note("real VM: QEMU TCG (no KVM here), agent connected %s after QEMU started; the spawn inside the guest is slow because TCG emulates the CPU",
 		bootToAgent.Round(10*time.Millisecond))
 	return nil
