@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -50,24 +52,90 @@ func (d DesiredState) PersonaName() string {
 
 func desiredKey(instance string) []byte { return []byte(prefixDesired + instance) }
 
-// GetDesired reads an instance's desired state; ErrNotFound when none was
-// ever recorded (an instance the host has never seen).
-func (s *Store) GetDesired(instance string) (DesiredState, error) {
-	var d DesiredState
-	if err := checkInstance(instance); err != nil {
-		return d, err
-	}
+// Desired states are read on every instance status (GET /instances/{id}),
+// and a Badger read transaction waits for in-flight synced commits: during
+// an activation storm a status read would queue behind a thousand fsyncs.
+// So reads are served from memory: desiredCache holds every desired state
+// as Badger holds it, loaded at Open and replaced after each committed
+// write. Writes of one instance are ordered by a striped lock, so the
+// cache installs them in commit order; writes of different instances still
+// go to Badger together (its write loop groups them into one fsync).
+
+// desiredStripes is the number of locks ordering desired-state writes.
+const desiredStripes = 64
+
+// desiredCache maps instance → *DesiredState, each never mutated once
+// stored.
+type desiredCache struct{ m sync.Map }
+
+func (s *Store) desiredLock(instance string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(instance))
+	return &s.desiredMu[h.Sum32()%desiredStripes]
+}
+
+// loadDesired reads every desired state from Badger into the cache.
+func (s *Store) loadDesired() error {
+	return s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixDesired)})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			d := new(DesiredState)
+			if err := it.Item().Value(func(v []byte) error { return decodeDesired(v, d) }); err != nil {
+				return err
+			}
+			s.desired.m.Store(string(it.Item().Key()[len(prefixDesired):]), d)
+		}
+		return nil
+	})
+}
+
+// reloadDesired reads one instance's desired state from Badger into the
+// cache, after a write whose outcome is unknown. The caller holds its
+// stripe.
+func (s *Store) reloadDesired(instance string) {
+	var d *DesiredState
 	err := s.view(func(txn *badger.Txn) error {
 		item, err := txn.Get(desiredKey(instance))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("desired state of %q: %w", instance, ErrNotFound)
+			return nil
 		}
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error { return decodeDesired(v, &d) })
+		d = new(DesiredState)
+		return item.Value(func(v []byte) error { return decodeDesired(v, d) })
 	})
-	return d, err
+	switch {
+	case err != nil:
+		s.log.Error("desired state cache: reload after a failed write", "instance", instance, "err", err)
+	case d == nil:
+		s.desired.m.Delete(instance)
+	default:
+		s.desired.m.Store(instance, d)
+	}
+}
+
+// GetDesired reads an instance's desired state; ErrNotFound when none was
+// ever recorded (an instance the host has never seen). It is answered from
+// memory; the caller may change what it gets.
+func (s *Store) GetDesired(instance string) (DesiredState, error) {
+	if err := checkInstance(instance); err != nil {
+		return DesiredState{}, err
+	}
+	if s.closed.Load() {
+		return DesiredState{}, ErrClosed
+	}
+	v, ok := s.desired.m.Load(instance)
+	if !ok {
+		return DesiredState{}, fmt.Errorf("desired state of %q: %w", instance, ErrNotFound)
+	}
+	d := *v.(*DesiredState)
+	if d.Persona != nil {
+		p := clonePersona(d.Persona)
+		d.Persona = &p
+	}
+	return d, nil
 }
 
 // PutDesired writes (replaces) an instance's desired state, with host audit
@@ -100,7 +168,14 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 		ev.Source = SourceHost
 		in[i] = ev
 	}
+	cached := new(DesiredState)
+	if err := decodeDesired(b, cached); err != nil {
+		return nil, fmt.Errorf("desired state of %q: %w", d.Instance, err)
+	}
 	evs := make([]AuditEvent, len(in))
+	mu := s.desiredLock(d.Instance)
+	mu.Lock()
+	defer mu.Unlock()
 	err = s.update(func(txn *badger.Txn) error {
 		copy(evs, in) // a retried transaction starts again from the input
 		for i := range evs {
@@ -111,8 +186,13 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 		return txn.Set(desiredKey(d.Instance), b)
 	})
 	if err != nil {
+		if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrInvalidArgument) {
+			// A commit whose outcome is unknown may have landed.
+			s.reloadDesired(d.Instance)
+		}
 		return nil, err
 	}
+	s.desired.m.Store(d.Instance, cached)
 	return evs, nil
 }
 

@@ -113,6 +113,10 @@ type Store struct {
 	personaMu sync.Mutex
 	personas  atomic.Pointer[personaCache]
 	closed    atomic.Bool // set by Close before Badger closes
+	// desired serves desired states from memory; desiredMu orders the
+	// writes of each instance (desired.go).
+	desired   desiredCache
+	desiredMu [desiredStripes]sync.Mutex
 
 	stop     chan struct{}
 	gcDone   chan struct{}
@@ -202,6 +206,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store: load personas: %w", err)
 	}
 	s.personas.Store(c)
+	if err := s.loadDesired(); err != nil {
+		seq.Release()
+		db.Close()
+		return nil, fmt.Errorf("store: load desired states: %w", err)
+	}
 	go s.gcLoop()
 	go s.disk.loop(s.stop, s.diskDone)
 	return s, nil

@@ -1,0 +1,86 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+)
+
+// checkDesiredAgrees compares what GetDesired answers (memory) with what
+// Badger holds (ListDesired reads Badger).
+func checkDesiredAgrees(t *testing.T, s *Store, instances ...string) {
+	t.Helper()
+	list, err := s.ListDesired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inDB := map[string]DesiredState{}
+	for _, d := range list {
+		inDB[d.Instance] = d
+	}
+	for _, in := range instances {
+		got, err := s.GetDesired(in)
+		want, ok := inDB[in]
+		switch {
+		case !ok && !errors.Is(err, ErrNotFound):
+			t.Errorf("GetDesired(%s) = %+v, %v; Badger has none", in, got, err)
+		case ok && (err != nil || !reflect.DeepEqual(got, want)):
+			t.Errorf("GetDesired(%s) = %+v, %v\nBadger holds %+v", in, got, err, want)
+		}
+	}
+}
+
+// TestDesiredCacheAgreesWithBadger: desired states are read from memory and
+// agree with Badger after writes, concurrent writes of one instance (the
+// cache takes them in commit order) and a reopen; a caller that changes
+// what it read changes nothing for the next reader.
+func TestDesiredCacheAgreesWithBadger(t *testing.T) {
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	checkDesiredAgrees(t, s, "vm1")
+
+	p := persona("a")
+	p.Revision = 3
+	if _, err := s.PutDesired(DesiredState{Instance: "vm1", Persona: &p, Revision: 3, SetBy: DesiredByActivation, Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	checkDesiredAgrees(t, s, "vm1", "vm2")
+
+	got, err := s.GetDesired("vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Persona.EnvironmentVariables["APP_ENV"] = "changed by a caller"
+	got.Persona.Name = "changed"
+	checkDesiredAgrees(t, s, "vm1")
+
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := persona(fmt.Sprintf("p%d", i))
+			inst := []string{"vm1", "vm2"}[i%2]
+			if _, err := s.PutDesired(DesiredState{Instance: inst, Persona: &q, SetBy: DesiredByActivation}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	checkDesiredAgrees(t, s, "vm1", "vm2")
+
+	if _, err := s.PutDesired(DesiredState{Instance: "vm2", SetBy: DesiredByDeactivation}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := s.GetDesired("vm1"); !errors.Is(err, ErrClosed) {
+		t.Errorf("GetDesired after Close: %v, want ErrClosed", err)
+	}
+	s = openAt(t, dir, Options{})
+	checkDesiredAgrees(t, s, "vm1", "vm2", "vm3")
+	if d, err := s.GetDesired("vm2"); err != nil || d.Persona != nil || d.SetBy != DesiredByDeactivation {
+		t.Errorf("vm2 after reopen: %+v, %v", d, err)
+	}
+}
