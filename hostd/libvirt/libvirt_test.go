@@ -15,6 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // These tests run against libvirt's built-in test driver (test:///default,
@@ -120,21 +121,10 @@ func newManager(t *testing.T) *agents.Manager {
 	return mgr
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func waitState(t *testing.T, d *Discovery, name, state string) agents.Discovered {
 	t.Helper()
 	var s agents.Discovered
-	waitFor(t, name+" "+state, func() bool {
+	testproc.WaitFor(t, name+" "+state, func() bool {
 		var ok bool
 		s, ok = d.Lookup(name)
 		return ok && s.State == state
@@ -224,7 +214,7 @@ func TestLifecycleEvents(t *testing.T) {
 	mgr := newManager(t)
 	// No resync and no polling: every change below must come from an event.
 	d := newDiscovery(t, testURI, mgr, true)
-	waitFor(t, "the first resync", func() bool { _, ok := d.Lookup("test"); return ok })
+	testproc.WaitFor(t, "the first resync", func() bool { _, ok := d.Lookup("test"); return ok })
 
 	sock := filepath.Join(t.TempDir(), "ev.sock")
 	dom := define(t, c, "vmp-events", domOpts{channelPath: sock})
@@ -238,7 +228,7 @@ func TestLifecycleEvents(t *testing.T) {
 	if s.Endpoint != "unix:"+sock {
 		t.Errorf("after start: %+v", s)
 	}
-	waitFor(t, "vmp-events managed", func() bool { _, err := mgr.Get("vmp-events"); return err == nil })
+	testproc.WaitFor(t, "vmp-events managed", func() bool { _, err := mgr.Get("vmp-events"); return err == nil })
 
 	if err := dom.Suspend(); err != nil {
 		t.Fatal(err)
@@ -259,7 +249,7 @@ func TestLifecycleEvents(t *testing.T) {
 	if s.Endpoint != "" {
 		t.Errorf("stopped domain keeps an endpoint: %+v", s)
 	}
-	waitFor(t, "vmp-events out of the manager", func() bool {
+	testproc.WaitFor(t, "vmp-events out of the manager", func() bool {
 		_, err := mgr.Get("vmp-events")
 		return errors.Is(err, agents.ErrUnknownInstance)
 	})
@@ -267,7 +257,7 @@ func TestLifecycleEvents(t *testing.T) {
 	if err := dom.Undefine(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "vmp-events gone", func() bool { _, ok := d.Lookup("vmp-events"); return !ok })
+	testproc.WaitFor(t, "vmp-events gone", func() bool { _, ok := d.Lookup("vmp-events"); return !ok })
 	if _, ok := d.Resolve(uuid); ok {
 		t.Error("the UUID of an undefined domain still resolves")
 	}
@@ -370,7 +360,7 @@ func TestReconnect(t *testing.T) {
 	node := filepath.Join(dir, "node.xml")
 	mgr := newManager(t)
 	d := newDiscovery(t, "test://"+node, mgr, false)
-	waitFor(t, "a connection error", func() bool { _, e := d.Connected(); return e != "" })
+	testproc.WaitFor(t, "a connection error", func() bool { _, e := d.Connected(); return e != "" })
 	if ok, _ := d.Connected(); ok {
 		t.Fatal("connected to a missing node file")
 	}

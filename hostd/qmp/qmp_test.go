@@ -17,6 +17,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // qemuVM is a real QEMU started by a test: no firmware runs (-S keeps the
@@ -70,7 +71,7 @@ func startQEMU(t *testing.T, o qemuOpts) *qemuVM {
 	}
 	go func() { vm.cmd.Wait(); close(vm.exited) }()
 	t.Cleanup(vm.kill)
-	waitFor(t, "QEMU's QMP sockets", func() bool {
+	testproc.WaitFor(t, "QEMU's QMP sockets", func() bool {
 		_, e1 := os.Stat(vm.qmp)
 		_, e2 := os.Stat(vm.control)
 		return e1 == nil && e2 == nil
@@ -101,17 +102,6 @@ func (vm *qemuVM) do(t *testing.T, command string) {
 	defer m.Disconnect()
 	if err := m.Execute(ctx, command, nil, nil); err != nil && !(command == "quit" && errors.Is(err, ErrClosed)) {
 		t.Fatalf("%s: %v", command, err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -252,7 +242,7 @@ func TestFindChannel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, "QEMU to see the host connection", func() bool {
+	testproc.WaitFor(t, "QEMU to see the host connection", func() bool {
 		var infos []raw.ChardevInfo
 		m.Execute(ctx, "query-chardev", nil, &infos)
 		for _, i := range infos {
@@ -333,7 +323,7 @@ func TestWatcherFollowsQEMU(t *testing.T) {
 	w := newWatcher(t, mgr, Instance{Name: "vm1", Path: vm.qmp})
 	wantEP := "unix:" + vm.agent
 
-	waitFor(t, "vm1 paused (prelaunch) with its endpoint", func() bool {
+	testproc.WaitFor(t, "vm1 paused (prelaunch) with its endpoint", func() bool {
 		s, _ := w.Lookup("vm1")
 		return s.State == agents.InstancePaused && s.RunState == "prelaunch" && s.Endpoint == wantEP
 	})
@@ -346,17 +336,17 @@ func TestWatcherFollowsQEMU(t *testing.T) {
 	}
 
 	vm.do(t, "cont")
-	waitFor(t, "vm1 running", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceRunning })
+	testproc.WaitFor(t, "vm1 running", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceRunning })
 	vm.do(t, "stop")
-	waitFor(t, "vm1 paused", func() bool {
+	testproc.WaitFor(t, "vm1 paused", func() bool {
 		s, _ := w.Lookup("vm1")
 		return s.State == agents.InstancePaused && s.RunState == "paused"
 	})
 
 	// QEMU exits: listed as shutoff, no longer managed (no dialling).
 	vm.do(t, "quit")
-	waitFor(t, "vm1 shutoff", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceShutoff })
-	waitFor(t, "vm1 removed from the manager", func() bool { _, ok := managed(mgr, "vm1"); return !ok })
+	testproc.WaitFor(t, "vm1 shutoff", func() bool { s, _ := w.Lookup("vm1"); return s.State == agents.InstanceShutoff })
+	testproc.WaitFor(t, "vm1 removed from the manager", func() bool { _, ok := managed(mgr, "vm1"); return !ok })
 	if s, _ := w.Lookup("vm1"); s.Endpoint != "" || s.Reason == "" {
 		t.Errorf("shutoff status %+v: want no endpoint and a reason", s)
 	}
@@ -366,7 +356,7 @@ func TestWatcherFollowsQEMU(t *testing.T) {
 
 	// QEMU comes back on the same socket: found again.
 	startQEMU(t, qemuOpts{channel: true, dir: filepath.Dir(vm.qmp)})
-	waitFor(t, "vm1 back", func() bool {
+	testproc.WaitFor(t, "vm1 back", func() bool {
 		s, _ := w.Lookup("vm1")
 		_, ok := managed(mgr, "vm1")
 		return s.State == agents.InstancePaused && s.Endpoint == wantEP && ok
@@ -378,7 +368,7 @@ func TestWatcherWithoutChannel(t *testing.T) {
 	mgr := agents.NewManager(agents.Config{})
 	t.Cleanup(mgr.Close)
 	w := newWatcher(t, mgr, Instance{Name: "bare", Path: vm.qmp})
-	waitFor(t, "bare listed with a reason", func() bool {
+	testproc.WaitFor(t, "bare listed with a reason", func() bool {
 		s, _ := w.Lookup("bare")
 		return s.State == agents.InstancePaused && strings.Contains(s.Reason, "no "+PortName+" channel")
 	})
@@ -396,7 +386,7 @@ func TestWatcherNameTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWatcher(t, mgr, Instance{Name: "vm1", Path: vm.qmp})
-	waitFor(t, "a name clash reason", func() bool {
+	testproc.WaitFor(t, "a name clash reason", func() bool {
 		s, _ := w.Lookup("vm1")
 		return strings.Contains(s.Reason, "already used")
 	})
@@ -409,7 +399,7 @@ func TestWatcherUnreachable(t *testing.T) {
 	mgr := agents.NewManager(agents.Config{})
 	t.Cleanup(mgr.Close)
 	w := newWatcher(t, mgr, Instance{Name: "gone", Path: "/nonexistent/qmp.sock"})
-	waitFor(t, "gone listed as shutoff", func() bool {
+	testproc.WaitFor(t, "gone listed as shutoff", func() bool {
 		s, _ := w.Lookup("gone")
 		return s.State == agents.InstanceShutoff && strings.Contains(s.Reason, "not reachable")
 	})

@@ -215,7 +215,7 @@ func hostileGuestRun(t *testing.T, mode string, dur time.Duration) {
 	codes.Range(func(k, v any) bool { summary[k.(string)] = v.(*atomic.Int64).Load(); return true })
 	t.Logf("%s flood: guest sent %d MB in %v; hostd RSS %d KB at start, %d KB after, sampled peak %d KB (anonymous %d KB), VmHWM %d KB; answers %v",
 		mode, g.sent.Load()>>20, dur, rss0, rss, peak, peakAnon, hwm, summary)
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 	// Bound: a frame is at most 16 MB (the Reader's limit) and a streamed
@@ -321,7 +321,7 @@ func TestGuestLimits(t *testing.T) {
 
 	// Spool bound: with the host gone, 200 overridden execs through a
 	// direct session that never acknowledges; the spool keeps at most 50.
-	h.kill()
+	h.Kill()
 	c := dialGuestNoAck(t, strings.TrimPrefix(ep, "unix:"))
 	for i := 0; i < 200; i++ {
 		if _, err := guestExec(t.Context(), c, "deploy"); err != nil {
@@ -333,7 +333,7 @@ func TestGuestLimits(t *testing.T) {
 		t.Errorf("spool holds %d unacknowledged events; --audit-max-events is 50", pending)
 	}
 	t.Logf("limits: %d execs ran (2 at once, the others queued) and %d were busy at --max-exec 2; spool %d pending (acked up to %d) after 200 unacknowledged events with --audit-max-events 50", ok.Load(), busy.Load(), pending, acked)
-	if gp.exited() {
+	if gp.Exited() {
 		t.Fatalf("guestd died: %s", gp.stderr)
 	}
 }

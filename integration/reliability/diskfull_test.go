@@ -154,13 +154,13 @@ func diskFullRun(t *testing.T, kind string) {
 		h.must(t, "GET", "/personas/before-0", nil, 200)
 		h.must(t, "GET", "/audit?limit=5", nil, 200)
 	}
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died on a full disk: %s", h.stderr)
 	}
 	// A restart while the disk is full (as Restart=on-failure would do)
 	// comes up and answers the same way instead of failing again.
-	h.cmd.Process.Signal(syscall.SIGTERM)
-	<-h.done
+	h.Cmd.Process.Signal(syscall.SIGTERM)
+	<-h.Done()
 	h = startHostd(t, data, sock, args...)
 	h.must(t, "GET", "/personas/before-0", nil, 200)
 	if s := create("full-after-restart"); s != 507 {
@@ -193,8 +193,8 @@ func diskFullRun(t *testing.T, kind string) {
 	}
 
 	// Nothing acknowledged is lost.
-	h.cmd.Process.Signal(syscall.SIGTERM)
-	<-h.done
+	h.Cmd.Process.Signal(syscall.SIGTERM)
+	<-h.Done()
 	h = startHostd(t, data, sock, args...)
 	for _, name := range acked {
 		h.must(t, "GET", "/personas/"+name, nil, 200)

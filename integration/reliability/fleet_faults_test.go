@@ -15,6 +15,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // The fleet tier: three real etcd members (Debian's etcd-server, installed by
@@ -83,7 +85,7 @@ func (c *etcdCluster) start(i int, state string) {
 		"--initial-cluster-token", "vmpersona-fleet-tier", "--log-level", "error", "--logger", "zap")
 }
 
-func (c *etcdCluster) kill9(i int) { c.members[i].p.kill() }
+func (c *etcdCluster) kill9(i int) { c.members[i].p.Kill() }
 
 func (c *etcdCluster) endpoints() string {
 	var out []string
@@ -104,7 +106,7 @@ func (c *etcdCluster) client() *clientv3.Client {
 // leader is the index of the member that leads, -1 when none answers so.
 func (c *etcdCluster) leader(cli *clientv3.Client) int {
 	for i, m := range c.members {
-		if m.p == nil || m.p.exited() {
+		if m.p == nil || m.p.Exited() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -117,15 +119,11 @@ func (c *etcdCluster) leader(cli *clientv3.Client) int {
 	return -1
 }
 
+// waitUntil waits for what a fault's recovery brings (an election, a
+// reconnection): longer than a start-up takes.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testproc.WaitWithin(t, 90*time.Second, what, cond)
 }
 
 func metricValue(t *testing.T, h *hostd, name string) float64 {
@@ -292,7 +290,7 @@ func TestFleetFaultsWithRealEtcd(t *testing.T) {
 	wg.Wait()
 
 	// Compaction while host B is down: B reads everything again.
-	b.kill()
+	b.Kill()
 	// Two writes while b is down: compacting at the second removes the
 	// first, which b's watch would resume from.
 	a.must(t, "PUT", "/personas/load", body(999_999), 200)

@@ -107,7 +107,7 @@ func TestGuestdCrashConsistency(t *testing.T) {
 			acked <- err == nil && r.Result == "activated"
 		}()
 		time.Sleep(delay)
-		p.kill()
+		p.Kill()
 		c.Close(errors.New("guest killed"))
 		wasAcked := <-acked
 

@@ -247,7 +247,7 @@ func sample(t testing.TB, h *hostd) *sampler {
 	go func() {
 		defer close(s.done)
 		for {
-			if h.exited() {
+			if h.Exited() {
 				return
 			}
 			rss, _ := h.rssKB(t)
@@ -294,24 +294,16 @@ func (l *latencies) p(q float64) (time.Duration, int) {
 func otherInstanceLoad(h *hostd, id string, stop <-chan struct{}) (*latencies, *atomic.Int64, *sync.WaitGroup) {
 	lat, fails := &latencies{}, &atomic.Int64{}
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			start := time.Now()
-			a, err := call(h.client, "POST", "/instances/"+id+"/exec", map[string]any{"command": "true"})
-			if err != nil || a.status != 200 {
-				fails.Add(1)
-				continue
-			}
+	untilClosed(&wg, stop, func() bool {
+		start := time.Now()
+		a, err := call(h.client, "POST", "/instances/"+id+"/exec", map[string]any{"command": "true"})
+		if err != nil || a.status != 200 {
+			fails.Add(1)
+		} else {
 			lat.add(time.Since(start))
 		}
-	}()
+		return true
+	})
 	return lat, fails, &wg
 }
 
@@ -387,7 +379,7 @@ func TestAnonymousFloodIsBounded(t *testing.T) {
 	evs := h.auditEvents(t, "type=auth_failure")
 	t.Logf("anonymous flood for %v: %d refusals (%d counted), %d audited; hostd VmHWM %d KB, sampled peak %d KB (anon %d KB); data dir +%d KB (%.1f MB/min); other instance exec p50 %v p99 %v (n=%d, %d failed)",
 		dur, sent.Load(), counted, len(evs), hwm, peak, peakAnon, grew, perMin/1024, p50, p99, n, fails.Load())
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 	if int64(counted) < sent.Load() {
@@ -635,7 +627,7 @@ func auditFloodRun(t *testing.T, guests int, dur time.Duration) {
 	throttled := h.metric(t, "vmpersona_audit_throttle_seconds_total")
 	t.Logf("%d flooding guests for %v: %d events acknowledged (%.0f/s per guest); throttled %.1f s; hostd VmHWM %d KB, sampled peak %d KB (anon %d KB); data dir +%d KB (%.1f MB/min per guest); other instance exec p50 %v p99 %v (n=%d, %d failed)",
 		guests, elapsed.Round(time.Millisecond), acked, float64(acked)/elapsed.Seconds()/float64(guests), throttled, hwm, peak, peakAnon, grew, perMin/1024, p50, p99, n, fails.Load())
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 	// Each guest: a burst of two seconds' quota, then the rate; by bytes

@@ -15,11 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // The daemons under test (internal/testbin builds them once per test run),
@@ -76,78 +76,65 @@ func tmpDir(t testing.TB) string {
 
 // proc is a real daemon process.
 type proc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.b.Len() > 1<<20 { // keep the last MiB or so: enough to explain a failure
-		s.b.Reset()
-	}
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	*testproc.Proc
+	stderr *testproc.Output
 }
 
 func startProc(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stderr = p.stderr
+	// Keep the last MiB or so of the log: enough to explain a failure.
+	p := &proc{stderr: &testproc.Output{Limit: 1 << 20}}
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = p.stderr
 	if testing.Verbose() && os.Getenv("RELIABILITY_LOG") != "" {
-		p.cmd.Stderr = io.MultiWriter(p.stderr, os.Stderr)
+		cmd.Stderr = io.MultiWriter(p.stderr, os.Stderr)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(p.kill)
+	p.Proc = testproc.Start(t, cmd)
 	return p
 }
 
-// kill sends SIGKILL (no chance to flush or close anything) and waits.
-func (p *proc) kill() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
+// untilClosed runs step in a goroutine that wg counts, again and again,
+// until stop is closed or step returns false: the load a test keeps up while
+// it does something else.
+func untilClosed(wg *sync.WaitGroup, stop <-chan struct{}, step func() bool) {
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if !step() {
+				return
+			}
+		}
+	})
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
+// statusKB reads the kB figures of /proc/PID/status (VmRSS, VmHWM,
+// RssAnon, …) by name.
+func (p *proc) statusKB(t testing.TB) map[string]int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("reading the daemon's status: %v", err)
 	}
+	kb := map[string]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && strings.HasSuffix(f[0], ":") {
+			if n, err := strconv.Atoi(f[1]); err == nil {
+				kb[strings.TrimSuffix(f[0], ":")] = n
+			}
+		}
+	}
+	return kb
 }
 
 // rssKB is the resident set size of the process (VmRSS), and its peak (VmHWM).
 func (p *proc) rssKB(t testing.TB) (rss, hwm int) {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		t.Fatalf("reading the daemon's status: %v", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "VmRSS:" {
-			rss, _ = strconv.Atoi(f[1])
-		}
-		if len(f) >= 2 && f[0] == "VmHWM:" {
-			hwm, _ = strconv.Atoi(f[1])
-		}
-	}
-	return rss, hwm
+	kb := p.statusKB(t)
+	return kb["VmRSS"], kb["VmHWM"]
 }
 
 // anonKB is the anonymous part of the resident set (RssAnon): heap and
@@ -155,33 +142,7 @@ func (p *proc) rssKB(t testing.TB) (rss, hwm int) {
 // and tables; those pages count in VmRSS but are reclaimable page cache).
 func (p *proc) anonKB(t testing.TB) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		t.Fatalf("reading the daemon's status: %v", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "RssAnon:" {
-			n, _ := strconv.Atoi(f[1])
-			return n
-		}
-	}
-	return 0
-}
-
-func waitSocket(t testing.TB, p *proc, sock string) {
-	t.Helper()
-	for i := 0; i < 2000; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("daemon exited before listening on %s: %s", sock, p.stderr)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	t.Fatalf("%s never appeared: %s", sock, p.stderr)
+	return p.statusKB(t)["RssAnon"]
 }
 
 // hostd is a running vmpersona-hostd with its API on a unix socket.
@@ -198,7 +159,7 @@ func startHostd(t testing.TB, dataDir, sock string, extra ...string) *hostd {
 	t.Helper()
 	args := append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms", "--log-level", "warn"}, extra...)
 	p := startProc(t, hostdBin, args...)
-	waitSocket(t, p, sock)
+	p.WaitListening(t, sock, p.stderr)
 	return &hostd{proc: p, sock: sock, dataDir: dataDir, client: unixClient(sock, 60*time.Second)}
 }
 
@@ -218,7 +179,7 @@ func startGuest(t testing.TB, dir string, extra ...string) (*proc, string) {
 	args := append([]string{"--listen", "unix:" + sock, "--state-dir", filepath.Join(dir, "state"),
 		"--profile-file", filepath.Join(dir, "profile.sh"), "--log-level", "warn"}, extra...)
 	p := startProc(t, guestdBin, args...)
-	waitSocket(t, p, sock)
+	p.WaitListening(t, sock, p.stderr)
 	return p, "unix:" + sock
 }
 

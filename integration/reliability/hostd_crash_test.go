@@ -185,85 +185,71 @@ func TestHostdCrashConsistency(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for w := 0; w < 3; w++ {
-			wg.Add(1)
-			go func(w int) {
-				defer wg.Done()
-				var mine []string
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					if len(mine) > 0 && i%3 == 2 {
-						name := mine[rand.IntN(len(mine))]
-						p := overridePersona(name)
-						p["environment_variables"] = map[string]string{"N": fmt.Sprint(i)}
-						a, err := call(h.client, "PUT", "/personas/"+name, p)
-						if err != nil {
-							transportErrs.Add(1)
-							continue
-						}
-						if a.status == 200 {
-							rev, _ := a.json(t)["revision"].(float64)
-							mu.Lock()
-							if rev > acked[name] {
-								acked[name] = rev
-							}
-							mu.Unlock()
-							writes.Add(1)
-						} else if a.status >= 500 {
-							t.Errorf("PUT %s: %d %s", name, a.status, a.body)
-						}
-						continue
-					}
-					name := fmt.Sprintf("l%d-w%d-%d", loop, w, i)
-					a, err := call(h.client, "POST", "/personas", overridePersona(name))
+			var mine []string
+			i := -1
+			untilClosed(&wg, stop, func() bool {
+				i++
+				if len(mine) > 0 && i%3 == 2 {
+					name := mine[rand.IntN(len(mine))]
+					p := overridePersona(name)
+					p["environment_variables"] = map[string]string{"N": fmt.Sprint(i)}
+					a, err := call(h.client, "PUT", "/personas/"+name, p)
 					if err != nil {
 						transportErrs.Add(1)
-						continue
+						return true
 					}
-					if a.status != 201 {
-						t.Errorf("POST %s: %d %s", name, a.status, a.body)
-						continue
+					if a.status == 200 {
+						rev, _ := a.json(t)["revision"].(float64)
+						mu.Lock()
+						if rev > acked[name] {
+							acked[name] = rev
+						}
+						mu.Unlock()
+						writes.Add(1)
+					} else if a.status >= 500 {
+						t.Errorf("PUT %s: %d %s", name, a.status, a.body)
 					}
-					rev, _ := a.json(t)["revision"].(float64)
-					mu.Lock()
-					acked[name] = rev
-					mu.Unlock()
-					mine = append(mine, name)
-					writes.Add(1)
+					return true
 				}
-			}(w)
+				name := fmt.Sprintf("l%d-w%d-%d", loop, w, i)
+				a, err := call(h.client, "POST", "/personas", overridePersona(name))
+				if err != nil {
+					transportErrs.Add(1)
+					return true
+				}
+				if a.status != 201 {
+					t.Errorf("POST %s: %d %s", name, a.status, a.body)
+					return true
+				}
+				rev, _ := a.json(t)["revision"].(float64)
+				mu.Lock()
+				acked[name] = rev
+				mu.Unlock()
+				mine = append(mine, name)
+				writes.Add(1)
+				return true
+			})
 		}
-		for e := 0; e < 2; e++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					a, err := call(h.client, "POST", "/instances/vm1/exec", map[string]any{"command": "deploy", "args": []string{"x"}, "timeout_seconds": 10})
-					switch {
-					case err != nil:
-						transportErrs.Add(1)
-					case a.status == 200:
-						execsOK.Add(1)
-					case a.status == 503 || a.status == 504:
-						execsFailed.Add(1) // the agent session was still coming up
-						time.Sleep(10 * time.Millisecond)
-					default:
-						t.Errorf("exec: %d %s", a.status, a.body)
-					}
+		for range 2 {
+			untilClosed(&wg, stop, func() bool {
+				a, err := call(h.client, "POST", "/instances/vm1/exec", map[string]any{"command": "deploy", "args": []string{"x"}, "timeout_seconds": 10})
+				switch {
+				case err != nil:
+					transportErrs.Add(1)
+				case a.status == 200:
+					execsOK.Add(1)
+				case a.status == 503 || a.status == 504:
+					execsFailed.Add(1) // the agent session was still coming up
+					time.Sleep(10 * time.Millisecond)
+				default:
+					t.Errorf("exec: %d %s", a.status, a.body)
 				}
-			}()
+				return true
+			})
 		}
 		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
 		close(stop) // no new requests; those in flight are cut by the kill
-		h.kill()    // SIGKILL
+		h.Kill()    // SIGKILL
 		wg.Wait()
 		if t.Failed() {
 			t.FailNow()

@@ -116,7 +116,7 @@ func TestHostileInput(t *testing.T) {
 	if a := h.must(t, "GET", "/personas", nil, 200); strings.Contains(string(a.body), `"name"`) {
 		t.Errorf("hostile requests created personas: %.500s", a.body)
 	}
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 
@@ -153,7 +153,7 @@ func TestHostileInput(t *testing.T) {
 	if bound := 150 << 10; rssAfter-rssBefore > bound {
 		t.Errorf("hostd RSS grew by %d KB after three 100 MB bodies (bound %d KB)", rssAfter-rssBefore, bound)
 	}
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 	h.must(t, "GET", "/healthz", nil, 200)

@@ -189,48 +189,40 @@ func TestTransportFaults(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		untilClosed(&wg, stop, func() bool {
+			start := time.Now()
+			a, err := call(h.client, "POST", "/instances/vm1/exec", map[string]any{"command": "deploy", "args": []string{"x"}, "timeout_seconds": execTimeout})
+			d := time.Since(start)
 			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now()
-				a, err := call(h.client, "POST", "/instances/vm1/exec", map[string]any{"command": "deploy", "args": []string{"x"}, "timeout_seconds": execTimeout})
-				d := time.Since(start)
-				for {
-					w := worst.Load()
-					if int64(d) <= w || worst.CompareAndSwap(w, int64(d)) {
-						break
-					}
-				}
-				if err != nil {
-					t.Errorf("exec: transport error from hostd: %v", err)
-					return
-				}
-				switch a.status {
-				case 200:
-					ok.Add(1)
-				case 503:
-					unavailable.Add(1)
-					checkProblem(t, "503", a)
-					time.Sleep(20 * time.Millisecond)
-				case 504:
-					timedOut.Add(1)
-					checkProblem(t, "504", a)
-				default:
-					t.Errorf("exec under faults: %d %.300s", a.status, a.body)
-				}
-				// The request's own deadline (exec timeout) plus the agent
-				// call's margin: an answer never hangs past it.
-				if d > (execTimeout+10)*time.Second {
-					t.Errorf("exec answered %d after %v, past its deadline", a.status, d)
+				w := worst.Load()
+				if int64(d) <= w || worst.CompareAndSwap(w, int64(d)) {
+					break
 				}
 			}
-		}()
+			if err != nil {
+				t.Errorf("exec: transport error from hostd: %v", err)
+				return false
+			}
+			switch a.status {
+			case 200:
+				ok.Add(1)
+			case 503:
+				unavailable.Add(1)
+				checkProblem(t, "503", a)
+				time.Sleep(20 * time.Millisecond)
+			case 504:
+				timedOut.Add(1)
+				checkProblem(t, "504", a)
+			default:
+				t.Errorf("exec under faults: %d %.300s", a.status, a.body)
+			}
+			// The request's own deadline (exec timeout) plus the agent
+			// call's margin: an answer never hangs past it.
+			if d > (execTimeout+10)*time.Second {
+				t.Errorf("exec answered %d after %v, past its deadline", a.status, d)
+			}
+			return true
+		})
 	}
 	faults := map[string]int{}
 	end := time.Now().Add(dur)
@@ -255,7 +247,7 @@ func TestTransportFaults(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	n := checkGuestAudit(t, h, "vm1", filepath.Join(gdir, "state"))
-	if h.exited() {
+	if h.Exited() {
 		t.Fatalf("hostd died: %s", h.stderr)
 	}
 	t.Logf("faults %v over %v; %d connections through the proxy; execs: %d answered, %d 503, %d 504; slowest answer %v; %d guest audit events delivered exactly once",

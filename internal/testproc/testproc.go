@@ -5,7 +5,10 @@ package testproc
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -92,11 +95,38 @@ func (p *Proc) Stop(grace time.Duration) {
 	<-p.done
 }
 
+// WaitListening waits until the process accepts connections on the unix
+// socket sock. If it exits first, or does not listen within a generous
+// bound, the test fails with log (its output).
+func (p *Proc) WaitListening(t testing.TB, sock string, log fmt.Stringer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before listening on %s: %s", filepath.Base(p.Cmd.Path), sock, log)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s never listened on %s: %s", filepath.Base(p.Cmd.Path), sock, log)
+}
+
 // WaitFor polls cond until it holds and fails the test if it does not
 // within a generous bound: a wait for readiness, not a timing assertion.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	WaitWithin(t, 30*time.Second, what, cond)
+}
+
+// WaitWithin is WaitFor with its own bound, for what takes long by nature
+// (an etcd election after a member is killed).
+func WaitWithin(t testing.TB, bound time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("gave up waiting for %s", what)

@@ -1,7 +1,11 @@
 package testproc
 
 import (
+	"fmt"
+	"net"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -51,4 +55,70 @@ func TestStopKillsWhatIgnoresSIGTERM(t *testing.T) {
 		t.Fatal("Stop returned with the process running")
 	}
 	p.Stop(time.Second) // a second Stop waits and signals nothing
+}
+
+// fatalRecorder stands for a test in the failure cases: it records the
+// failure and ends the goroutine as t.Fatalf does.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+func (f *fatalRecorder) Cleanup(fn func()) {
+	f.TB.Cleanup(fn)
+}
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
+// failure runs fn as a test body and returns its failure message ("" if none).
+func failure(t *testing.T, fn func(tb testing.TB)) string {
+	f := &fatalRecorder{TB: t}
+	done := make(chan struct{})
+	go func() { defer close(done); fn(f) }()
+	<-done
+	return f.msg
+}
+
+func TestWaitWithinFailsWhenTheConditionNeverHolds(t *testing.T) {
+	msg := failure(t, func(tb testing.TB) { WaitWithin(tb, 50*time.Millisecond, "nothing", func() bool { return false }) })
+	if msg != "gave up waiting for nothing" {
+		t.Fatalf("failure %q", msg)
+	}
+	if msg := failure(t, func(tb testing.TB) { WaitWithin(tb, time.Minute, "now", func() bool { return true }) }); msg != "" {
+		t.Fatalf("a condition that holds failed: %q", msg)
+	}
+}
+
+func TestWaitListening(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	log := &Output{}
+	log.Write([]byte("the log"))
+	// A process that exits without listening: the failure says so, with its log.
+	p := Start(t, exec.Command("/bin/true"))
+	msg := failure(t, func(tb testing.TB) { p.WaitListening(tb, sock, log) })
+	if !strings.Contains(msg, "true exited before listening on "+sock) || !strings.Contains(msg, "the log") {
+		t.Fatalf("failure %q", msg)
+	}
+	// A socket that accepts: no failure.
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	q := Start(t, exec.Command("sleep", "60"))
+	if msg := failure(t, func(tb testing.TB) { q.WaitListening(tb, sock, log) }); msg != "" {
+		t.Fatalf("a listening socket failed: %q", msg)
+	}
 }

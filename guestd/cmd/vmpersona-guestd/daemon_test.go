@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -75,6 +76,15 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
+// startConnected starts the daemon in a new env and connects to it, as
+// most tests begin.
+func startConnected(t testing.TB) (*env, *protocol.Client) {
+	t.Helper()
+	e := newEnv(t)
+	e.start()
+	return e, e.connect(nil)
+}
+
 func (e *env) script(name, content string) string {
 	e.t.Helper()
 	p := filepath.Join(e.bin, name)
@@ -85,26 +95,8 @@ func (e *env) script(name, content string) string {
 }
 
 type daemon struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	*testproc.Proc
+	stderr *testproc.Output
 }
 
 // start runs the daemon and waits for its READY=1 on $NOTIFY_SOCKET (the
@@ -121,20 +113,17 @@ func (e *env) start(args ...string) *daemon {
 	cmd := exec.Command(binary, append([]string{"--listen", "unix:" + e.sock, "--state-dir", e.state,
 		"--profile-file", e.profile, "--log-level", "debug"}, args...)...)
 	cmd.Env = []string{"PATH=" + e.path, "HOME=/root", "BASE_ONLY=base", "NOTIFY_SOCKET=" + notifyPath}
-	d := &daemon{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	d := &daemon{stderr: &testproc.Output{}}
 	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(d.done) }()
+	d.Proc = testproc.Start(e.t, cmd)
 	e.t.Cleanup(func() {
-		d.kill()
+		d.Kill()
 		if e.t.Failed() {
 			e.t.Logf("daemon log:\n%s", d.stderr.String())
 		}
 	})
 	go func() {
-		<-d.done
+		<-d.Done()
 		ready.SetReadDeadline(time.Now()) // a daemon that died sends nothing
 	}()
 	ready.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -146,20 +135,15 @@ func (e *env) start(args ...string) *daemon {
 	return d
 }
 
-func (d *daemon) kill() {
-	d.cmd.Process.Kill()
-	<-d.done
-}
-
 func (d *daemon) term(t testing.TB) {
 	t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-d.done:
+	case <-d.Done():
 	case <-time.After(20 * time.Second):
 		t.Fatal("daemon did not stop on SIGTERM")
 	}
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := d.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM", code)
 	}
 }
@@ -313,9 +297,7 @@ func guestEnv(t testing.TB, c *protocol.Client) map[string]string {
 }
 
 func TestHandshake(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	_, c := startConnected(t)
 	ack := c.Hello()
 	if ack.ProtocolVersion != protocol.Version || ack.AgentVersion != testbin.Version() {
 		t.Errorf("versions: %+v", ack)
@@ -524,9 +506,7 @@ func personaA(e *env) protocol.Persona {
 }
 
 func TestActivation(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	res := activate(t, c, personaA(e))
 	if res.Result != protocol.ResultActivated || res.Active == nil || res.Active.Persona.Name != "alpha" ||
 		res.Active.ActivationID != "act-alpha" || res.Active.Revision != 1 {
@@ -570,9 +550,7 @@ func TestActivation(t *testing.T) {
 }
 
 func TestPreScriptAbortChangesNothing(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	mustActivate(t, c, personaA(e))
 	stateBefore, _ := os.ReadFile(filepath.Join(e.state, "active.json"))
 	profileBefore, _ := os.ReadFile(e.profile)
@@ -619,9 +597,7 @@ func TestPreScriptAbortChangesNothing(t *testing.T) {
 }
 
 func TestPostScriptRollsBack(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	mustActivate(t, c, personaA(e))
 	profileBefore, _ := os.ReadFile(e.profile)
 	bad := protocol.Persona{
@@ -656,9 +632,7 @@ func TestPostScriptRollsBack(t *testing.T) {
 }
 
 func TestEnvironmentReplaced(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	mustActivate(t, c, protocol.Persona{Name: "one", EnvironmentVariables: map[string]string{"V_ONE": "1", "SHARED": "one"}})
 	mustActivate(t, c, protocol.Persona{Name: "two", EnvironmentVariables: map[string]string{"V_TWO": "2", "SHARED": "two"}})
 	env := guestEnv(t, c)
@@ -854,9 +828,7 @@ func procState(pid int) string {
 }
 
 func TestExecTimeoutKillsProcessGroup(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	pids := filepath.Join(e.root, "pids")
 	res := mustRun(t, c, protocol.Exec{
 		Command:       "sh",
@@ -906,9 +878,7 @@ func TestOutputTruncation(t *testing.T) {
 }
 
 func TestStreamingChunksBeforeResult(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	fifo := filepath.Join(e.root, "gate")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
@@ -1016,7 +986,7 @@ func TestPersistenceAcrossKill9(t *testing.T) {
 	p := personaA(e)
 	p.CommandOverrides = map[string]string{"deploy": "#!/bin/sh\necho inline-deploy \"$@\"\n"}
 	mustActivate(t, c, p)
-	d.kill() // SIGKILL
+	d.Kill() // SIGKILL
 
 	d2 := e.start()
 	c = e.connect(nil)
@@ -1092,7 +1062,7 @@ func TestAuditSpoolResentWithoutLossOrDuplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	a3.waitFor(t, "seq 4", func(evs []protocol.AuditEvent) bool { return len(evs) >= 1 })
-	d.kill()
+	d.Kill()
 
 	// After a restart: same spool, 4 is sent again, the sequence goes on.
 	e.start()
@@ -1153,7 +1123,7 @@ func rssKiB(pid int) float64 {
 func BenchmarkExecRoundTrip(b *testing.B) {
 	e := newEnv(b)
 	d := e.start()
-	idle := rssKiB(d.cmd.Process.Pid)
+	idle := rssKiB(d.Cmd.Process.Pid)
 	c := e.connect(nil)
 	mustActivate(e.t, c, protocol.Persona{Name: "bench", RestrictedCommands: []string{"rm", "shutdown"},
 		EnvironmentVariables: map[string]string{"APP_ENV": "bench"}})
@@ -1166,7 +1136,7 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(idle, "idle-rss-KiB")
-	b.ReportMetric(rssKiB(d.cmd.Process.Pid), "rss-after-KiB")
+	b.ReportMetric(rssKiB(d.Cmd.Process.Pid), "rss-after-KiB")
 }
 
 func TestExecLimitAndAuditExec(t *testing.T) {
@@ -1225,9 +1195,7 @@ func TestExecLimitAndAuditExec(t *testing.T) {
 // Commands running while personas change see one persona's table and
 // environment, never a mix of two.
 func TestActivationIsAtomicForConcurrentExecs(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	_, c := startConnected(t)
 	persona := func(tag string) protocol.Persona {
 		return protocol.Persona{
 			Name:                 strings.ToLower(tag),

@@ -101,9 +101,7 @@ func TestKernelEnforcementStopsIndirectRm(t *testing.T) {
 // the override targets and their interpreters: an allowed shell cannot
 // start anything else.
 func TestKernelEnforcementAllowlist(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	if landlockABI(t, c) == 0 {
 		t.Skip("this kernel has no Landlock: kernel enforcement cannot run here")
 	}

@@ -68,7 +68,7 @@ func BenchmarkExecVsSpawn(b *testing.B) {
 		EnvironmentVariables: map[string]string{"APP_ENV": "bench"}})
 	audit := os.Getenv("BENCH_AUDIT") != "0"
 	req := protocol.Exec{Command: "/bin/true", AuditExec: &audit}
-	pid := d.cmd.Process.Pid
+	pid := d.Cmd.Process.Pid
 	if f := os.Getenv("BENCH_PIDFILE"); f != "" {
 		os.WriteFile(f, []byte(strconv.Itoa(pid)), 0o644)
 	}
@@ -111,7 +111,7 @@ func BenchmarkIdle(b *testing.B) {
 	e := newEnv(b)
 	d := e.start("--log-level", "info")
 	e.connect(nil)
-	pid := d.cmd.Process.Pid
+	pid := d.Cmd.Process.Pid
 	time.Sleep(time.Second)
 	window := 10 * time.Second
 	if s := os.Getenv("IDLE_WINDOW"); s != "" {

@@ -5,6 +5,7 @@ package main_test
 // an exec starts outlives it.
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,8 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -148,9 +149,7 @@ func TestSymlinkFlipRace(t *testing.T) {
 }
 
 func TestRequestEnvironmentIsPolicy(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	_, c := startConnected(t)
 	mustActivate(t, c, protocol.Persona{Name: "p", RequestEnv: []string{"PYTHONPATH"}})
 	for _, k := range []string{"BASH_ENV", "ENV", "LD_PRELOAD", "LD_LIBRARY_PATH", "PATH", "IFS", "SHELLOPTS", "PS4",
 		"PERL5OPT", "RUBYOPT", "NODE_OPTIONS", "GCONV_PATH", "PYTHONSTARTUP", "BASH_FUNC_ls%%"} {
@@ -178,24 +177,10 @@ func alive(pid int) bool {
 
 // A daemon started with setsid leaves the exec's process group; it is
 // still killed when the exec times out (its cgroup).
-func TestNothingOutlivesAnExec(t *testing.T) {
-	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
-		if _, err := os.Stat("/sys/fs/cgroup/cgroup.procs"); err != nil {
-			t.Skip("no cgroup v2 mounted on this machine: processes that leave their group can outlive an exec here")
-		}
-	}
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
-	pidFile := filepath.Join(e.root, "daemon.pid")
-	res := mustRun(t, c, protocol.Exec{
-		Command:       "sh",
-		Args:          []string{"-c", "setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' & sleep 1000"},
-		TimeoutMillis: 2000,
-	})
-	if !res.TimedOut {
-		t.Fatalf("want a timeout, got %+v", res)
-	}
+// waitGone waits for the process whose pid the file holds to end (it is
+// killed when the test ends if it does not).
+func waitGone(t *testing.T, pidFile string) {
+	t.Helper()
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
@@ -206,30 +191,28 @@ func TestNothingOutlivesAnExec(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the setsid daemon %d outlived its exec", pid)
+	testproc.WaitFor(t, fmt.Sprintf("the setsid daemon %d to end with its exec", pid), func() bool { return !alive(pid) })
+}
+
+func TestNothingOutlivesAnExec(t *testing.T) {
+	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err != nil {
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.procs"); err != nil {
+			t.Skip("no cgroup v2 mounted on this machine: processes that leave their group can outlive an exec here")
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	e, c := startConnected(t)
+	pidFile := filepath.Join(e.root, "daemon.pid")
+	res := mustRun(t, c, protocol.Exec{
+		Command:       "sh",
+		Args:          []string{"-c", "setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' & sleep 1000"},
+		TimeoutMillis: 2000,
+	})
+	if !res.TimedOut {
+		t.Fatalf("want a timeout, got %+v", res)
+	}
+	waitGone(t, pidFile)
 	// Also when the exec ends by itself.
 	os.Remove(pidFile)
 	mustRun(t, c, protocol.Exec{Command: "sh", Args: []string{"-c", "setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' & sleep 0.2"}})
-	data, err = os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid2, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	t.Cleanup(func() {
-		if alive(pid2) {
-			syscall.Kill(pid2, syscall.SIGKILL)
-		}
-	})
-	for alive(pid2) {
-		if time.Now().After(deadline.Add(10 * time.Second)) {
-			t.Fatalf("the setsid daemon %d outlived its exec", pid2)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitGone(t, pidFile)
 }

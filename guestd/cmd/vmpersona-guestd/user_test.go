@@ -12,9 +12,7 @@ import (
 // Exec requests run as the user and group they name (names or ids), or
 // the persona's exec_user; activation scripts stay root.
 func TestExecAsUser(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	c := e.connect(nil)
+	e, c := startConnected(t)
 	ids := func(req protocol.Exec) string {
 		t.Helper()
 		req.Command, req.Args = "sh", []string{"-c", "echo $(id -u) $(id -g) $HOME"}

@@ -43,7 +43,7 @@ func TestDeactivationSurvivesRestarts(t *testing.T) {
 		t.Fatalf("deactivate: %d %v", code, body)
 	}
 
-	d.kill()
+	d.Kill()
 	d = start(t, dataDir, "--instance", "vm1=unix:"+sock)
 	waitAgent(t, d, "vm1")
 	if name := activePersonaName(t, d, "vm1"); name != "" {

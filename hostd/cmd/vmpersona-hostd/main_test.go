@@ -12,11 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 var hostdBin, guestdBin string
@@ -34,10 +34,9 @@ func TestMain(m *testing.M) {
 }
 
 type hostdProc struct {
-	cmd    *exec.Cmd
+	*testproc.Proc
 	sock   string
-	stderr *bytes.Buffer
-	done   chan struct{}
+	stderr *testproc.Output
 }
 
 // start runs the real host daemon with the given extra flags; it is killed
@@ -50,31 +49,12 @@ func start(t *testing.T, dataDir string, extra ...string) *hostdProc {
 
 func startArgs(t *testing.T, sock string, args ...string) *hostdProc {
 	t.Helper()
-	d := &hostdProc{cmd: exec.Command(hostdBin, args...), sock: sock, stderr: &bytes.Buffer{}, done: make(chan struct{})}
-	d.cmd.Stderr = d.stderr
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() { d.kill() })
-	for i := 0; i < 1000; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return d
-		}
-		select {
-		case <-d.done:
-			t.Fatalf("hostd exited: %s", d.stderr)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	t.Fatalf("hostd never listened: %s", d.stderr)
-	return nil
-}
-
-func (d *hostdProc) kill() {
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
+	d := &hostdProc{sock: sock, stderr: &testproc.Output{}}
+	cmd := exec.Command(hostdBin, args...)
+	cmd.Stderr = d.stderr
+	d.Proc = testproc.Start(t, cmd)
+	d.WaitListening(t, sock, d.stderr)
+	return d
 }
 
 func (d *hostdProc) client() *http.Client {
@@ -110,12 +90,7 @@ func startGuest(t *testing.T, stateDir string) (string, func()) {
 func startGuestAt(t *testing.T, sock, stateDir string) (string, func()) {
 	t.Helper()
 	cmd := exec.Command(guestdBin, "--listen", "unix:"+sock, "--state-dir", stateDir, "--profile-file", filepath.Join(stateDir, "profile.sh"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() }
-	t.Cleanup(stop)
-	return "unix:" + sock, stop
+	return "unix:" + sock, testproc.Start(t, cmd).Kill
 }
 
 func TestHelpAndVersion(t *testing.T) {
@@ -226,7 +201,7 @@ func TestRestartKeepsStateAndReconciles(t *testing.T) {
 	if code, body := d.do(t, "POST", "/instances/vm1/personas/beta/activate", nil); code != 200 {
 		t.Fatalf("activate: %d %v", code, body)
 	}
-	d.kill()
+	d.Kill()
 
 	d = start(t, data, "--instance", "vm1="+ep)
 	code, list := d.do(t, "GET", "/personas", nil)
