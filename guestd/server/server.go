@@ -32,9 +32,6 @@ import (
 const (
 	DefaultMaxInFlight  = protocol.DefaultMaxInFlight
 	DefaultWriteTimeout = protocol.DefaultWriteTimeout
-	// auditTick is how often the audit delivery looks again without being
-	// woken (retries after a pause).
-	auditTick = 200 * time.Millisecond
 )
 
 // Config configures a Server.
@@ -226,21 +223,28 @@ func (c *conn) kickAudit() {
 }
 
 // deliverAudit sends the spool's events to the host while the connection
-// lasts: at each new session, whenever events are recorded, and on a short
-// tick for retries. What is in flight and what to send again is the
-// Delivery's to decide.
+// lasts: at each new session and whenever events are recorded. What is in
+// flight and what to send again is the Delivery's to decide; a retry timer
+// (the Delivery's pause after a refusal or a partial acknowledgement) is
+// armed only while events wait, so an idle daemon never wakes for it.
 func (c *conn) deliverAudit() {
 	defer close(c.done)
 	spool := c.s.cfg.Spool
 	d := audit.NewDelivery(spool)
 	var epoch uint32
-	t := time.NewTicker(auditTick)
-	defer t.Stop()
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-c.sess.Done():
 			return
-		case <-t.C:
+		case <-retryC:
+			retryC = nil
 		case <-spool.Notify():
 		case <-c.kick:
 		}
@@ -279,6 +283,16 @@ func (c *conn) deliverAudit() {
 			default: // the session ended
 				return
 			}
+		}
+		if retryC == nil && epoch != 0 && spool.Len() > 0 {
+			// Events wait (held after a refusal, say): look again once
+			// the pause is over.
+			if retry == nil {
+				retry = time.NewTimer(audit.RetryPause)
+			} else {
+				retry.Reset(audit.RetryPause)
+			}
+			retryC = retry.C
 		}
 	}
 }

@@ -113,6 +113,10 @@ func (e *env) start(args ...string) *daemon {
 	cmd := exec.Command(binary, append([]string{"--listen", "unix:" + e.sock, "--state-dir", e.state,
 		"--profile-file", e.profile, "--log-level", "debug"}, args...)...)
 	cmd.Env = []string{"PATH=" + e.path, "HOME=/root", "BASE_ONLY=base", "NOTIFY_SOCKET=" + notifyPath}
+	if extra := os.Getenv("BENCH_GUESTD_ENV"); extra != "" {
+		// Benchmarks: runtime settings to compare (GOMAXPROCS=1, GOGC=...).
+		cmd.Env = append(cmd.Env, strings.Fields(extra)...)
+	}
 	d := &daemon{stderr: &testproc.Output{}}
 	cmd.Stderr = d.stderr
 	d.Proc = testproc.Start(e.t, cmd)

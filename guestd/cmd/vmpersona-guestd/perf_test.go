@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,11 +108,23 @@ func BenchmarkExecVsSpawn(b *testing.B) {
 
 // BenchmarkIdle reports the context switches per second and the CPU a
 // connected daemon with no traffic makes over all its threads (the client
-// sends a heartbeat every second, which the daemon answers).
+// sends a heartbeat every second, which the daemon answers;
+// BENCH_HEARTBEAT=30s leaves the daemon's own wakeups alone in a 10 s
+// window).
 func BenchmarkIdle(b *testing.B) {
 	e := newEnv(b)
 	d := e.start("--log-level", "info")
-	e.connect(nil)
+	hb := time.Second
+	if s := os.Getenv("BENCH_HEARTBEAT"); s != "" {
+		hb, _ = time.ParseDuration(s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	c, err := protocol.Handshake(ctx, e.dial(), protocol.ClientConfig{HostVersion: "test", Heartbeat: hb, OnAudit: newAuditLog(0).onAudit})
+	cancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(nil)
 	pid := d.Cmd.Process.Pid
 	time.Sleep(time.Second)
 	window := 10 * time.Second
@@ -122,17 +136,106 @@ func BenchmarkIdle(b *testing.B) {
 	var cpu time.Duration
 	var total time.Duration
 	for b.Loop() {
-		sw0, cpu0, _ := taskCounters(pid)
+		sw0, _, _ := taskCounters(pid)
+		cpu0 := liveCPU(pid)
 		t0 := time.Now()
 		time.Sleep(window)
-		sw1, cpu1, _ := taskCounters(pid)
+		sw1, _, _ := taskCounters(pid)
+		cpu1 := liveCPU(pid)
 		sw += sw1 - sw0
 		cpu += cpu1 - cpu0
 		total += time.Since(t0)
 	}
 	b.StopTimer()
 	_, _, threads := taskCounters(pid)
+	if os.Getenv("BENCH_THREADS") != "" {
+		b.Logf("per thread (tid: context switches, CPU ns) at the end: %v", perThread(pid))
+	}
 	b.ReportMetric(float64(sw)/total.Seconds(), "ctxsw/s")
 	b.ReportMetric(float64(cpu.Microseconds())/total.Seconds(), "cpu-us/s")
 	b.ReportMetric(float64(threads), "threads")
+}
+
+// perThread lists each live thread's context switches and CPU time.
+func perThread(pid int) []string {
+	proc := "/proc/" + strconv.Itoa(pid) + "/task/"
+	ents, _ := os.ReadDir(proc)
+	var out []string
+	for _, e := range ents {
+		data, _ := os.ReadFile(proc + e.Name() + "/status")
+		var sw int64
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				sw += n
+			}
+		}
+		st, _ := os.ReadFile(proc + e.Name() + "/schedstat")
+		f := strings.Fields(string(st))
+		out = append(out, e.Name()+": "+strconv.FormatInt(sw, 10)+" "+strings.Join(f[:min(1, len(f))], ""))
+	}
+	return out
+}
+
+// liveCPU sums the CPU time of pid's live threads (schedstat, in ns: finer
+// than /proc/PID/stat's 10 ms ticks).
+func liveCPU(pid int) time.Duration {
+	proc := "/proc/" + strconv.Itoa(pid) + "/task/"
+	ents, _ := os.ReadDir(proc)
+	var t time.Duration
+	for _, e := range ents {
+		st, _ := os.ReadFile(proc + e.Name() + "/schedstat")
+		if f := strings.Fields(string(st)); len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			t += time.Duration(n)
+		}
+	}
+	return t
+}
+
+// BenchmarkExec32 runs /bin/true with 32 in flight, through the daemon
+// (audited, as hostd asks) and spawned directly, in alternating one-second
+// segments, and reports both rates and their ratio.
+func BenchmarkExec32(b *testing.B) {
+	e := newEnv(b)
+	e.start("--log-level", "info")
+	c := e.connect(nil)
+	audit := true
+	req := protocol.Exec{Command: "/bin/true", AuditExec: &audit}
+	segment := func(fn func() error) float64 {
+		stop := time.Now().Add(time.Second)
+		var n atomic.Int64
+		var wg sync.WaitGroup
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(stop) {
+					if err := fn(); err != nil {
+						b.Error(err)
+						return
+					}
+					n.Add(1)
+				}
+			}()
+		}
+		t0 := time.Now()
+		wg.Wait()
+		return float64(n.Load()) / time.Since(t0).Seconds()
+	}
+	ours := func() error {
+		var res protocol.ExecResult
+		return c.Call(context.Background(), protocol.TypeExec, req, &res, nil)
+	}
+	bare := func() error { return exec.Command("/bin/true").Run() }
+	var o, r float64
+	b.ResetTimer()
+	for b.Loop() {
+		o += segment(ours)
+		r += segment(bare)
+	}
+	b.ReportMetric(o/float64(b.N), "ours-exec/s")
+	b.ReportMetric(r/float64(b.N), "spawn/s")
+	b.ReportMetric(o/r, "ratio")
 }
