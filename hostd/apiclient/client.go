@@ -251,6 +251,46 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 	return resp.Header, nil
 }
 
+// do makes one request within the client's timeout plus extra and decodes
+// its JSON answer.
+func do[T any](ctx context.Context, c *Client, extra time.Duration, method, path string, query url.Values, header http.Header, body any) (T, error) {
+	ctx, cancel := c.withDeadline(ctx, extra)
+	defer cancel()
+	var out T
+	if _, err := c.call(ctx, method, path, query, header, body, &out); err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
+}
+
+// getAll reads every page of a list: page gives a page's items and the
+// cursor of the next page ("" on the last). The items are never nil.
+func getAll[L, E any](ctx context.Context, c *Client, path string, query url.Values, page func(L) ([]E, string)) ([]E, error) {
+	ctx, cancel := c.withDeadline(ctx, 0)
+	defer cancel()
+	all := []E{}
+	for after := ""; ; {
+		q := query
+		if after != "" {
+			q = url.Values{"after": {after}}
+			for k, v := range query {
+				q[k] = v
+			}
+		}
+		var out L
+		if _, err := c.call(ctx, http.MethodGet, path, q, nil, nil, &out); err != nil {
+			return nil, err
+		}
+		items, next := page(out)
+		all = append(all, items...)
+		if next == "" || next == after {
+			return all, nil
+		}
+		after = next
+	}
+}
+
 func seg(s string) string { return url.PathEscape(s) }
 
 func ifMatch(rev uint64) http.Header {

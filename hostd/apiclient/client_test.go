@@ -531,3 +531,43 @@ func TestConnectionReused(t *testing.T) {
 		t.Errorf("%d connections for 12 sequential calls, want 1", n)
 	}
 }
+
+// Lists are read to their last page, following the cursor, with the
+// list's own query kept on every page.
+func TestListsFollowTheirPages(t *testing.T) {
+	r := newRecorder(t)
+	var queries []string
+	r.mux.HandleFunc("GET /instances", func(w http.ResponseWriter, req *http.Request) {
+		queries = append(queries, req.URL.RawQuery)
+		w.Header().Set("Content-Type", "application/json")
+		switch req.URL.Query().Get("after") {
+		case "":
+			io.WriteString(w, `{"instances":[{"id":"vm1"}],"next":"vm1"}`)
+		case "vm1":
+			io.WriteString(w, `{"instances":[{"id":"vm2"}]}`)
+		default:
+			http.Error(w, "unknown cursor", 400)
+		}
+	})
+	r.handle("GET /fleet/hosts", 200, "application/json", `{"hosts":null}`)
+	c := r.client(Config{})
+	for _, list := range []func(context.Context) ([]apitypes.Instance, error){c.ListInstances, c.ListFleetInstances} {
+		queries = nil
+		got, err := list(context.Background())
+		if err != nil || len(got) != 2 || got[0].ID != "vm1" || got[1].ID != "vm2" {
+			t.Fatalf("list = %+v, %v", got, err)
+		}
+		if len(queries) != 2 || !strings.Contains(queries[1], "after=vm1") {
+			t.Errorf("pages asked: %q", queries)
+		}
+	}
+	for _, q := range queries {
+		if !strings.Contains(q, "scope=fleet") {
+			t.Errorf("a fleet page without its scope: %q", q)
+		}
+	}
+	hosts, err := c.ListFleetHosts(context.Background())
+	if err != nil || hosts == nil || len(hosts) != 0 {
+		t.Fatalf("ListFleetHosts = %#v, %v; want an empty list", hosts, err)
+	}
+}

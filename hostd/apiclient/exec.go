@@ -2,7 +2,6 @@ package apiclient
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
@@ -20,12 +18,12 @@ import (
 // maxStreamLine bounds one NDJSON line of a streamed exec.
 const maxStreamLine = 16 << 20
 
-func (c *Client) execDeadline(ctx context.Context, req apitypes.ExecRequest) (context.Context, context.CancelFunc) {
-	limit := serverExecDefault
+// execLimit is how long an exec may run beyond the client's timeout.
+func execLimit(req apitypes.ExecRequest) time.Duration {
 	if req.TimeoutSeconds > 0 {
-		limit = time.Duration(req.TimeoutSeconds * float64(time.Second))
+		return time.Duration(req.TimeoutSeconds * float64(time.Second))
 	}
-	return c.withDeadline(ctx, limit)
+	return serverExecDefault
 }
 
 func execBody(req apitypes.ExecRequest) apitypes.ExecRequest {
@@ -41,13 +39,7 @@ func execBody(req apitypes.ExecRequest) apitypes.ExecRequest {
 // wrapping ErrForbidden and ErrCommandDenied; one that cannot be started,
 // ErrUnprocessable and ErrCommandNotFound or ErrCommandNotExecutable.
 func (c *Client) Exec(ctx context.Context, id string, req apitypes.ExecRequest) (apitypes.ExecResult, error) {
-	ctx, cancel := c.execDeadline(ctx, req)
-	defer cancel()
-	var out apitypes.ExecResult
-	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req), &out); err != nil {
-		return apitypes.ExecResult{}, err
-	}
-	return out, nil
+	return do[apitypes.ExecResult](ctx, c, execLimit(req), http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req))
 }
 
 // ExecStream runs a command like Exec but writes its output to stdout and
@@ -55,22 +47,18 @@ func (c *Client) Exec(ctx context.Context, id string, req apitypes.ExecRequest) 
 // output are the same as Exec's; a stream that ends without its exit line
 // is an error wrapping ErrProtocol.
 func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecRequest, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
-	ctx, cancel := c.execDeadline(ctx, req)
+	ctx, cancel := c.withDeadline(ctx, execLimit(req))
 	defer cancel()
-	q := url.Values{"stream": {"true"}}
-	resp, err := c.request(ctx, http.MethodPost, "/instances/"+seg(id)+"/exec", q,
-		http.Header{"Accept": {"application/x-ndjson, application/json, application/problem+json"}}, execBody(req))
+	resp, whole, err := c.openStream(ctx, "exec", "/instances/"+seg(id)+"/exec", url.Values{"stream": {"true"}}, execBody(req))
 	if err != nil {
 		return apitypes.ExecResult{}, err
 	}
 	defer resp.Body.Close()
-
-	ct, _, _ := strings.Cut(resp.Header.Get("Content-Type"), ";")
-	if isJSON(ct) {
+	if whole {
 		// A server that does not stream answers the whole result at once.
-		var out apitypes.ExecResult
-		if err := json.NewDecoder(io.LimitReader(resp.Body, maxBody)).Decode(&out); err != nil {
-			return apitypes.ExecResult{}, c.streamErr(err)
+		out, err := decodeWhole[apitypes.ExecResult](c, resp.Body)
+		if err != nil {
+			return apitypes.ExecResult{}, err
 		}
 		ob, err := out.StdoutBytes()
 		if err != nil {
@@ -89,10 +77,6 @@ func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecReq
 		out.Stdout, out.Stderr, out.StdoutEncoding, out.StderrEncoding = "", "", "", ""
 		return out, nil
 	}
-	if strings.TrimSpace(ct) != "application/x-ndjson" {
-		return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream answered %q", ErrProtocol, ct)
-	}
-
 	res, err := readExecStream(resp.Body, stdout, stderr)
 	if err != nil {
 		return apitypes.ExecResult{}, c.streamErr(err)
@@ -109,16 +93,11 @@ var errNoExit = errors.New("exec stream ended without an exit status")
 // and returns the exit line's result. Lines of unknown kinds are skipped
 // (newer servers may add some); an error line becomes a *Problem.
 func readExecStream(body io.Reader, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
+	var res apitypes.ExecResult
+	done, err := eachLine(body, func(line []byte) (bool, error) {
 		var l apitypes.ExecStreamLine
 		if err := json.Unmarshal(line, &l); err != nil {
-			return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
+			return false, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
 		}
 		switch l.Stream {
 		case apitypes.StreamStdout, apitypes.StreamStderr:
@@ -128,28 +107,31 @@ func readExecStream(body io.Reader, stdout, stderr io.Writer) (apitypes.ExecResu
 			}
 			data, err := protocol.DecodeOutput(l.Data, l.Encoding)
 			if err != nil {
-				return apitypes.ExecResult{}, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
+				return false, fmt.Errorf("%w: exec stream line: %v", ErrProtocol, err)
 			}
 			if _, err := w.Write(data); err != nil {
-				return apitypes.ExecResult{}, &writeError{stream: l.Stream, err: err}
+				return false, &writeError{stream: l.Stream, err: err}
 			}
 		case apitypes.StreamExit:
-			var res apitypes.ExecResult
 			if l.ExecResult != nil {
 				res = *l.ExecResult
 			}
 			res.Stdout, res.Stderr, res.StdoutEncoding, res.StderrEncoding = "", "", "", ""
-			return res, nil
+			return true, nil
 		default:
 			if e := l.StreamError; e != nil && e.Status != 0 {
-				return apitypes.ExecResult{}, &apitypes.Problem{Type: e.Type, Title: e.Title, Status: e.Status, Detail: e.Detail}
+				return false, &apitypes.Problem{Type: e.Type, Title: e.Title, Status: e.Status, Detail: e.Detail}
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
+		return false, nil
+	})
+	switch {
+	case err != nil:
 		return apitypes.ExecResult{}, err
+	case !done:
+		return apitypes.ExecResult{}, fmt.Errorf("%w: %w", ErrProtocol, errNoExit)
 	}
-	return apitypes.ExecResult{}, fmt.Errorf("%w: %w", ErrProtocol, errNoExit)
+	return res, nil
 }
 
 // writeError is a failure to write the command's output locally.

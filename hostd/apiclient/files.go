@@ -37,8 +37,6 @@ type PushOptions struct {
 
 // PushFile writes what r holds to path in the instance's guest, atomically.
 func (c *Client) PushFile(ctx context.Context, id, path string, opt PushOptions, r io.Reader) (apitypes.FileResult, error) {
-	ctx, cancel := c.withDeadline(ctx, FileTimeout)
-	defer cancel()
 	q := url.Values{"path": {path}}
 	if opt.Mode != "" {
 		q.Set("mode", opt.Mode)
@@ -49,9 +47,7 @@ func (c *Client) PushFile(ctx context.Context, id, path string, opt PushOptions,
 	if opt.Group != "" {
 		q.Set("group", opt.Group)
 	}
-	var out apitypes.FileResult
-	_, err := c.call(ctx, http.MethodPut, "/instances/"+seg(id)+"/files", q, nil, rawBody{r: r, n: opt.Size}, &out)
-	return out, err
+	return do[apitypes.FileResult](ctx, c, FileTimeout, http.MethodPut, "/instances/"+seg(id)+"/files", q, nil, rawBody{r: r, n: opt.Size})
 }
 
 // PullFile copies path of the instance's guest to w and answers the bytes

@@ -16,23 +16,7 @@ import (
 
 // ListPersonas returns every persona.
 func (c *Client) ListPersonas(ctx context.Context) ([]protocol.Persona, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var all []protocol.Persona
-	for after := ""; ; {
-		var out apitypes.PersonaList
-		if _, err := c.call(ctx, http.MethodGet, "/personas"+afterQuery(after), nil, nil, nil, &out); err != nil {
-			return nil, err
-		}
-		all = append(all, out.Personas...)
-		if out.Next == "" || out.Next == after {
-			if all == nil {
-				all = []protocol.Persona{}
-			}
-			return all, nil
-		}
-		after = out.Next
-	}
+	return getAll(ctx, c, "/personas", nil, func(l apitypes.PersonaList) ([]protocol.Persona, string) { return l.Personas, l.Next })
 }
 
 // GetPersona returns one persona; its Revision is the one to send as
@@ -53,13 +37,7 @@ func (c *Client) GetPersona(ctx context.Context, name string) (protocol.Persona,
 
 // CreatePersona creates a persona and returns it as stored.
 func (c *Client) CreatePersona(ctx context.Context, p protocol.Persona) (protocol.Persona, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out protocol.Persona
-	if _, err := c.call(ctx, http.MethodPost, "/personas", nil, nil, inputPersona(p), &out); err != nil {
-		return protocol.Persona{}, err
-	}
-	return out, nil
+	return do[protocol.Persona](ctx, c, 0, http.MethodPost, "/personas", nil, nil, inputPersona(p))
 }
 
 // UpdatePersona replaces the persona named p.Name. When ifMatch is not 0 the
@@ -69,13 +47,7 @@ func (c *Client) UpdatePersona(ctx context.Context, p protocol.Persona, ifMatchR
 	if p.Name == "" {
 		return protocol.Persona{}, fmt.Errorf("apiclient: update persona: %w: no name", ErrBadRequest)
 	}
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out protocol.Persona
-	if _, err := c.call(ctx, http.MethodPut, "/personas/"+seg(p.Name), nil, ifMatch(ifMatchRev), inputPersona(p), &out); err != nil {
-		return protocol.Persona{}, err
-	}
-	return out, nil
+	return do[protocol.Persona](ctx, c, 0, http.MethodPut, "/personas/"+seg(p.Name), nil, ifMatch(ifMatchRev), inputPersona(p))
 }
 
 // DeleteOptions tune a persona deletion.
@@ -116,93 +88,35 @@ func parseETag(s string) (uint64, bool) {
 // ListInstances returns every instance the daemon knows.
 // ListFleetHosts lists the hosts present in the fleet (GET /fleet/hosts).
 func (c *Client) ListFleetHosts(ctx context.Context) ([]apitypes.FleetHost, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.FleetHostList
-	if _, err := c.call(ctx, http.MethodGet, "/fleet/hosts", nil, nil, nil, &out); err != nil {
-		return nil, err
-	}
-	if out.Hosts == nil {
-		out.Hosts = []apitypes.FleetHost{}
-	}
-	return out.Hosts, nil
+	return getAll(ctx, c, "/fleet/hosts", nil, func(l apitypes.FleetHostList) ([]apitypes.FleetHost, string) { return l.Hosts, "" })
 }
 
 // ListFleetInstances lists every host's instances (GET /instances?scope=fleet,
 // fleet mode).
 func (c *Client) ListFleetInstances(ctx context.Context) ([]apitypes.Instance, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.InstanceList
-	if _, err := c.call(ctx, http.MethodGet, "/instances?scope=fleet", nil, nil, nil, &out); err != nil {
-		return nil, err
-	}
-	if out.Instances == nil {
-		out.Instances = []apitypes.Instance{}
-	}
-	return out.Instances, nil
+	return getAll(ctx, c, "/instances", url.Values{"scope": {"fleet"}}, instancePage)
 }
 
 func (c *Client) ListInstances(ctx context.Context) ([]apitypes.Instance, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var all []apitypes.Instance
-	for after := ""; ; {
-		var out apitypes.InstanceList
-		if _, err := c.call(ctx, http.MethodGet, "/instances"+afterQuery(after), nil, nil, nil, &out); err != nil {
-			return nil, err
-		}
-		all = append(all, out.Instances...)
-		if out.Next == "" || out.Next == after {
-			if all == nil {
-				all = []apitypes.Instance{}
-			}
-			return all, nil
-		}
-		after = out.Next
-	}
+	return getAll(ctx, c, "/instances", nil, instancePage)
 }
 
-// afterQuery is the query string asking for the page after a list cursor.
-func afterQuery(after string) string {
-	if after == "" {
-		return ""
-	}
-	return "?after=" + url.QueryEscape(after)
-}
+func instancePage(l apitypes.InstanceList) ([]apitypes.Instance, string) { return l.Instances, l.Next }
 
 // GetInstance returns one instance by name (or libvirt UUID).
 func (c *Client) GetInstance(ctx context.Context, id string) (apitypes.Instance, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.Instance
-	if _, err := c.call(ctx, http.MethodGet, "/instances/"+seg(id), nil, nil, nil, &out); err != nil {
-		return apitypes.Instance{}, err
-	}
-	return out, nil
+	return do[apitypes.Instance](ctx, c, 0, http.MethodGet, "/instances/"+seg(id), nil, nil, nil)
 }
 
 // EnableChannel adds the agent channel to a libvirt domain's definition (and
 // to the running domain when it runs).
 func (c *Client) EnableChannel(ctx context.Context, id string) (apitypes.EnableResult, error) {
-	ctx, cancel := c.withDeadline(ctx, 3*time.Minute)
-	defer cancel()
-	var out apitypes.EnableResult
-	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/enable", nil, nil, nil, &out); err != nil {
-		return apitypes.EnableResult{}, err
-	}
-	return out, nil
+	return do[apitypes.EnableResult](ctx, c, 3*time.Minute, http.MethodPost, "/instances/"+seg(id)+"/enable", nil, nil, nil)
 }
 
 // ActivePersona returns the persona an instance holds.
 func (c *Client) ActivePersona(ctx context.Context, id string) (apitypes.ActivePersona, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.ActivePersona
-	if _, err := c.call(ctx, http.MethodGet, "/instances/"+seg(id)+"/active_persona", nil, nil, nil, &out); err != nil {
-		return apitypes.ActivePersona{}, err
-	}
-	return out, nil
+	return do[apitypes.ActivePersona](ctx, c, 0, http.MethodGet, "/instances/"+seg(id)+"/active_persona", nil, nil, nil)
 }
 
 // Activate activates a persona on an instance and answers when the guest has
@@ -217,31 +131,17 @@ func (c *Client) Activate(ctx context.Context, id, persona string, opts Activate
 		script = time.Duration(secs) * time.Second
 	}
 	// Pre and post scripts, and on rollback the previous persona's.
-	ctx, cancel := c.withDeadline(ctx, 3*script)
-	defer cancel()
-	var out apitypes.ActivationResult
 	path := "/instances/" + seg(id) + "/personas/" + seg(persona) + "/activate"
-	if _, err := c.call(ctx, http.MethodPost, path, nil, nil, body, &out); err != nil {
-		return apitypes.ActivationResult{}, err
-	}
-	return out, nil
+	return do[apitypes.ActivationResult](ctx, c, 3*script, http.MethodPost, path, nil, nil, body)
 }
 
 // Deactivate returns an instance to no persona.
 func (c *Client) Deactivate(ctx context.Context, id string) (apitypes.ActivationResult, error) {
-	ctx, cancel := c.withDeadline(ctx, 2*guestScriptDefault)
-	defer cancel()
-	var out apitypes.ActivationResult
-	if _, err := c.call(ctx, http.MethodPost, "/instances/"+seg(id)+"/deactivate", nil, nil, nil, &out); err != nil {
-		return apitypes.ActivationResult{}, err
-	}
-	return out, nil
+	return do[apitypes.ActivationResult](ctx, c, 2*guestScriptDefault, http.MethodPost, "/instances/"+seg(id)+"/deactivate", nil, nil, nil)
 }
 
 // Audit returns one page of the audit log, oldest first.
 func (c *Client) Audit(ctx context.Context, q AuditQuery) (apitypes.AuditPage, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
 	v := url.Values{}
 	set := func(k, val string) {
 		if val != "" {
@@ -261,9 +161,5 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) (apitypes.AuditPage, e
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
 	set("after", q.After)
-	var out apitypes.AuditPage
-	if _, err := c.call(ctx, http.MethodGet, "/audit", v, nil, nil, &out); err != nil {
-		return apitypes.AuditPage{}, err
-	}
-	return out, nil
+	return do[apitypes.AuditPage](ctx, c, 0, http.MethodGet, "/audit", v, nil, nil)
 }

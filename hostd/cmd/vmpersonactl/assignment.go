@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/assignment"
 )
@@ -63,29 +64,15 @@ func assignmentListCommand() *command {
 		name: "list", summary: "list the assignments",
 		long:    `Lists the assignments: name, persona, priority, selector and revision.`,
 		example: `vmpersonactl assignment list -o json`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 0, 0, "no arguments"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				list, err := c.ListAssignments(ctx)
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, apitypes.AssignmentList{Assignments: list})
-				}
+		setup: query[[]apitypes.Assignment]{args: "no arguments", ask: noArg((*apiclient.Client).ListAssignments),
+			doc: func(l []apitypes.Assignment) any { return apitypes.AssignmentList{Assignments: l} },
+			text: func(a *app, list []apitypes.Assignment) error {
 				t := newTable(a.io.out, a.header("NAME", "PERSONA", "PRIORITY", "SELECTOR", "REVISION")...)
 				for _, x := range list {
 					t.row(x.Name, x.Persona, strconv.Itoa(x.Priority), describeSelector(x.Selector), strconv.FormatUint(x.Revision, 10))
 				}
 				return t.flush()
-			}
-		},
+			}}.setup,
 	}
 }
 
@@ -108,41 +95,35 @@ vmpersonactl assignment set one-vm --persona staging --instance vm7 --priority 1
 			fs.Var(&labels, "label", "select instances labelled `KEY=VALUE` (repeatable: all must hold)")
 			fs.Var(&hosts, "host", "select instances of the fleet host `NAME` (repeatable)")
 			fs.Var(&hostLabels, "host-label", "select instances of hosts labelled `KEY=VALUE` (repeatable: all must hold)")
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
-					return err
-				}
-				if *persona == "" {
-					return usageErrorf("--persona is required")
-				}
-				asg := apitypes.Assignment{Name: args[0], Persona: *persona, Priority: *priority,
-					Selector: apitypes.AssignmentSelector{Instances: instances, UUIDs: uuids, Hosts: hosts}}
-				var err error
-				if len(labels) > 0 {
-					if asg.Selector.InstanceLabels, err = assignment.ParseLabels("--label", labels); err != nil {
-						return usageErrorf("%v", err)
+			var asg apitypes.Assignment
+			return query[apitypes.Assignment]{args: "NAME", min: 1, max: 1,
+				check: func(*app) (err error) {
+					if *persona == "" {
+						return usageErrorf("--persona is required")
 					}
-				}
-				if len(hostLabels) > 0 {
-					if asg.Selector.HostLabels, err = assignment.ParseLabels("--host-label", hostLabels); err != nil {
-						return usageErrorf("%v", err)
+					asg = apitypes.Assignment{Persona: *persona, Priority: *priority,
+						Selector: apitypes.AssignmentSelector{Instances: instances, UUIDs: uuids, Hosts: hosts}}
+					if len(labels) > 0 {
+						if asg.Selector.InstanceLabels, err = assignment.ParseLabels("--label", labels); err != nil {
+							return usageErrorf("%v", err)
+						}
 					}
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				out, err := c.PutAssignment(ctx, asg, *ifMatch, "")
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, out)
-				}
-				fmt.Fprintf(a.io.out, "assignment %s: persona %s, priority %d, %s (revision %d)\n",
-					out.Name, out.Persona, out.Priority, describeSelector(out.Selector), out.Revision)
-				return nil
-			}
+					if len(hostLabels) > 0 {
+						if asg.Selector.HostLabels, err = assignment.ParseLabels("--host-label", hostLabels); err != nil {
+							return usageErrorf("%v", err)
+						}
+					}
+					return nil
+				},
+				ask: func(ctx context.Context, c *apiclient.Client, args []string) (apitypes.Assignment, error) {
+					asg.Name = args[0]
+					return c.PutAssignment(ctx, asg, *ifMatch, "")
+				},
+				text: func(a *app, out apitypes.Assignment) error {
+					fmt.Fprintf(a.io.out, "assignment %s: persona %s, priority %d, %s (revision %d)\n",
+						out.Name, out.Persona, out.Priority, describeSelector(out.Selector), out.Revision)
+					return nil
+				}}.run
 		},
 	}
 }
@@ -157,10 +138,7 @@ applies from then on.`,
 		setup: func(fs *flag.FlagSet) runner {
 			ifMatch := fs.Uint64("if-match", 0, "only delete revision `N` (0: any)")
 			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 1, 1, "NAME"); err != nil {
-					return err
-				}
-				c, err := a.api()
+				c, err := a.connect(args, 1, 1, "NAME")
 				if err != nil {
 					return err
 				}
