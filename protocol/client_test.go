@@ -539,17 +539,12 @@ func TestHeartbeatLoss(t *testing.T) {
 		start := time.Now()
 		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: hb})
 		pings := 0
-		go func() {
-			for {
-				f, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				if f.Type == protocol.TypePing {
-					pings++
-				}
+		p.serve(func(f protocol.Frame) bool {
+			if f.Type == protocol.TypePing {
+				pings++
 			}
-		}()
+			return true
+		})
 		<-c.Done()
 		elapsed := time.Since(start)
 		if !errors.Is(c.Err(), protocol.ErrHeartbeat) {
@@ -578,20 +573,12 @@ func TestHeartbeatLoss(t *testing.T) {
 func TestHeartbeatKept(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: time.Second})
-		go func() {
-			for {
-				f, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				if f.Type == protocol.TypePing {
-					// Not p.reply: the write may fail once the test closes
-					// the stream, and that is no failure.
-					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch}, nil)
-				}
+		p.serve(func(f protocol.Frame) bool {
+			if f.Type == protocol.TypePing {
+				p.pong(f, p.epoch)
 			}
-		}()
+			return true
+		})
 		time.Sleep(time.Minute)
 		if c.Err() != nil {
 			t.Fatalf("session ended: %v", c.Err())
@@ -609,21 +596,15 @@ func TestHeartbeatSlowPeer(t *testing.T) {
 		const hb = time.Second
 		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: hb})
 		start := time.Now()
-		go func() {
-			for {
-				f, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				// Silent until well past the allowed silence, then
-				// answering again, late (as a starved guest does).
-				if f.Type == protocol.TypePing && time.Since(start) > protocol.SilenceIntervals*hb+hb/2 {
-					time.Sleep(hb)
-					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch}, nil)
-				}
+		p.serve(func(f protocol.Frame) bool {
+			// Silent until well past the allowed silence, then
+			// answering again, late (as a starved guest does).
+			if f.Type == protocol.TypePing && time.Since(start) > protocol.SilenceIntervals*hb+hb/2 {
+				time.Sleep(hb)
+				p.pong(f, p.epoch)
 			}
-		}()
+			return true
+		})
 		time.Sleep(time.Minute)
 		if c.Err() != nil {
 			t.Fatalf("a slow guest's session ended: %v", c.Err())
@@ -642,13 +623,7 @@ func TestHeartbeatBytesCount(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const hb = time.Second
 		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: hb})
-		go func() {
-			for {
-				if _, err := p.nextErr(); err != nil {
-					return
-				}
-			}
-		}()
+		p.serve(func(protocol.Frame) bool { return true })
 		// One answer of 40 bytes (to no call), a byte every 700 ms: 28 s
 		// for one frame, no Pong meanwhile.
 		frame := protocol.AppendFrame(nil, protocol.Header{Type: protocol.TypeExecOutput, Flags: protocol.FlagResponse | protocol.FlagMore, Epoch: p.epoch, ID: 999},
@@ -680,18 +655,12 @@ func TestHeartbeatBytesCount(t *testing.T) {
 func TestHeartbeatIgnoresOtherEpochs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c, p := syncSession(t, protocol.ClientConfig{Heartbeat: time.Second})
-		go func() {
-			for {
-				f, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				if f.Type == protocol.TypePing {
-					p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-					p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: p.epoch + 1}, nil)
-				}
+		p.serve(func(f protocol.Frame) bool {
+			if f.Type == protocol.TypePing {
+				p.pong(f, p.epoch+1)
 			}
-		}()
+			return true
+		})
 		<-c.Done()
 		if !errors.Is(c.Err(), protocol.ErrHeartbeat) {
 			t.Errorf("Err() = %v, want ErrHeartbeat", c.Err())

@@ -166,11 +166,7 @@ func TestResyncAfterGarbage(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, chunked := range []bool{false, true} {
-				var src io.Reader = bytes.NewReader(tc.stream)
-				if chunked {
-					src = iotest.OneByteReader(src)
-				}
+			for _, src := range wholeAndByteByByte(tc.stream) {
 				r := protocol.NewReader(src, 0)
 				got, err := readAll(r)
 				if err != io.EOF && err != io.ErrUnexpectedEOF {
@@ -217,11 +213,7 @@ func TestStalePartialFrame(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, chunked := range []bool{false, true} {
-				var src io.Reader = bytes.NewReader(tc.stream)
-				if chunked {
-					src = iotest.OneByteReader(src)
-				}
+			for _, src := range wholeAndByteByByte(tc.stream) {
 				got, err := readAll(protocol.NewReader(src, 0))
 				if err != io.EOF && err != io.ErrUnexpectedEOF {
 					t.Fatalf("ended with %v", err)
@@ -572,4 +564,9 @@ func TestFrameErrorString(t *testing.T) {
 	if err.Error() != want {
 		t.Errorf("%q, want %q", err.Error(), want)
 	}
+}
+
+// wholeAndByteByByte reads stream at once, and a byte a read.
+func wholeAndByteByByte(stream []byte) []io.Reader {
+	return []io.Reader{bytes.NewReader(stream), iotest.OneByteReader(bytes.NewReader(stream))}
 }

@@ -35,18 +35,13 @@ func FuzzClientMessages(f *testing.F) {
 		p.send(protocol.Header{Version: version, Type: protocol.Type(typ), Flags: protocol.Flags(flags), ID: id}, payload)
 		// The guest's side: drain what the client answers until its Ping,
 		// and answer that.
-		go func() {
-			for {
-				fr, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				if fr.Type == protocol.TypePing && fr.Flags == 0 {
-					p.reply(fr, protocol.TypePong, nil)
-					return
-				}
+		p.serve(func(fr protocol.Frame) bool {
+			if fr.Type == protocol.TypePing && fr.Flags == 0 {
+				p.reply(fr, protocol.TypePong, nil)
+				return false
 			}
-		}()
+			return true
+		})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := c.Call(ctx, protocol.TypePing, nil, nil, nil); err != nil {

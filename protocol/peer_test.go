@@ -66,6 +66,26 @@ func (p *peer) nextErr() (protocol.Frame, error) {
 	return f.Clone(), err
 }
 
+// serve hands each frame from the host to handle, in a goroutine of its
+// own, until the stream ends or handle answers false.
+func (p *peer) serve(handle func(f protocol.Frame) bool) {
+	go func() {
+		for {
+			f, err := p.nextErr()
+			if err != nil || !handle(f) {
+				return
+			}
+		}
+	}()
+}
+
+// pong answers a ping, stamped with epoch. Not p.reply: the write may fail
+// once the test closes the stream, and that is no failure.
+func (p *peer) pong(f protocol.Frame, epoch uint32) {
+	p.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	p.w.WriteFrame(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, ID: f.ID, Epoch: epoch}, nil)
+}
+
 // nextOf skips heartbeat pings (answering them) until a frame of type t.
 func (p *peer) nextOf(t protocol.Type) protocol.Frame {
 	p.tb.Helper()

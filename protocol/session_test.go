@@ -108,25 +108,22 @@ func TestSessionCallCancelledInWrite(t *testing.T) {
 		go func() { errB <- s.Call(ctxB, protocol.TypeExec, protocol.Exec{Command: "queued"}, nil, nil) }()
 		synctest.Wait() // B waits for the writer
 
-		cancelB()
-		synctest.Wait()
-		select {
-		case err := <-errB:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("queued call: %v, want context.Canceled", err)
+		// Each returns as soon as its context ends.
+		for _, c := range []struct {
+			cancel context.CancelFunc
+			err    chan error
+			what   string
+		}{{cancelB, errB, "a call waiting to write"}, {cancelA, errA, "a call whose frame is being written"}} {
+			c.cancel()
+			synctest.Wait()
+			select {
+			case err := <-c.err:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("%s: %v, want context.Canceled", c.what, err)
+				}
+			default:
+				t.Fatalf("%s did not return when its context ended", c.what)
 			}
-		default:
-			t.Fatal("a call waiting to write did not return when its context ended")
-		}
-		cancelA()
-		synctest.Wait()
-		select {
-		case err := <-errA:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("stuck call: %v, want context.Canceled", err)
-			}
-		default:
-			t.Fatal("a call whose frame is being written did not return when its context ended")
 		}
 
 		// The peer reads again: A's frame arrives whole, B's never does.
@@ -269,17 +266,12 @@ func TestSessionGuestHeartbeatLoss(t *testing.T) {
 		p := newPeer(t, host)
 		var pings []time.Duration
 		var start time.Time
-		go func() {
-			for {
-				f, err := p.nextErr()
-				if err != nil {
-					return
-				}
-				if f.Type == protocol.TypePing {
-					pings = append(pings, time.Since(start))
-				}
+		p.serve(func(f protocol.Frame) bool {
+			if f.Type == protocol.TypePing {
+				pings = append(pings, time.Since(start))
 			}
-		}()
+			return true
+		})
 		start = time.Now()
 		p.send(protocol.Header{Type: protocol.TypeHello, Epoch: 9, ID: 1}, protocol.Hello{Epoch: 9, MinVersion: 1, MaxVersion: 1, HeartbeatMillis: 1000})
 		<-g.Done()

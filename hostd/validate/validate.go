@@ -141,20 +141,12 @@ func checkPersona(p *protocol.Persona) *Error {
 	}
 	total := len(p.Name)
 
-	if n := len(p.EnvironmentVariables); n > MaxEnvVars {
-		return fail("environment_variables", "has %d variables, at most %d allowed", n, MaxEnvVars)
+	n, e := checkMap("environment_variables", "variables", p.EnvironmentVariables, MaxEnvVars, checkEnvName,
+		func(f, v string) *Error { return checkText(f, v, MaxEnvValueLen) })
+	if e != nil {
+		return e
 	}
-	for _, k := range slices.Sorted(maps.Keys(p.EnvironmentVariables)) {
-		f := mapField("environment_variables", k)
-		if e := checkEnvName(f, k); e != nil {
-			return e
-		}
-		v := p.EnvironmentVariables[k]
-		if e := checkText(f, v, MaxEnvValueLen); e != nil {
-			return e
-		}
-		total += len(k) + len(v)
-	}
+	total += n
 	if err := rules.EnvTotal(p.EnvironmentVariables); err != nil {
 		return fail("environment_variables", "%v", err)
 	}
@@ -174,20 +166,11 @@ func checkPersona(p *protocol.Persona) *Error {
 	}
 	total += len(p.PreActivationScript) + len(p.PostActivationScript)
 
-	if n := len(p.CommandOverrides); n > MaxOverrides {
-		return fail("command_overrides", "has %d overrides, at most %d allowed", n, MaxOverrides)
+	n, e = checkMap("command_overrides", "overrides", p.CommandOverrides, MaxOverrides, checkCommandName, checkOverrideTarget)
+	if e != nil {
+		return e
 	}
-	for _, k := range slices.Sorted(maps.Keys(p.CommandOverrides)) {
-		f := mapField("command_overrides", k)
-		if e := checkCommandName(f, k); e != nil {
-			return e
-		}
-		v := p.CommandOverrides[k]
-		if e := checkOverrideTarget(f, v); e != nil {
-			return e
-		}
-		total += len(k) + len(v)
-	}
+	total += n
 
 	for _, list := range []struct {
 		field   string
@@ -236,6 +219,27 @@ func checkRestrictedOverride(restricted []string, overrides map[string]string) *
 
 // mapField is the JSON path of a map member: parent.key when the key is a
 // plain identifier, parent["key"] (Go-quoted) otherwise.
+// checkMap checks a map of at most max members and each member, in key
+// order, with the checks of its keys and values; it answers the total
+// length of keys and values.
+func checkMap(field, what string, m map[string]string, max int, key, value func(f, s string) *Error) (int, *Error) {
+	if n := len(m); n > max {
+		return 0, fail(field, "has %d %s, at most %d allowed", n, what, max)
+	}
+	total := 0
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		f := mapField(field, k)
+		if e := key(f, k); e != nil {
+			return 0, e
+		}
+		if e := value(f, m[k]); e != nil {
+			return 0, e
+		}
+		total += len(k) + len(m[k])
+	}
+	return total, nil
+}
+
 func mapField(parent, key string) string {
 	plain := key != ""
 	for i := 0; i < len(key) && plain; i++ {

@@ -283,15 +283,7 @@ func TestPersonaEnforcementAndRequestEnv(t *testing.T) {
 		{protocol.Persona{Name: "p", Enforcement: "kernel", RequestEnv: []string{"LD_LIBRARY_PATH"}}, ""},
 		{protocol.Persona{Name: "p", Enforcement: "agent"}, ""},
 	} {
-		err := Persona(&c.p)
-		var ve *Error
-		if c.field == "" {
-			if err != nil {
-				t.Errorf("%+v: %v", c.p, err)
-			}
-		} else if !errors.As(err, &ve) || ve.Field != c.field {
-			t.Errorf("%+v: want field %s, got %v", c.p, c.field, err)
-		}
+		wantField(t, c.p, Persona(&c.p), c.field)
 	}
 }
 
@@ -328,14 +320,19 @@ func TestPersonaSecretVariables(t *testing.T) {
 		{[]string{"DB_PASSWORD", "DB_PASSWORD"}, "secret_variables[1]"},
 	} {
 		p := protocol.Persona{Name: "p", EnvironmentVariables: env, SecretVariables: c.secret}
-		err := Persona(&p)
-		var ve *Error
-		if c.field == "" {
-			if err != nil {
-				t.Errorf("%v: %v", c.secret, err)
-			}
-		} else if !errors.As(err, &ve) || ve.Field != c.field {
-			t.Errorf("%v: want field %s, got %v", c.secret, c.field, err)
+		wantField(t, c.secret, Persona(&p), c.field)
+	}
+}
+
+// wantField: err is nil when field is "", else an *Error naming field.
+func wantField(t *testing.T, input any, err error, field string) {
+	t.Helper()
+	var ve *Error
+	if field == "" {
+		if err != nil {
+			t.Errorf("%+v: %v", input, err)
 		}
+	} else if !errors.As(err, &ve) || ve.Field != field {
+		t.Errorf("%+v: want field %s, got %v", input, field, err)
 	}
 }
