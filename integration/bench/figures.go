@@ -361,12 +361,36 @@ func (b *bench) activation(ctx context.Context) error {
 		}
 		return syscall.Fdatasync(int(f.Fd()))
 	}
-	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"scripts", ref}, side{"empty", empty}, side{"floor", floor})
+	// The same empty activation straight to a guest daemon over the
+	// protocol (no HTTP, no hostd, no host commits): the rest is the
+	// host's share.
+	dg, err := b.guestNamed(ctx, "act-direct")
+	if err != nil {
+		return fmt.Errorf("direct guest session: %w", err)
+	}
+	defer dg.Close(nil)
+	d := 0
+	direct := func() error {
+		d++
+		var r protocol.ActivateResult
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		name := []string{"empty-a", "empty-b"}[d%2]
+		err := dg.Call(cctx, protocol.TypeActivate, protocol.Activate{Revision: uint64(d), ActivationID: fmt.Sprintf("bench-%d", d),
+			Persona: protocol.Persona{Name: name}}, &r, nil)
+		if err == nil && r.Result != protocol.ResultActivated {
+			err = fmt.Errorf("activation result %q", r.Result)
+		}
+		return err
+	}
+	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"scripts", ref}, side{"empty", empty}, side{"floor", floor}, side{"direct", direct})
 	if err != nil {
 		return err
 	}
 	o, r := res["ours"], res["scripts"]
 	e, fl := res["empty"], res["floor"]
+	b.add(row{"4. decomposition p50: empty activation straight to guestd over the protocol (no hostd)", ms(res["direct"].pct(50)),
+		"through hostd " + ms(e.pct(50)), fmt.Sprintf("%.2f×", float64(e.pct(50))/float64(res["direct"].pct(50))), "", "—"})
 	er := float64(e.pct(50)) / float64(fl.pct(50))
 	b.add(row{fmt.Sprintf("4. activation of an empty persona p50 (n=%d) vs 4 KiB overwrite + fdatasync", len(e)), ms(e.pct(50)), "disk floor " + ms(fl.pct(50)),
 		fmt.Sprintf("%.1f×", er), "≤ 5×", metLE(er, 5)})

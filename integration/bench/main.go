@@ -2,11 +2,13 @@
 // machine's own limits, and prints one table: figure | ours | reference |
 // ratio | target | met?
 //
-//	go run ./integration/bench            # the full run (about 3-5 minutes)
-//	go run ./integration/bench -quick     # a scaled-down run (about 1 minute)
+//	go run ./integration/bench            # the full run (about 4-7 minutes)
+//	go run ./integration/bench -quick     # a scaled-down run (about 1.5 minutes)
 //	go run ./integration/bench -profile /tmp/prof   # CPU/mutex/block profiles instead
 //
-// Other flags: -agents N (scale figure), -skip-scale, -skip-vm, -keep.
+// Other flags: -agents N (scale figure), -skip-scale, -skip-vm, -keep,
+// -only STEP,STEP (e.g. -only scale), -root DIR (build the daemons from
+// another checkout: a before/after comparison with the same bench).
 //
 // It installs qemu-guest-agent when missing (scripts/ensure-deps), builds the
 // daemons into a temporary directory, starts what it needs and stops exactly
@@ -27,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +47,7 @@ type config struct {
 	keep      bool
 	profile   string
 	profDur   time.Duration
+	only      string
 	// sizes derived from quick
 	execN     int
 	segDur    time.Duration
@@ -70,6 +74,7 @@ func main() {
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the run directory (daemon state, sockets)")
 	flag.StringVar(&cfg.profile, "profile", "", "instead of the table: run hostd and the guest server in-process and write CPU/mutex/block profiles of each scenario into this directory")
 	flag.DurationVar(&cfg.profDur, "profile-duration", 5*time.Second, "length of each -profile scenario")
+	flag.StringVar(&cfg.only, "only", "", "run only these steps (comma-separated names as logged, e.g. scale,idle)")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	os.Exit(run(cfg))
@@ -287,6 +292,9 @@ func (b *bench) run(ctx context.Context) error {
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if b.cfg.only != "" && s.name != "footprint" && !slices.Contains(strings.Split(b.cfg.only, ","), s.name) {
+			continue
 		}
 		t := time.Now()
 		slog.Info("measuring", "step", s.name)
