@@ -310,6 +310,35 @@ func (a *agent) probed(answered bool) {
 	a.m.met.LivenessProbes.WithLabelValues(outcome).Inc()
 }
 
+// auditYield bounds how long a guest's audit batch waits for an activation
+// of its instance in flight: about the time an activation without long
+// scripts takes.
+const auditYield = 100 * time.Millisecond
+
+// yieldToActivation lets an activation (or deactivation) of this instance
+// that is in flight record its outcome before the guest's audit batch is
+// stored. The guest sends its batch around its answer; a store commit
+// already in flight when the instance record is written delays that write
+// by a whole synced commit (a Badger transaction starts only after the
+// commits in flight have landed). The batch waits at most auditYield; the
+// guest keeps its events spooled until acknowledged either way.
+func (a *agent) yieldToActivation() {
+	select {
+	case a.actSem <- struct{}{}:
+		<-a.actSem
+		return
+	default:
+	}
+	t := time.NewTimer(auditYield)
+	defer t.Stop()
+	select {
+	case a.actSem <- struct{}{}:
+		<-a.actSem
+	case <-t.C:
+	case <-a.ctx.Done():
+	}
+}
+
 // endCause is the label of a session's end in SessionsEnded.
 func endCause(err error) string {
 	switch {
@@ -332,6 +361,7 @@ func (a *agent) ingestAudit(b protocol.AuditBatch) (uint64, error) {
 		return 0, fmt.Errorf("ingest audit of %s: the instance is no longer managed", a.name)
 	}
 	b = a.throttleAudit(a.ctx, b)
+	a.yieldToActivation()
 	upTo, inserted, err := a.m.st.IngestGuestAudit(a.name, b)
 	if err != nil {
 		return 0, fmt.Errorf("ingest audit of %s: %w", a.name, err)
