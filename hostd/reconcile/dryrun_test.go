@@ -22,7 +22,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 	g := newGuest(t, "BASE_ONLY=kept")
 	h.add("vm", g)
 	h.waitConnected("vm")
-	marks := filepath.Join(g.dir, "scripts-ran")
+	marks := filepath.Join(g.Dir, "scripts-ran")
 	a := h.createPersona(protocol.Persona{
 		Name:                 "old",
 		EnvironmentVariables: map[string]string{"APP_ENV": "staging", "DB_PASSWORD": "hunter2", "KEEP": "same"},
@@ -42,7 +42,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 	}
 	envBefore := envOf(t, h, "vm")
 	waitAuditDelivered(t, g)
-	stateBefore := snapshot(t, g.stateDir)
+	stateBefore := snapshot(t, g.StateDir)
 
 	d, err := h.r.DryRun(ctxTimeout(t, 30*time.Second), "vm", b)
 	if err != nil {
@@ -50,7 +50,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 	}
 
 	// Nothing changed.
-	if after := snapshot(t, g.stateDir); !reflect.DeepEqual(after, stateBefore) {
+	if after := snapshot(t, g.StateDir); !reflect.DeepEqual(after, stateBefore) {
 		t.Errorf("the dry run changed the guest's state directory:\nbefore %v\nafter  %v", slices.Sorted(maps.Keys(stateBefore)), slices.Sorted(maps.Keys(after)))
 	}
 	if _, err := os.Stat(marks); !errors.Is(err, os.ErrNotExist) {
@@ -126,7 +126,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 	if _, err := h.exec("vm", "cat", "/dev/null"); !errors.As(err, &pe) || pe.Code != protocol.CodeDenied {
 		t.Errorf("cat (restriction added): %v, want denied", err)
 	}
-	if res, err := h.exec("vm", "rm", "-f", filepath.Join(g.dir, "nothing")); err != nil || res.Route != protocol.RouteDefault {
+	if res, err := h.exec("vm", "rm", "-f", filepath.Join(g.Dir, "nothing")); err != nil || res.Route != protocol.RouteDefault {
 		t.Errorf("rm (restriction removed): %+v, %v", res, err)
 	}
 	if res, err := h.exec("vm", "whoami"); err != nil || res.Route != protocol.RouteOverride {

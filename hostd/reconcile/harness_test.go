@@ -1,124 +1,37 @@
 package reconcile
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
-	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testguest"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
-
-// guestdBin is the real guest daemon (internal/testbin builds it once per
-// test run); guestdErr says why it is missing, and fails the tests that need it.
-var (
-	guestdBin string
-	guestdErr error
-)
-
-func TestMain(m *testing.M) {
-	guestdBin, guestdErr = testbin.Path(testbin.Guestd)
-	os.Exit(m.Run())
-}
 
 // waitFor polls cond until it holds, failing the test after a generous
 // limit (a hang guard, not a timing assertion).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testproc.WaitWithin(t, time.Minute, what, cond)
 }
 
 // guest is a real vmpersona-guestd process on a unix socket.
-type guest struct {
-	t        testing.TB
-	dir      string
-	sock     string
-	stateDir string
-	env      []string
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	log      *bytes.Buffer
-}
+type guest = testguest.Guest
 
 // newGuest starts a guest daemon; env is added to its environment.
 func newGuest(t testing.TB, env ...string) *guest {
 	t.Helper()
-	if guestdErr != nil {
-		t.Fatal(guestdErr)
-	}
-	dir, err := os.MkdirTemp("", "rc") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	g := &guest{t: t, dir: dir, sock: filepath.Join(dir, "g.sock"), stateDir: filepath.Join(dir, "state"), env: env}
-	g.start()
-	t.Cleanup(g.kill)
-	return g
-}
-
-func (g *guest) endpoint() agents.Endpoint {
-	return agents.Endpoint{Kind: agents.KindUnix, Path: g.sock}
-}
-
-func (g *guest) start() {
-	g.t.Helper()
-	g.log = new(bytes.Buffer)
-	g.cmd = exec.Command(guestdBin, "--listen", "unix:"+g.sock, "--state-dir", g.stateDir, "--profile-file", filepath.Join(g.dir, "profile.sh"))
-	g.cmd.Env = append(os.Environ(), g.env...)
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	if err := g.cmd.Start(); err != nil {
-		g.t.Fatal(err)
-	}
-	g.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		cmd.Wait()
-		close(exited)
-	}(g.cmd, g.exited)
-	waitFor(g.t, "the guest daemon's socket", func() bool {
-		select {
-		case <-g.exited:
-			g.t.Fatalf("vmpersona-guestd exited: %s", g.log)
-		default:
-		}
-		c, err := net.Dial("unix", g.sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
-// kill ends the guest daemon with SIGKILL and waits.
-func (g *guest) kill() {
-	if g.cmd == nil || g.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-g.exited:
-		return
-	default:
-	}
-	g.cmd.Process.Signal(syscall.SIGKILL)
-	<-g.exited
+	return testguest.Start(t, nil, env)
 }
 
 // host is the host daemon's core under test: a real Badger store, the agent
@@ -190,7 +103,7 @@ func (h *host) restart(guests map[string]*guest) {
 
 func (h *host) add(name string, g *guest) {
 	h.t.Helper()
-	if err := h.m.Add(name, g.endpoint(), "static"); err != nil {
+	if err := h.m.Add(name, agents.Endpoint{Kind: agents.KindUnix, Path: g.Sock}, "static"); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -330,7 +243,7 @@ func envOf(t testing.TB, h *host, name string) map[string]string {
 func waitAuditDelivered(t testing.TB, g *guest) {
 	t.Helper()
 	waitFor(t, "the guest's audit events acknowledged", func() bool {
-		spool, err := os.ReadFile(filepath.Join(g.stateDir, "audit-spool.jsonl"))
+		spool, err := os.ReadFile(filepath.Join(g.StateDir, "audit-spool.jsonl"))
 		if err != nil {
 			return false
 		}
@@ -343,7 +256,7 @@ func waitAuditDelivered(t testing.TB, g *guest) {
 				last = ev.Seq
 			}
 		}
-		ack, err := os.ReadFile(filepath.Join(g.stateDir, "audit-ack.json"))
+		ack, err := os.ReadFile(filepath.Join(g.StateDir, "audit-ack.json"))
 		if err != nil {
 			return false
 		}

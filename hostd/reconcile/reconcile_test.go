@@ -111,8 +111,8 @@ func TestDeliberateDeactivationSurvives(t *testing.T) {
 	h.restart(guests)
 	check("after a second host restart")
 
-	g.kill()
-	g.start()
+	g.Kill()
+	g.Start()
 	// The manager reconnects on its own.
 	waitFor(t, "a new session", func() bool {
 		st, _ := h.m.Get("vm")
@@ -137,7 +137,7 @@ func TestConvergeOnReconnect(t *testing.T) {
 	h.add("vm", g)
 	h.waitConnected("vm")
 	pp := web()
-	pp.PreActivationScript = "#!/bin/sh\necho run >> " + g.dir + "/runs"
+	pp.PreActivationScript = "#!/bin/sh\necho run >> " + g.Dir + "/runs"
 	p := h.createPersona(pp)
 	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
 		t.Fatalf("activate: %+v, %v", res, err)
@@ -154,11 +154,11 @@ func TestConvergeOnReconnect(t *testing.T) {
 	}
 
 	// The guest loses its state: the desired revision comes back.
-	g.kill()
-	if err := removeAll(g.stateDir); err != nil {
+	g.Kill()
+	if err := removeAll(g.StateDir); err != nil {
 		t.Fatal(err)
 	}
-	g.start()
+	g.Start()
 	var st agents.AgentStatus
 	waitFor(t, "the desired persona back", func() bool {
 		st, _ = h.m.Get("vm")
@@ -183,7 +183,7 @@ func TestConvergeOnReconnect(t *testing.T) {
 	}
 	// The pre-activation script ran for the activation and for the
 	// convergence of the wiped guest, never for a reconnect in step.
-	runs, err := os.ReadFile(g.dir + "/runs")
+	runs, err := os.ReadFile(g.Dir + "/runs")
 	if err != nil || strings.Count(string(runs), "run") != 2 {
 		t.Errorf("script runs: %q, %v; want 2", runs, err)
 	}

@@ -52,7 +52,7 @@ func TestSecretVariables(t *testing.T) {
 	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
-	profile := filepath.Join(g.dir, "profile.sh")
+	profile := filepath.Join(g.Dir, "profile.sh")
 	b, err := os.ReadFile(profile)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestSecretVariables(t *testing.T) {
 			t.Errorf("audited exec shows the secret value: %q", ev.Detail)
 		}
 	}
-	if spool, err := os.ReadFile(filepath.Join(g.stateDir, "audit-spool.jsonl")); err != nil || strings.Contains(string(spool), value) {
+	if spool, err := os.ReadFile(filepath.Join(g.StateDir, "audit-spool.jsonl")); err != nil || strings.Contains(string(spool), value) {
 		t.Errorf("the guest's audit spool holds the secret value (%v)", err)
 	}
 }
