@@ -46,7 +46,10 @@ type Discovered struct {
 	PortOpen *bool
 	// Persistent: the instance has a persistent definition (libvirt).
 	Persistent bool
-	UpdatedAt  time.Time
+	// Labels are the instance's labels (libvirt domain metadata), which
+	// assignments select by; nil when the source has none.
+	Labels    map[string]string
+	UpdatedAt time.Time
 }
 
 // Source is a discovery source as readers (the REST API) see it.

@@ -57,3 +57,16 @@ func TestAssignmentRoutesOnOneHost(t *testing.T) {
 		t.Errorf("bad name: %d %s", r.status, r.body)
 	}
 }
+
+// A static instance's labels come from its flag: the label route says so;
+// bad labels name the field.
+func TestInstanceLabelsRoute(t *testing.T) {
+	e := newEnv(t, map[string]string{"vm1": "unix:/nonexistent/vm1"})
+	r := e.do("PUT", "/instances/vm1/labels", tokAdmin, map[string]any{"labels": map[string]string{"bad key": "x"}})
+	if r.status != http.StatusBadRequest && r.status != http.StatusUnprocessableEntity || r.json(t)["field"] != "labels.bad key" {
+		t.Fatalf("bad label: %d %s", r.status, r.body)
+	}
+	e.must(e.do("PUT", "/instances/vm1/labels", tokAdmin, map[string]any{"labels": map[string]string{"role": "web"}}), http.StatusConflict)
+	e.must(e.do("PUT", "/instances/vm1/labels", tokOperator, map[string]any{"labels": map[string]string{"role": "web"}}), http.StatusForbidden)
+	e.must(e.do("PUT", "/instances/nope/labels", tokAdmin, map[string]any{"labels": map[string]string{"role": "web"}}), http.StatusNotFound)
+}

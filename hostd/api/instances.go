@@ -46,6 +46,9 @@ func (s *Server) view(is instanceState) (apitypes.Instance, error) {
 		}
 		v.Reason = d.Reason
 	}
+	if s.cfg.InstanceLabels != nil {
+		v.Labels = s.cfg.InstanceLabels(is.name)
+	}
 	if st.Active != nil {
 		name := st.Active.Persona.Name
 		v.ActivePersona = &name

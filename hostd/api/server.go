@@ -53,6 +53,10 @@ type Config struct {
 	MaxFileBytes int64
 	// Fleet is the fleet backend's link to etcd; nil outside fleet mode.
 	Fleet FleetLink
+	// InstanceLabels answers an instance's labels (libvirt metadata, else
+	// its flag); nil: none shown. Labeler writes a libvirt domain's.
+	InstanceLabels func(instance string) map[string]string
+	Labeler        Labeler
 }
 
 // Server is the REST API handler.
@@ -131,6 +135,8 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/instances/:id/deactivate", action: "deactivating a persona", role: auth.RoleOperator, bodyMax: MaxSmallBody, long: true, handler: s.deactivate,
 			in: apitypes.ActivateRequest{}, out: apitypes.ActivationResult{}},
 		{method: "POST", path: "/instances/:id/enable", action: "enabling an instance's channel", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel, out: apitypes.EnableResult{}},
+		{method: "PUT", path: "/instances/:id/labels", action: "labelling instances", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.setInstanceLabels,
+			in: apitypes.InstanceLabels{}, out: apitypes.InstanceLabels{}},
 		{method: "POST", path: "/instances/:id/exec", action: "running a command in an instance", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
 			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 

@@ -41,3 +41,16 @@ func (c *Client) DeleteAssignment(ctx context.Context, name string, ifMatchRev u
 	_, err := c.call(ctx, http.MethodDelete, "/assignments/"+seg(name), nil, ifMatch(ifMatchRev), nil, nil)
 	return err
 }
+
+// SetInstanceLabels replaces a libvirt domain's labels (PUT
+// /instances/{id}/labels), which assignments select by.
+func (c *Client) SetInstanceLabels(ctx context.Context, id string, labels map[string]string) (map[string]string, error) {
+	ctx, cancel := c.withDeadline(ctx, time.Minute)
+	defer cancel()
+	var out apitypes.InstanceLabels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	_, err := c.call(ctx, http.MethodPut, "/instances/"+seg(id)+"/labels", nil, nil, apitypes.InstanceLabels{Labels: labels}, &out)
+	return out.Labels, err
+}

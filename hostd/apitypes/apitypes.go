@@ -82,6 +82,9 @@ type Instance struct {
 	// PortOpen says whether the guest has the agent port open (libvirt,
 	// QMP); absent when unknown.
 	PortOpen *bool `json:"port_open,omitempty"`
+	// Labels are the instance's labels (libvirt domain metadata, or its
+	// --instance/--qmp flag), which assignments select by.
+	Labels map[string]string `json:"labels,omitempty"`
 	// The desired state, what the guest confirms, and how they compare.
 	InstanceSync
 }
@@ -313,4 +316,7 @@ type FleetHost struct {
 	// catalogue.
 	AppliedRevision int64     `json:"applied_revision"`
 	StartedAt       time.Time `json:"started_at"`
+	// Labels are the host's labels (--fleet-host-label), which assignments
+	// select by.
+	Labels map[string]string `json:"labels,omitempty"`
 }

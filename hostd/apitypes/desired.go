@@ -31,6 +31,7 @@ const (
 	SetByDefault      = "default" // the default persona, for an instance never seen
 	SetByAdoption     = "adopted" // first seen holding a persona (or none): what it holds
 	SetByRollout      = "rollout"
+	SetByAssignment   = "assignment" // an assignment selecting the instance (actor "assignment:NAME")
 )
 
 // DesiredState is what an instance should run: a persona at a revision, or

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/api"
+	"github.com/vmpersona/vmpersona/hostd/assignment"
 	"github.com/vmpersona/vmpersona/hostd/auditjournal"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/fleet"
@@ -69,6 +70,27 @@ type Config struct {
 	FleetHost              string
 	FleetPrefix            string
 	FleetOfflineActivation string
+	FleetHostLabels        []string // KEY=VALUE
+}
+
+// SplitLabels takes the labels off an --instance or --qmp value:
+// NAME=ENDPOINT[,KEY=VALUE…]. When a part after the first comma is not
+// KEY=VALUE, the commas belong to the endpoint and there are no labels.
+func SplitLabels(flag, v string) (string, map[string]string, error) {
+	parts := strings.Split(v, ",")
+	if len(parts) == 1 {
+		return v, nil, nil
+	}
+	for _, p := range parts[1:] {
+		if !strings.Contains(p, "=") {
+			return v, nil, nil
+		}
+	}
+	labels, err := assignment.ParseLabels(flag, parts[1:])
+	if err != nil {
+		return "", nil, fmt.Errorf("%s %q: %w", flag, v, err)
+	}
+	return parts[0], labels, nil
 }
 
 // ParseInstance splits a NAME=ENDPOINT flag value.
@@ -108,20 +130,35 @@ func Run(ctx context.Context, cfg Config) error {
 		ep   agents.Endpoint
 	}
 	var statics []inst
+	flagLabels := map[string]map[string]string{} // --instance and --qmp labels, by instance
 	for _, v := range cfg.Instances {
+		v, labels, err := SplitLabels("--instance", v)
+		if err != nil {
+			return err
+		}
 		name, ep, err := ParseInstance(v)
 		if err != nil {
 			return err
 		}
 		statics = append(statics, inst{name, ep})
+		flagLabels[name] = labels
 	}
 	var qmpInstances []qmp.Instance
 	for _, v := range cfg.QMP {
+		v, labels, err := SplitLabels("--qmp", v)
+		if err != nil {
+			return err
+		}
 		in, err := qmp.ParseFlag(v)
 		if err != nil {
 			return err
 		}
 		qmpInstances = append(qmpInstances, in)
+		flagLabels[in.Name] = labels
+	}
+	hostLabels, err := assignment.ParseLabels("--fleet-host-label", cfg.FleetHostLabels)
+	if err != nil {
+		return err
 	}
 
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -165,7 +202,7 @@ func Run(ctx context.Context, cfg Config) error {
 		fb, err = fleet.Open(fleet.Config{
 			Endpoints: fleet.ParseEndpoints(cfg.FleetEtcd), CA: cfg.FleetCA, Cert: cfg.FleetCert, Key: cfg.FleetKey,
 			Host: cfg.FleetHost, Prefix: cfg.FleetPrefix, OfflineActivation: cfg.FleetOfflineActivation,
-			APIAddress: cfg.Listen, Version: protocol.SoftwareVersion,
+			APIAddress: cfg.Listen, Version: protocol.SoftwareVersion, HostLabels: hostLabels,
 			Local: st, Registerer: m.Registry, Logger: log,
 		})
 		if err != nil {
@@ -183,8 +220,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	// The reconciler converges every guest to its desired state on each
 	// connect; it acts through the manager.
-	rec := reconcile.New(reconcile.Config{Store: st, Metrics: m, Logger: log.With("component", "reconcile"),
-		ScriptTimeout: cfg.ScriptTimeout, DefaultPersona: true})
+	// It follows the assignments: told when the fleet's catalogue changed.
+	rcfg := reconcile.Config{Store: st, Metrics: m, Logger: log.With("component", "reconcile"),
+		ScriptTimeout: cfg.ScriptTimeout, DefaultPersona: true, HostLabels: hostLabels}
+	if fb != nil {
+		rcfg.Host = fb.Host()
+	}
+	rec := reconcile.New(rcfg)
+	if fb != nil {
+		fb.SetOnChange(rec.Reassess)
+	}
 	acfg.Converger = rec
 	mgr := agents.NewManager(acfg)
 	defer mgr.Close()
@@ -202,11 +247,28 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer stopDiscovery()
+	// Selectors see each instance's UUID and labels: libvirt's domain
+	// metadata, else the --instance/--qmp flags.
+	instanceFacts := func(name string) reconcile.Facts {
+		f := reconcile.Facts{Labels: flagLabels[name]}
+		if lvd != nil {
+			if d, ok := lvd.Lookup(name); ok {
+				f.UUID = d.UUID
+				if d.Labels != nil {
+					f.Labels = d.Labels
+				}
+			}
+		}
+		return f
+	}
+	rec.SetFacts(instanceFacts)
+	rec.Reassess()
 
-	acfgAPI := api.Config{Store: backend, Fleet: fleetLink, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout, MaxFileBytes: cfg.MaxFileBytes}
+	acfgAPI := api.Config{InstanceLabels: func(name string) map[string]string { return instanceFacts(name).Labels }, Store: backend, Fleet: fleetLink, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: log, DefaultScriptTimeout: cfg.ScriptTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	if lvd != nil {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, lvd)
 		acfgAPI.Enabler = lvd
+		acfgAPI.Labeler = lvd
 	}
 	if qw != nil {
 		acfgAPI.Inventories = append(acfgAPI.Inventories, qw)

@@ -75,8 +75,10 @@ type Config struct {
 	Prefix string // key prefix, DefaultPrefix when empty
 	// OfflineActivation is OfflineCached (default) or OfflineRefuse.
 	OfflineActivation string
-	// APIAddress and Version are published in the host's presence.
+	// APIAddress, Version and HostLabels (--fleet-host-label) are published
+	// in the host's presence.
 	APIAddress, Version string
+	HostLabels          map[string]string
 
 	// Local is the host's Badger store: it holds the local copy.
 	Local *store.Store

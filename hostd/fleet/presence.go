@@ -17,11 +17,12 @@ import (
 // Presence is a host's entry under hosts/<host>/presence, kept on a lease:
 // it disappears LeaseTTL after the host stops renewing it.
 type Presence struct {
-	Host       string    `json:"host"`
-	Version    string    `json:"version"`
-	APIAddress string    `json:"api_address,omitempty"`
-	Revision   int64     `json:"applied_revision"`
-	StartedAt  time.Time `json:"started_at"`
+	Host       string            `json:"host"`
+	Version    string            `json:"version"`
+	APIAddress string            `json:"api_address,omitempty"`
+	Revision   int64             `json:"applied_revision"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	StartedAt  time.Time         `json:"started_at"`
 }
 
 func (b *Backend) presenceKey(host string) string {
@@ -53,7 +54,7 @@ func (b *Backend) holdPresence(ctx context.Context, started time.Time) error {
 		cancel()
 	}()
 	put := func(rev int64) error {
-		v, _ := json.Marshal(Presence{Host: b.host, Version: b.cfg.Version, APIAddress: b.cfg.APIAddress, Revision: rev, StartedAt: started})
+		v, _ := json.Marshal(Presence{Host: b.host, Version: b.cfg.Version, APIAddress: b.cfg.APIAddress, Revision: rev, StartedAt: started, Labels: b.cfg.HostLabels})
 		pctx, cancel := context.WithTimeout(ctx, b.cfg.WriteTimeout)
 		defer cancel()
 		_, err := b.cli.Put(pctx, b.presenceKey(b.host), string(v), clientv3.WithLease(lease.ID))
@@ -119,7 +120,7 @@ func (b *Backend) FleetHosts(ctx context.Context) ([]apitypes.FleetHost, error) 
 	}
 	out := make([]apitypes.FleetHost, 0, len(ps))
 	for _, p := range ps {
-		out = append(out, apitypes.FleetHost{Host: p.Host, Version: p.Version, APIAddress: p.APIAddress, AppliedRevision: p.Revision, StartedAt: p.StartedAt})
+		out = append(out, apitypes.FleetHost{Host: p.Host, Version: p.Version, APIAddress: p.APIAddress, AppliedRevision: p.Revision, StartedAt: p.StartedAt, Labels: p.Labels})
 	}
 	slices.SortFunc(out, func(a, c apitypes.FleetHost) int { return strings.Compare(a.Host, c.Host) })
 	return out, nil

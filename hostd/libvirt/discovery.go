@@ -382,6 +382,7 @@ func (d *Discovery) read(dom *lv.Domain) (agents.Discovered, error) {
 		st.Reason = "domain XML not understood: " + err.Error()
 		return st, nil
 	}
+	st.Labels = labelsOf(x.Metadata)
 	ch := findChannel(&x, name)
 	switch {
 	case st.State == agents.InstanceShutoff:

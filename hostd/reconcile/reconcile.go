@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
@@ -66,6 +67,13 @@ type Config struct {
 	// DefaultPersona gives an instance the host has never seen the default
 	// persona (when one is defined). The host daemon sets it.
 	DefaultPersona bool
+	// Host and HostLabels are this host's name and labels in the fleet, as
+	// assignments' selectors see them.
+	Host       string
+	HostLabels map[string]string
+	// ReassessInterval is how often every instance is looked at again for
+	// the assignments (default 15 s), besides Reassess and each connect.
+	ReassessInterval time.Duration
 }
 
 // Reconciler converges instances to their desired state. Bind it to the
@@ -81,6 +89,9 @@ type Reconciler struct {
 	ctx    context.Context // ends background rollouts on Close
 	cancel context.CancelFunc
 	bg     sync.WaitGroup
+
+	facts    atomic.Pointer[func(string) Facts]
+	reassess chan struct{} // Reassess's requests, cap 1
 
 	mu       sync.Mutex
 	locks    map[string]chan struct{} // per instance, cap 1
@@ -104,10 +115,13 @@ func New(cfg Config) *Reconciler {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New()
 	}
+	if cfg.ReassessInterval <= 0 {
+		cfg.ReassessInterval = 15 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Reconciler{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger, met: cfg.Metrics,
-		ctx: ctx, cancel: cancel,
+		ctx: ctx, cancel: cancel, reassess: make(chan struct{}, 1),
 		locks: map[string]chan struct{}{}, failures: map[string]failure{},
 	}
 }
@@ -117,6 +131,8 @@ func New(cfg Config) *Reconciler {
 // registry already).
 func (r *Reconciler) Bind(m *agents.Manager) {
 	r.agents = m
+	r.bg.Add(1)
+	go r.reassessLoop()
 	if err := r.met.Registry.Register(&collector{r: r}); err != nil {
 		r.log.Warn("instance metrics not registered", "err", err)
 	}
@@ -206,15 +222,34 @@ func (r *Reconciler) Connected(ctx context.Context, g *agents.Guest) {
 	case err != nil:
 		r.log.Error("reconcile: read the desired state", "instance", inst, "err", err)
 		return
+	default:
+		// The assignments may have changed while the guest was away.
+		nd, changed, err := r.follow(inst, d)
+		if err != nil {
+			r.log.Error("reconcile: assignments", "instance", inst, "err", err)
+		}
+		if changed {
+			if _, err := r.st.PutDesired(nd); err != nil {
+				r.log.Error("reconcile: write the desired state", "instance", inst, "err", err)
+				return
+			}
+			d, reason = nd, ReasonAssignment
+		}
 	}
 	r.converge(ctx, g, d, agents.SystemActor, reason, auditType)
 }
 
 // firstDesired records the desired state of an instance the host has none
-// for.
+// for: an assignment's persona, else what it holds, else the default.
 func (r *Reconciler) firstDesired(inst string, g *agents.Guest) (store.DesiredState, error) {
 	d := store.DesiredState{Instance: inst, SetBy: store.DesiredByAdoption, Actor: agents.SystemActor}
+	ad, assigned, err := r.assigned(inst)
+	if err != nil {
+		return d, err
+	}
 	switch act := g.Active(); {
+	case assigned:
+		d = ad
 	case act != nil:
 		d = desiredOf(inst, act.Persona, store.DesiredByAdoption, agents.SystemActor)
 		d.Revision = act.Revision

@@ -19,6 +19,7 @@ const (
 	DesiredByDefault      = "default"      // the default persona, for an instance never seen before
 	DesiredByAdoption     = "adopted"      // first seen holding a persona: what it holds
 	DesiredByRollout      = "rollout"      // a rollout of the persona's current revision
+	DesiredByAssignment   = "assignment"   // the highest-priority assignment selecting the instance
 )
 
 // Audit event types of the desired state's changes.

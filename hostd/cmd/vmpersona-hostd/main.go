@@ -53,7 +53,7 @@ func main() {
 	fs := flag.NewFlagSet("vmpersona-hostd", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	var cfg daemon.Config
-	var instances, qmp multiFlag
+	var instances, qmp, hostLabels multiFlag
 	var logLevel, logFormat string
 	var memLimit int64
 	var version bool
@@ -64,8 +64,8 @@ func main() {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key for --listen")
 	fs.StringVar(&cfg.TokenFile, "token-auth-file", "", `bearer tokens, CSV: token,user,uid,"group1,group2"`)
 	fs.StringVar(&cfg.LibvirtURI, "libvirt-uri", "qemu:///system", "libvirt connection (empty disables libvirt)")
-	fs.Var(&instances, "instance", "NAME=ENDPOINT of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT")
-	fs.Var(&qmp, "qmp", "NAME=PATH of a plain QEMU instance's QMP socket (repeatable)")
+	fs.Var(&instances, "instance", "NAME=ENDPOINT[,KEY=VALUE…] of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT; KEY=VALUE are the instance's labels")
+	fs.Var(&qmp, "qmp", "NAME=PATH[,KEY=VALUE…] of a plain QEMU instance's QMP socket (repeatable); KEY=VALUE are the instance's labels")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit events are kept (0 keeps them forever)")
 	fs.Uint64Var(&cfg.MinFreeBytes, "min-free-space", store.DefaultMinFreeBytes, "free bytes the data directory's file system must keep: under it writes are answered 507 until space is freed (0 disables)")
 	fs.BoolVar(&cfg.AuditExec, "audit-exec", true, "audit every exec (actor, command, argument count and a redacted preview, route, exit code, duration), not only overrides and denials; a persona's audit_exec overrides it")
@@ -74,11 +74,12 @@ func main() {
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "ping interval towards guest agents; a session silent for three intervals is probed and dropped when the probe goes unanswered for three more")
 	fs.Int64Var(&cfg.MaxFileBytes, "max-file-size", api.DefaultMaxFileBytes, "largest file, in bytes, vmpersonactl file push/pull moves into or out of a guest; beyond it the API answers 413")
 	fs.DurationVar(&cfg.ScriptTimeout, "script-timeout", 5*time.Minute, "default timeout of activation scripts")
-	fs.StringVar(&cfg.FleetEtcd, "fleet-etcd", "", "fleet mode: etcd client URLs, comma-separated; personas and the default are shared through etcd (absent: single host)")
+	fs.StringVar(&cfg.FleetEtcd, "fleet-etcd", "", "fleet mode: etcd client URLs, comma-separated; personas, the default and assignments are shared through etcd (absent: single host)")
 	fs.StringVar(&cfg.FleetCA, "fleet-ca", "", "CA certificate (PEM) of the etcd cluster")
 	fs.StringVar(&cfg.FleetCert, "fleet-cert", "", "this host's client certificate for etcd (mTLS)")
 	fs.StringVar(&cfg.FleetKey, "fleet-key", "", "this host's client key for etcd (mTLS)")
 	fs.StringVar(&cfg.FleetHost, "fleet-host", "", "this host's name in the fleet (default: the certificate's CN, else the hostname)")
+	fs.Var(&hostLabels, "fleet-host-label", "KEY=VALUE: a label of this host in the fleet, which assignments select by (repeatable)")
 	fs.StringVar(&cfg.FleetPrefix, "fleet-prefix", "/vmpersona/v1/", "key prefix in etcd")
 	fs.StringVar(&cfg.FleetOfflineActivation, "fleet-offline-activation", "cached", "activations while etcd is unreachable: cached (from the local copy) or refuse")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -109,7 +110,7 @@ func main() {
 		debug.SetMemoryLimit(memLimit)
 	}
 	cfg.Logger = logger
-	cfg.Instances, cfg.QMP = instances, qmp
+	cfg.Instances, cfg.QMP, cfg.FleetHostLabels = instances, qmp, hostLabels
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

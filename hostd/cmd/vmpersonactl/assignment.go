@@ -153,3 +153,66 @@ applies from then on.`,
 		},
 	}
 }
+
+func instanceLabelCommand() *command {
+	return &command{
+		name: "label", summary: "set or remove a libvirt domain's labels", args: "INSTANCE KEY=VALUE|KEY-…",
+		complete: []argKind{argInstance},
+		long: `Sets (KEY=VALUE) or removes (KEY-) labels of INSTANCE, a libvirt domain; the
+others stay. Labels are kept in the domain's metadata and are what
+assignments select by (--label). A static or QMP instance's labels come
+from its --instance/--qmp flag. Needs the admin role.`,
+		example: `vmpersonactl instance label web01 role=web tier=frontend
+vmpersonactl instance label web01 tier-`,
+		setup: func(fs *flag.FlagSet) runner {
+			return func(ctx context.Context, a *app, args []string) error {
+				if err := wantArgs(args, 2, -1, "INSTANCE KEY=VALUE|KEY-…"); err != nil {
+					return err
+				}
+				c, err := a.api()
+				if err != nil {
+					return err
+				}
+				in, err := c.GetInstance(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				labels := maps.Clone(in.Labels)
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				var set []string
+				for _, arg := range args[1:] {
+					if k, ok := strings.CutSuffix(arg, "-"); ok && !strings.Contains(arg, "=") {
+						delete(labels, k)
+						continue
+					}
+					set = append(set, arg)
+				}
+				add, err := assignment.ParseLabels("labels", set)
+				if err != nil {
+					return usageErrorf("%v", err)
+				}
+				maps.Copy(labels, add)
+				out, err := c.SetInstanceLabels(ctx, in.ID, labels)
+				if err != nil {
+					return err
+				}
+				if a.json() {
+					return writeJSON(a.io.out, apitypes.InstanceLabels{Labels: out})
+				}
+				fmt.Fprintf(a.io.out, "%s: labels %s\n", in.ID, labelText(out))
+				return nil
+			}
+		},
+	}
+}
+
+// labelText is labels as k=v,k=v, sorted.
+func labelText(labels map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
+}

@@ -118,7 +118,7 @@ the instance name (a libvirt domain's UUID is accepted too).`,
 			example: `vmpersonactl instance get vm1
 vmpersonactl instance get vm1 -o json`,
 			setup: query[apitypes.Instance]{args: "ID", min: 1, max: 1, ask: oneArg((*apiclient.Client).GetInstance), text: printInstance}.setup,
-		}},
+		}, instanceLabelCommand()},
 	}
 }
 
@@ -147,6 +147,9 @@ func printInstance(a *app, in apitypes.Instance) error {
 	kv.add("Last error", in.Agent.LastError)
 	if in.UUID != "" {
 		kv.add("UUID", in.UUID)
+	}
+	if len(in.Labels) > 0 {
+		kv.add("Labels", labelText(in.Labels))
 	}
 	if in.PortOpen != nil {
 		kv.add("Port open", yesNo(*in.PortOpen))

@@ -168,6 +168,7 @@ func (e AuditEventType) Valid() bool {
 const (
 	DesiredStateSetByActivation   DesiredStateSetBy = "activation"
 	DesiredStateSetByAdopted      DesiredStateSetBy = "adopted"
+	DesiredStateSetByAssignment   DesiredStateSetBy = "assignment"
 	DesiredStateSetByDeactivation DesiredStateSetBy = "deactivation"
 	DesiredStateSetByDefault      DesiredStateSetBy = "default"
 	DesiredStateSetByRollout      DesiredStateSetBy = "rollout"
@@ -179,6 +180,8 @@ func (e DesiredStateSetBy) Valid() bool {
 	case DesiredStateSetByActivation:
 		return true
 	case DesiredStateSetByAdopted:
+		return true
+	case DesiredStateSetByAssignment:
 		return true
 	case DesiredStateSetByDeactivation:
 		return true
@@ -1008,10 +1011,13 @@ type FleetHost struct {
 	ApiAddress *string `json:"api_address,omitempty"`
 
 	// AppliedRevision etcd revision of the host's copy of the catalogue
-	AppliedRevision int64     `json:"applied_revision"`
-	Host            string    `json:"host"`
-	StartedAt       time.Time `json:"started_at"`
-	Version         string    `json:"version"`
+	AppliedRevision int64  `json:"applied_revision"`
+	Host            string `json:"host"`
+
+	// Labels the host's labels (--fleet-host-label), which assignments select by
+	Labels    *map[string]string `json:"labels,omitempty"`
+	StartedAt time.Time          `json:"started_at"`
+	Version   string             `json:"version"`
 }
 
 // Instance defines model for Instance.
@@ -1039,6 +1045,9 @@ type Instance struct {
 	// Host fleet mode, ?scope=fleet: the host whose hostd published the instance
 	Host *string `json:"host,omitempty"`
 	Id   string  `json:"id"`
+
+	// Labels the instance's labels (libvirt domain metadata, or its --instance/--qmp flag), which assignments select by
+	Labels *map[string]string `json:"labels,omitempty"`
 
 	// LatestRevision the desired persona's current revision
 	LatestRevision *int `json:"latest_revision,omitempty"`
@@ -1069,6 +1078,11 @@ type InstanceState string
 
 // InstanceSync in_sync: the guest holds the desired revision, the persona's latest; drifted: the persona changed since; pending: not applied yet; unreachable: no session; failed: the last attempt failed
 type InstanceSync string
+
+// InstanceLabels an instance's labels, which assignments select by
+type InstanceLabels struct {
+	Labels map[string]string `json:"labels"`
+}
 
 // ListChange what an activation would add and remove (changed: overrides whose target changes)
 type ListChange struct {
@@ -1435,6 +1449,9 @@ type DeactivateInstanceJSONRequestBody = ActivateRequest
 // ExecCommandJSONRequestBody defines body for ExecCommand for application/json ContentType.
 type ExecCommandJSONRequestBody = ExecRequest
 
+// SetInstanceLabelsJSONRequestBody defines body for SetInstanceLabels for application/json ContentType.
+type SetInstanceLabelsJSONRequestBody = InstanceLabels
+
 // ActivatePersonaJSONRequestBody defines body for ActivatePersona for application/json ContentType.
 type ActivatePersonaJSONRequestBody = ActivateRequest
 
@@ -1624,6 +1641,20 @@ type ClientInterface interface {
 	//
 	// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
 	PushFileWithBody(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetInstanceLabelsWithBody Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+	SetInstanceLabelsWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SetInstanceLabels Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+	SetInstanceLabels(ctx context.Context, id string, body SetInstanceLabelsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ActivatePersonaWithBody Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
 	//
@@ -1986,6 +2017,40 @@ func (c *Client) PullFile(ctx context.Context, id string, params *PullFileParams
 // Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
 func (c *Client) PushFileWithBody(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPushFileRequestWithBody(c.Server, id, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetInstanceLabelsWithBody Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+func (c *Client) SetInstanceLabelsWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetInstanceLabelsRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SetInstanceLabels Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+func (c *Client) SetInstanceLabels(ctx context.Context, id string, body SetInstanceLabelsJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSetInstanceLabelsRequest(c.Server, id, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3038,6 +3103,53 @@ func NewPushFileRequestWithBody(server string, id string, params *PushFileParams
 	return req, nil
 }
 
+// NewSetInstanceLabelsRequest calls the generic SetInstanceLabels builder with application/json body
+func NewSetInstanceLabelsRequest(server string, id string, body SetInstanceLabelsJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewSetInstanceLabelsRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewSetInstanceLabelsRequestWithBody constructs an http.Request for the SetInstanceLabels method, with any body, and a specified content type
+func NewSetInstanceLabelsRequestWithBody(server string, id string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/instances/%s/labels", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewActivatePersonaRequest calls the generic ActivatePersona builder with application/json body
 func NewActivatePersonaRequest(server string, id string, persona string, params *ActivatePersonaParams, body ActivatePersonaJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -3759,6 +3871,20 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PUT /instances/{id}/files (the `PushFile` operationId).
 	PushFileWithBodyWithResponse(ctx context.Context, id string, params *PushFileParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PushFileResponse, error)
+
+	// SetInstanceLabelsWithBodyWithResponse Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+	SetInstanceLabelsWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceLabelsResponse, error)
+
+	// SetInstanceLabelsWithResponse Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+	SetInstanceLabelsWithResponse(ctx context.Context, id string, body SetInstanceLabelsJSONRequestBody, reqEditors ...RequestEditorFn) (*SetInstanceLabelsResponse, error)
 
 	// ActivatePersonaWithBodyWithResponse Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
 	//
@@ -5234,6 +5360,124 @@ func (r PushFileResponse) ContentType() string {
 	return ""
 }
 
+// SetInstanceLabelsResponse401Headers the declared response headers of an HTTP 401 response for SetInstanceLabels
+type SetInstanceLabelsResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type SetInstanceLabelsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *InstanceLabels
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// ApplicationproblemJSON504 the response for an HTTP 504 `application/problem+json` response
+	ApplicationproblemJSON504 *Problem
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *SetInstanceLabelsResponse401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SetInstanceLabelsResponse) GetJSON200() *InstanceLabels {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetApplicationproblemJSON504 returns the response for an HTTP 504 `application/problem+json` response
+func (r SetInstanceLabelsResponse) GetApplicationproblemJSON504() *Problem {
+	return r.ApplicationproblemJSON504
+}
+
+// GetBody returns the raw response body bytes
+func (r SetInstanceLabelsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SetInstanceLabelsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SetInstanceLabelsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SetInstanceLabelsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ActivatePersonaResponse401Headers the declared response headers of an HTTP 401 response for ActivatePersona
 type ActivatePersonaResponse401Headers struct {
 	WWWAuthenticate *string
@@ -6286,6 +6530,32 @@ func (c *ClientWithResponses) PushFileWithBodyWithResponse(ctx context.Context, 
 		return nil, err
 	}
 	return ParsePushFileResponse(rsp)
+}
+
+// SetInstanceLabelsWithBodyWithResponse Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+func (c *ClientWithResponses) SetInstanceLabelsWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*SetInstanceLabelsResponse, error) {
+	rsp, err := c.SetInstanceLabelsWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetInstanceLabelsResponse(rsp)
+}
+
+// SetInstanceLabelsWithResponse Replace a libvirt domain's labels (kept in its metadata under the vmpersona namespace); a static or QMP instance's come from its flag (409)
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /instances/{id}/labels (the `SetInstanceLabels` operationId).
+func (c *ClientWithResponses) SetInstanceLabelsWithResponse(ctx context.Context, id string, body SetInstanceLabelsJSONRequestBody, reqEditors ...RequestEditorFn) (*SetInstanceLabelsResponse, error) {
+	rsp, err := c.SetInstanceLabels(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSetInstanceLabelsResponse(rsp)
 }
 
 // ActivatePersonaWithBodyWithResponse Activate a persona (the instance's desired state); answers when the guest has finished. With dry_run=true, change nothing and answer what the activation would change
@@ -7693,6 +7963,115 @@ func ParsePushFileResponse(rsp *http.Response) (*PushFileResponse, error) {
 	switch {
 	case rsp.StatusCode == 401:
 		var headers PushFileResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseSetInstanceLabelsResponse parses an HTTP response from a SetInstanceLabelsWithResponse call
+func ParseSetInstanceLabelsResponse(rsp *http.Response) (*SetInstanceLabelsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SetInstanceLabelsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest InstanceLabels
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 504:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON504 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers SetInstanceLabelsResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
