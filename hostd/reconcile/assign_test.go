@@ -54,7 +54,7 @@ func TestAssignmentsOnOneHost(t *testing.T) {
 
 	// vm2 goes away; meanwhile a higher assignment names a persona that is
 	// then deleted, and another one names web: on reconnect vm2 runs web.
-	g2.kill()
+	g2.Kill()
 	waitFor(t, "vm2 away", func() bool { st, _ := h.m.Get("vm2"); return st.State != agents.StateConnected })
 	h.createPersona(protocol.Persona{Name: "gone"})
 	put(assignment.Assignment{Name: "top", Persona: "gone", Priority: 100, Selector: assignment.Selector{UUIDs: []string{"4dcb3f9a-0f0b-4c39-9e9b-3b0f1f2b1c11"}}})
@@ -63,6 +63,6 @@ func TestAssignmentsOnOneHost(t *testing.T) {
 	}
 	put(assignment.Assignment{Name: "second", Persona: "web", Priority: 50, Selector: assignment.Selector{Instances: []string{"vm2"}}})
 	waitFor(t, "vm2's desired state to be web", func() bool { return h.desired("vm2").PersonaName() == "web" })
-	g2.start()
+	g2.Start()
 	waitFor(t, "vm2 on web after reconnecting", func() bool { return active("vm2") == "web" })
 }
