@@ -11,9 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -93,6 +92,11 @@ type Result struct {
 // ErrStart only when the process could not be started; a process that ran
 // and failed is a Result with its exit code or signal. Cancelling ctx kills
 // the process group.
+//
+// One goroutine does the whole run: the process is started with
+// syscall.ForkExec, and its output pipes, its standard input and its exit
+// (a pidfd) are served by one poll loop, with no goroutine per stream and no
+// trip through the runtime's network poller.
 func Run(ctx context.Context, spec Spec) (Result, error) {
 	timeout := spec.Timeout
 	if timeout <= 0 {
@@ -108,22 +112,20 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	stdout := &capture{limit: limit, stream: Stdout, emit: spec.OnOutput}
 	stderr := &capture{limit: limit, stream: Stderr, emit: spec.OnOutput}
 	start := time.Now()
-	var cmd *exec.Cmd
+	var p *proc
 	group := newCgroup()
 	for attempt := 0; ; attempt++ {
-		cmd = command(ctx, spec, stdout, stderr, group)
-		err := spec.Domain.Start(cmd.Start)
+		var err error
+		p, err = startProc(spec, group)
 		if err != nil && group != nil && !errors.Is(err, syscall.ETXTBSY) {
 			// Either the file cannot run, or the cgroup could not take
 			// the process (a cgroup with controllers enabled below it,
 			// say). Try once without: if that starts, cgroups are off for
 			// later processes too.
-			cmd = command(ctx, spec, stdout, stderr, nil)
-			if spec.Domain.Start(cmd.Start) == nil {
+			if p2, err2 := startProc(spec, nil); err2 == nil {
 				disableCgroups(err)
 				group.remove()
-				group = nil
-				break
+				group, p, err = nil, p2, nil
 			}
 		}
 		if err == nil {
@@ -139,23 +141,29 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 		group.done()
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrStart, spec.Path, err)
 	}
-	waitErr := cmd.Wait()
+	p.group = group
+	// A timeout or the caller's cancellation kills the process group and
+	// the cgroup; the loop then sees the process end.
+	stop := context.AfterFunc(ctx, p.kill)
+	ws := p.wait(spec.Stdin, stdout, stderr)
+	stop()
 	res := Result{Duration: time.Since(start)}
 	if ctx.Err() != nil {
 		// Whatever the leader did, leave nothing of the group behind.
-		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+		unix.Kill(-p.pid, unix.SIGKILL)
 		res.TimedOut = errors.Is(ctx.Err(), context.DeadlineExceeded)
 	}
 	// Nothing the command started outlives it: what left the process
 	// group (setsid, double fork) is still in the cgroup, which is killed
 	// unless it is empty.
 	group.done()
-	if ps := cmd.ProcessState; ps != nil {
-		res.ExitCode = ps.ExitCode()
-		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			res.Signal = unix.SignalName(ws.Signal())
-		}
-	} else if waitErr != nil {
+	switch {
+	case ws.Exited():
+		res.ExitCode = ws.ExitStatus()
+	case ws.Signaled():
+		res.ExitCode = -1
+		res.Signal = unix.SignalName(ws.Signal())
+	default:
 		res.ExitCode = -1
 	}
 	res.Stdout, res.StdoutTruncated = stdout.buf.Bytes(), stdout.truncated
@@ -163,49 +171,335 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 	return res, nil
 }
 
+// forcePoll makes wait use poll(2) (tests of that path).
+var forcePoll = false
+
 // startRetries bounds the attempts to start a file that is busy (ETXTBSY).
 const startRetries = 5
 
-func command(ctx context.Context, spec Spec, stdout, stderr *capture, group *cgroup) *exec.Cmd {
+// proc is a started process and the parent's ends of its pipes (-1 when
+// closed).
+type proc struct {
+	pid, pidfd  int
+	out, errOut int // read ends of stdout and stderr
+	in          int // write end of stdin, -1 without input
+	group       *cgroup
+
+	mu     sync.Mutex // kill against reaping: no signal to a reaped pid
+	reaped bool
+}
+
+// startProc forks and executes the process of spec in group (none when
+// nil), in its own process group.
+func startProc(spec Spec, group *cgroup) (*proc, error) {
+	var out, errOut, in [2]int
+	if err := unix.Pipe2(out[:], unix.O_CLOEXEC); err != nil {
+		return nil, err
+	}
+	if err := unix.Pipe2(errOut[:], unix.O_CLOEXEC); err != nil {
+		unix.Close(out[0])
+		unix.Close(out[1])
+		return nil, err
+	}
+	in = [2]int{-1, -1}
+	stdin := devNullFD()
+	if len(spec.Stdin) > 0 {
+		if err := unix.Pipe2(in[:], unix.O_CLOEXEC); err != nil {
+			closeFDs(out[0], out[1], errOut[0], errOut[1])
+			return nil, err
+		}
+		stdin = in[0]
+	}
+	files := []uintptr{uintptr(stdin), uintptr(out[1]), uintptr(errOut[1])}
 	path := spec.Path
 	if spec.Exe != nil {
 		// The descriptor becomes fd 3 in the child, without close-on-exec:
 		// the kernel resolves /proc/self/fd/3 to the opened file, and a
 		// script's interpreter can open the same path again.
 		path = "/proc/self/fd/3"
+		files = append(files, spec.Exe.Fd())
 	}
-	cmd := exec.CommandContext(ctx, path)
-	cmd.Args = spec.Args
-	if len(cmd.Args) == 0 {
-		cmd.Args = []string{spec.Path}
+	args := spec.Args
+	if len(args) == 0 {
+		args = []string{spec.Path}
 	}
-	if spec.Exe != nil {
-		cmd.ExtraFiles = []*os.File{spec.Exe}
+	env := spec.Env
+	if env == nil {
+		env = []string{}
 	}
-	cmd.Env = spec.Env
-	if cmd.Env == nil {
-		cmd.Env = []string{}
-	}
-	cmd.Dir = spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: spec.Credential}
+	pidfd := -1
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: spec.Credential, PidFD: &pidfd}
 	if group != nil {
-		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, group.fd
+		sys.UseCgroupFD, sys.CgroupFD = true, group.fd
 	}
-	if len(spec.Stdin) > 0 {
-		cmd.Stdin = bytes.NewReader(spec.Stdin)
-	} else if f := devNull(); f != nil {
-		// An *os.File is passed to the child as it is: no open per exec.
-		cmd.Stdin = f
+	attr := &syscall.ProcAttr{Dir: spec.Dir, Env: env, Files: files, Sys: sys}
+	var pid int
+	err := spec.Domain.Start(func() error {
+		var err error
+		pid, err = syscall.ForkExec(path, args, attr)
+		return err
+	})
+	if spec.Exe != nil {
+		runtime.KeepAlive(spec.Exe)
 	}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Cancel = func() error {
-		// The negative pid names the process group: the command and every
-		// descendant that did not leave it; the cgroup holds those that did.
-		group.kill()
-		return unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+	closeFDs(out[1], errOut[1], in[0])
+	if err != nil {
+		closeFDs(out[0], errOut[0], in[1])
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		return nil, err
 	}
-	cmd.WaitDelay = waitDelay
-	return cmd
+	if in[1] >= 0 {
+		unix.SetNonblock(in[1], true)
+	}
+	return &proc{pid: pid, pidfd: pidfd, out: out[0], errOut: errOut[0], in: in[1]}, nil
+}
+
+func closeFDs(fds ...int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// kill ends the process group and everything in the cgroup, unless the
+// process has been reaped already.
+func (p *proc) kill() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reaped {
+		return
+	}
+	// The negative pid names the process group: the command and every
+	// descendant that did not leave it; the cgroup holds those that did.
+	p.group.kill()
+	unix.Kill(-p.pid, unix.SIGKILL)
+}
+
+// reap collects the process's exit status if it has ended.
+func (p *proc) reap(ws *syscall.WaitStatus) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		wpid, err := syscall.Wait4(p.pid, ws, syscall.WNOHANG, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if wpid == p.pid || err == syscall.ECHILD {
+			p.reaped = true
+			return true
+		}
+		return false
+	}
+}
+
+// wait serves the process until it has ended and its output pipes are
+// closed (or waitDelay has passed since it ended: a descendant may hold
+// them), feeding stdin and capturing stdout and stderr on the way.
+//
+// The pipes and the pidfd are watched by an epoll instance of the run's
+// own, itself waited for through the runtime's poller: the goroutine parks
+// instead of holding its thread and processor in a blocking poll(2), so an
+// idle daemon stays idle (the runtime's monitor sleeps) while a command
+// runs.
+func (p *proc) wait(stdin []byte, stdout, stderr *capture) syscall.WaitStatus {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil || forcePoll {
+		if err == nil {
+			unix.Close(epfd)
+		}
+		return p.pollWait(stdin, stdout, stderr)
+	}
+	watch := func(fd int, ev uint32) {
+		if fd >= 0 {
+			unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: ev, Fd: int32(fd)})
+		}
+	}
+	watch(p.out, unix.EPOLLIN)
+	watch(p.errOut, unix.EPOLLIN)
+	watch(p.pidfd, unix.EPOLLIN)
+	watch(p.in, unix.EPOLLOUT)
+	unix.SetNonblock(epfd, true)
+	ep := os.NewFile(uintptr(epfd), "epoll")
+	defer ep.Close()
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		return p.pollWait(stdin, stdout, stderr)
+	}
+	defer func() { closeFDs(p.out, p.errOut, p.in, p.pidfd) }()
+
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var ws syscall.WaitStatus
+	exited := false
+	var drainEnd time.Time
+	closeFD := func(fd *int) {
+		unix.Close(*fd)
+		*fd = -1
+	}
+	var events [4]unix.EpollEvent
+	serve := func(fd uintptr) bool {
+		n, err := unix.EpollWait(int(fd), events[:], 0)
+		if err != nil || n <= 0 {
+			return false // nothing yet: park until the epoll instance is readable
+		}
+		for _, ev := range events[:n] {
+			switch int(ev.Fd) {
+			case p.out, p.errOut:
+				c, fdp := stdout, &p.out
+				if int(ev.Fd) == p.errOut {
+					c, fdp = stderr, &p.errOut
+				}
+				n, err := unix.Read(*fdp, buf)
+				if n > 0 {
+					c.Write(buf[:n])
+				} else if err != unix.EINTR && err != unix.EAGAIN {
+					closeFD(fdp) // end of the stream; leaves the epoll set
+				}
+			case p.in:
+				n, err := unix.Write(p.in, stdin)
+				if n > 0 {
+					stdin = stdin[n:]
+				}
+				if len(stdin) == 0 || (err != nil && err != unix.EAGAIN && err != unix.EINTR) {
+					closeFD(&p.in)
+				}
+			case p.pidfd:
+				if !exited && p.reap(&ws) {
+					exited = true
+					drainEnd = time.Now().Add(waitDelay)
+					// A pidfd stays readable: out of the set.
+					unix.EpollCtl(int(fd), unix.EPOLL_CTL_DEL, p.pidfd, nil)
+					if p.in >= 0 {
+						closeFD(&p.in) // input nobody will read
+					}
+				}
+			}
+		}
+		return true
+	}
+	for {
+		if exited && p.out < 0 && p.errOut < 0 {
+			return ws
+		}
+		switch {
+		case exited:
+			ep.SetReadDeadline(drainEnd)
+		case p.pidfd < 0:
+			// No pidfd (an old kernel): look for the exit now and then.
+			ep.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		}
+		err := rc.Read(serve)
+		if err == nil {
+			continue
+		}
+		if exited || !errors.Is(err, os.ErrDeadlineExceeded) {
+			// A descendant holds the pipes open (or the poller failed):
+			// stop reading.
+			closeFDs(p.out, p.errOut)
+			p.out, p.errOut = -1, -1
+			if !exited {
+				p.kill()
+				for !p.reap(&ws) {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			return ws
+		}
+		if p.reap(&ws) {
+			exited = true
+			drainEnd = time.Now().Add(waitDelay)
+			if p.in >= 0 {
+				closeFD(&p.in)
+			}
+		}
+	}
+}
+
+// pollWait is wait with poll(2): the goroutine blocks in the kernel, its
+// thread with it (used when no epoll instance can be made).
+func (p *proc) pollWait(stdin []byte, stdout, stderr *capture) syscall.WaitStatus {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var ws syscall.WaitStatus
+	exited := false
+	var drainEnd time.Time
+	defer func() { closeFDs(p.out, p.errOut, p.in, p.pidfd) }()
+	read := func(fd *int, c *capture) {
+		n, err := unix.Read(*fd, buf)
+		if n > 0 {
+			c.Write(buf[:n])
+			return
+		}
+		if err == unix.EINTR || err == unix.EAGAIN {
+			return
+		}
+		unix.Close(*fd)
+		*fd = -1
+	}
+	for {
+		if exited && p.out < 0 && p.errOut < 0 {
+			return ws
+		}
+		pfd := [4]unix.PollFd{
+			{Fd: int32(p.out), Events: unix.POLLIN},
+			{Fd: int32(p.errOut), Events: unix.POLLIN},
+			{Fd: -1, Events: unix.POLLIN},
+			{Fd: int32(p.in), Events: unix.POLLOUT},
+		}
+		if !exited {
+			pfd[2].Fd = int32(p.pidfd)
+		}
+		wait := -1
+		switch {
+		case exited:
+			left := time.Until(drainEnd)
+			if left <= 0 {
+				// A descendant holds the pipes open: stop reading.
+				closeFDs(p.out, p.errOut)
+				p.out, p.errOut = -1, -1
+				return ws
+			}
+			wait = int(left/time.Millisecond) + 1
+		case p.pidfd < 0:
+			// No pidfd (an old kernel): look for the exit now and then.
+			wait = 10
+		}
+		_, err := unix.Poll(pfd[:], wait)
+		if err != nil && err != unix.EINTR {
+			// Cannot happen with valid descriptors; do not spin.
+			time.Sleep(time.Millisecond)
+		}
+		if pfd[0].Revents != 0 && p.out >= 0 {
+			read(&p.out, stdout)
+		}
+		if pfd[1].Revents != 0 && p.errOut >= 0 {
+			read(&p.errOut, stderr)
+		}
+		if pfd[3].Revents != 0 && p.in >= 0 {
+			n, err := unix.Write(p.in, stdin)
+			if n > 0 {
+				stdin = stdin[n:]
+			}
+			if len(stdin) == 0 || (err != nil && err != unix.EAGAIN && err != unix.EINTR) {
+				unix.Close(p.in)
+				p.in = -1
+			}
+		}
+		if !exited && (pfd[2].Revents != 0 || p.pidfd < 0) && p.reap(&ws) {
+			exited = true
+			drainEnd = time.Now().Add(waitDelay)
+			if p.in >= 0 {
+				// Input nobody will read.
+				unix.Close(p.in)
+				p.in = -1
+			}
+		}
+	}
 }
 
 var (
@@ -223,30 +517,21 @@ func devNull() *os.File {
 	return devNullFile
 }
 
-// copyBufs holds the buffers capture.ReadFrom reads pipes with.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// ReadFrom drains r (the pipe os/exec copies from) through a pooled buffer:
-// io.Copy would allocate 32 KiB per stream per process.
-func (c *capture) ReadFrom(r io.Reader) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			c.Write(buf[:n])
-			total += int64(n)
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
+// devNullFD is the descriptor of devNull, or of a fresh /dev/null when it
+// could not be shared (never closed).
+var devNullFD = sync.OnceValue(func() int {
+	if f := devNull(); f != nil {
+		return int(f.Fd())
 	}
-}
+	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+// copyBufs holds the buffers the output pipes are read with.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // capture keeps (or forwards) at most limit bytes of one stream and drains
 // the rest, so a chatty process never blocks on a full pipe.
