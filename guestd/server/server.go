@@ -32,6 +32,9 @@ import (
 const (
 	DefaultMaxInFlight  = protocol.DefaultMaxInFlight
 	DefaultWriteTimeout = protocol.DefaultWriteTimeout
+	// auditGather is how long events recorded right after a batch left
+	// wait for more before the next batch.
+	auditGather = 5 * time.Millisecond
 )
 
 // Config configures a Server.
@@ -232,11 +235,15 @@ func (c *conn) deliverAudit() {
 	spool := c.s.cfg.Spool
 	d := audit.NewDelivery(spool)
 	var epoch uint32
-	var retry *time.Timer
-	var retryC <-chan time.Time
+	var retry, gather *time.Timer
+	var retryC, gatherC <-chan time.Time
+	var lastSend time.Time
 	defer func() {
 		if retry != nil {
 			retry.Stop()
+		}
+		if gather != nil {
+			gather.Stop()
 		}
 	}()
 	for {
@@ -245,7 +252,23 @@ func (c *conn) deliverAudit() {
 			return
 		case <-retryC:
 			retryC = nil
+		case <-gatherC:
+			gatherC = nil
 		case <-spool.Notify():
+			// Events recorded soon after a batch left wait for the ones
+			// that follow (one batch, one acknowledgement for several
+			// execs); an isolated event leaves at once.
+			if wait := auditGather - time.Since(lastSend); wait > 0 && epoch != 0 && c.sess.Epoch() == epoch {
+				if gatherC == nil {
+					if gather == nil {
+						gather = time.NewTimer(wait)
+					} else {
+						gather.Reset(wait)
+					}
+					gatherC = gather.C
+				}
+				continue
+			}
 		case <-c.kick:
 		}
 		for {
@@ -262,6 +285,7 @@ func (c *conn) deliverAudit() {
 			if events == nil {
 				break
 			}
+			lastSend = time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), d.AnswerTimeout())
 			var ack protocol.AuditAck
 			err := c.sess.Call(ctx, protocol.TypeAuditBatch, protocol.AuditBatch{SpoolID: spool.ID(), Events: events}, &ack, nil)
