@@ -4,17 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,55 +18,15 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
-	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testguest"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
-
-// guestdBin is the real guest daemon (internal/testbin builds it once per
-// test run).
-var guestdBin string
-
-func TestMain(m *testing.M) {
-	var err error
-	if guestdBin, err = testbin.Path(testbin.Guestd); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
 
 // startGuest runs a real guest daemon listening on a unix socket and returns
 // its endpoint. It is killed when the test ends.
 func startGuest(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(guestdBin, "--listen", "unix:"+sock, "--state-dir", filepath.Join(dir, "state"),
-		"--profile-file", filepath.Join(dir, "profile.sh"))
-	cmd.Stderr = io.Discard
-	if testing.Verbose() {
-		cmd.Stderr = os.Stderr
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-	})
-	waitSocket(t, sock)
-	return "unix:" + sock
-}
-
-func waitSocket(t *testing.T, sock string) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("socket %s never appeared", sock)
+	return "unix:" + testguest.Start(t, nil, nil).Sock
 }
 
 // hungAgent accepts connections and never answers: a guest that hangs.
@@ -161,15 +117,10 @@ func newEnv(t *testing.T, instances map[string]string) *env {
 // waitConnected waits until the instance's agent has a session.
 func (e *env) waitConnected(name string) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, err := e.mgr.Get(name); err == nil && st.State == "connected" {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	st, _ := e.mgr.Get(name)
-	e.t.Fatalf("instance %s never connected: %+v", name, st)
+	testproc.WaitFor(e.t, "instance "+name+" to connect", func() bool {
+		st, err := e.mgr.Get(name)
+		return err == nil && st.State == "connected"
+	})
 }
 
 type resp struct {
