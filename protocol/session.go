@@ -299,6 +299,8 @@ type Session struct {
 
 	writes   chan *outFrame
 	urgent   chan *outFrame // heartbeats: written before queued frames
+	work     chan job       // to an idle handler worker
+	idle     atomic.Int32   // idle handler workers
 	serial   chan *Request
 	inflight chan struct{}
 	handlers sync.WaitGroup
@@ -339,6 +341,7 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 		windows:  make(map[uint64]*window),
 		writes:   make(chan *outFrame),
 		urgent:   make(chan *outFrame),
+		work:     make(chan job),
 		serial:   make(chan *Request, serialQueue),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 		closed:   make(chan struct{}),
@@ -782,16 +785,50 @@ func (s *Session) dispatch(f Frame) {
 		s.answerError(epoch, f.ID, &Error{Code: CodeBusy, Message: "too many requests in flight"})
 		return
 	}
-	s.handlers.Add(1)
-	go func() {
-		defer s.handlers.Done()
-		v, err := h.Serve(s.ctx, r)
-		s.served(r)
+	j := job{h: h, r: r}
+	select {
+	case s.work <- j: // an idle worker takes it
+	default:
+		s.handlers.Add(1)
+		go s.worker(j)
+	}
+}
+
+// job is one request for a handler worker.
+type job struct {
+	h Handler
+	r *Request
+}
+
+// maxIdleWorkers is how many handler goroutines a session keeps waiting
+// for the next request. A worker keeps the stack it grew (JSON decoding
+// grows a new goroutine's stack, and copying it cost a tenth of an exec's
+// CPU in the guest); a waiting goroutine costs no wakeups.
+const maxIdleWorkers = 4
+
+// worker serves j, then further requests while it is one of the idle
+// workers the session keeps.
+func (s *Session) worker(j job) {
+	defer s.handlers.Done()
+	for {
+		v, err := j.h.Serve(s.ctx, j.r)
+		s.served(j.r)
 		// The slot is free before the answer leaves: a peer that has its
 		// answer may send the next request at once without being told busy.
 		<-s.inflight
-		s.answer(r, h.Answer, v, err)
-	}()
+		s.answer(j.r, j.h.Answer, v, err)
+		if s.idle.Add(1) > maxIdleWorkers {
+			s.idle.Add(-1)
+			return
+		}
+		select {
+		case j = <-s.work:
+			s.idle.Add(-1)
+		case <-s.closed:
+			s.idle.Add(-1)
+			return
+		}
+	}
 }
 
 func (s *Session) serialLoop() {
