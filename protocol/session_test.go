@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -417,5 +418,53 @@ func TestSessionAnswerBeforeEOF(t *testing.T) {
 		}
 		s.Close(nil)
 		s.Wait()
+	}
+}
+
+// TestSessionWorkersEndWithSession: the handler goroutines a session keeps
+// for later requests serve concurrent and sequential requests alike, and
+// end with the session (WaitHandlers returns).
+func TestSessionWorkersEndWithSession(t *testing.T) {
+	host, guest := socketPair(t)
+	var served atomic.Int64
+	g := protocol.NewSession(guest, protocol.SessionConfig{Logger: quiet,
+		OnHello: func(protocol.Hello) protocol.HelloAck { return protocol.HelloAck{} },
+		Handlers: execHandler(func(ctx context.Context, r *protocol.Request, req protocol.Exec) (any, error) {
+			served.Add(1)
+			return protocol.ExecResult{Route: req.Command}, nil
+		})})
+	c, err := protocol.Handshake(testCtx(t), host, protocol.ClientConfig{Heartbeat: time.Hour, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(i int) {
+		var res protocol.ExecResult
+		cmd := fmt.Sprint(i)
+		if err := c.Call(testCtx(t), protocol.TypeExec, protocol.Exec{Command: cmd}, &res, nil); err != nil || res.Route != cmd {
+			t.Errorf("call %d: %v, answered %q", i, err, res.Route)
+		}
+	}
+	for round := range 3 {
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Add(1)
+			go func() { defer wg.Done(); call(round*100 + i) }()
+		}
+		wg.Wait()
+		for i := range 8 {
+			call(round*100 + 50 + i)
+		}
+	}
+	if served.Load() != 3*24 {
+		t.Errorf("%d requests served, want %d", served.Load(), 3*24)
+	}
+	c.Close(nil)
+	g.Close(nil)
+	done := make(chan struct{})
+	go func() { g.WaitHandlers(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session's handler goroutines outlived it")
 	}
 }
