@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -170,16 +167,8 @@ func TestAuditFollow(t *testing.T) {
 	d := startDaemons(t, false)
 	d.createNamed(t, "before")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "audit", "--follow", "--interval", "50ms", "-o", "json", "--type", "persona_created")
-	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out := &testproc.Output{}
-	var errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	f := d.start(t, "audit", "--follow", "--interval", "50ms", "-o", "json", "--type", "persona_created")
+	out := f.stdout
 	testproc.WaitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), `"before"`) })
 	for _, name := range []string{"after1", "after2"} {
 		d.createNamed(t, name)
@@ -188,11 +177,8 @@ func TestAuditFollow(t *testing.T) {
 	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"before","restricted_commands":["rm"]}`, "persona", "edit", "before", "-f", "-"), 0, "edit")
 	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"last"}`, "persona", "create", "-f", "-"), 0, "create")
 	testproc.WaitFor(t, "the new events", func() bool { return strings.Contains(out.String(), `"last"`) })
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("audit --follow after SIGINT: %v\n%s", err, errb.String())
+	if code := f.interrupt(); code != 0 {
+		t.Fatalf("audit --follow after SIGINT: exit %d\n%s", code, f.stderr)
 	}
 	var names []string
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
@@ -280,26 +266,16 @@ func TestAuditFollowAcrossRestart(t *testing.T) {
 		d.createNamed(t, name)
 	}
 	create("first")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "audit", "--follow", "--interval", "50ms", "--type", "persona_created")
-	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out, errb := &testproc.Output{}, &testproc.Output{}
-	cmd.Stdout, cmd.Stderr = out, errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	f := d.start(t, "audit", "--follow", "--interval", "50ms", "--type", "persona_created")
+	out, errb := f.stdout, f.stderr
 	testproc.WaitFor(t, "the backlog", func() bool { return strings.Contains(out.String(), " first ") })
 	d.hostd.stop()
 	testproc.WaitFor(t, "the follower to notice", func() bool { return strings.Contains(errb.String(), "still following") })
 	d.startHostd(t)
 	create("second")
 	testproc.WaitFor(t, "the event after the restart", func() bool { return strings.Contains(out.String(), " second ") })
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("audit --follow: %v\n%s", err, errb.String())
+	if code := f.interrupt(); code != 0 {
+		t.Fatalf("audit --follow: exit %d\n%s", code, errb)
 	}
 	if n := strings.Count(out.String(), " first "); n != 1 {
 		t.Errorf("the backlog printed %d times:\n%s", n, out.String())

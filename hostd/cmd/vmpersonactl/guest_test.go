@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/internal/testproc"
@@ -175,26 +170,13 @@ func TestActivationRefused(t *testing.T) {
 // and Ctrl-C ends the wait with 130.
 func TestExecStreamsAndInterrupt(t *testing.T) {
 	d := startDaemons(t, true)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "exec", "vm1", "--timeout", "60s", "--", "sh", "-c", "echo started; exec sleep 60")
-	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	out := &testproc.Output{}
-	var errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	run := d.start(t, "exec", "vm1", "--timeout", "60s", "--", "sh", "-c", "echo started; exec sleep 60")
+	testproc.WaitFor(t, "the first line of output", func() bool { return run.stdout.String() == "started\n" })
+	if code := run.interrupt(); code != exitInterrupted {
+		t.Fatalf("after SIGINT: exit %d, want %d; stderr %q", code, exitInterrupted, run.stderr)
 	}
-	testproc.WaitFor(t, "the first line of output", func() bool { return out.String() == "started\n" })
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	err := cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
-		t.Fatalf("after SIGINT: %v, want exit %d; stderr %q", err, exitInterrupted, errb.String())
-	}
-	if !strings.Contains(errb.String(), "interrupted") {
-		t.Errorf("stderr %q", errb.String())
+	if !strings.Contains(run.stderr.String(), "interrupted") {
+		t.Errorf("stderr %q", run.stderr)
 	}
 }
 
@@ -206,24 +188,12 @@ func TestActivateInterrupted(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "reached")
 	want(t, runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, `{"name":"slow","pre_activation_script":"#!/bin/sh\ntouch `+marker+`\nexec sleep 60"}`,
 		"persona", "create", "-f", "-"), 0, "create")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bins.ctl, "activate", "vm1", "slow")
-	cmd.Env = []string{"VMPERSONA_SOCKET=" + d.sock}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	run := d.start(t, "activate", "vm1", "slow")
 	testproc.WaitFor(t, "the activation to reach the guest", func() bool {
 		_, err := os.Stat(marker)
 		return err == nil
 	})
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	err := cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted || !strings.Contains(errb.String(), "interrupted") {
-		t.Fatalf("after SIGINT: %v, stderr %q", err, errb.String())
+	if code := run.interrupt(); code != exitInterrupted || !strings.Contains(run.stderr.String(), "interrupted") {
+		t.Fatalf("after SIGINT: exit %d, stderr %q", code, run.stderr)
 	}
 }

@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -195,6 +197,82 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// background is vmpersonactl running in the background against the
+// daemons (a follow, a watch, a command to interrupt); it is ended when the
+// test ends at the latest.
+type background struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdout *testproc.Output // unless lines reads it (startLines)
+	stderr *testproc.Output
+	lines  *bufio.Scanner
+}
+
+// start runs vmpersonactl with args in the background.
+func (d *daemons) start(t *testing.T, args ...string) *background {
+	t.Helper()
+	return d.startBackground(t, false, args)
+}
+
+// startLines runs vmpersonactl with args in the background, its standard
+// output read line by line (next).
+func (d *daemons) startLines(t *testing.T, args ...string) *background {
+	t.Helper()
+	return d.startBackground(t, true, args)
+}
+
+func (d *daemons) startBackground(t *testing.T, lines bool, args []string) *background {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, bins.ctl, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
+	b := &background{t: t, cmd: cmd, stdout: &testproc.Output{}, stderr: &testproc.Output{}}
+	cmd.Stdout, cmd.Stderr = b.stdout, b.stderr
+	if lines {
+		cmd.Stdout = nil
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.lines = bufio.NewScanner(out)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// next decodes the next line printed into v and returns the line.
+func (b *background) next(v any) string {
+	b.t.Helper()
+	if !b.lines.Scan() {
+		b.t.Fatalf("vmpersonactl %s ended: %v", b.cmd.Args[1:], b.lines.Err())
+	}
+	if err := json.Unmarshal(b.lines.Bytes(), v); err != nil {
+		b.t.Fatalf("line %q: %v", b.lines.Bytes(), err)
+	}
+	return b.lines.Text()
+}
+
+// interrupt sends SIGINT, as Ctrl-C does, and answers the exit code.
+func (b *background) interrupt() int {
+	b.t.Helper()
+	if err := b.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		b.t.Fatal(err)
+	}
+	err := b.cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	b.t.Fatalf("vmpersonactl %s: %v", b.cmd.Args[1:], err)
+	return -1
 }
 
 // result is one run of vmpersonactl.

@@ -1,14 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
-	"os"
-	"os/exec"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
@@ -20,7 +13,7 @@ func TestInstancesWatch(t *testing.T) {
 	d := startDaemons(t, true)
 	d.createHardened(t)
 
-	w := d.startWatch(t, "-o", "json", "instances", "--watch", "--interval", "50ms")
+	w := d.startLines(t, "-o", "json", "instances", "--watch", "--interval", "50ms")
 	prev := ""
 	next := func() []apitypes.Instance {
 		t.Helper()
@@ -38,7 +31,9 @@ func TestInstancesWatch(t *testing.T) {
 	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
 	for l := next(); len(l) != 1 || l[0].ActivePersona == nil || *l[0].ActivePersona != "hardened"; l = next() {
 	}
-	w.interrupt()
+	if code := w.interrupt(); code != 0 {
+		t.Errorf("watch interrupted: exit %d, want 0", code)
+	}
 }
 
 // TestActiveWatch: active --watch shows the instance's persona again when
@@ -46,7 +41,7 @@ func TestInstancesWatch(t *testing.T) {
 func TestActiveWatch(t *testing.T) {
 	d := startDaemons(t, true)
 	d.createHardened(t)
-	w := d.startWatch(t, "-o", "json", "active", "vm1", "-w", "--interval", "50ms")
+	w := d.startLines(t, "-o", "json", "active", "vm1", "-w", "--interval", "50ms")
 	next := func() apitypes.ActivePersona {
 		t.Helper()
 		var ap apitypes.ActivePersona
@@ -59,51 +54,7 @@ func TestActiveWatch(t *testing.T) {
 	want(t, d.ctl(t, "activate", "vm1", "hardened"), 0, "activate")
 	for ap := next(); ap.Persona == nil || ap.Persona.Name != "hardened" || ap.Stale; ap = next() {
 	}
-	w.interrupt()
-}
-
-// watcher is a running vmpersonactl --watch with JSON output.
-type watcher struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	lines *bufio.Scanner
-}
-
-// startWatch runs vmpersonactl with args against the daemon; it is ended
-// when the test ends at the latest.
-func (d *daemons) startWatch(t *testing.T, args ...string) *watcher {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, bins.ctl, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VMPERSONA_SOCKET=" + d.sock}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	return &watcher{t: t, cmd: cmd, lines: bufio.NewScanner(out)}
-}
-
-// next decodes the next line printed into v and returns the line.
-func (w *watcher) next(v any) string {
-	w.t.Helper()
-	if !w.lines.Scan() {
-		w.t.Fatalf("watch ended: %v", w.lines.Err())
-	}
-	if err := json.Unmarshal(w.lines.Bytes(), v); err != nil {
-		w.t.Fatalf("watch line %q: %v", w.lines.Bytes(), err)
-	}
-	return w.lines.Text()
-}
-
-// interrupt sends SIGINT: watching must end with exit 0.
-func (w *watcher) interrupt() {
-	w.t.Helper()
-	w.cmd.Process.Signal(syscall.SIGINT)
-	if err := w.cmd.Wait(); err != nil {
-		w.t.Errorf("watch interrupted: %v, want exit 0", err)
+	if code := w.interrupt(); code != 0 {
+		t.Errorf("watch interrupted: exit %d, want 0", code)
 	}
 }
