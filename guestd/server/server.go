@@ -34,7 +34,7 @@ const (
 	DefaultWriteTimeout = protocol.DefaultWriteTimeout
 	// auditGather is how long events recorded right after a batch left
 	// wait for more before the next batch.
-	auditGather = 5 * time.Millisecond
+	auditGather = 20 * time.Millisecond
 )
 
 // Config configures a Server.
