@@ -114,14 +114,8 @@ func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := assignment.Validate(&a); err != nil {
 		return err
 	}
-	// The persona must exist when the assignment is written (an assignment
-	// whose persona is deleted later is skipped by the reconciler).
-	if _, _, err := s.cfg.Store.PersonaVersion(a.Persona); err != nil {
-		if errors.Is(err, errdefs.ErrNotFound) {
-			return errdefs.WithDetails(errdefs.InvalidField("persona", fmt.Sprintf("persona: no persona named %q", a.Persona)), "persona", a.Persona)
-		}
-		return err
-	}
+	// The store checks that the persona exists, in the write's own
+	// transaction (in fleet mode: in etcd, not in this host's copy).
 	var want uint64
 	if ifMatch.present && !ifMatch.any {
 		cur, err := as.GetAssignment(name)

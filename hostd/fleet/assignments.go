@@ -51,14 +51,16 @@ func (b *Backend) PutAssignment(a assignment.Assignment, ifMatch uint64, request
 	var out assignment.Assignment
 	var created bool
 	err := b.write("assignment put", func(ctx context.Context) (int64, bool, error) {
-		resp, err := b.cli.Get(ctx, key)
+		// The assignment and its persona, read at one revision.
+		rd, err := b.cli.Txn(ctx).Then(clientv3.OpGet(key), clientv3.OpGet(b.personaKey(a.Persona))).Commit()
 		if err != nil {
 			return 0, false, err
 		}
+		kvs, pkvs := rd.Responses[0].GetResponseRange().Kvs, rd.Responses[1].GetResponseRange().Kvs
 		var cur *assignment.Assignment
 		var modRev int64
-		if len(resp.Kvs) > 0 {
-			kv := resp.Kvs[0]
+		if len(kvs) > 0 {
+			kv := kvs[0]
 			c, env, err := decodeAssignment(kv)
 			if err != nil {
 				return 0, false, err
@@ -68,6 +70,9 @@ func (b *Backend) PutAssignment(a assignment.Assignment, ifMatch uint64, request
 				return kv.ModRevision, true, nil
 			}
 			cur, modRev = c, kv.ModRevision
+		}
+		if len(pkvs) == 0 {
+			return 0, false, store.NoPersonaError(a.Persona)
 		}
 		if ifMatch != 0 {
 			if cur == nil {
@@ -87,7 +92,9 @@ func (b *Backend) PutAssignment(a assignment.Assignment, ifMatch uint64, request
 		if err != nil {
 			return 0, false, err
 		}
-		tr, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		// Committed only if neither the assignment nor its persona moved.
+		tr, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
+			clientv3.Compare(clientv3.ModRevision(b.personaKey(a.Persona)), "=", pkvs[0].ModRevision)).
 			Then(clientv3.OpPut(key, string(v))).Commit()
 		if err != nil || !tr.Succeeded {
 			return 0, false, err

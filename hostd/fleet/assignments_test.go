@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -82,6 +83,21 @@ func TestAssignmentsAreSharedThroughEtcd(t *testing.T) {
 	}
 	if r := a.do("GET", "/assignments/bad", nil); r.status != http.StatusNotFound {
 		t.Fatalf("a refused assignment was stored: %d %v", r.status, r.body)
+	}
+
+	// A persona created through a is checked in etcd, not in b's copy: an
+	// assignment naming it is accepted through b at once.
+	for i := range 5 {
+		name := fmt.Sprintf("fresh%d", i)
+		if r := a.do("POST", "/personas", persona(name, false)); r.status != http.StatusCreated {
+			t.Fatalf("create %s: %d %v", name, r.status, r.body)
+		}
+		if r := b.do("PUT", "/assignments/"+name, webAssignment(name, 1)); r.status != http.StatusCreated {
+			t.Fatalf("assignment through b right after the persona's create through a: %d %v", r.status, r.body)
+		}
+		if r := b.do("DELETE", "/assignments/"+name, nil); r.status != http.StatusNoContent {
+			t.Fatalf("delete %s: %d %v", name, r.status, r.body)
+		}
 	}
 
 	// Delete on a: gone from b's copy.

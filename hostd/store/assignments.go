@@ -7,6 +7,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/vmpersona/vmpersona/errdefs"
+
 	"github.com/vmpersona/vmpersona/hostd/assignment"
 )
 
@@ -102,6 +104,11 @@ func (s *Store) PutAssignment(a assignment.Assignment, ifMatch uint64, requestID
 			out, created = cur.Assignment, cur.Revision == 1
 			return nil
 		}
+		if _, err := txn.Get(personaKey(a.Persona)); errors.Is(err, badger.ErrKeyNotFound) {
+			return NoPersonaError(a.Persona)
+		} else if err != nil {
+			return err
+		}
 		if ifMatch != 0 {
 			if !ok {
 				return fmt.Errorf("assignment %q: %w", a.Name, ErrNotFound)
@@ -120,6 +127,12 @@ func (s *Store) PutAssignment(a assignment.Assignment, ifMatch uint64, requestID
 		return writeAssignment(txn, storedAssignment{Assignment: n, RequestID: requestID})
 	})
 	return out, created, err
+}
+
+// NoPersonaError refuses an assignment naming a persona that does not
+// exist (field persona).
+func NoPersonaError(name string) error {
+	return errdefs.WithDetails(errdefs.InvalidField("persona", fmt.Sprintf("persona: no persona named %q", name)), "persona", name)
 }
 
 // DeleteAssignment removes an assignment; ifMatch as in PutAssignment.
