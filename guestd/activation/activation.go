@@ -104,6 +104,11 @@ func New(cfg Config) (*Manager, error) {
 		base = append(base, "PATH="+routing.DefaultPath)
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, base: base}
+	if cfg.Spool != nil {
+		// The state log keeps the events of activations only until the
+		// spool file holds them durably.
+		cfg.Store.BeforeReplace(cfg.Spool.Sync)
+	}
 	for _, d := range []string{"overrides", "scripts"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Store.Dir(), d), 0o700); err != nil {
 			return nil, fmt.Errorf("activation: %w", err)
@@ -125,8 +130,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("activation: restoring the persisted persona: %w", err)
 	}
 	m.view.Store(v)
-	// The profile is written without fsync: it is derived from active.json
-	// here, whatever a crash left of it (also removed when none is active).
+	// The profile is written without fsync: it is derived from the state
+	// log here, whatever a crash left of it (also removed when none is active).
 	m.writeProfile(v)
 	if _, err := m.applyServices(context.Background(), v); err != nil {
 		m.log.Error("services will not see the persona's environment", "err", err)
@@ -294,6 +299,10 @@ func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.
 	finish := func(res protocol.ActivateResult) protocol.ActivateResult {
 		res.Active = m.view.Load().Active
 		res.DurationMillis = ms(time.Since(start))
+		if res.Result == protocol.ResultActivated {
+			// Recorded with the state.
+			return res
+		}
 		ev.Result = res.Result
 		if res.Phase != "" {
 			ev.Detail = strings.TrimSpace(ev.Detail + " phase=" + res.Phase)
@@ -354,8 +363,10 @@ func (m *Manager) Activate(ctx context.Context, req protocol.Activate) protocol.
 		return finish(protocol.ActivateResult{Result: protocol.ResultRolledBack, Phase: "post", Script: sr})
 	}
 
-	// 5. Persist before answering.
-	if err := m.cfg.Store.Save(active); err != nil {
+	// 5. Persist before answering: the state and its audit event, one
+	// durable write.
+	ev.Result = protocol.ResultActivated
+	if err := m.commit(active, ev); err != nil {
 		r.Fail()
 		m.log.Error("activation: persisting the active persona failed", "persona", p.Name, "err", err)
 		return finish(protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()})
@@ -384,22 +395,33 @@ func (m *Manager) Deactivate(ctx context.Context, req protocol.Deactivate) proto
 	undo, err := m.applyServices(ctx, next)
 	r.Add(undo)
 	if err == nil {
-		err = m.cfg.Store.Save(nil)
+		ev.Result = res.Result
+		err = m.commit(nil, ev)
 	}
 	if err != nil {
 		r.Fail()
 		m.log.Error("deactivation: persisting failed", "err", err)
 		res = protocol.ActivateResult{Result: protocol.ResultFailed, Error: err.Error()}
+		ev.Result = res.Result
+		ev.Detail = res.Error
+		m.record(ev)
 	} else {
 		r.Success()
 		m.gcFiles(next, prev)
 	}
 	res.Active = m.view.Load().Active
 	res.DurationMillis = ms(time.Since(start))
-	ev.Result = res.Result
-	ev.Detail = res.Error
-	m.record(ev)
 	return res
+}
+
+// commit persists the active persona (nil for none) and the audit event of
+// the change in one state record: one durable write.
+func (m *Manager) commit(a *protocol.ActiveState, ev protocol.AuditEvent) error {
+	if m.cfg.Spool == nil {
+		return m.cfg.Store.Save(a)
+	}
+	_, err := m.cfg.Spool.RecordWith(ev, func(ev protocol.AuditEvent) error { return m.cfg.Store.Commit(a, &ev) })
+	return err
 }
 
 func (m *Manager) record(ev protocol.AuditEvent) {

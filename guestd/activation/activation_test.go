@@ -47,16 +47,14 @@ func TestMissingProfileDirIgnored(t *testing.T) {
 // view, routing table and profile file are the previous ones.
 func TestPersistFailureRevertsEverything(t *testing.T) {
 	profile := filepath.Join(t.TempDir(), "vmpersona.sh")
-	m, dir := newManager(t, profile)
+	m, _ := newManager(t, profile)
 	first := protocol.Persona{Name: "first", EnvironmentVariables: map[string]string{"F": "1"}, RestrictedCommands: []string{"sh"}}
 	if res := m.Activate(context.Background(), protocol.Activate{Persona: first}); res.Result != protocol.ResultActivated {
 		t.Fatalf("%+v", res)
 	}
 	before, _ := os.ReadFile(profile)
-	// Make the rename onto active.json fail: a non-empty directory there.
-	active := filepath.Join(dir, "active.json")
-	os.Rename(active, active+".saved")
-	os.MkdirAll(filepath.Join(active, "x"), 0o700)
+	// Make the state write fail: a closed store refuses it.
+	m.cfg.Store.Close()
 
 	second := protocol.Persona{Name: "second", EnvironmentVariables: map[string]string{"S": "2"}}
 	res := m.Activate(context.Background(), protocol.Activate{Persona: second})

@@ -51,3 +51,19 @@ func BenchmarkActivateLarge(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkActivateEmpty alternates two personas with nothing in them: the
+// daemon's fixed cost of an activation (persisting it and its audit event).
+func BenchmarkActivateEmpty(b *testing.B) {
+	m, _ := newManager(b, "")
+	ps := []protocol.Persona{{Name: "empty-a"}, {Name: "empty-b"}}
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		res := m.Activate(context.Background(), protocol.Activate{Persona: ps[i%2]})
+		i++
+		if res.Result != protocol.ResultActivated {
+			b.Fatalf("%+v", res)
+		}
+	}
+}

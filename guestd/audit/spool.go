@@ -6,6 +6,11 @@
 // reconnect or a restart the unacknowledged events are sent again, in order:
 // the host deduplicates by (spool id, seq).
 //
+// An activation's event is made durable in the state record of the
+// activation (RecordWith, one write for both): the spool file gets its copy
+// without fsync, and at start the spool takes back from the state log
+// (state.LoggedEvents) any such event a crash took from the spool file.
+//
 // The spool is bounded by a number of events and a number of bytes. When a
 // new event would exceed a bound, the oldest unacknowledged events are
 // dropped to make room (a tenth of the spool at once, so the file is not
@@ -16,14 +21,18 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,11 +43,15 @@ import (
 const (
 	spoolFile = "audit-spool.jsonl"
 	metaFile  = "audit-meta.json"
-	// ackFile holds the latest acknowledgement, written without fsync: a
-	// lost or torn one only makes the guest send acknowledged events again,
-	// which the host deduplicates. metaFile (synced) holds the spool id and
-	// the acknowledgement as of the last compaction.
+	// ackFile holds the latest acknowledgement, a fixed-size checksummed
+	// record overwritten in place without fsync: a lost or torn one only
+	// makes the guest send acknowledged events again, which the host
+	// deduplicates. metaFile (synced) holds the spool id and the
+	// acknowledgement as of the last compaction.
 	ackFile = "audit-ack.json"
+	// ackSize is the size of the acknowledgement record: JSON padded with
+	// spaces, ending in a newline.
+	ackSize = 64
 )
 
 // The spool file keeps acknowledged events until they are this many
@@ -84,6 +97,7 @@ type Spool struct {
 
 	mu      sync.Mutex
 	f       *os.File
+	ackF    *os.File // ackFile, opened at the first acknowledgement
 	meta    meta
 	nextSeq uint64
 	events  []entry
@@ -123,17 +137,17 @@ func Open(dir string, limits Limits, log *slog.Logger) (*Spool, error) {
 			return nil, fmt.Errorf("%w: %s", ErrCorrupt, metaFile)
 		}
 	}
-	// The unsynced acknowledgement, when it survived and decodes.
+	// The unsynced acknowledgement, when it survived and its checksum holds.
 	if data, err := os.ReadFile(filepath.Join(dir, ackFile)); err == nil {
-		var a struct {
-			AckedUpTo uint64 `json:"acked_up_to"`
-		}
-		if json.Unmarshal(data, &a) == nil && a.AckedUpTo > s.meta.AckedUpTo {
-			s.meta.AckedUpTo = a.AckedUpTo
+		if upTo, ok := decodeAck(data); ok && upTo > s.meta.AckedUpTo {
+			s.meta.AckedUpTo = upTo
 		}
 	}
 	s.nextSeq = s.meta.AckedUpTo + 1
 	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if err := s.recoverLogged(); err != nil {
 		return nil, err
 	}
 	if err := s.compactLocked(); err != nil {
@@ -175,6 +189,75 @@ func (s *Spool) load() error {
 	}
 	return nil
 }
+
+// recoverLogged takes back the events of the state log (activations and
+// deactivations, made durable there) that the spool file lost in a crash:
+// those not acknowledged and not in the file. The compaction at the end of
+// Open then writes them to the spool file with fsync.
+func (s *Spool) recoverLogged() error {
+	logged, err := state.LoggedEvents(s.dir)
+	if err != nil {
+		return fmt.Errorf("audit spool: %w", err)
+	}
+	have := make(map[uint64]bool, len(s.events))
+	for _, e := range s.events {
+		have[e.ev.Seq] = true
+	}
+	added := false
+	for _, ev := range logged {
+		if ev.Seq >= s.nextSeq {
+			s.nextSeq = ev.Seq + 1
+		}
+		if ev.Seq == 0 || ev.Seq <= s.meta.AckedUpTo || have[ev.Seq] {
+			continue
+		}
+		line, _ := json.Marshal(ev)
+		s.events = append(s.events, entry{ev: ev, size: len(line) + 1})
+		s.bytes += len(line) + 1
+		have[ev.Seq] = true
+		added = true
+	}
+	if added {
+		slices.SortFunc(s.events, func(a, b entry) int { return cmp.Compare(a.ev.Seq, b.ev.Seq) })
+		s.log.Warn("audit spool: events taken back from the state log", "events", len(s.events))
+	}
+	return nil
+}
+
+// encodeAck returns the acknowledgement record of upTo: fixed size, the
+// CRC-32C of the number beside it.
+func encodeAck(upTo uint64) []byte {
+	n := strconv.FormatUint(upTo, 10)
+	b := make([]byte, 0, ackSize)
+	b = fmt.Appendf(b, `{"acked_up_to":%s,"crc":"%08x"}`, n, crc32.Checksum([]byte(n), castagnoli))
+	for len(b) < ackSize-1 {
+		b = append(b, ' ')
+	}
+	return append(b, '\n')
+}
+
+// decodeAck reads an acknowledgement record; ok is false when it does not
+// decode or its checksum is wrong (an overwrite torn by a crash). A record
+// without a checksum is one of an earlier version, replaced by rename.
+func decodeAck(data []byte) (upTo uint64, ok bool) {
+	var a struct {
+		AckedUpTo json.Number `json:"acked_up_to"`
+		CRC       *string     `json:"crc"`
+	}
+	if json.Unmarshal(data, &a) != nil {
+		return 0, false
+	}
+	upTo, err := strconv.ParseUint(string(a.AckedUpTo), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	if a.CRC != nil && *a.CRC != fmt.Sprintf("%08x", crc32.Checksum([]byte(a.AckedUpTo), castagnoli)) {
+		return 0, false
+	}
+	return upTo, true
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (s *Spool) writeMeta(m meta) error {
 	data, _ := json.Marshal(m)
@@ -262,17 +345,55 @@ func (s *Spool) Record(ev protocol.AuditEvent) (protocol.AuditEvent, error) {
 		err = s.f.Sync()
 	}
 	s.mu.Unlock()
-
-	s.log.Info("audit", "seq", ev.Seq, "type", ev.Type, "persona", ev.Persona, "command", ev.Command,
-		"route", ev.Route, "result", ev.Result, "activation_id", ev.ActivationID, "actor", ev.Actor, "detail", ev.Detail)
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
+	s.logged(ev)
 	if err != nil {
 		return ev, fmt.Errorf("audit spool: append: %w", err)
 	}
 	return ev, nil
+}
+
+// RecordWith numbers ev and calls persist with it, which makes it durable
+// (the state record of an activation holds it); only when persist succeeds
+// is the event queued and appended to the spool file — without fsync: after
+// a crash Open takes it back from where persist put it. On an error nothing
+// is recorded and the sequence number is not used.
+func (s *Spool) RecordWith(ev protocol.AuditEvent, persist func(protocol.AuditEvent) error) (protocol.AuditEvent, error) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	s.mu.Lock()
+	ev.Seq = s.nextSeq
+	if err := persist(ev); err != nil {
+		s.mu.Unlock()
+		return ev, err
+	}
+	s.nextSeq++
+	line, _ := json.Marshal(ev)
+	line = append(line, '\n')
+	if len(s.events)+1 > s.limits.MaxEvents || s.bytes+len(line) > s.limits.MaxBytes {
+		s.makeRoomLocked(len(line))
+	}
+	s.events = append(s.events, entry{ev: ev, size: len(line)})
+	s.bytes += len(line)
+	if s.f != nil {
+		s.f.Write(line)
+	}
+	s.mu.Unlock()
+	s.logged(ev)
+	return ev, nil
+}
+
+// Sync makes every event appended to the spool file durable.
+func (s *Spool) Sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return errors.New("audit spool: file not open")
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("audit spool: fsync: %w", err)
+	}
+	return nil
 }
 
 func (s *Spool) makeRoomLocked(need int) {
@@ -293,6 +414,16 @@ func (s *Spool) makeRoomLocked(need int) {
 		"max_events", s.limits.MaxEvents, "max_bytes", s.limits.MaxBytes)
 	if err := s.compactLocked(); err != nil {
 		s.log.Error("audit spool: compaction failed", "err", err)
+	}
+}
+
+// logged logs a recorded event and wakes the delivery.
+func (s *Spool) logged(ev protocol.AuditEvent) {
+	s.log.Info("audit", "seq", ev.Seq, "type", ev.Type, "persona", ev.Persona, "command", ev.Command,
+		"route", ev.Route, "result", ev.Result, "activation_id", ev.ActivationID, "actor", ev.Actor, "detail", ev.Detail)
+	select {
+	case s.notify <- struct{}{}:
+	default:
 	}
 }
 
@@ -317,9 +448,9 @@ func (s *Spool) Pending(max int) []protocol.AuditEvent {
 }
 
 // Ack drops every event up to and including upTo. The acknowledgement is
-// written (without fsync) before the events leave memory; the spool file
-// is compacted, after a synced write of the acknowledgement, once the
-// acknowledged prefix is large.
+// written over the previous one (in place, without fsync) before the events
+// leave memory; the spool file is compacted, after a synced write of the
+// acknowledgement, once the acknowledged prefix is large.
 func (s *Spool) Ack(upTo uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -327,10 +458,7 @@ func (s *Spool) Ack(upTo uint64) error {
 	if upTo <= s.meta.AckedUpTo {
 		return nil
 	}
-	data, _ := json.Marshal(struct {
-		AckedUpTo uint64 `json:"acked_up_to"`
-	}{upTo})
-	if err := state.ReplaceFile(filepath.Join(s.dir, ackFile), data, 0o600); err != nil {
+	if err := s.writeAck(upTo); err != nil {
 		return fmt.Errorf("audit spool: ack: %w", err)
 	}
 	s.meta.AckedUpTo = upTo
@@ -354,10 +482,33 @@ func (s *Spool) Ack(upTo uint64) error {
 	return s.compactLocked()
 }
 
+// writeAck overwrites the acknowledgement record. Called with mu held.
+func (s *Spool) writeAck(upTo uint64) error {
+	if s.ackF == nil {
+		f, err := os.OpenFile(filepath.Join(s.dir, ackFile), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return err
+		}
+		// A record of an earlier version (replaced by rename) may be
+		// shorter or longer.
+		if err := f.Truncate(ackSize); err != nil {
+			f.Close()
+			return err
+		}
+		s.ackF = f
+	}
+	_, err := s.ackF.WriteAt(encodeAck(upTo), 0)
+	return err
+}
+
 // Close closes the spool file.
 func (s *Spool) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ackF != nil {
+		s.ackF.Close()
+		s.ackF = nil
+	}
 	if s.f == nil {
 		return nil
 	}

@@ -1,27 +1,26 @@
 // Package state persists what the guest daemon must remember across restarts
-// (the active persona) and provides the crash-safe file write the other
+// (the active persona, in a log of checksummed records written with one
+// fdatasync each: see Store) and provides the crash-safe file write the other
 // packages use: write a temporary file, fsync it, rename it over the target,
 // fsync the directory.
 package state
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
-
-	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // ErrCorrupt reports a state file that exists but cannot be decoded.
 var ErrCorrupt = errors.New("state: corrupt state file")
 
-// fileVersion is the layout version of the active persona file.
+// fileVersion is the layout version of active.json, the active persona
+// file of earlier versions (read at start, see Store).
 const fileVersion = 1
 
-// activeFile is the name of the active persona file inside the state dir.
+// activeFile is the name of that file inside the state dir.
 const activeFile = "active.json"
 
 // WriteFileAtomic replaces path with data so that after a crash the file holds
@@ -112,21 +111,6 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// Store keeps the active persona in a state directory.
-type Store struct {
-	dir string
-}
-
-// Open returns the store in dir, creating the directory (mode 0700) when it
-// does not exist.
-func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
-	}
-	removeStaleTemps(dir)
-	return &Store{dir: dir}, nil
-}
-
 // removeStaleTemps deletes the temporary files of atomic writes that a crash
 // cut short (".NAME.tmp*", in the state directory and its sub-directories).
 // The daemon opens its state directory before it writes anything, so none
@@ -138,41 +122,4 @@ func removeStaleTemps(dir string) {
 			os.Remove(m)
 		}
 	}
-}
-
-// Dir returns the state directory.
-func (s *Store) Dir() string { return s.dir }
-
-type activeDoc struct {
-	Version int                   `json:"version"`
-	Active  *protocol.ActiveState `json:"active"`
-}
-
-// Load returns the persisted active persona, nil when none is active (also
-// when the file has never been written).
-func (s *Store) Load() (*protocol.ActiveState, error) {
-	data, err := os.ReadFile(filepath.Join(s.dir, activeFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load active persona: %w", err)
-	}
-	var doc activeDoc
-	if err := json.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, activeFile, err)
-	}
-	if doc.Version != fileVersion {
-		return nil, fmt.Errorf("%w: %s: layout version %d, want %d", ErrCorrupt, activeFile, doc.Version, fileVersion)
-	}
-	return doc.Active, nil
-}
-
-// Save persists the active persona (nil for none) atomically and durably.
-func (s *Store) Save(a *protocol.ActiveState) error {
-	data, err := json.MarshalIndent(activeDoc{Version: fileVersion, Active: a}, "", "  ")
-	if err != nil {
-		return fmt.Errorf("save active persona: %w", err)
-	}
-	return WriteFileAtomic(filepath.Join(s.dir, activeFile), data, 0o600)
 }

@@ -53,7 +53,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 	// No temporary files are left behind.
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 || ents[0].Name() != activeFile {
+	if len(ents) != 1 || ents[0].Name() != logFile {
 		t.Fatalf("state dir holds %v", ents)
 	}
 }

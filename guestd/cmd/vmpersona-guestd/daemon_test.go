@@ -556,7 +556,7 @@ func TestActivation(t *testing.T) {
 func TestPreScriptAbortChangesNothing(t *testing.T) {
 	e, c := startConnected(t)
 	mustActivate(t, c, personaA(e))
-	stateBefore, _ := os.ReadFile(filepath.Join(e.state, "active.json"))
+	stateBefore, _ := os.ReadFile(filepath.Join(e.state, "state.log"))
 	profileBefore, _ := os.ReadFile(e.profile)
 	bad := protocol.Persona{
 		Name:                 "broken",
@@ -584,7 +584,7 @@ func TestPreScriptAbortChangesNothing(t *testing.T) {
 	if _, err := run(t, c, protocol.Exec{Command: "danger"}); errCode(err) != protocol.CodeDenied {
 		t.Errorf("alpha's restriction lost: %v", err)
 	}
-	stateAfter, _ := os.ReadFile(filepath.Join(e.state, "active.json"))
+	stateAfter, _ := os.ReadFile(filepath.Join(e.state, "state.log"))
 	profileAfter, _ := os.ReadFile(e.profile)
 	if !bytes.Equal(stateBefore, stateAfter) || !bytes.Equal(profileBefore, profileAfter) {
 		t.Error("state or profile file changed")

@@ -117,7 +117,7 @@ SYSTEMD
     WATCHDOG=1 at half of WatchdogSec when a watchdog is set.
 
 FILES
-    /var/lib/vmpersona-guest/active.json        the active persona
+    /var/lib/vmpersona-guest/state.log          the active persona (checksummed records)
     /var/lib/vmpersona-guest/audit-spool.jsonl  unacknowledged audit events
     /var/lib/vmpersona-guest/audit-meta.json    spool id, acknowledged sequence
     /etc/profile.d/vmpersona.sh                 the persona's environment
