@@ -277,6 +277,7 @@ func (b *bench) run(ctx context.Context) error {
 	}{
 		{"footprint", b.footprint},
 		{"idle", b.idle},
+		{"idle own", b.idleOwn},
 		{"exec latency", b.execLatency},
 		{"exec enforcement", b.execEnforcement},
 		{"exec throughput", b.execThroughput},
