@@ -43,12 +43,7 @@ func startQEMU(t *testing.T, o qemuOpts) *qemuVM {
 	}
 	dir := o.dir
 	if dir == "" {
-		// Short paths: unix socket paths are limited to 107 bytes.
-		dir, err = os.MkdirTemp("", "vmpqmp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir = testproc.ShortDir(t) // unix socket paths are limited to 107 bytes
 	}
 	vm := &qemuVM{qmp: filepath.Join(dir, "qmp.sock"), control: filepath.Join(dir, "ctl.sock"), exited: make(chan struct{})}
 	args := []string{"-M", "q35", "-nodefaults", "-S", "-display", "none", "-accel", "tcg",
@@ -198,8 +193,7 @@ func TestDialBoundedWhenMonitorBusy(t *testing.T) {
 }
 
 func TestDialNotQMP(t *testing.T) {
-	dir, _ := os.MkdirTemp("", "vmpqmp")
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testproc.ShortDir(t)
 	p := filepath.Join(dir, "s")
 	l, err := net.Listen("unix", p)
 	if err != nil {

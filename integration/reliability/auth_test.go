@@ -2,7 +2,6 @@ package reliability
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 var (
@@ -84,7 +85,7 @@ func TestAuthorisationMatrix(t *testing.T) {
 	gid, _ := strconv.Atoi(nobody.Gid)
 	client := peerClient(t)
 
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	os.Chmod(dir, 0o755)
 	tokFile := filepath.Join(dir, "tokens.csv")
 	os.WriteFile(tokFile, []byte(authAdmin+",alice,1,admin\n"+authOperator+",oscar,2,operator\n"+authViewer+",victor,3,viewer\n"), 0o600)
@@ -101,14 +102,8 @@ func TestAuthorisationMatrix(t *testing.T) {
 	}
 	os.Chmod(tokFile, 0o600)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testproc.FreeTCPAddr(t)
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	_, ep := startGuest(t, gdir)
 	sock := filepath.Join(dir, "hostd.sock")
 	h := startHostd(t, filepath.Join(dir, "data"), sock, "--listen", addr, "--token-auth-file", tokFile, "--instance=vm1="+ep)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -121,15 +121,7 @@ func (g *hostileGuest) serve(c net.Conn) {
 			}
 		}()
 	}
-	for {
-		f, err := r.Next()
-		if err != nil {
-			var fe *protocol.FrameError
-			if errorsAs(err, &fe) {
-				continue
-			}
-			return
-		}
+	eachFrame(r, func(f protocol.Frame) {
 		switch f.Type {
 		case protocol.TypePing:
 			resp(protocol.TypePong, 0, f.ID, nil)
@@ -153,7 +145,7 @@ func (g *hostileGuest) serve(c net.Conn) {
 				resp(protocol.TypeExecResult, 0, id, b)
 			}
 		}
-	}
+	})
 }
 
 // TestHostileGuestCannotExhaustHost points the real host daemon at guests
@@ -170,7 +162,7 @@ func TestHostileGuestCannotExhaustHost(t *testing.T) {
 }
 
 func hostileGuestRun(t *testing.T, mode string, dur time.Duration) {
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, mode+".sock")
 	g := startHostileGuest(t, sock, mode)
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), "--instance=vm1=unix:"+sock)
@@ -264,9 +256,8 @@ func slowCall(h *hostd, path string, stream bool) (int, error) {
 // is cut and flagged, exec bodies past 8 MB are refused 413, and the audit
 // spool stays within --audit-max-events while the host is away.
 func TestGuestLimits(t *testing.T) {
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	gp, ep := startGuest(t, gdir, "--max-exec", "2", "--max-output", "1000", "--audit-max-events", "50")
 	sock := filepath.Join(dir, "hostd.sock")
 	h := startHostd(t, filepath.Join(dir, "data"), sock, "--instance=vm1="+ep)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 const deniedDetail = "Error: Command not allowed in current persona"
@@ -19,8 +21,7 @@ type bypassEnv struct {
 
 func newBypassEnv(t *testing.T, persona map[string]any) *bypassEnv {
 	t.Helper()
-	dir := tmpDir(t)
-	os.MkdirAll(filepath.Join(dir, "guest"), 0o755)
+	dir := testproc.ShortDir(t)
 	_, ep := startGuest(t, filepath.Join(dir, "guest"))
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), "--instance=vm1="+ep)
 	h.waitConnected(t, "vm1")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -20,7 +21,7 @@ func mountSmall(t *testing.T, kind string, sizeMB int) string {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a small file system needs root")
 	}
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
@@ -92,10 +93,10 @@ func TestDiskFullIsAnAnswer(t *testing.T) {
 func diskFullRun(t *testing.T, kind string) {
 	mnt := mountSmall(t, kind, 96)
 	data := filepath.Join(mnt, "data")
-	sock := filepath.Join(tmpDir(t), "hostd.sock")
+	sock := filepath.Join(testproc.ShortDir(t), "hostd.sock")
 	// A guest sends audit events all along, as fast as they are
 	// acknowledged: what the host acknowledges must survive.
-	gsock := filepath.Join(tmpDir(t), "guest.sock")
+	gsock := filepath.Join(testproc.ShortDir(t), "guest.sock")
 	g := startFakeGuest(t, gsock, &fakeGuest{hello: protocol.HelloAck{AgentVersion: "1", BootID: "b"}, flood: 20, floodDetail: 200})
 	args := []string{"--min-free-space", fmt.Sprint(16 << 20), "--instance=vm1=unix:" + gsock}
 	h := startHostd(t, data, sock, args...)

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"testing"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // activeOn is the persona instance id's guest confirms on host h ("" for
@@ -31,7 +33,7 @@ func activeOn(h *hostd, id string) string {
 // refused (503) while the VMs keep their personas.
 func TestFleetAssignmentByLabelWithRealEtcd(t *testing.T) {
 	c := startEtcdCluster(t, 3)
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	fleetArgs := func(name, rack string) []string {
 		return []string{"--fleet-etcd", c.endpoints(), "--fleet-host", name, "--fleet-prefix", "/tier-assign/", "--fleet-host-label", "rack=" + rack}
 	}

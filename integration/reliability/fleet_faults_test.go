@@ -54,7 +54,7 @@ func startEtcdCluster(t *testing.T, n int) *etcdCluster {
 		t.Fatalf("%s is missing: the fleet tier needs Debian's etcd-server (make reliability installs it): %v", etcdBin, err)
 	}
 	c := &etcdCluster{t: t}
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	for i := range n {
 		c.members = append(c.members, &etcdMember{
 			name:      fmt.Sprintf("e%d", i),
@@ -151,7 +151,7 @@ func etagRev(a answer) uint64 {
 
 func TestFleetFaultsWithRealEtcd(t *testing.T) {
 	c := startEtcdCluster(t, 3)
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	fleetArgs := func(name string) []string {
 		return []string{"--fleet-etcd", c.endpoints(), "--fleet-host", name, "--fleet-prefix", "/tier/"}
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -81,7 +82,7 @@ func crashPersona(name, restricted string) protocol.Persona {
 // the number of trials (default 100).
 func TestGuestdCrashConsistency(t *testing.T) {
 	trials := envInt("RELIABILITY_GUEST_TRIALS", pick(100, 300))
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	restricted := map[string]string{"alpha": "shred", "beta": "truncate"}
 	start := func() (*proc, *protocol.Client) {
 		p, ep := startGuest(t, dir, "--script-timeout", "10s")

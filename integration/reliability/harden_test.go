@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -155,15 +156,7 @@ func (g *fakeGuest) serve(c net.Conn) {
 			}
 		}
 	}()
-	for {
-		f, err := r.Next()
-		if err != nil {
-			var fe *protocol.FrameError
-			if errorsAs(err, &fe) {
-				continue
-			}
-			return
-		}
+	eachFrame(r, func(f protocol.Frame) {
 		switch f.Type {
 		case protocol.TypePing:
 			write(protocol.Header{Type: protocol.TypePong, Flags: protocol.FlagResponse, Epoch: epoch, ID: f.ID}, nil)
@@ -191,7 +184,7 @@ func (g *fakeGuest) serve(c net.Conn) {
 			b, _ := protocol.Marshal(res)
 			go write(protocol.Header{Type: protocol.TypeExecResult, Flags: protocol.FlagResponse, Epoch: epoch, ID: f.ID}, b)
 		}
-	}
+	})
 }
 
 // diskKB is what dir takes on disk (allocated blocks, not apparent sizes:
@@ -316,17 +309,11 @@ func otherInstanceLoad(h *hostd, id string, stop <-chan struct{}) (*latencies, *
 // growth under 8 MB per minute.
 func TestAnonymousFloodIsBounded(t *testing.T) {
 	dur := envDuration("RELIABILITY_FLOOD", pick(4*time.Second, 30*time.Second))
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	tokFile := filepath.Join(dir, "tokens.csv")
 	os.WriteFile(tokFile, []byte("admintoken,alice,1,admin\n"), 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testproc.FreeTCPAddr(t)
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	_, ep := startGuest(t, gdir)
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), "--listen", addr, "--token-auth-file", tokFile, "--instance=other="+ep)
 	h.waitConnected(t, "other")
@@ -413,7 +400,7 @@ func TestAnonymousFloodIsBounded(t *testing.T) {
 // move the cursor (a host event stored later comes after it), and
 // vmpersonactl prints the guest's escape sequences escaped.
 func TestGuestCannotForgeAudit(t *testing.T) {
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, "guest.sock")
 	evil := "\x1b]0;owned\x07\x1b[2J\u202eevil"
 	g := startFakeGuest(t, sock, &fakeGuest{batches: []protocol.AuditBatch{{SpoolID: "fake-spool", Events: []protocol.AuditEvent{
@@ -506,7 +493,7 @@ func TestHostileHelloRefused(t *testing.T) {
 		{"bootid", protocol.HelloAck{AgentVersion: "1", BootID: "\x1b[2J" + strings.Repeat("b", 100)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := tmpDir(t)
+			dir := testproc.ShortDir(t)
 			sock := filepath.Join(dir, "guest.sock")
 			g := startFakeGuest(t, sock, &fakeGuest{hello: tc.hello})
 			h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), "--instance=vm1=unix:"+sock)
@@ -547,7 +534,7 @@ func TestHostileHelloRefused(t *testing.T) {
 // the host asked for at most 1 MiB: the request fails (502), the session
 // ends, the refusal is audited, and the client never receives the 3 MB.
 func TestExecResultBound(t *testing.T) {
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, "guest.sock")
 	var asked atomic.Int64
 	startFakeGuest(t, sock, &fakeGuest{hello: protocol.HelloAck{AgentVersion: "1", BootID: "b"},
@@ -591,9 +578,8 @@ func TestGuestAuditFlood(t *testing.T) {
 
 func auditFloodRun(t *testing.T, guests int, dur time.Duration) {
 	const events, bytesPerSec = 500, 256 << 10
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	_, ep := startGuest(t, gdir)
 	args := []string{"--instance=other=" + ep, "--audit-guest-events", strconv.Itoa(events), "--audit-guest-bytes", strconv.Itoa(bytesPerSec)}
 	var fakes []*fakeGuest
@@ -669,7 +655,7 @@ func TestSocketGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"))
 	var st syscall.Stat_t
 	if err := syscall.Stat(h.sock, &st); err != nil {

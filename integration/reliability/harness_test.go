@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/internal/testbin"
 	"github.com/vmpersona/vmpersona/internal/testproc"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // The daemons under test (internal/testbin builds them once per test run),
@@ -60,18 +61,6 @@ func envDuration(name string, def time.Duration) time.Duration {
 		return v
 	}
 	return def
-}
-
-// tmpDir is a short temporary directory (unix socket paths are limited to
-// 108 bytes, and t.TempDir() names can be long), removed after the test.
-func tmpDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "vpr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
 }
 
 // proc is a real daemon process.
@@ -171,10 +160,13 @@ func unixClient(sock string, timeout time.Duration) *http.Client {
 		}}}
 }
 
-// startGuest runs the real guest daemon on a unix socket; it returns the
-// process and the endpoint hostd dials.
+// startGuest runs the real guest daemon on a unix socket in dir (made if
+// need be); it returns the process and the endpoint hostd dials.
 func startGuest(t testing.TB, dir string, extra ...string) (*proc, string) {
 	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "agent.sock")
 	args := append([]string{"--listen", "unix:" + sock, "--state-dir", filepath.Join(dir, "state"),
 		"--profile-file", filepath.Join(dir, "profile.sh"), "--log-level", "warn"}, extra...)
@@ -340,7 +332,22 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
 
-func errorsAs(err error, target any) bool { return errors.As(err, target) }
+// eachFrame hands each frame read from r to handle until the stream ends,
+// passing over bytes that are no frame (a scripted guest reads what the
+// host sends, which is not always whole).
+func eachFrame(r *protocol.Reader, handle func(f protocol.Frame)) {
+	for {
+		f, err := r.Next()
+		if err != nil {
+			var fe *protocol.FrameError
+			if errors.As(err, &fe) {
+				continue
+			}
+			return
+		}
+		handle(f)
+	}
+}
 
 // longRun is set under the build tag reliability (make reliability): the
 // suites then use their long defaults.

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // overridePersona is active on the guest during the crash loops: each exec
@@ -125,11 +127,10 @@ func head(s []uint64) []uint64 {
 // RELIABILITY_CRASH_LOOPS sets the number of kills (default 20).
 func TestHostdCrashConsistency(t *testing.T) {
 	loops := envInt("RELIABILITY_CRASH_LOOPS", pick(20, 50))
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	dataDir := filepath.Join(dir, "data")
 	sock := filepath.Join(dir, "hostd.sock")
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	_, ep := startGuest(t, gdir, "--max-exec", "64")
 	inst := "--instance=vm1=" + ep
 

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // repeatReader yields n bytes of a JSON persona whose pre-activation script
@@ -46,7 +48,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // problem document, the daemon must stay up, and its memory bounded after a
 // 100 MB body.
 func TestHostileInput(t *testing.T) {
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"))
 
 	deep := strings.Repeat("[", 100000) + strings.Repeat("]", 100000)
@@ -167,7 +169,7 @@ func TestSlowloris(t *testing.T) {
 	if os.Getenv("RELIABILITY_SLOWLORIS") == "0" {
 		t.Skip("RELIABILITY_SLOWLORIS=0: the slowloris test waits for the 10 s ReadHeaderTimeout")
 	}
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, "hostd.sock")
 	h := startHostd(t, filepath.Join(dir, "data"), sock)
 	const conns = 4

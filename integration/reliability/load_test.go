@@ -3,7 +3,6 @@ package reliability
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // loadKnobs are the load test's size: RELIABILITY_LOAD_GUESTS,
@@ -27,14 +28,13 @@ func TestLoad(t *testing.T) {
 	guests := envInt("RELIABILITY_LOAD_GUESTS", loadGuests)
 	clients := envInt("RELIABILITY_LOAD_CLIENTS", loadClients)
 	dur := envDuration("RELIABILITY_LOAD_DURATION", loadDuration)
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	var args []string
 	gdirs := make([]string, guests)
 	var gwg sync.WaitGroup
 	var gmu sync.Mutex
 	for i := 0; i < guests; i++ {
 		gdirs[i] = filepath.Join(dir, fmt.Sprintf("g%d", i))
-		os.MkdirAll(gdirs[i], 0o755)
 	}
 	eps := make([]string, guests)
 	for i := 0; i < guests; i++ {

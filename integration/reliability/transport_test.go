@@ -5,12 +5,13 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // faultProxy sits between hostd and guestd on unix sockets and injects
@@ -172,9 +173,8 @@ func (p *faultProxy) inject() string {
 // (default 8 s).
 func TestTransportFaults(t *testing.T) {
 	dur := envDuration("RELIABILITY_FAULT_DURATION", pick(8*time.Second, 60*time.Second))
-	dir := tmpDir(t)
+	dir := testproc.ShortDir(t)
 	gdir := filepath.Join(dir, "guest")
-	os.MkdirAll(gdir, 0o755)
 	_, ep := startGuest(t, gdir)
 	proxySock := filepath.Join(dir, "proxy.sock")
 	px := newFaultProxy(t, proxySock, ep[len("unix:"):])

@@ -34,11 +34,7 @@ type Guest struct {
 // its environment.
 func Start(t testing.TB, args, env []string) *Guest {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "tg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testproc.ShortDir(t)
 	g := &Guest{
 		Dir: dir, Sock: filepath.Join(dir, "g.sock"),
 		StateDir: filepath.Join(dir, "state"), Profile: filepath.Join(dir, "profile.sh"),

@@ -122,3 +122,16 @@ func TestWaitListening(t *testing.T) {
 		t.Fatalf("a listening socket failed: %q", msg)
 	}
 }
+
+func TestShortDirAndFreeTCPAddr(t *testing.T) {
+	dir := ShortDir(t)
+	if len(filepath.Join(dir, "a-socket-name.sock")) > 100 {
+		t.Errorf("ShortDir %q leaves no room for a socket name", dir)
+	}
+	addr := FreeTCPAddr(t)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening on %s: %v", addr, err)
+	}
+	l.Close()
+}

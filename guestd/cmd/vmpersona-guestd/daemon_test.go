@@ -76,6 +76,21 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
+// release writes a line to the fifo a test command waits on, and waits
+// for that command's exec to end well (done).
+func release(t *testing.T, fifo string, done <-chan error) {
+	t.Helper()
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("go\n"))
+	w.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // startConnected starts the daemon in a new env and connects to it, as
 // most tests begin.
 func startConnected(t testing.TB) (*env, *protocol.Client) {
@@ -921,15 +936,7 @@ func TestStreamingChunksBeforeResult(t *testing.T) {
 		t.Fatalf("result arrived while the command still waits: %v", err)
 	default:
 	}
-	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte("go\n"))
-	w.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	release(t, fifo, done)
 	var out, errOut string
 	mu.Lock()
 	for _, ch := range chunks {
@@ -1176,15 +1183,7 @@ func TestExecLimitAndAuditExec(t *testing.T) {
 	if _, err := run(t, c, protocol.Exec{Command: "true", TimeoutMillis: 300}); errCode(err) != protocol.CodeBusy {
 		t.Fatalf("second exec with --max-exec 1: want busy after its timeout, got %v", err)
 	}
-	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write([]byte("x\n"))
-	w.Close()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	release(t, fifo, done)
 	if err := <-queued; err != nil {
 		t.Fatalf("queued exec: %v", err)
 	}

@@ -135,12 +135,7 @@ func TestWorldReadableTokenFileRefused(t *testing.T) {
 func TestTokensOverTCP(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "tokens.csv")
 	os.WriteFile(f, []byte("s3cret-admin,alice,1,\"admin\"\ns3cret-view,victor,2,viewer\n"), 0o600)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testproc.FreeTCPAddr(t)
 	start(t, t.TempDir(), "--listen", addr, "--token-auth-file", f)
 	get := func(tok, path string) int {
 		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)

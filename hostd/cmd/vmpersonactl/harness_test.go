@@ -87,11 +87,7 @@ func startDaemons(t testing.TB, withGuest bool, hostdArgs ...string) *daemons {
 	}
 	// Unix socket paths must be short: keep them out of t.TempDir()'s
 	// long names.
-	dir, err := os.MkdirTemp("", "ctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testproc.ShortDir(t)
 	guestSock := filepath.Join(dir, "guest.sock")
 	if withGuest {
 		_ = startProcess(t, "guestd", nil, bins.guestd, "--listen", "unix:"+guestSock,
