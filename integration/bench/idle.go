@@ -104,7 +104,7 @@ func (b *bench) idle(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.add(row{fmt.Sprintf("1. idle guestd (connected, host heartbeat 2 s): context switches/s, all threads, %s", window),
+	b.add(row{fmt.Sprintf("1. idle guestd (connected, host heartbeat %s): context switches/s, all threads, %s", b.cfg.heartbeat, window),
 		fmt.Sprintf("%.1f/s", sw[0]), fmt.Sprintf("qemu-ga %.1f/s", sw[1]), "", "≤ 3/s", metLE(sw[0], 3)})
 	b.add(row{"1. idle guestd CPU", fmt.Sprintf("%.3f ms/s", cpu[0]), fmt.Sprintf("qemu-ga %.3f ms/s", cpu[1]), "", "reported", "—"})
 	return <-hung
@@ -159,7 +159,7 @@ func (b *bench) hungGuest(ctx context.Context) error {
 	}
 	d := time.Since(t0)
 	b.add(row{"2. a hung guest (SIGSTOP) is noticed: agent no longer connected after",
-		fmt.Sprintf("%.1f s", d.Seconds()), "heartbeat 2 s: silence 3 intervals + probe 3 intervals", "", "reported", "—"})
+		fmt.Sprintf("%.1f s", d.Seconds()), fmt.Sprintf("heartbeat %s: silence 3 intervals + probe 3 intervals", b.cfg.heartbeat), "", "reported", "—"})
 	return nil
 }
 

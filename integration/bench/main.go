@@ -48,6 +48,7 @@ type config struct {
 	profile   string
 	profDur   time.Duration
 	only      string
+	heartbeat time.Duration
 	// sizes derived from quick
 	execN     int
 	segDur    time.Duration
@@ -74,6 +75,7 @@ func main() {
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the run directory (daemon state, sockets)")
 	flag.StringVar(&cfg.profile, "profile", "", "instead of the table: run hostd and the guest server in-process and write CPU/mutex/block profiles of each scenario into this directory")
 	flag.DurationVar(&cfg.profDur, "profile-duration", 5*time.Second, "length of each -profile scenario")
+	flag.DurationVar(&cfg.heartbeat, "heartbeat", 2*time.Second, "the host daemons' heartbeat interval (shorter: a harder liveness test)")
 	flag.StringVar(&cfg.only, "only", "", "run only these steps (comma-separated names as logged, e.g. scale,idle)")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
@@ -380,7 +382,7 @@ func (b *bench) setup(ctx context.Context) error {
 }
 
 func (b *bench) startHostd(ctx context.Context, data, sock string, instances []string) (*proc, error) {
-	args := []string{"--data-dir", filepath.Join(b.dir, data), "--unix-socket", sock, "--libvirt-uri", "", "--log-level", "warn", "--heartbeat", "2s"}
+	args := []string{"--data-dir", filepath.Join(b.dir, data), "--unix-socket", sock, "--libvirt-uri", "", "--log-level", "warn", "--heartbeat", b.cfg.heartbeat.String()}
 	for _, in := range instances {
 		args = append(args, "--instance", in)
 	}

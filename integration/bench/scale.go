@@ -141,7 +141,7 @@ func (b *bench) scale(ctx context.Context) error {
 	b.note("scale: %d agents connected %s after hostd started", n, connectTime.Round(time.Millisecond))
 
 	// The idle agents' cost: every real guest daemon over one window, the
-	// host pinging each every 2 s.
+	// host pinging each once a heartbeat interval.
 	window := 10 * time.Second
 	if b.cfg.quick {
 		window = 5 * time.Second
