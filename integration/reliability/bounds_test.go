@@ -23,41 +23,15 @@ import (
 //	audit:    AuditBatch frames of 1000 events, sent without waiting for acks
 //	oversize: headers announcing 4 GB payloads, followed by endless bytes
 type hostileGuest struct {
-	l    net.Listener
 	mode string
 	sent atomic.Int64 // bytes written to the host
-	stop chan struct{}
-	wg   sync.WaitGroup
 }
 
 func startHostileGuest(t testing.TB, sock, mode string) *hostileGuest {
 	t.Helper()
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &hostileGuest{l: l, mode: mode, stop: make(chan struct{})}
-	g.wg.Add(1)
-	go g.accept()
-	t.Cleanup(func() { close(g.stop); l.Close(); g.wg.Wait() })
+	g := &hostileGuest{mode: mode}
+	listenScripted(t, sock, g.serve)
 	return g
-}
-
-func (g *hostileGuest) accept() {
-	defer g.wg.Done()
-	for {
-		c, err := g.l.Accept()
-		if err != nil {
-			return
-		}
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			defer c.Close()
-			go func() { <-g.stop; c.Close() }()
-			g.serve(c)
-		}()
-	}
 }
 
 type countingWriter struct {

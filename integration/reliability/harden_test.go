@@ -30,7 +30,6 @@ import (
 // HelloAck, its exec answers, and audit batches, once or in a flood that
 // waits for each acknowledgement as the real guest does.
 type fakeGuest struct {
-	l     net.Listener
 	hello protocol.HelloAck
 	// exec answers an exec request; nil answers an empty result.
 	exec func(protocol.Exec) protocol.ExecResult
@@ -45,17 +44,10 @@ type fakeGuest struct {
 
 	sessions atomic.Int64
 	acked    atomic.Uint64 // highest seq acknowledged
-	stop     chan struct{}
-	wg       sync.WaitGroup
 }
 
 func startFakeGuest(t testing.TB, sock string, g *fakeGuest) *fakeGuest {
 	t.Helper()
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.l, g.stop = l, make(chan struct{})
 	if g.hello.ProtocolVersion == 0 {
 		g.hello.ProtocolVersion = protocol.Version
 	}
@@ -65,24 +57,7 @@ func startFakeGuest(t testing.TB, sock string, g *fakeGuest) *fakeGuest {
 	if g.hello.Capabilities == nil {
 		g.hello.Capabilities = []string{protocol.CapExecStream, protocol.CapAuditSpool}
 	}
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			g.wg.Add(1)
-			go func() {
-				defer g.wg.Done()
-				defer c.Close()
-				go func() { <-g.stop; c.Close() }()
-				g.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { close(g.stop); l.Close(); g.wg.Wait() })
+	listenScripted(t, sock, g.serve)
 	return g
 }
 

@@ -26,12 +26,19 @@ func TestOutputKeepsTheLatestPastItsLimit(t *testing.T) {
 	}
 }
 
-func TestKillEndsTheProcess(t *testing.T) {
+// startShell starts a shell running script and waits for it to print
+// "ready".
+func startShell(t *testing.T, script string) *Proc {
 	out := &Output{}
-	cmd := exec.Command("/bin/sh", "-c", "echo started; exec sleep 60")
+	cmd := exec.Command("/bin/sh", "-c", script)
 	cmd.Stdout = out
 	p := Start(t, cmd)
-	WaitFor(t, "the process to start", func() bool { return out.String() == "started\n" })
+	WaitFor(t, "the shell to be ready", func() bool { return out.String() == "ready\n" })
+	return p
+}
+
+func TestKillEndsTheProcess(t *testing.T) {
+	p := startShell(t, "echo ready; exec sleep 60")
 	if p.Exited() {
 		t.Fatal("Exited() before the process was ended")
 	}
@@ -43,11 +50,7 @@ func TestKillEndsTheProcess(t *testing.T) {
 
 // A process that ignores SIGTERM is killed once the grace period is over.
 func TestStopKillsWhatIgnoresSIGTERM(t *testing.T) {
-	out := &Output{}
-	cmd := exec.Command("/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done")
-	cmd.Stdout = out
-	p := Start(t, cmd)
-	WaitFor(t, "the trap to be set", func() bool { return out.String() == "ready\n" })
+	p := startShell(t, "trap '' TERM; echo ready; while :; do sleep 1; done")
 	p.Stop(100 * time.Millisecond)
 	select {
 	case <-p.Done():
