@@ -89,7 +89,7 @@ func TestHeadEverywhereGetIs(t *testing.T) {
 	e.waitConnected("vm1")
 	e.must(e.do("POST", "/personas", tokAdmin, hardened), 201)
 	e.must(e.do("PUT", "/assignments/pin", tokAdmin, map[string]any{"persona": "hardened", "selector": map[string]any{"instances": []string{"vm1"}}}), 201)
-	paths := map[string]string{"/personas/:name": "/personas/hardened", "/assignments/:name": "/assignments/pin", "/instances/:id": "/instances/vm1",
+	paths := map[string]string{"/personas/:name": "/personas/hardened", "/assignments/:name": "/assignments/pin", "/fleet/rollouts/:persona": "/fleet/rollouts/hardened", "/instances/:id": "/instances/vm1",
 		"/instances/:id/active_persona": "/instances/vm1/active_persona", "/instances/:id/files": "/instances/vm1/files?path=/etc/passwd"}
 	n := 0
 	for _, rt := range e.api.routes {

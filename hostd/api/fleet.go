@@ -3,7 +3,9 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -11,6 +13,8 @@ import (
 
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/hostd/reconcile"
+	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -27,6 +31,10 @@ type FleetLink interface {
 	FleetInstances(ctx context.Context) ([]apitypes.Instance, error)
 	// FleetHosts is the hosts present in the fleet.
 	FleetHosts(ctx context.Context) ([]apitypes.FleetHost, error)
+	// RequestRollout asks every host to roll persona's current revision
+	// out to its instances; FleetRollout reads each host's progress.
+	RequestRollout(persona string, q apitypes.FleetRolloutRequest, actor string) (apitypes.FleetRollout, error)
+	FleetRollout(ctx context.Context, persona string) (apitypes.FleetRolloutStatus, error)
 }
 
 // Response headers of every authenticated answer in fleet mode.
@@ -132,5 +140,53 @@ func (s *Server) fleetHosts(w http.ResponseWriter, r *http.Request, _ httprouter
 		hosts = []apitypes.FleetHost{}
 	}
 	writeJSON(w, http.StatusOK, apitypes.FleetHostList{Hosts: hosts})
+	return nil
+}
+
+// requestFleetRollout answers POST /fleet/rollouts/{persona}: the request
+// is in etcd when it answers (202); each host then rolls the revision out
+// to its own instances. The route is an addition to the contract's table,
+// behind vmpersonactl rollout --fleet.
+func (s *Server) requestFleetRollout(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	if s.cfg.Fleet == nil {
+		return errdefs.WithMessage(errNoFleet, "a fleet rollout needs fleet mode (vmpersona-hostd --fleet-etcd); without it use POST /personas/{name}/rollout")
+	}
+	name := ps.ByName("persona")
+	if err := validate.Name(name); err != nil {
+		return err
+	}
+	var q apitypes.FleetRolloutRequest
+	if err := decodeJSON(r, &q); err != nil {
+		return err
+	}
+	if q.MaxParallel < 0 || q.MaxParallel > reconcile.MaxParallelLimit {
+		return errdefs.InvalidField("max_parallel", fmt.Sprintf("max_parallel %d: want 0 (the default, 5) to %d", q.MaxParallel, reconcile.MaxParallelLimit))
+	}
+	if q.MaxFailures < 0 {
+		return errdefs.InvalidField("max_failures", fmt.Sprintf("max_failures %d: want 0 (the default, 1) or more", q.MaxFailures))
+	}
+	ro, err := s.cfg.Fleet.RequestRollout(name, q, identityOf(r).User)
+	if err != nil {
+		return personaErr(name, err)
+	}
+	w.Header().Set("Location", "/fleet/rollouts/"+url.PathEscape(name))
+	writeJSON(w, http.StatusAccepted, ro)
+	return nil
+}
+
+// fleetRollout answers GET /fleet/rollouts/{persona}.
+func (s *Server) fleetRollout(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	if s.cfg.Fleet == nil {
+		return errdefs.WithMessage(errNoFleet, "GET /fleet/rollouts needs fleet mode (vmpersona-hostd --fleet-etcd)")
+	}
+	name := ps.ByName("persona")
+	if err := validate.Name(name); err != nil {
+		return err
+	}
+	st, err := s.cfg.Fleet.FleetRollout(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
 	return nil
 }

@@ -149,6 +149,9 @@ func (s *Server) routeTable() []route {
 		{method: "PUT", path: "/assignments/:name", action: "changing an assignment", role: auth.RoleAdmin, bodyMax: MaxSmallBody, handler: s.putAssignment,
 			in: apitypes.Assignment{}, out: apitypes.Assignment{}, headers: []string{"ETag"}},
 		{method: "DELETE", path: "/assignments/:name", action: "deleting an assignment", role: auth.RoleAdmin, handler: s.deleteAssignment, status: http.StatusNoContent},
+		{method: "POST", path: "/fleet/rollouts/:persona", action: "rolling out a persona across the fleet", role: auth.RoleOperator, bodyMax: MaxSmallBody, handler: s.requestFleetRollout,
+			in: apitypes.FleetRolloutRequest{}, out: apitypes.FleetRollout{}, status: http.StatusAccepted, headers: []string{"Location"}},
+		{method: "GET", path: "/fleet/rollouts/:persona", action: "reading a fleet rollout", role: auth.RoleViewer, handler: s.fleetRollout, out: apitypes.FleetRolloutStatus{}},
 		{method: "GET", path: "/fleet/hosts", action: "listing fleet hosts", role: auth.RoleViewer, handler: s.fleetHosts, out: apitypes.FleetHostList{}},
 
 		{method: "GET", path: "/audit", action: "reading the audit log", role: auth.RoleAdmin, handler: s.queryAudit, out: apitypes.AuditPage{}},

@@ -234,6 +234,11 @@ func Run(ctx context.Context, cfg Config) error {
 	mgr := agents.NewManager(acfg)
 	defer mgr.Close()
 	rec.Bind(mgr)
+	if fb != nil {
+		// Fleet rollouts (vmpersonactl rollout --fleet): this host rolls
+		// out its own instances.
+		fb.SetRolloutRunner(rec.Rollout)
+	}
 	defer rec.Close() // before the manager closes: background rollouts end first
 	for _, i := range statics {
 		if err := mgr.Add(i.name, i.ep, "static"); err != nil {

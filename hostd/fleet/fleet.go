@@ -22,6 +22,8 @@
 //	catalog/personas/<name>         persona (JSON envelope: persona, request id, host)
 //	catalog/default                 name of the fleet's default persona
 //	catalog/assignments/<name>      assignment (JSON envelope: assignment, request id, host)
+//	catalog/rollouts/<persona>      the last fleet rollout asked of the persona
+//	hosts/<host>/rollouts/<persona> the host's progress in it
 //	hosts/<host>/presence           the host's presence, on a lease (JSON)
 package fleet
 
@@ -44,6 +46,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 )
 
@@ -152,7 +155,12 @@ type Backend struct {
 	log  *slog.Logger
 	host string
 
-	keyPersonas, keyDefault, keyCatalog, keyAssignments string
+	keyPersonas, keyDefault, keyCatalog, keyAssignments, keyRollouts string
+
+	// Fleet rollouts seen in the catalogue, and the queue of the runner.
+	rolloutMu    sync.Mutex
+	seenRollouts []apitypes.FleetRollout
+	rollouts     chan apitypes.FleetRollout
 
 	// onChange is called after the copy took a batch that changed
 	// personas, the default or assignments (SetOnChange).
@@ -242,6 +250,7 @@ func Open(cfg Config) (*Backend, error) {
 		keyPersonas:    cfg.Prefix + "catalog/personas/",
 		keyDefault:     cfg.Prefix + "catalog/default",
 		keyAssignments: cfg.Prefix + "catalog/assignments/",
+		keyRollouts:    cfg.Prefix + "catalog/rollouts/",
 		applied:        rev,
 		appliedCh:      make(chan struct{}),
 		closed:         make(chan struct{}),

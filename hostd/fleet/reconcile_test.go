@@ -57,6 +57,7 @@ func newReconcilingHostd(t *testing.T, name string, endpoints []string, hostLabe
 	mgr := agents.NewManager(agents.Config{Store: h.st, Metrics: m, Logger: testLogger(), Converger: rec,
 		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 10 * time.Second})
 	rec.Bind(mgr)
+	h.b.SetRolloutRunner(rec.Rollout)
 	s := api.New(api.Config{Store: h.b, Fleet: h.b, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: testLogger(), DefaultScriptTimeout: 20 * time.Second})
 	srv := httptest.NewUnstartedServer(s)
 	srv.Config = api.NewHTTPServer(s, testLogger())
@@ -198,5 +199,83 @@ func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
 	a.rec.Reassess()
 	if got := a.active("db1"); got != "staging" {
 		t.Errorf("db1 runs %q after its assignment was deleted, want staging kept", got)
+	}
+}
+
+// A fleet rollout asked through one host is run by every host on its own
+// instances, with the limits asked; each host's progress is readable from
+// any host.
+func TestFleetRolloutRunsOnEveryHost(t *testing.T) {
+	c := startCluster(t, 1)
+	web := map[string]string{"role": "web"}
+	a := newReconcilingHostd(t, "a", c.endpoints(), nil, map[string]vm{"a1": {startGuest(t), web}, "a2": {startGuest(t), web}})
+	b := newReconcilingHostd(t, "b", c.endpoints(), nil, map[string]vm{"b1": {startGuest(t), web}})
+	a.waitConnected()
+	b.waitConnected()
+	if r := a.do("POST", "/personas", persona("web", false)); r.status != http.StatusCreated {
+		t.Fatalf("create: %d %v", r.status, r.body)
+	}
+	if r := a.do("PUT", "/assignments/web", webAssignment("web", 1)); r.status != http.StatusCreated {
+		t.Fatalf("assignment: %d %v", r.status, r.body)
+	}
+	for _, x := range []struct {
+		h  *reconcilingHostd
+		vm string
+	}{{a, "a1"}, {a, "a2"}, {b, "b1"}} {
+		x.h.waitActive(x.vm, "web")
+	}
+	upd := persona("web", false)
+	upd.RestrictedCommands = []string{"rm"}
+	if r := a.do("PUT", "/personas/web", upd); r.status != http.StatusOK {
+		t.Fatalf("update: %d %v", r.status, r.body)
+	}
+	// Not rolled out by itself: revision 1 everywhere.
+	if r := b.do("GET", "/fleet/rollouts/web", nil); r.status != http.StatusNotFound {
+		t.Fatalf("GET before any fleet rollout: %d %v", r.status, r.body)
+	}
+	if r := b.do("POST", "/fleet/rollouts/web", map[string]any{"max_parallel": -1}); r.status != http.StatusUnprocessableEntity && r.status != http.StatusBadRequest || r.body["field"] != "max_parallel" {
+		t.Fatalf("bad max_parallel: %d %v", r.status, r.body)
+	}
+	r := b.do("POST", "/fleet/rollouts/web", map[string]any{"max_parallel": 2})
+	if r.status != http.StatusAccepted || r.body["revision"] != 2.0 {
+		t.Fatalf("fleet rollout: %d %v", r.status, r.body)
+	}
+	id := r.body["id"]
+	var st map[string]any
+	waitFor(t, "both hosts done", func() bool {
+		st = a.do("GET", "/fleet/rollouts/web", nil).body
+		hosts, _ := st["hosts"].([]any)
+		if len(hosts) != 2 {
+			return false
+		}
+		for _, h := range hosts {
+			if h.(map[string]any)["state"] != "done" {
+				return false
+			}
+		}
+		return true
+	})
+	if st["rollout"].(map[string]any)["id"] != id {
+		t.Fatalf("rollout id %v, want %v", st["rollout"], id)
+	}
+	want := map[string]float64{"a": 2, "b": 1}
+	for _, h := range st["hosts"].([]any) {
+		hm := h.(map[string]any)
+		sum := hm["summary"].(map[string]any)
+		if sum["activated"] != want[hm["host"].(string)] || sum["total"] != want[hm["host"].(string)] || sum["failed"] != 0.0 {
+			t.Errorf("host %v: summary %v", hm["host"], sum)
+		}
+		if res, _ := hm["results"].([]any); len(res) != int(want[hm["host"].(string)]) {
+			t.Errorf("host %v: results %v", hm["host"], res)
+		}
+	}
+	for _, x := range []struct {
+		h  *reconcilingHostd
+		vm string
+	}{{a, "a1"}, {a, "a2"}, {b, "b1"}} {
+		st, _ := x.h.mgr.Get(x.vm)
+		if st.Active == nil || st.Active.Revision != 2 {
+			t.Errorf("%s runs %+v after the fleet rollout, want web revision 2", x.vm, st.Active)
+		}
 	}
 }

@@ -104,6 +104,7 @@ func (b *Backend) fullLoad(ctx context.Context) error {
 	b.setApplied(batch.Revision)
 	b.log.Info("fleet: catalogue read", "revision", batch.Revision, "personas", len(batch.Personas), "assignments", len(batch.Assignments))
 	b.changed()
+	b.dispatchRollouts()
 	return nil
 }
 
@@ -120,6 +121,10 @@ func (b *Backend) collect(batch *store.ReplicaBatch, kv *mvccpb.KeyValue, delete
 			name = string(kv.Value)
 		}
 		batch.Default = &name
+	case strings.HasPrefix(key, b.keyRollouts):
+		if !deleted {
+			b.noteRollout(kv)
+		}
 	case strings.HasPrefix(key, b.keyAssignments):
 		name := key[len(b.keyAssignments):]
 		if deleted {
@@ -186,6 +191,7 @@ func (b *Backend) watch(ctx context.Context, from int64) error {
 		b.setApplied(batch.Revision)
 		if len(resp.Events) > 0 {
 			b.changed()
+			b.dispatchRollouts()
 		}
 	}
 	if ctx.Err() != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
@@ -92,14 +93,22 @@ current revision, --max-parallel at a time, and starts no new one once
 --max-failures have failed: a failing script rolls that guest back to its
 previous persona. Prints a line per instance as it finishes, then a
 summary; exits 4 when any instance failed. --dry-run changes nothing and
-prints each instance's diff. Needs the operator role.`,
+prints each instance's diff. Needs the operator role.
+
+With --fleet (fleet mode) every host rolls the revision out to its own
+instances, with these limits each; the lines name HOST/INSTANCE, a line per
+host says when it is done, and the command waits (--wait) until every host
+present has finished.`,
 		example: `vmpersonactl rollout hardened
 vmpersonactl rollout hardened --max-parallel 10 --max-failures 2
-vmpersonactl rollout hardened --dry-run vm1 vm2`,
+vmpersonactl rollout hardened --dry-run vm1 vm2
+vmpersonactl rollout hardened --fleet --max-parallel 10`,
 		setup: func(fs *flag.FlagSet) runner {
 			dry := fs.Bool("dry-run", false, "change nothing; print what each instance's activation would change")
 			par := fs.Int("max-parallel", 0, "instances activated at once (default: the daemon's, 5)")
 			fails := fs.Int("max-failures", 0, "start no new instance once this many have failed (default: the daemon's, 1)")
+			fleet := fs.Bool("fleet", false, "fleet mode: every host rolls out its own instances; progress per host")
+			wait := fs.Duration("wait", 10*time.Minute, "with --fleet: how long to follow the hosts' progress")
 			return func(ctx context.Context, a *app, args []string) error {
 				if err := wantArgs(args, 1, -1, "PERSONA [INSTANCE...]"); err != nil {
 					return err
@@ -107,9 +116,15 @@ vmpersonactl rollout hardened --dry-run vm1 vm2`,
 				if *par < 0 || *fails < 0 {
 					return usageErrorf("--max-parallel and --max-failures must not be negative")
 				}
+				if *fleet && len(args) > 1 {
+					return usageErrorf("--fleet rolls out every host's instances desiring the persona; it takes no INSTANCE")
+				}
 				c, err := a.api()
 				if err != nil {
 					return err
+				}
+				if *fleet {
+					return fleetRollout(ctx, a, c, args[0], apitypes.FleetRolloutRequest{DryRun: *dry, MaxParallel: *par, MaxFailures: *fails}, *wait)
 				}
 				req := apitypes.RolloutRequest{DryRun: *dry, MaxParallel: *par, MaxFailures: *fails, Instances: args[1:]}
 				var results []apitypes.RolloutResult

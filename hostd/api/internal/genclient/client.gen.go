@@ -344,6 +344,30 @@ func (e ExecStreamLineStream) Valid() bool {
 	}
 }
 
+// Defines values for FleetRolloutHostState.
+const (
+	FleetRolloutHostStateDone    FleetRolloutHostState = "done"
+	FleetRolloutHostStatePending FleetRolloutHostState = "pending"
+	FleetRolloutHostStateRunning FleetRolloutHostState = "running"
+	FleetRolloutHostStateSkipped FleetRolloutHostState = "skipped"
+)
+
+// Valid indicates whether the value is a known member of the FleetRolloutHostState enum.
+func (e FleetRolloutHostState) Valid() bool {
+	switch e {
+	case FleetRolloutHostStateDone:
+		return true
+	case FleetRolloutHostStatePending:
+		return true
+	case FleetRolloutHostStateRunning:
+		return true
+	case FleetRolloutHostStateSkipped:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for InstanceAgentState.
 const (
 	Connected    InstanceAgentState = "connected"
@@ -388,22 +412,22 @@ func (e InstanceSource) Valid() bool {
 
 // Defines values for InstanceState.
 const (
-	Paused  InstanceState = "paused"
-	Running InstanceState = "running"
-	Shutoff InstanceState = "shutoff"
-	Unknown InstanceState = "unknown"
+	InstanceStatePaused  InstanceState = "paused"
+	InstanceStateRunning InstanceState = "running"
+	InstanceStateShutoff InstanceState = "shutoff"
+	InstanceStateUnknown InstanceState = "unknown"
 )
 
 // Valid indicates whether the value is a known member of the InstanceState enum.
 func (e InstanceState) Valid() bool {
 	switch e {
-	case Paused:
+	case InstanceStatePaused:
 		return true
-	case Running:
+	case InstanceStateRunning:
 		return true
-	case Shutoff:
+	case InstanceStateShutoff:
 		return true
-	case Unknown:
+	case InstanceStateUnknown:
 		return true
 	default:
 		return false
@@ -1020,6 +1044,50 @@ type FleetHost struct {
 	Version   string             `json:"version"`
 }
 
+// FleetRollout a rollout asked of every host
+type FleetRollout struct {
+	Actor       *string   `json:"actor,omitempty"`
+	DryRun      *bool     `json:"dry_run,omitempty"`
+	Id          string    `json:"id"`
+	MaxFailures *int      `json:"max_failures,omitempty"`
+	MaxParallel *int      `json:"max_parallel,omitempty"`
+	Persona     string    `json:"persona"`
+	RequestedAt time.Time `json:"requested_at"`
+	Revision    int       `json:"revision"`
+}
+
+// FleetRolloutHost one host's progress in a fleet rollout
+type FleetRolloutHost struct {
+	Host      string                `json:"host"`
+	Reason    *string               `json:"reason,omitempty"`
+	Results   *[]RolloutResult      `json:"results,omitempty"`
+	State     FleetRolloutHostState `json:"state"`
+	Summary   *RolloutSummary       `json:"summary,omitempty"`
+	UpdatedAt *time.Time            `json:"updated_at,omitempty"`
+}
+
+// FleetRolloutHostState defines model for FleetRolloutHost.State.
+type FleetRolloutHostState string
+
+// FleetRolloutRequest a rollout asked of every host
+type FleetRolloutRequest struct {
+	DryRun *bool `json:"dry_run,omitempty"`
+
+	// MaxFailures a host starts no new instance once this many of its own failed (0: 1)
+	MaxFailures *int `json:"max_failures,omitempty"`
+
+	// MaxParallel instances each host activates at once (0: 5)
+	MaxParallel *int `json:"max_parallel,omitempty"`
+}
+
+// FleetRolloutStatus defines model for FleetRolloutStatus.
+type FleetRolloutStatus struct {
+	Hosts []FleetRolloutHost `json:"hosts"`
+
+	// Rollout a rollout asked of every host
+	Rollout FleetRollout `json:"rollout"`
+}
+
 // Instance defines model for Instance.
 type Instance struct {
 	// Active what the guest holds: confirmed by a live session, else the host's last record
@@ -1443,6 +1511,9 @@ type GetReady200JSONResponseBodyStatus string
 // PutAssignmentJSONRequestBody defines body for PutAssignment for application/json ContentType.
 type PutAssignmentJSONRequestBody = Assignment
 
+// RequestFleetRolloutJSONRequestBody defines body for RequestFleetRollout for application/json ContentType.
+type RequestFleetRolloutJSONRequestBody = FleetRolloutRequest
+
 // DeactivateInstanceJSONRequestBody defines body for DeactivateInstance for application/json ContentType.
 type DeactivateInstanceJSONRequestBody = ActivateRequest
 
@@ -1576,6 +1647,25 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /fleet/hosts (the `ListFleetHosts` operationId).
 	ListFleetHosts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetFleetRollout Fleet mode: the persona's last fleet rollout and each present host's progress in it
+	//
+	// Corresponds with GET /fleet/rollouts/{persona} (the `GetFleetRollout` operationId).
+	GetFleetRollout(ctx context.Context, persona string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RequestFleetRolloutWithBody Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+	RequestFleetRolloutWithBody(ctx context.Context, persona string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RequestFleetRollout Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+	RequestFleetRollout(ctx context.Context, persona string, body RequestFleetRolloutJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetHealth Liveness
 	//
@@ -1842,6 +1932,55 @@ func (c *Client) ListAuditEvents(ctx context.Context, params *ListAuditEventsPar
 // Corresponds with GET /fleet/hosts (the `ListFleetHosts` operationId).
 func (c *Client) ListFleetHosts(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListFleetHostsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetFleetRollout Fleet mode: the persona's last fleet rollout and each present host's progress in it
+//
+// Corresponds with GET /fleet/rollouts/{persona} (the `GetFleetRollout` operationId).
+func (c *Client) GetFleetRollout(ctx context.Context, persona string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetFleetRolloutRequest(c.Server, persona)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RequestFleetRolloutWithBody Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+func (c *Client) RequestFleetRolloutWithBody(ctx context.Context, persona string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRequestFleetRolloutRequestWithBody(c.Server, persona, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RequestFleetRollout Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+func (c *Client) RequestFleetRollout(ctx context.Context, persona string, body RequestFleetRolloutJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRequestFleetRolloutRequest(c.Server, persona, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2619,6 +2758,87 @@ func NewListFleetHostsRequest(server string) (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewGetFleetRolloutRequest constructs an http.Request for the GetFleetRollout method
+func NewGetFleetRolloutRequest(server string, persona string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "persona", persona, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/fleet/rollouts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRequestFleetRolloutRequest calls the generic RequestFleetRollout builder with application/json body
+func NewRequestFleetRolloutRequest(server string, persona string, body RequestFleetRolloutJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRequestFleetRolloutRequestWithBody(server, persona, "application/json", bodyReader)
+}
+
+// NewRequestFleetRolloutRequestWithBody constructs an http.Request for the RequestFleetRollout method, with any body, and a specified content type
+func NewRequestFleetRolloutRequestWithBody(server string, persona string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "persona", persona, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/fleet/rollouts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -3795,6 +4015,27 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /fleet/hosts (the `ListFleetHosts` operationId).
 	ListFleetHostsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListFleetHostsResponse, error)
 
+	// GetFleetRolloutWithResponse Fleet mode: the persona's last fleet rollout and each present host's progress in it
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /fleet/rollouts/{persona} (the `GetFleetRollout` operationId).
+	GetFleetRolloutWithResponse(ctx context.Context, persona string, reqEditors ...RequestEditorFn) (*GetFleetRolloutResponse, error)
+
+	// RequestFleetRolloutWithBodyWithResponse Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+	RequestFleetRolloutWithBodyWithResponse(ctx context.Context, persona string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RequestFleetRolloutResponse, error)
+
+	// RequestFleetRolloutWithResponse Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+	RequestFleetRolloutWithResponse(ctx context.Context, persona string, body RequestFleetRolloutJSONRequestBody, reqEditors ...RequestEditorFn) (*RequestFleetRolloutResponse, error)
+
 	// GetHealthWithResponse Liveness
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -4538,6 +4779,214 @@ func (r ListFleetHostsResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListFleetHostsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetFleetRolloutResponse401Headers the declared response headers of an HTTP 401 response for GetFleetRollout
+type GetFleetRolloutResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type GetFleetRolloutResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FleetRolloutStatus
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetFleetRolloutResponse401Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetFleetRolloutResponse) GetJSON200() *FleetRolloutStatus {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r GetFleetRolloutResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetFleetRolloutResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetFleetRolloutResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetFleetRolloutResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetFleetRolloutResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RequestFleetRolloutResponse202Headers the declared response headers of an HTTP 202 response for RequestFleetRollout
+type RequestFleetRolloutResponse202Headers struct {
+	Location *string
+}
+
+// RequestFleetRolloutResponse401Headers the declared response headers of an HTTP 401 response for RequestFleetRollout
+type RequestFleetRolloutResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+type RequestFleetRolloutResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *FleetRollout
+	// ApplicationproblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationproblemJSON400 *Problem
+	// ApplicationproblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationproblemJSON401 *Unauthorized
+	// ApplicationproblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationproblemJSON403 *Problem
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationproblemJSON422 *Problem
+	// ApplicationproblemJSON501 the response for an HTTP 501 `application/problem+json` response
+	ApplicationproblemJSON501 *Problem
+	// ApplicationproblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationproblemJSON503 *Problem
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *RequestFleetRolloutResponse202Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *RequestFleetRolloutResponse401Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r RequestFleetRolloutResponse) GetJSON202() *FleetRollout {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON400() *Problem {
+	return r.ApplicationproblemJSON400
+}
+
+// GetApplicationproblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON401() *Unauthorized {
+	return r.ApplicationproblemJSON401
+}
+
+// GetApplicationproblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON403() *Problem {
+	return r.ApplicationproblemJSON403
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON422() *Problem {
+	return r.ApplicationproblemJSON422
+}
+
+// GetApplicationproblemJSON501 returns the response for an HTTP 501 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON501() *Problem {
+	return r.ApplicationproblemJSON501
+}
+
+// GetApplicationproblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RequestFleetRolloutResponse) GetApplicationproblemJSON503() *Problem {
+	return r.ApplicationproblemJSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RequestFleetRolloutResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RequestFleetRolloutResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RequestFleetRolloutResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RequestFleetRolloutResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6389,6 +6838,45 @@ func (c *ClientWithResponses) ListFleetHostsWithResponse(ctx context.Context, re
 	return ParseListFleetHostsResponse(rsp)
 }
 
+// GetFleetRolloutWithResponse Fleet mode: the persona's last fleet rollout and each present host's progress in it
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /fleet/rollouts/{persona} (the `GetFleetRollout` operationId).
+func (c *ClientWithResponses) GetFleetRolloutWithResponse(ctx context.Context, persona string, reqEditors ...RequestEditorFn) (*GetFleetRolloutResponse, error) {
+	rsp, err := c.GetFleetRollout(ctx, persona, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetFleetRolloutResponse(rsp)
+}
+
+// RequestFleetRolloutWithBodyWithResponse Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+func (c *ClientWithResponses) RequestFleetRolloutWithBodyWithResponse(ctx context.Context, persona string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RequestFleetRolloutResponse, error) {
+	rsp, err := c.RequestFleetRolloutWithBody(ctx, persona, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRequestFleetRolloutResponse(rsp)
+}
+
+// RequestFleetRolloutWithResponse Fleet mode: ask every host to roll the persona's current revision out to its own instances desiring it; answers once the request is in etcd
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /fleet/rollouts/{persona} (the `RequestFleetRollout` operationId).
+func (c *ClientWithResponses) RequestFleetRolloutWithResponse(ctx context.Context, persona string, body RequestFleetRolloutJSONRequestBody, reqEditors ...RequestEditorFn) (*RequestFleetRolloutResponse, error) {
+	rsp, err := c.RequestFleetRollout(ctx, persona, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRequestFleetRolloutResponse(rsp)
+}
+
 // GetHealthWithResponse Liveness
 //
 // Returns a wrapper object for the known response body format(s).
@@ -7241,6 +7729,199 @@ func ParseListFleetHostsResponse(rsp *http.Response) (*ListFleetHostsResponse, e
 	switch {
 	case rsp.StatusCode == 401:
 		var headers ListFleetHostsResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetFleetRolloutResponse parses an HTTP response from a GetFleetRolloutWithResponse call
+func ParseGetFleetRolloutResponse(rsp *http.Response) (*GetFleetRolloutResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetFleetRolloutResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FleetRolloutStatus
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 401:
+		var headers GetFleetRolloutResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRequestFleetRolloutResponse parses an HTTP response from a RequestFleetRolloutWithResponse call
+func ParseRequestFleetRolloutResponse(rsp *http.Response) (*RequestFleetRolloutResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RequestFleetRolloutResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest FleetRollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 501:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON501 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		var headers RequestFleetRolloutResponse202Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers202 = &headers
+	case rsp.StatusCode == 401:
+		var headers RequestFleetRolloutResponse401Headers
 		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
 			var value string
 			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
