@@ -19,9 +19,7 @@ import (
 // is what the real activation then does.
 func TestDryRunMatchesActivation(t *testing.T) {
 	h := newHost(t)
-	g := newGuest(t, "BASE_ONLY=kept")
-	h.add("vm", g)
-	h.waitConnected("vm")
+	g := h.connectGuest("vm", "BASE_ONLY=kept")
 	marks := filepath.Join(g.Dir, "scripts-ran")
 	a := h.createPersona(protocol.Persona{
 		Name:                 "old",

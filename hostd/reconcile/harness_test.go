@@ -108,6 +108,16 @@ func (h *host) add(name string, g *guest) {
 	}
 }
 
+// connectGuest starts a guest daemon (env added to its environment),
+// declares it as instance name and waits for its session.
+func (h *host) connectGuest(name string, env ...string) *guest {
+	h.t.Helper()
+	g := newGuest(h.t, env...)
+	h.add(name, g)
+	h.waitConnected(name)
+	return g
+}
+
 func (h *host) waitConnected(name string) agents.AgentStatus {
 	h.t.Helper()
 	var st agents.AgentStatus

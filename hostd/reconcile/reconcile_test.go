@@ -26,9 +26,7 @@ func web() protocol.Persona {
 // moves it, and the rollout then enforces the change.
 func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 	h := newHost(t)
-	g := newGuest(t)
-	h.add("vm", g)
-	h.waitConnected("vm")
+	h.connectGuest("vm")
 	p := h.createPersona(web())
 	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
 		t.Fatalf("activate: %+v, %v", res, err)
@@ -133,9 +131,7 @@ func TestDeliberateDeactivationSurvives(t *testing.T) {
 // alone (no script runs, nothing audited).
 func TestConvergeOnReconnect(t *testing.T) {
 	h := newHost(t)
-	g := newGuest(t)
-	h.add("vm", g)
-	h.waitConnected("vm")
+	g := h.connectGuest("vm")
 	pp := web()
 	pp.PreActivationScript = "#!/bin/sh\necho run >> " + g.Dir + "/runs"
 	p := h.createPersona(pp)
@@ -193,9 +189,7 @@ func TestConvergeOnReconnect(t *testing.T) {
 // with the script's output; the guest keeps what it had.
 func TestFailedConvergence(t *testing.T) {
 	h := newHost(t)
-	g := newGuest(t)
-	h.add("vm", g)
-	h.waitConnected("vm")
+	h.connectGuest("vm")
 	bad := web()
 	bad.Name = "bad"
 	bad.PostActivationScript = "#!/bin/sh\necho cannot start the service >&2\nexit 7"
@@ -216,9 +210,7 @@ func TestFailedConvergence(t *testing.T) {
 // not reach it.
 func TestNewInstanceWithoutDefault(t *testing.T) {
 	h := newHost(t)
-	g := newGuest(t)
-	h.add("vm", g)
-	h.waitConnected("vm")
+	g := h.connectGuest("vm")
 	if d := h.desired("vm"); d.Persona != nil {
 		t.Fatalf("desired: %+v", d)
 	}

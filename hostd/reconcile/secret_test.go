@@ -18,9 +18,7 @@ import (
 func TestSecretVariables(t *testing.T) {
 	audited := true
 	h := newHost(t)
-	g := newGuest(t)
-	h.add("vm", g)
-	h.waitConnected("vm")
+	g := h.connectGuest("vm")
 	const value = "pg://app:Zq9-not-for-eyes@db" // DB_CONN matches no secret-looking name pattern
 	p := h.createPersona(protocol.Persona{
 		Name:                 "sec",
