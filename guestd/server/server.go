@@ -70,6 +70,11 @@ type Server struct {
 	later        []protocol.AuditEvent
 	laterRunning bool
 	laterPending sync.WaitGroup
+	// laterSync is held to write while a batch of those events is appended
+	// and synced, and to read while the delivery picks its next batch: no
+	// event is sent before it is durable (a sequence number the host saw
+	// is never used again after a power loss).
+	laterSync sync.RWMutex
 }
 
 // New returns a server.
@@ -281,7 +286,9 @@ func (c *conn) deliverAudit() {
 			if epoch == 0 {
 				break
 			}
+			c.s.laterSync.RLock()
 			events := d.Next(time.Now())
+			c.s.laterSync.RUnlock()
 			if events == nil {
 				break
 			}
@@ -332,8 +339,8 @@ func (s *Server) record(ev protocol.AuditEvent) {
 const maxLater = 1024
 
 // recordLater writes the event of a finished exec to the spool off the
-// answer's path: one goroutine writes the waiting events in order (each
-// append synced, as Record does), and Serve returns only once all are
+// answer's path: one goroutine appends the waiting events in order and
+// syncs them with one fsync per batch, and Serve returns only once all are
 // written. The command has already run when its event is made, so a crash
 // between the answer and the write loses what a crash during the run would
 // have lost; events that decide something (denials, overrides) are written
@@ -369,8 +376,18 @@ func (s *Server) writeLater() {
 		}
 		batch, s.later = s.later, batch[:0]
 		s.laterMu.Unlock()
+		// One fsync for the whole batch.
+		s.laterSync.Lock()
 		for _, ev := range batch {
-			s.record(ev)
+			if _, err := s.cfg.Spool.RecordWith(ev, func(protocol.AuditEvent) error { return nil }); err != nil {
+				s.log.Error("audit record failed", "err", err)
+			}
+		}
+		if err := s.cfg.Spool.Sync(); err != nil {
+			s.log.Error("audit record failed", "err", err)
+		}
+		s.laterSync.Unlock()
+		for range batch {
 			s.laterPending.Done()
 		}
 		clear(batch)
