@@ -297,14 +297,16 @@ type Session struct {
 	pending map[uint64]*call
 	windows map[uint64]*window // paced answers being served (guest)
 
-	writes   chan *outFrame
-	urgent   chan *outFrame // heartbeats: written before queued frames
-	work     chan job       // to an idle handler worker
-	idle     atomic.Int32   // idle handler workers
-	serial   chan *Request
-	inflight chan struct{}
-	handlers sync.WaitGroup
-	loops    sync.WaitGroup
+	writes chan *outFrame
+	urgent chan *outFrame // heartbeats: written before queued frames
+	work   chan job       // to an idle handler worker
+	idle   atomic.Int32   // idle handler workers
+	serial chan *Request
+	// serialOnce starts serialLoop.
+	serialOnce sync.Once
+	inflight   chan struct{}
+	handlers   sync.WaitGroup
+	loops      sync.WaitGroup
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -354,11 +356,10 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 	s.lastBytes.Store(now)
 	s.lastSent.Store(now)
 	s.busySince.Store(now)
-	s.loops.Add(2)
+	s.loops.Add(1)
 	s.handlers.Add(1)
 	go s.readLoop()
 	go s.writeLoop()
-	go s.serialLoop()
 	if s.guest {
 		// Idle until a Hello sets the heartbeat; then one timer, armed
 		// for the end of the host's allowed silence.
@@ -773,6 +774,12 @@ func (s *Session) dispatch(f Frame) {
 	}
 	r := &Request{Type: f.Type, ID: f.ID, Epoch: epoch, Payload: f.Clone().Payload, s: s}
 	if h.Serial {
+		// The serial loop starts with the first Serial request: a session
+		// that never gets one (every guest's) keeps one goroutine fewer.
+		s.serialOnce.Do(func() {
+			s.loops.Add(1)
+			go s.serialLoop()
+		})
 		select {
 		case s.serial <- r:
 		case <-s.closed:
