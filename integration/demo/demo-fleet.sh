@@ -3,9 +3,11 @@
 #
 # Starts three etcd members (Debian's etcd-server) on loopback ports with
 # temporary data, two vmpersona-hostd "hosts" in fleet mode, each with a
-# guest daemon on a unix socket, creates a persona through host A, shows it
-# served by host B, activates it on both hosts' guests, updates it and rolls
-# it out on each host, shows the fleet-wide instance table, then stops two
+# two guest daemons on unix sockets (labelled role=web and role=db), creates
+# a persona through host A, shows it served by host B, assigns it by label
+# (role=web) through host B: the web guests of both hosts activate it;
+# updates it and rolls it out on every host (rollout --fleet), shows the
+# fleet-wide instance table, then stops two
 # etcd members: host B still answers reads from its copy and refuses writes
 # with 503. Everything it started is stopped by PID and removed on exit, also
 # on failure or Ctrl-C.
@@ -73,17 +75,22 @@ endpoints=$(IFS=,; echo "${clients[*]}")
 for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
 show env ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint status -w table
 
-step "starting two hosts (vmpersona-hostd --fleet-etcd …), each with a guest on a unix socket"
+step "starting two hosts (vmpersona-hostd --fleet-etcd …), each with two labelled guests on unix sockets"
 for h in a b; do
-  mkdir -p "$work/$h"
-  "$bin/vmpersona-guestd" --listen "unix:$work/$h/agent.sock" --state-dir "$work/$h/guest" \
-    --profile-file "$work/$h/profile.sh" --log-level warn >"$work/$h/guestd.log" 2>&1 &
-  pids+=($!)
+  for r in web db; do
+    mkdir -p "$work/$h/$r"
+    "$bin/vmpersona-guestd" --listen "unix:$work/$h/$r/agent.sock" --state-dir "$work/$h/$r/guest" \
+      --profile-file "$work/$h/$r/profile.sh" --log-level warn >"$work/$h/$r/guestd.log" 2>&1 &
+    pids+=($!)
+  done
 done
 sleep 0.5
 for h in a b; do
+  show_cmd="vmpersona-hostd --instance vm-$h-web=unix:…/agent.sock,role=web --instance vm-$h-db=unix:…,role=db --fleet-host host-$h --fleet-host-label rack=$h"
+  info "$show_cmd"
   "$bin/vmpersona-hostd" --data-dir "$work/$h/data" --unix-socket "$work/$h/api.sock" --libvirt-uri "" \
-    --instance "vm-$h=unix:$work/$h/agent.sock" --fleet-etcd "$endpoints" --fleet-host "host-$h" \
+    --instance "vm-$h-web=unix:$work/$h/web/agent.sock,role=web" --instance "vm-$h-db=unix:$work/$h/db/agent.sock,role=db" \
+    --fleet-etcd "$endpoints" --fleet-host "host-$h" --fleet-host-label "rack=$h" \
     --log-level warn >"$work/$h/hostd.log" 2>&1 &
   pids+=($!)
   info "host-$h: pid $!, API $work/$h/api.sock"
@@ -105,20 +112,24 @@ step "… is served by host-b"
 show ctl b persona get web
 show curl -sS -D - -o /dev/null --unix-socket "$work/b/api.sock" http://hostd/personas/web
 
-step "activated on each host's guest"
-show ctl a activate vm-a web
-show ctl b activate vm-b web
-show ctl b exec vm-b -- sh -c 'echo APP_ENV=$APP_ENV'
+step "assigned by label through host-b: the web guests of both hosts run it"
+show ctl b assignment set web --persona web --label role=web --priority 10
+show ctl a assignment list
+for _ in $(seq 100); do
+  [ "$(ctl a instance get vm-a-web -o json | jq -r '.active.persona // empty')" = web ] &&
+    [ "$(ctl b instance get vm-b-web -o json | jq -r '.active.persona // empty')" = web ] && break
+  sleep 0.1
+done
+show ctl b exec vm-b-web -- sh -c 'echo APP_ENV=$APP_ENV'
+sleep 2.5 # the hosts publish their instances every 2 s
+show ctl a instances --fleet
 
-step "updated through host-b: both guests drift until each host rolls it out"
+step "updated through host-b: the web guests drift until a rollout; rolled out on every host (rollout --fleet)"
 cat >"$work/web.json" <<'JSON'
 {"name": "web", "environment_variables": {"APP_ENV": "production", "TIER": "frontend"}, "restricted_commands": ["shutdown", "reboot"]}
 JSON
 show ctl b apply -f "$work/web.json"
-sleep 2.5 # the hosts publish their instances every 2 s
-show ctl a instances --fleet
-show ctl a rollout web
-show ctl b rollout web
+show ctl a rollout web --fleet
 sleep 2.5
 step "the fleet-wide instance table"
 show ctl b instances --fleet
@@ -133,6 +144,6 @@ info "a write now (answers 503 after at most 2 s; nothing is written locally):"
 echo '{"name": "late"}' >"$work/late.json"
 show ctl b apply -f "$work/late.json"
 info "an activation still works from host-b's copy (--fleet-offline-activation cached):"
-show ctl b deactivate vm-b
-show ctl b activate vm-b web
+show ctl b deactivate vm-b-web
+show ctl b activate vm-b-web web
 curl -fsS --unix-socket "$work/b/api.sock" http://hostd/metrics | grep '^vmpersona_fleet_' | grep -v _bucket || true

@@ -42,9 +42,13 @@ vmpersonactl fleet hosts -o json`,
 		setup: query[[]apitypes.FleetHost]{args: "no arguments", ask: noArg((*apiclient.Client).ListFleetHosts),
 			doc: func(hosts []apitypes.FleetHost) any { return apitypes.FleetHostList{Hosts: hosts} },
 			text: func(a *app, hosts []apitypes.FleetHost) error {
-				t := newTable(a.io.out, a.header("HOST", "VERSION", "API", "REVISION", "STARTED")...)
+				t := newTable(a.io.out, a.header("HOST", "VERSION", "API", "REVISION", "STARTED", "LABELS")...)
 				for _, h := range hosts {
-					t.row(h.Host, h.Version, h.APIAddress, strconv.FormatInt(h.AppliedRevision, 10), h.StartedAt.Format(time.RFC3339))
+					labels := labelText(h.Labels)
+					if labels == "" {
+						labels = "-"
+					}
+					t.row(h.Host, h.Version, h.APIAddress, strconv.FormatInt(h.AppliedRevision, 10), h.StartedAt.Format(time.RFC3339), labels)
 				}
 				return t.flush()
 			}}.setup,
