@@ -45,32 +45,21 @@ func (c *Client) DeleteAssignment(ctx context.Context, name string, ifMatchRev u
 // SetInstanceLabels replaces a libvirt domain's labels (PUT
 // /instances/{id}/labels), which assignments select by.
 func (c *Client) SetInstanceLabels(ctx context.Context, id string, labels map[string]string) (map[string]string, error) {
-	ctx, cancel := c.withDeadline(ctx, time.Minute)
-	defer cancel()
-	var out apitypes.InstanceLabels
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	_, err := c.call(ctx, http.MethodPut, "/instances/"+seg(id)+"/labels", nil, nil, apitypes.InstanceLabels{Labels: labels}, &out)
+	out, err := do[apitypes.InstanceLabels](ctx, c, time.Minute, http.MethodPut, "/instances/"+seg(id)+"/labels", nil, nil, apitypes.InstanceLabels{Labels: labels})
 	return out.Labels, err
 }
 
 // RequestFleetRollout asks every host of the fleet to roll persona's
 // current revision out to its own instances (POST /fleet/rollouts/{persona}).
 func (c *Client) RequestFleetRollout(ctx context.Context, persona string, q apitypes.FleetRolloutRequest) (apitypes.FleetRollout, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.FleetRollout
-	_, err := c.call(ctx, http.MethodPost, "/fleet/rollouts/"+seg(persona), nil, nil, q, &out)
-	return out, err
+	return do[apitypes.FleetRollout](ctx, c, 0, http.MethodPost, "/fleet/rollouts/"+seg(persona), nil, nil, q)
 }
 
 // FleetRollout reads the persona's last fleet rollout and each host's
 // progress in it.
 func (c *Client) FleetRollout(ctx context.Context, persona string) (apitypes.FleetRolloutStatus, error) {
-	ctx, cancel := c.withDeadline(ctx, 0)
-	defer cancel()
-	var out apitypes.FleetRolloutStatus
-	_, err := c.call(ctx, http.MethodGet, "/fleet/rollouts/"+seg(persona), nil, nil, nil, &out)
-	return out, err
+	return do[apitypes.FleetRolloutStatus](ctx, c, 0, http.MethodGet, "/fleet/rollouts/"+seg(persona), nil, nil, nil)
 }

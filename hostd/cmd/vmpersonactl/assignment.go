@@ -164,48 +164,47 @@ assignments select by (--label). A static or QMP instance's labels come
 from its --instance/--qmp flag. Needs the admin role.`,
 		example: `vmpersonactl instance label web01 role=web tier=frontend
 vmpersonactl instance label web01 tier-`,
-		setup: func(fs *flag.FlagSet) runner {
-			return func(ctx context.Context, a *app, args []string) error {
-				if err := wantArgs(args, 2, -1, "INSTANCE KEY=VALUE|KEY-…"); err != nil {
-					return err
-				}
-				c, err := a.api()
-				if err != nil {
-					return err
-				}
-				in, err := c.GetInstance(ctx, args[0])
-				if err != nil {
-					return err
-				}
-				labels := maps.Clone(in.Labels)
-				if labels == nil {
-					labels = map[string]string{}
-				}
-				var set []string
-				for _, arg := range args[1:] {
-					if k, ok := strings.CutSuffix(arg, "-"); ok && !strings.Contains(arg, "=") {
-						delete(labels, k)
-						continue
-					}
-					set = append(set, arg)
-				}
-				add, err := assignment.ParseLabels("labels", set)
-				if err != nil {
-					return usageErrorf("%v", err)
-				}
-				maps.Copy(labels, add)
-				out, err := c.SetInstanceLabels(ctx, in.ID, labels)
-				if err != nil {
-					return err
-				}
-				if a.json() {
-					return writeJSON(a.io.out, apitypes.InstanceLabels{Labels: out})
-				}
-				fmt.Fprintf(a.io.out, "%s: labels %s\n", in.ID, labelText(out))
+		setup: query[instanceLabels]{args: "INSTANCE KEY=VALUE|KEY-…", min: 2, max: -1, ask: setLabels,
+			doc: func(l instanceLabels) any { return apitypes.InstanceLabels{Labels: l.labels} },
+			text: func(a *app, l instanceLabels) error {
+				fmt.Fprintf(a.io.out, "%s: labels %s\n", l.id, labelText(l.labels))
 				return nil
-			}
-		},
+			}}.setup,
 	}
+}
+
+// instanceLabels are an instance's labels as the daemon answered them.
+type instanceLabels struct {
+	id     string
+	labels map[string]string
+}
+
+// setLabels sets (KEY=VALUE) and removes (KEY-) labels of instance args[0],
+// keeping its others.
+func setLabels(ctx context.Context, c *apiclient.Client, args []string) (instanceLabels, error) {
+	in, err := c.GetInstance(ctx, args[0])
+	if err != nil {
+		return instanceLabels{}, err
+	}
+	labels := maps.Clone(in.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	var set []string
+	for _, arg := range args[1:] {
+		if k, ok := strings.CutSuffix(arg, "-"); ok && !strings.Contains(arg, "=") {
+			delete(labels, k)
+			continue
+		}
+		set = append(set, arg)
+	}
+	add, err := assignment.ParseLabels("labels", set)
+	if err != nil {
+		return instanceLabels{}, usageErrorf("%v", err)
+	}
+	maps.Copy(labels, add)
+	out, err := c.SetInstanceLabels(ctx, in.ID, labels)
+	return instanceLabels{id: in.ID, labels: out}, err
 }
 
 // labelText is labels as k=v,k=v, sorted.
