@@ -24,18 +24,34 @@ deps-test:
 	@scripts/ensure-deps $(TEST_DEBS)
 	@echo "vmpersona: fetching Go modules"; $(GO) mod download
 
-# Every test, with the race detector, against the programs of `make build`
-# (built once; the tests find them through VMP_TEST_BIN_DIR). The race build
-# of the libraries runs beside `make build`: each has one long cgo step
-# (libvirt) that leaves a core idle. vet runs in `make lint`, not here.
+# Every test, with the race detector, against the programs of `make build`.
+# The build runs beside `go test`, holding bin/.lock; the tests that run the
+# programs (BIN_TESTS, listed last and longest first) wait for that lock in
+# internal/testbin, and the other packages compile and run meanwhile. -p 4
+# keeps two compile slots busy while two of those wait; -parallel 4 runs
+# the short reliability suites (they wait on processes more than they
+# compute) four at a time. Test binaries are
+# linked without DWARF (stack traces and race reports do not use it).
+# TestGeneratedClientIsCurrent compiles oapi-codegen: it runs in `make lint`.
+# vet runs in `make lint`, not here.
+BIN_TESTS := integration/reliability packaging hostd/cmd/vmpersonactl hostd/fleet hostd/api hostd/agents \
+	guestd/cmd/vmpersona-guestd hostd/reconcile hostd/cmd/vmpersona-hostd
+empty :=
+space := $(empty) $(empty)
+TEST_FLAGS := -race -vet=off -count=1 -timeout 25m -p 4 -parallel 4 -ldflags=-w -gcflags=all=-dwarf=false \
+	-skip '^TestGeneratedClientIsCurrent$$'
 test: deps-test
-	@$(MAKE) --no-print-directory build & build=$$!; \
-	  CGO_ENABLED=1 $(GO) build -race $$($(GO) list -f '{{if ne .Name "main"}}{{.ImportPath}}{{end}}' ./...) || r=1; \
+	@mkdir -p $(BIN); exec 9>$(BIN)/.lock; flock 9; \
+	  $(MAKE) --no-print-directory build & build=$$!; exec 9>&-; \
+	  pkgs=$$($(GO) list ./... | grep -vE '/($(subst $(space),|,$(strip $(BIN_TESTS))))$$'); \
+	  echo "go test $(TEST_FLAGS) ./... (the programs' tests last)"; \
+	  VMP_TEST_BIN_DIR=$(CURDIR)/$(BIN) VMP_TEST_BIN_VERSION=$(VERSION) CGO_ENABLED=1 \
+	    $(GO) test $(TEST_FLAGS) $$pkgs $(addprefix ./,$(BIN_TESTS)) || r=1; \
 	  wait $$build || r=1; exit $${r:-0}
-	VMP_TEST_BIN_DIR=$(CURDIR)/$(BIN) VMP_TEST_BIN_VERSION=$(VERSION) CGO_ENABLED=1 $(GO) test -race -vet=off -count=1 -timeout 25m ./...
 
 # Static checks (CI runs them): vet and staticcheck (pinned) over every build
-# tag's files, go.mod tidy, gofmt.
+# tag's files, go.mod tidy, gofmt, and that the generated API client is what
+# oapi-codegen makes of openapi.json.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 LINT_TAGS   := integration,integration_full,reliability
 lint:
@@ -43,6 +59,7 @@ lint:
 	$(GO) run $(STATICCHECK) -tags $(LINT_TAGS) ./...
 	$(GO) mod tidy -diff
 	@files=$$(gofmt -l .); if [ -n "$$files" ]; then echo "gofmt: not formatted:"; echo "$$files"; exit 1; fi
+	$(GO) test -count=1 -run '^TestGeneratedClientIsCurrent$$' ./hostd/api
 
 # Fuzz the frame decoder (FUZZTIME=5m for a long run).
 FUZZTIME ?= 60s

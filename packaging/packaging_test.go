@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -74,11 +75,21 @@ func debs(t *testing.T) map[string]string {
 				return
 			}
 		}
-		for _, d := range []string{"a", "b"} {
-			if _, build.err = runCmd(ctx, repo, []string{"SOURCE_DATE_EPOCH=" + fixed}, "packaging/build-deb.sh",
-				"--bin", bin, "--out", filepath.Join(build.dir, d), "--version", "0.1.0"); build.err != nil {
-				return
-			}
+		// The two builds run side by side: neither sees the other's files
+		// (each has its own work and output directory).
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, d := range []string{"a", "b"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = runCmd(ctx, repo, []string{"SOURCE_DATE_EPOCH=" + fixed}, "packaging/build-deb.sh",
+					"--bin", bin, "--out", filepath.Join(build.dir, d), "--version", "0.1.0")
+			}()
+		}
+		wg.Wait()
+		if build.err = errors.Join(errs...); build.err != nil {
+			return
 		}
 		build.debs = map[string]string{}
 		matches, _ := filepath.Glob(filepath.Join(build.dir, "a", "*.deb"))
@@ -115,6 +126,7 @@ func sha(t *testing.T, path string) string {
 }
 
 func TestReproducible(t *testing.T) {
+	t.Parallel()
 	d := debs(t)
 	if len(d) != 2 {
 		t.Fatalf("want two packages, got %v", d)
@@ -169,6 +181,7 @@ func controlFile(t *testing.T, deb, name string) string {
 }
 
 func TestHostdPackage(t *testing.T) {
+	t.Parallel()
 	deb := debs(t)["vmpersona-hostd"]
 	c := contents(t, deb)
 	want := map[string]string{
@@ -214,6 +227,7 @@ func TestHostdPackage(t *testing.T) {
 }
 
 func TestGuestdPackage(t *testing.T) {
+	t.Parallel()
 	deb := debs(t)["vmpersona-guestd"]
 	c := contents(t, deb)
 	want := map[string]string{
@@ -257,6 +271,7 @@ func checkContents(t *testing.T, c map[string]entry, want map[string]string) {
 
 // TestManPages renders every man page with warnings on.
 func TestManPages(t *testing.T) {
+	t.Parallel()
 	d := debs(t)
 	if _, err := exec.LookPath("man"); err != nil {
 		t.Skip("man is not installed: man pages not rendered")
@@ -305,6 +320,7 @@ var contractMetrics = []string{
 }
 
 func TestGrafanaDashboard(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile("grafana-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
@@ -405,6 +421,7 @@ func TestGrafanaDashboard(t *testing.T) {
 }
 
 func TestPrometheusExample(t *testing.T) {
+	t.Parallel()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Skip("promtool is not installed (Debian package prometheus; `make test` installs it): scrape example not checked")
@@ -417,6 +434,7 @@ func TestPrometheusExample(t *testing.T) {
 // TestAlertRules: the shipped alert rules load (promtool check rules) and
 // each alert fires on the series it is written for (promtool test rules).
 func TestAlertRules(t *testing.T) {
+	t.Parallel()
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
 		t.Skip("promtool is not installed (Debian package prometheus; `make test` installs it): alert rules not checked")
@@ -432,6 +450,7 @@ func TestAlertRules(t *testing.T) {
 // TestLintian runs lintian on both packages: no errors, and the warnings
 // are exactly the known ones (the README of this package says why).
 func TestLintian(t *testing.T) {
+	t.Parallel()
 	d := debs(t)
 	lintian, err := exec.LookPath("lintian")
 	if err != nil {
@@ -459,6 +478,7 @@ func TestLintian(t *testing.T) {
 // TestMaintainerScripts checks the scripts' shell syntax with sh -n (and
 // dash when present, Debian's /bin/sh).
 func TestMaintainerScripts(t *testing.T) {
+	t.Parallel()
 	shells := []string{"sh"}
 	if _, err := exec.LookPath("dash"); err == nil {
 		shells = append(shells, "dash")
@@ -482,6 +502,7 @@ func TestMaintainerScripts(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
+	t.Parallel()
 	out, err := runCmd(context.Background(), ".", nil, "./version.sh")
 	if err != nil {
 		t.Fatal(err)
@@ -495,6 +516,7 @@ func TestVersion(t *testing.T) {
 // TestLicence: the project's licence (Apache-2.0) is in the repository and
 // in both packages' machine-readable copyright file.
 func TestLicence(t *testing.T) {
+	t.Parallel()
 	b, err := os.ReadFile(filepath.Join(repoRoot(t), "LICENSE"))
 	if err != nil || !strings.Contains(string(b), "Apache License") || !strings.Contains(string(b), "Version 2.0, January 2004") {
 		t.Fatalf("LICENSE is not the Apache License 2.0: %v", err)

@@ -66,6 +66,7 @@ const (
 // (uid 65534, not in group vmpersona: no role without a token). Every
 // refusal is a 401 or 403 problem document and is audited.
 func TestAuthorisationMatrix(t *testing.T) {
+	parallel(t)
 	if os.Geteuid() != 0 {
 		t.Skip("the unix peer cases need root: the test runs a client as nobody via SysProcAttr.Credential")
 	}

@@ -129,6 +129,7 @@ func (g *hostileGuest) serve(c net.Conn) {
 // answers), and keep its resident memory bounded. RELIABILITY_FLOOD sets
 // the flood duration per mode (default 4 s).
 func TestHostileGuestCannotExhaustHost(t *testing.T) {
+	parallel(t)
 	dur := envDuration("RELIABILITY_FLOOD", pick(3*time.Second, 15*time.Second))
 	for _, mode := range []string{"output", "result", "audit", "oversize"} {
 		t.Run(mode, func(t *testing.T) { hostileGuestRun(t, mode, dur) })
@@ -230,6 +231,7 @@ func slowCall(h *hostd, path string, stream bool) (int, error) {
 // is cut and flagged, exec bodies past 8 MB are refused 413, and the audit
 // spool stays within --audit-max-events while the host is away.
 func TestGuestLimits(t *testing.T) {
+	parallel(t)
 	dir := testproc.ShortDir(t)
 	gdir := filepath.Join(dir, "guest")
 	gp, ep := startGuest(t, gdir, "--max-exec", "2", "--max-output", "1000", "--audit-max-events", "50")

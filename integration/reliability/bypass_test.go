@@ -62,6 +62,7 @@ func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
 // is documented here as outside what a routing table can decide, with the
 // reason and the answer (allowlist mode).
 func TestRestrictionBypass(t *testing.T) {
+	parallel(t)
 	e := newBypassEnv(t, map[string]any{
 		"name":                "locked",
 		"restricted_commands": []string{"rm", "/usr/bin/shred"},
@@ -215,6 +216,7 @@ func TestRestrictionBypass(t *testing.T) {
 // mode cannot decide: sh -c, a copy of rm, a symlink to an allowed command
 // under another name is still that command.
 func TestAllowlistClosesBypasses(t *testing.T) {
+	parallel(t)
 	e := newBypassEnv(t, map[string]any{
 		"name":              "allow",
 		"allowed_commands":  []string{"echo", "ls"},

@@ -85,6 +85,7 @@ func fill(t *testing.T, path string, leaveMB int64) {
 // up; when space returns it takes writes again by itself; nothing
 // acknowledged is lost across a restart.
 func TestDiskFullIsAnAnswer(t *testing.T) {
+	parallel(t)
 	for _, kind := range []string{"tmpfs", "ext4"} {
 		t.Run(kind, func(t *testing.T) { diskFullRun(t, kind) })
 	}

@@ -150,6 +150,7 @@ func etagRev(a answer) uint64 {
 }
 
 func TestFleetFaultsWithRealEtcd(t *testing.T) {
+	parallel(t)
 	c := startEtcdCluster(t, 3)
 	dir := testproc.ShortDir(t)
 	fleetArgs := func(name string) []string {

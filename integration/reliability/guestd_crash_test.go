@@ -81,6 +81,7 @@ func crashPersona(name, restricted string) protocol.Persona {
 // not, the override answers with its name. RELIABILITY_GUEST_TRIALS sets
 // the number of trials (default 100).
 func TestGuestdCrashConsistency(t *testing.T) {
+	parallel(t)
 	trials := envInt("RELIABILITY_GUEST_TRIALS", pick(100, 300))
 	dir := testproc.ShortDir(t)
 	restricted := map[string]string{"alpha": "shred", "beta": "truncate"}

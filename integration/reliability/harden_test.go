@@ -283,6 +283,7 @@ func otherInstanceLoad(h *hostd, id string, stop <-chan struct{}) (*latencies, *
 // bounded in bytes. Bounds: hostd peak RSS under 200 MB, data directory
 // growth under 8 MB per minute.
 func TestAnonymousFloodIsBounded(t *testing.T) {
+	parallel(t)
 	dur := envDuration("RELIABILITY_FLOOD", pick(4*time.Second, 30*time.Second))
 	dir := testproc.ShortDir(t)
 	tokFile := filepath.Join(dir, "tokens.csv")
@@ -375,6 +376,7 @@ func TestAnonymousFloodIsBounded(t *testing.T) {
 // move the cursor (a host event stored later comes after it), and
 // vmpersonactl prints the guest's escape sequences escaped.
 func TestGuestCannotForgeAudit(t *testing.T) {
+	parallel(t)
 	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, "guest.sock")
 	evil := "\x1b]0;owned\x07\x1b[2J\u202eevil"
@@ -454,6 +456,7 @@ func TestGuestCannotForgeAudit(t *testing.T) {
 // audited once however often the guest reconnects, nothing of it reaches
 // the instance record, and GET /instances stays small.
 func TestHostileHelloRefused(t *testing.T) {
+	parallel(t)
 	env := map[string]string{}
 	for i := range 40 {
 		env[fmt.Sprintf("V%d", i)] = strings.Repeat("e", 30<<10)
@@ -509,6 +512,7 @@ func TestHostileHelloRefused(t *testing.T) {
 // the host asked for at most 1 MiB: the request fails (502), the session
 // ends, the refusal is audited, and the client never receives the 3 MB.
 func TestExecResultBound(t *testing.T) {
+	parallel(t)
 	dir := testproc.ShortDir(t)
 	sock := filepath.Join(dir, "guest.sock")
 	var asked atomic.Int64
@@ -545,6 +549,7 @@ func TestExecResultBound(t *testing.T) {
 // flooding guest, the quota's 15 MB/min of payload with Badger's indexes,
 // dedup keys and value log).
 func TestGuestAuditFlood(t *testing.T) {
+	parallel(t)
 	dur := envDuration("RELIABILITY_FLOOD", pick(5*time.Second, 30*time.Second))
 	for _, n := range []int{1, 10} {
 		t.Run(fmt.Sprintf("guests=%d", n), func(t *testing.T) { auditFloodRun(t, n, dur) })
@@ -616,6 +621,7 @@ func auditFloodRun(t *testing.T, guests int, dur time.Duration) {
 
 // TestSocketGroup: the API socket hostd creates is root:vmpersona 0660 when
 // the group exists, so its members can connect without socket activation.
+// It runs alone (see parallel).
 func TestSocketGroup(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("creating the vmpersona group and reading the socket's owner needs root")

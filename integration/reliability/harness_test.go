@@ -382,6 +382,20 @@ func eachFrame(r *protocol.Reader, handle func(f protocol.Frame)) {
 var longRun bool
 
 // pick returns the long value under the reliability tag, else the short one.
+// parallel lets the short suites of `make test` run beside each other (go
+// test's -parallel, by default as many as there are cores): they are about
+// faults and bounds, not about what else the machine runs. The full-size
+// runs of `make reliability` stay one at a time, so their figures (load
+// latencies, fault counts) are the suite's own. TestSocketGroup never runs
+// beside the others: while it runs, the vmpersona group exists and new
+// sockets are root:vmpersona 0660, which the auth suite's nobody client
+// could not reach.
+func parallel(t *testing.T) {
+	if !longRun {
+		t.Parallel()
+	}
+}
+
 func pick[T any](short, long T) T {
 	if longRun {
 		return long

@@ -126,6 +126,7 @@ func head(s []uint64) []uint64 {
 // the host's audit log must hold each guest event exactly once.
 // RELIABILITY_CRASH_LOOPS sets the number of kills (default 20).
 func TestHostdCrashConsistency(t *testing.T) {
+	parallel(t)
 	loops := envInt("RELIABILITY_CRASH_LOOPS", pick(20, 50))
 	dir := testproc.ShortDir(t)
 	dataDir := filepath.Join(dir, "data")

@@ -48,6 +48,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // problem document, the daemon must stay up, and its memory bounded after a
 // 100 MB body.
 func TestHostileInput(t *testing.T) {
+	parallel(t)
 	dir := testproc.ShortDir(t)
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"))
 
@@ -166,6 +167,7 @@ func TestHostileInput(t *testing.T) {
 // each slow connection at its ReadHeaderTimeout (10 s). Set
 // RELIABILITY_SLOWLORIS=0 to skip (it takes about 11 s).
 func TestSlowloris(t *testing.T) {
+	parallel(t)
 	if os.Getenv("RELIABILITY_SLOWLORIS") == "0" {
 		t.Skip("RELIABILITY_SLOWLORIS=0: the slowloris test waits for the 10 s ReadHeaderTimeout")
 	}

@@ -25,6 +25,7 @@ var loadGuests, loadClients, loadDuration = 10, 20, 5 * time.Second
 // There must be no 5xx, and every guest's audit events must reach the host
 // exactly once. p50 and p99 per operation are reported.
 func TestLoad(t *testing.T) {
+	parallel(t)
 	guests := envInt("RELIABILITY_LOAD_GUESTS", loadGuests)
 	clients := envInt("RELIABILITY_LOAD_CLIENTS", loadClients)
 	dur := envDuration("RELIABILITY_LOAD_DURATION", loadDuration)

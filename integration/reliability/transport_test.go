@@ -172,6 +172,7 @@ func (p *faultProxy) inject() string {
 // exactly once. RELIABILITY_FAULT_DURATION sets how long faults are injected
 // (default 8 s).
 func TestTransportFaults(t *testing.T) {
+	parallel(t)
 	dur := envDuration("RELIABILITY_FAULT_DURATION", pick(8*time.Second, 60*time.Second))
 	dir := testproc.ShortDir(t)
 	gdir := filepath.Join(dir, "guest")

@@ -2,9 +2,12 @@
 // flags of `make build` (both go through scripts/build-programs), once for all
 // the test processes of a `go test` run.
 //
-// `make test` runs `make build` first and names the result in
+// `make test` runs `make build` beside `go test` and names the result in
 // VMP_TEST_BIN_DIR (and the version it was built with in
 // VMP_TEST_BIN_VERSION): the tests then use those binaries and build nothing.
+// While the build runs it holds an exclusive lock on the directory's .lock
+// file (BuildLock); a test that needs a program waits for that lock, so
+// the packages that need no program compile and run meanwhile.
 // Without it, the first test process that needs a program builds it into a
 // directory shared by every test process of the same source tree, holding a
 // file lock while it builds; the others wait for it and use the result. go
@@ -35,6 +38,9 @@ const (
 const (
 	DirEnv     = "VMP_TEST_BIN_DIR"
 	VersionEnv = "VMP_TEST_BIN_VERSION"
+	// BuildLock is the file in the program directory that a build holds
+	// locked (flock, exclusive) while it writes the programs.
+	BuildLock = ".lock"
 )
 
 // builtVersion is the SoftwareVersion of the programs this package builds.
@@ -76,6 +82,9 @@ func Dir(names ...string) (string, error) {
 		}
 	}
 	if dir := os.Getenv(DirEnv); dir != "" {
+		if err := waitBuild(dir); err != nil {
+			return "", err
+		}
 		for _, n := range names {
 			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
 				return "", fmt.Errorf("testbin: %s=%s has no %s (make build puts it there): %w", DirEnv, dir, n, err)
@@ -120,7 +129,7 @@ func build(root, dir string, names []string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("testbin: %w", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := os.OpenFile(filepath.Join(dir, BuildLock), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return fmt.Errorf("testbin: %w", err)
 	}
@@ -136,6 +145,23 @@ func build(root, dir string, names []string) error {
 		return fmt.Errorf("testbin: building %v: %v\n%s", names, err, out)
 	}
 	return nil
+}
+
+// waitBuild waits until no build holds dir's lock (a directory without
+// one, named by hand, is used as it is).
+func waitBuild(dir string) error {
+	lock, err := os.Open(filepath.Join(dir, BuildLock))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("testbin: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH); err != nil {
+		return fmt.Errorf("testbin: waiting for the build of %s: %w", dir, err)
+	}
+	return syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 }
 
 // sharedDir is the build directory of the source tree at root: one per

@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // With VMP_TEST_BIN_DIR set, the programs come from there: nothing is built,
@@ -30,6 +32,49 @@ func TestPrebuiltDir(t *testing.T) {
 	t.Setenv(VersionEnv, "")
 	if v := Version(); v != builtVersion {
 		t.Fatalf("Version() without %s = %q", VersionEnv, v)
+	}
+}
+
+// While a build holds the directory's lock (make test builds beside go
+// test), Path waits for it and then finds the program the build wrote.
+func TestPrebuiltDirWaitsForTheBuild(t *testing.T) {
+	dir := t.TempDir()
+	lock, err := os.Create(filepath.Join(dir, BuildLock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(DirEnv, dir)
+	type result struct {
+		path string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		p, err := Path(Guestd)
+		done <- result{p, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("Path returned while the build held the lock: %q, %v", r.path, r.err)
+	case <-time.After(300 * time.Millisecond): // still waiting, as it should
+	}
+	if err := os.WriteFile(filepath.Join(dir, Guestd), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.path != filepath.Join(dir, Guestd) {
+			t.Fatalf("Path after the build = %q, %v; want the program the build wrote", r.path, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Path still waits 30 s after the build released the lock")
 	}
 }
 
