@@ -27,10 +27,8 @@ deps-test:
 # Every test, with the race detector, against the programs of `make build`.
 # The build runs beside `go test`, holding bin/.lock; the tests that run the
 # programs (BIN_TESTS, listed last and longest first) wait for that lock in
-# internal/testbin, and the other packages compile and run meanwhile. -p 4
-# keeps two compile slots busy while two of those wait; -parallel 4 runs
-# the short reliability suites (they wait on processes more than they
-# compute) four at a time. Test binaries are
+# internal/testbin, and the other packages compile and run meanwhile. -p 3
+# keeps a compile slot busy while two of those wait. Test binaries are
 # linked without DWARF (stack traces and race reports do not use it).
 # TestGeneratedClientIsCurrent compiles oapi-codegen: it runs in `make lint`.
 # vet runs in `make lint`, not here.
@@ -38,7 +36,7 @@ BIN_TESTS := integration/reliability packaging hostd/cmd/vmpersonactl hostd/flee
 	guestd/cmd/vmpersona-guestd hostd/reconcile hostd/cmd/vmpersona-hostd
 empty :=
 space := $(empty) $(empty)
-TEST_FLAGS := -race -vet=off -count=1 -timeout 25m -p 4 -parallel 4 -ldflags=-w -gcflags=all=-dwarf=false \
+TEST_FLAGS := -race -vet=off -count=1 -timeout 25m -p 3 -ldflags=-w -gcflags=all=-dwarf=false \
 	-skip '^TestGeneratedClientIsCurrent$$'
 test: deps-test
 	@mkdir -p $(BIN); exec 9>$(BIN)/.lock; flock 9; \
