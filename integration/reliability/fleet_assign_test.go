@@ -32,6 +32,7 @@ func activeOn(h *hostd, id string) string {
 // with a follower killed first, and with quorum lost an assignment write is
 // refused (503) while the VMs keep their personas.
 func TestFleetAssignmentByLabelWithRealEtcd(t *testing.T) {
+	parallel(t)
 	c := startEtcdCluster(t, 3)
 	dir := testproc.ShortDir(t)
 	fleetArgs := func(name, rack string) []string {
