@@ -290,6 +290,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"routing benchmark", b.routingBench},
 		{"store benchmark", b.storeBench},
 		{"scale", b.scale},
+		{"fleet", b.fleet},
 		{"real VM", b.vmExec},
 	}
 	for _, s := range steps {
