@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -332,13 +333,26 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 		t.Errorf("after the reboot, active persona: %d %v %s", st, err, body)
 	}
 	loginShell("after the reboot")
-	// The probe ran at boot, before the agent started.
-	r = h.exec(t, name, "sh", "-c", "cat /run/vmp-env-probe; systemctl show -p Result --value vmpersona-guestd-environment.service")
-	if got := strings.Fields(r.Stdout); len(got) != 3 || got[0] != marker || got[1] != "<unset>" || got[2] != "success" {
-		t.Errorf("after the reboot, a service started at boot before the agent saw %q (want %q <unset>, then the boot unit's result success)", r.Stdout, marker)
+	// The probe ran at boot, before the agent started, and saw what the
+	// boot unit, which ran before it, had set.
+	r = h.exec(t, name, "cat", "/run/vmp-env-probe")
+	if got := strings.TrimSpace(r.Stdout); got != marker+" <unset>" {
+		t.Errorf("after the reboot, a service started at boot before the agent saw %q, want %q", got, marker+" <unset>")
 	}
-	r = h.exec(t, name, "sh", "-c", "systemctl show -p ExecMainStartTimestampMonotonic --value vmp-env-probe.service vmpersona-guestd.service")
-	t.Logf("start times (monotonic µs) of the probe and the agent after the reboot: %q", strings.Fields(r.Stdout))
+	r = h.exec(t, name, "systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "--value",
+		"vmpersona-guestd-environment.service", "vmp-env-probe.service", "vmpersona-guestd.service")
+	starts := strings.Fields(r.Stdout)
+	t.Logf("after the reboot, start times (monotonic µs) of the boot unit, the probe and the agent: %q", starts)
+	if len(starts) != 3 {
+		t.Fatalf("systemctl show: %q", r.Stdout)
+	}
+	var us [3]int64
+	for i, f := range starts {
+		us[i], _ = strconv.ParseInt(f, 10, 64)
+	}
+	if us[0] == 0 || us[0] > us[1] || us[1] > us[2] {
+		t.Errorf("start order after the reboot: boot unit %d, probe %d, agent %d µs (want 0 < boot unit <= probe <= agent)", us[0], us[1], us[2])
+	}
 
 	// Deactivated: a service started afterwards no longer sees the
 	// persona's variables.
