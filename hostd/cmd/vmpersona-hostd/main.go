@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strings"
 	"syscall"
 	"time"
 
@@ -23,10 +22,10 @@ import (
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+// appendTo is a repeatable flag's action: each value is added to list.
+func appendTo(list *[]string) func(string) error {
+	return func(v string) error { *list = append(*list, v); return nil }
+}
 
 const usage = `vmpersona-hostd — the vmpersona host daemon
 
@@ -53,7 +52,7 @@ func main() {
 	fs := flag.NewFlagSet("vmpersona-hostd", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	var cfg daemon.Config
-	var instances, qmp, hostLabels multiFlag
+	var instances, qmp, hostLabels []string
 	var logLevel, logFormat string
 	var memLimit int64
 	var version bool
@@ -64,8 +63,8 @@ func main() {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "TLS key for --listen")
 	fs.StringVar(&cfg.TokenFile, "token-auth-file", "", `bearer tokens, CSV: token,user,uid,"group1,group2"`)
 	fs.StringVar(&cfg.LibvirtURI, "libvirt-uri", "qemu:///system", "libvirt connection (empty disables libvirt)")
-	fs.Var(&instances, "instance", "NAME=ENDPOINT[,KEY=VALUE…] of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT; KEY=VALUE are the instance's labels")
-	fs.Var(&qmp, "qmp", "NAME=PATH[,KEY=VALUE…] of a plain QEMU instance's QMP socket (repeatable); KEY=VALUE are the instance's labels")
+	fs.Func("instance", "NAME=ENDPOINT[,KEY=VALUE…] of an instance not managed by libvirt (repeatable); ENDPOINT is unix:PATH or vsock:CID:PORT; KEY=VALUE are the instance's labels", appendTo(&instances))
+	fs.Func("qmp", "NAME=PATH[,KEY=VALUE…] of a plain QEMU instance's QMP socket (repeatable); KEY=VALUE are the instance's labels", appendTo(&qmp))
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", 90*24*time.Hour, "how long audit events are kept (0 keeps them forever)")
 	fs.Uint64Var(&cfg.MinFreeBytes, "min-free-space", store.DefaultMinFreeBytes, "free bytes the data directory's file system must keep: under it writes are answered 507 until space is freed (0 disables)")
 	fs.BoolVar(&cfg.AuditExec, "audit-exec", true, "audit every exec (actor, command, argument count and a redacted preview, route, exit code, duration), not only overrides and denials; a persona's audit_exec overrides it")
@@ -79,7 +78,7 @@ func main() {
 	fs.StringVar(&cfg.FleetCert, "fleet-cert", "", "this host's client certificate for etcd (mTLS)")
 	fs.StringVar(&cfg.FleetKey, "fleet-key", "", "this host's client key for etcd (mTLS)")
 	fs.StringVar(&cfg.FleetHost, "fleet-host", "", "this host's name in the fleet (default: the certificate's CN, else the hostname)")
-	fs.Var(&hostLabels, "fleet-host-label", "KEY=VALUE: a label of this host in the fleet, which assignments select by (repeatable)")
+	fs.Func("fleet-host-label", "KEY=VALUE: a label of this host in the fleet, which assignments select by (repeatable)", appendTo(&hostLabels))
 	fs.StringVar(&cfg.FleetPrefix, "fleet-prefix", "/vmpersona/v1/", "key prefix in etcd")
 	fs.StringVar(&cfg.FleetOfflineActivation, "fleet-offline-activation", "cached", "activations while etcd is unreachable: cached (from the local copy) or refuse")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -14,11 +14,10 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/assignment"
 )
 
-// repeated is a flag that may be given more than once.
-type repeated []string
-
-func (r *repeated) String() string     { return strings.Join(*r, ",") }
-func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+// appendTo is a repeatable flag's action: each value is added to list.
+func appendTo(list *[]string) func(string) error {
+	return func(v string) error { *list = append(*list, v); return nil }
+}
 
 func assignmentCommand() *command {
 	return &command{
@@ -89,12 +88,12 @@ vmpersonactl assignment set one-vm --persona staging --instance vm7 --priority 1
 			persona := fs.String("persona", "", "`NAME` of the persona to assign (required)")
 			priority := fs.Int("priority", 0, "`N`: the highest priority wins where assignments overlap")
 			ifMatch := fs.Uint64("if-match", 0, "only replace revision `N` (0: any)")
-			var instances, uuids, labels, hosts, hostLabels repeated
-			fs.Var(&instances, "instance", "select the instance `NAME` (repeatable)")
-			fs.Var(&uuids, "uuid", "select the libvirt domain `UUID` (repeatable)")
-			fs.Var(&labels, "label", "select instances labelled `KEY=VALUE` (repeatable: all must hold)")
-			fs.Var(&hosts, "host", "select instances of the fleet host `NAME` (repeatable)")
-			fs.Var(&hostLabels, "host-label", "select instances of hosts labelled `KEY=VALUE` (repeatable: all must hold)")
+			var instances, uuids, labels, hosts, hostLabels []string
+			fs.Func("instance", "select the instance `NAME` (repeatable)", appendTo(&instances))
+			fs.Func("uuid", "select the libvirt domain `UUID` (repeatable)", appendTo(&uuids))
+			fs.Func("label", "select instances labelled `KEY=VALUE` (repeatable: all must hold)", appendTo(&labels))
+			fs.Func("host", "select instances of the fleet host `NAME` (repeatable)", appendTo(&hosts))
+			fs.Func("host-label", "select instances of hosts labelled `KEY=VALUE` (repeatable: all must hold)", appendTo(&hostLabels))
 			var asg apitypes.Assignment
 			return query[apitypes.Assignment]{args: "NAME", min: 1, max: 1,
 				check: func(*app) (err error) {
