@@ -82,6 +82,8 @@ type Manager struct {
 	base []string
 	mu   sync.Mutex // serialises activations
 	view atomic.Pointer[View]
+	// files remembers the materialised files already checked.
+	files checkedFiles
 }
 
 // New restores the persisted persona (environment and routing, scripts not
@@ -237,7 +239,11 @@ func buildDomain(p *protocol.Persona, table *routing.Table, overrides map[string
 func (m *Manager) materialise(sub, content string, perm os.FileMode) (string, error) {
 	sum := sha256.Sum256([]byte(content))
 	path := filepath.Join(m.cfg.Store.Dir(), sub, hex.EncodeToString(sum[:16]))
+	if m.files.ok(path) {
+		return path, nil
+	}
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, []byte(content)) {
+		m.files.checked(path)
 		return path, nil
 	}
 	// No fsync: a file torn by a crash differs from its content and is
@@ -535,6 +541,7 @@ func (m *Manager) gcFiles(views ...*View) {
 		for _, e := range ents {
 			if !keep[sub+"/"+e.Name()] {
 				os.Remove(filepath.Join(dir, e.Name()))
+				m.files.forget(filepath.Join(dir, e.Name()))
 			}
 		}
 	}

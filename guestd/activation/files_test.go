@@ -121,3 +121,48 @@ func TestRefusesUnusablePersona(t *testing.T) {
 		}
 	}
 }
+
+// A materialised file checked once is not read again while its stamp
+// (inode, size, times) is unchanged; a file changed since — in place, or
+// replaced by another — is checked again and rewritten.
+func TestCheckedFilesNoticeChanges(t *testing.T) {
+	old := racyWindow
+	racyWindow = 0 // remember checks at once
+	t.Cleanup(func() { racyWindow = old })
+	m, _ := newManager(t, "")
+	content := "#!/bin/sh\necho checked\n"
+	path, err := m.materialise("overrides", content, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.materialise("overrides", content, 0o755); err != nil { // read, compared, remembered
+		t.Fatal(err)
+	}
+	if !m.files.ok(path) {
+		t.Fatal("a checked file is not remembered")
+	}
+	for _, change := range []struct {
+		name string
+		do   func() error
+	}{
+		{"in place, another size", func() error { return os.WriteFile(path, []byte("#!/bin/sh\nexit 9\n"), 0o755) }},
+		{"replaced, same size", func() error {
+			tmp := path + ".new"
+			if err := os.WriteFile(tmp, []byte(strings.Replace(content, "checked", "CHECKED", 1)), 0o755); err != nil {
+				return err
+			}
+			return os.Rename(tmp, path)
+		}},
+	} {
+		if err := change.do(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.materialise("overrides", content, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != content {
+			t.Fatalf("%s: the changed file was used as it is: %q", change.name, got)
+		}
+		m.materialise("overrides", content, 0o755) // checked again, remembered
+	}
+}
