@@ -32,6 +32,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -187,12 +189,140 @@ func newDirListing(dirs []string, names []string) *dirListing {
 				continue
 			}
 			seen[id] = i
+			if names, ok := listings.get(d, &st); ok {
+				for n, m := range l.in {
+					if names.has(n) {
+						l.in[n] = m | bit
+					}
+				}
+				continue
+			}
+			if names, ok := readNames(d, buf); ok {
+				listings.put(d, &st, names)
+				for n, m := range l.in {
+					if names.has(n) {
+						l.in[n] = m | bit
+					}
+				}
+				continue
+			}
 		}
 		if !l.scan(d, bit, buf) {
 			l.unlisted |= bit
 		}
 	}
 	return l
+}
+
+// dirNames are the sorted names of one directory.
+type dirNames []string
+
+func (d dirNames) has(name string) bool {
+	_, found := slices.BinarySearch(d, name)
+	return found
+}
+
+// readNames reads every name of directory d (raw getdents: the names share
+// one string).
+func readNames(d string, buf []byte) (dirNames, bool) {
+	fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false
+	}
+	defer unix.Close(fd)
+	var blob []byte
+	var ends []int
+	for {
+		n, err := unix.ReadDirent(fd, buf)
+		if err != nil {
+			return nil, false
+		}
+		if n <= 0 {
+			break
+		}
+		for off := 0; off+19 < n; {
+			reclen := int(buf[off+16]) | int(buf[off+17])<<8
+			if reclen <= 19 || off+reclen > n {
+				return nil, false
+			}
+			name := buf[off+19 : off+reclen]
+			if z := bytesIndexZero(name); z >= 0 {
+				name = name[:z]
+			}
+			blob = append(blob, name...)
+			ends = append(ends, len(blob))
+			off += reclen
+		}
+	}
+	all := string(blob)
+	names := make(dirNames, len(ends))
+	start := 0
+	for i, e := range ends {
+		names[i] = all[start:e]
+		start = e
+	}
+	slices.Sort(names)
+	return names, true
+}
+
+// listings caches the names of PATH directories between table builds: a
+// large persona's build otherwise reads /usr/bin and its neighbours on
+// every activation. An entry is used while the directory's device, inode,
+// size and change and modification times are those it was read with (an
+// entry added or removed changes them). A directory changed less than
+// racyWindow before it was read is not cached: a second change within the
+// same timestamp tick would not show.
+var listings = listingCache{m: map[string]cachedListing{}}
+
+// maxCachedDirs bounds the cache (a persona's PATH may name any directory).
+const maxCachedDirs = 64
+
+// racyWindow is a variable for tests.
+var racyWindow = 2 * time.Second
+
+type dirStamp struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+func stampOf(st *unix.Stat_t) dirStamp {
+	return dirStamp{uint64(st.Dev), uint64(st.Ino), st.Size, st.Mtim, st.Ctim}
+}
+
+type cachedListing struct {
+	stamp dirStamp
+	names dirNames
+}
+
+type listingCache struct {
+	mu sync.Mutex
+	m  map[string]cachedListing
+}
+
+// get returns the cached names of d when d (stat st) is unchanged.
+func (c *listingCache) get(d string, st *unix.Stat_t) (dirNames, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[d]
+	if !ok || e.stamp != stampOf(st) {
+		return nil, false
+	}
+	return e.names, true
+}
+
+// put caches the names of d, read after st was taken.
+func (c *listingCache) put(d string, st *unix.Stat_t, names dirNames) {
+	now := time.Now()
+	if now.Sub(time.Unix(st.Mtim.Unix())) < racyWindow || now.Sub(time.Unix(st.Ctim.Unix())) < racyWindow {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxCachedDirs {
+		clear(c.m)
+	}
+	c.m[d] = cachedListing{stampOf(st), names}
 }
 
 // scan marks the wanted names directory d holds; false when d could not be
