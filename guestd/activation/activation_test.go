@@ -2,8 +2,10 @@ package activation
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vmpersona/vmpersona/guestd/audit"
@@ -100,5 +102,51 @@ func TestRestoreDoesNotRunScripts(t *testing.T) {
 	res := m.Deactivate(context.Background(), protocol.Deactivate{})
 	if res.Result != protocol.ResultDeactivated || Lookup(m.View().Env, "A") != "" {
 		t.Fatalf("%+v %v", res, m.View().Env)
+	}
+}
+
+// Many activations of a large persona fill the state log, which is then
+// replaced by a new file (after the audit spool synced its own): every
+// activation is answered, the last persona is restored after a restart,
+// and each activation's audit event is there once.
+func TestStateLogReplacedUnderActivations(t *testing.T) {
+	m, dir := newManager(t, "")
+	big := strings.Repeat("v", 30<<10)
+	const n = 40 // ≈ 6 records of 150 KiB fill the 1 MiB log
+	for i := range n {
+		p := protocol.Persona{Name: fmt.Sprintf("big-%d", i%2), EnvironmentVariables: map[string]string{}}
+		for j := range 5 {
+			p.EnvironmentVariables[fmt.Sprintf("V%d", j)] = big
+		}
+		if res := m.Activate(context.Background(), protocol.Activate{Persona: p, Revision: uint64(i + 1)}); res.Result != protocol.ResultActivated {
+			t.Fatalf("activation %d: %+v", i, res)
+		}
+	}
+	m.cfg.Spool.Close()
+	m.cfg.Store.Close()
+	store, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool, err := audit.Open(dir, audit.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spool.Close()
+	m2, err := New(Config{Store: store, Spool: spool, Environ: []string{"PATH=/usr/bin:/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := m2.View().Active; a == nil || a.Revision != n {
+		t.Fatalf("restored: %+v", a)
+	}
+	evs := spool.Pending(1000)
+	if len(evs) != n {
+		t.Fatalf("%d audit events, want %d", len(evs), n)
+	}
+	for i, ev := range evs {
+		if ev.Seq != uint64(i+1) || ev.Type != protocol.AuditActivation {
+			t.Fatalf("event %d: %+v", i, ev)
+		}
 	}
 }

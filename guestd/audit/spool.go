@@ -95,7 +95,10 @@ type Spool struct {
 	log    *slog.Logger
 	notify chan struct{}
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// fmu guards f too: writers hold mu, and take fmu to replace or close
+	// f; Sync holds only fmu.
+	fmu     sync.Mutex
 	f       *os.File
 	ackF    *os.File // ackFile, opened at the first acknowledgement
 	meta    meta
@@ -287,16 +290,18 @@ func (s *Spool) rewrite() error {
 	if err := state.WriteFileAtomic(path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("audit spool: %w", err)
 	}
+	s.ackedEvents, s.ackedBytes = 0, 0
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	if s.f != nil {
 		s.f.Close()
 	}
-	s.ackedEvents, s.ackedBytes = 0, 0
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0o600)
+	s.f = f
 	if err != nil {
 		s.f = nil
 		return fmt.Errorf("audit spool: %w", err)
 	}
-	s.f = f
 	return nil
 }
 
@@ -383,10 +388,12 @@ func (s *Spool) RecordWith(ev protocol.AuditEvent, persist func(protocol.AuditEv
 	return ev, nil
 }
 
-// Sync makes every event appended to the spool file durable.
+// Sync makes every event appended to the spool file durable. It takes only
+// the file's lock, so persist functions of RecordWith may call it (the state
+// log syncs the spool before it drops records).
 func (s *Spool) Sync() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	if s.f == nil {
 		return errors.New("audit spool: file not open")
 	}
@@ -509,6 +516,8 @@ func (s *Spool) Close() error {
 		s.ackF.Close()
 		s.ackF = nil
 	}
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	if s.f == nil {
 		return nil
 	}
