@@ -26,13 +26,13 @@ deps-test:
 
 # Every test, with the race detector, against the programs of `make build`.
 # The build runs beside `go test`, holding bin/.lock; the tests that run the
-# programs (BIN_TESTS, listed last and longest first) wait for that lock in
-# internal/testbin, and the other packages compile and run meanwhile. -p 3
-# keeps a compile slot busy while two of those wait. Test binaries are
-# linked without DWARF (stack traces and race reports do not use it).
-# TestGeneratedClientIsCurrent compiles oapi-codegen: it runs in `make lint`.
-# vet runs in `make lint`, not here.
-BIN_TESTS := integration/reliability packaging hostd/cmd/vmpersonactl hostd/fleet hostd/api hostd/agents \
+# programs (BIN_TESTS, listed last, longest compile and run first) wait for
+# that lock in internal/testbin, and the other packages compile and run
+# meanwhile. -p 3 keeps a compile slot busy while two of those wait. Test
+# binaries are linked without DWARF (stack traces and race reports do not
+# use it). TestGeneratedClientIsCurrent compiles oapi-codegen: it runs in
+# `make lint`, and so does vet.
+BIN_TESTS := integration/reliability hostd/fleet packaging hostd/cmd/vmpersonactl hostd/api hostd/agents \
 	guestd/cmd/vmpersona-guestd hostd/reconcile hostd/cmd/vmpersona-hostd
 empty :=
 space := $(empty) $(empty)
