@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -18,24 +19,13 @@ import (
 func startOldGuest(t *testing.T) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "old.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s := protocol.NewSession(c, protocol.SessionConfig{Side: "guest", OnHello: func(protocol.Hello) protocol.HelloAck {
-				return protocol.HelloAck{AgentVersion: "old", BootID: "old", SpoolID: "old",
-					Capabilities: []string{protocol.CapExecStream, protocol.CapAuditSpool}}
-			}})
-			t.Cleanup(func() { s.Close(nil) })
-		}
-	}()
+	testproc.ServeUnix(t, sock, func(c net.Conn) {
+		s := protocol.NewSession(c, protocol.SessionConfig{Side: "guest", OnHello: func(protocol.Hello) protocol.HelloAck {
+			return protocol.HelloAck{AgentVersion: "old", BootID: "old", SpoolID: "old",
+				Capabilities: []string{protocol.CapExecStream, protocol.CapAuditSpool}}
+		}})
+		<-s.Done()
+	})
 	return "unix:" + sock
 }
 

@@ -30,7 +30,7 @@ type hostileGuest struct {
 func startHostileGuest(t testing.TB, sock, mode string) *hostileGuest {
 	t.Helper()
 	g := &hostileGuest{mode: mode}
-	listenScripted(t, sock, g.serve)
+	testproc.ServeUnix(t, sock, g.serve)
 	return g
 }
 

@@ -57,7 +57,7 @@ func startFakeGuest(t testing.TB, sock string, g *fakeGuest) *fakeGuest {
 	if g.hello.Capabilities == nil {
 		g.hello.Capabilities = []string{protocol.CapExecStream, protocol.CapAuditSpool}
 	}
-	listenScripted(t, sock, g.serve)
+	testproc.ServeUnix(t, sock, g.serve)
 	return g
 }
 

@@ -332,34 +332,6 @@ func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
 
-// listenScripted listens on the unix socket sock for a scripted guest:
-// serve answers each connection in a goroutine of its own. When the test
-// ends the connections and the listener are closed, and every serve has
-// returned.
-func listenScripted(t testing.TB, sock string, serve func(c net.Conn)) {
-	t.Helper()
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				go func() { <-stop; c.Close() }()
-				serve(c)
-			})
-		}
-	})
-	t.Cleanup(func() { close(stop); l.Close(); wg.Wait() })
-}
-
 // eachFrame hands each frame read from r to handle until the stream ends,
 // passing over bytes that are no frame (a scripted guest reads what the
 // host sends, which is not always whole).

@@ -6,6 +6,7 @@ package testproc
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -65,6 +66,38 @@ func FreeTCPAddr(t testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// ServeUnix listens on the unix socket sock and serves each connection in
+// a goroutine of its own: a scripted peer (a guest that hangs, an old one,
+// a hostile one). When the test ends the connections and the listener are
+// closed, and every serve has returned.
+func ServeUnix(t testing.TB, sock string, serve func(c net.Conn)) {
+	t.Helper()
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				go func() { <-stop; c.Close() }()
+				serve(c)
+			})
+		}
+	})
+	t.Cleanup(func() { close(stop); l.Close(); wg.Wait() })
+}
+
+// Hold serves a connection by answering nothing (what it reads is
+// dropped) until it is closed: a peer that hangs.
+func Hold(c net.Conn) { io.Copy(io.Discard, c) }
 
 // Proc is a started process.
 type Proc struct {

@@ -2,6 +2,7 @@ package testproc
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -137,4 +138,38 @@ func TestShortDirAndFreeTCPAddr(t *testing.T) {
 		t.Fatalf("listening on %s: %v", addr, err)
 	}
 	l.Close()
+}
+
+// A served socket answers each connection; at the end of the test every
+// connection is closed, a held one too.
+func TestServeUnix(t *testing.T) {
+	dir := ShortDir(t)
+	echo, hold := filepath.Join(dir, "echo.sock"), filepath.Join(dir, "hold.sock")
+	var held net.Conn
+	t.Run("serve", func(t *testing.T) {
+		ServeUnix(t, echo, func(c net.Conn) { io.Copy(c, c) })
+		ServeUnix(t, hold, Hold)
+		c, err := net.Dial("unix", echo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("ping"))
+		b := make([]byte, 4)
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+			t.Fatalf("echo answered %q, %v", b, err)
+		}
+		if held, err = net.Dial("unix", hold); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The subtest has ended: its held connection is closed from the far end.
+	held.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := held.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read on a held connection after the test: %v, want EOF", err)
+	}
+	held.Close()
+	if _, err := net.Dial("unix", echo); err == nil {
+		t.Error("the socket still accepts after the test")
+	}
 }
