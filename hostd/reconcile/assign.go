@@ -113,8 +113,20 @@ func (r *Reconciler) follow(inst string, cur store.DesiredState) (store.DesiredS
 
 // Reassess asks the reconciler to look at every instance again (the
 // assignments, the personas or labels changed). It returns at once; passes
-// are coalesced.
+// are coalesced. The first call also starts the pass every
+// ReassessInterval (the host daemon makes it at start).
 func (r *Reconciler) Reassess() {
+	if r.ctx.Err() != nil {
+		return
+	}
+	r.loopOnce.Do(func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.ctx.Err() == nil {
+			r.bg.Add(1)
+			go r.reassessLoop()
+		}
+	})
 	select {
 	case r.reassess <- struct{}{}:
 	default:
@@ -143,11 +155,14 @@ const maxReassessParallel = 8
 // reassessAll brings every known instance's desired state in line with the
 // assignments, and converges the connected ones whose desired state changed.
 func (r *Reconciler) reassessAll(ctx context.Context) {
-	if _, ok := r.st.(assignmentReader); !ok || r.agents == nil {
+	r.mu.Lock()
+	mgr := r.agents
+	r.mu.Unlock()
+	if _, ok := r.st.(assignmentReader); !ok || mgr == nil {
 		return
 	}
 	names := map[string]bool{}
-	for _, st := range r.agents.List() {
+	for _, st := range mgr.List() {
 		names[st.Name] = true
 	}
 	ds, err := r.st.ListDesired()
@@ -170,13 +185,13 @@ func (r *Reconciler) reassessAll(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			r.reassessOne(ctx, inst)
+			r.reassessOne(ctx, mgr, inst)
 		}()
 	}
 	wg.Wait()
 }
 
-func (r *Reconciler) reassessOne(ctx context.Context, inst string) {
+func (r *Reconciler) reassessOne(ctx context.Context, mgr *agents.Manager, inst string) {
 	unlock, err := r.lock(ctx, inst)
 	if err != nil {
 		return
@@ -203,7 +218,7 @@ func (r *Reconciler) reassessOne(ctx context.Context, inst string) {
 		return
 	}
 	r.log.Info("desired state follows an assignment", "instance", inst, "desired", describeDesired(d), "by", d.Actor, "was", describeDesired(cur))
-	g, err := r.agents.Guest(inst)
+	g, err := mgr.Guest(inst)
 	if err != nil {
 		return // converged at its next connect
 	}

@@ -92,6 +92,7 @@ type Reconciler struct {
 
 	facts    atomic.Pointer[func(string) Facts]
 	reassess chan struct{} // Reassess's requests, cap 1
+	loopOnce sync.Once     // the reassessing loop starts at the first Reassess
 
 	mu       sync.Mutex
 	locks    map[string]chan struct{} // per instance, cap 1
@@ -130,9 +131,9 @@ func New(cfg Config) *Reconciler {
 // registers its metrics (unless a reconciler registered them on the same
 // registry already).
 func (r *Reconciler) Bind(m *agents.Manager) {
+	r.mu.Lock() // the reassessing loop may run already (Reassess before Bind)
 	r.agents = m
-	r.bg.Add(1)
-	go r.reassessLoop()
+	r.mu.Unlock()
 	if err := r.met.Registry.Register(&collector{r: r}); err != nil {
 		r.log.Warn("instance metrics not registered", "err", err)
 	}
@@ -140,7 +141,9 @@ func (r *Reconciler) Bind(m *agents.Manager) {
 
 // Close stops background rollouts and waits for them.
 func (r *Reconciler) Close() {
+	r.mu.Lock() // a Reassess starting its loop either sees the end or is waited for
 	r.cancel()
+	r.mu.Unlock()
 	r.bg.Wait()
 }
 
