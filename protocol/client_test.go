@@ -210,12 +210,7 @@ func TestOtherEpochDropped(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if res.Stdout != "fresh" {
-		t.Errorf("got %q, want the current session's answer", res.Stdout)
-	}
-	if c.Dropped() != 1 {
-		t.Errorf("Dropped() = %d, want 1", c.Dropped())
-	}
+	wantAnswerAfterDrop(t, c, res, "fresh")
 }
 
 // TestLateAnswerDropped: an answer that comes after its call gave up is
@@ -241,8 +236,15 @@ func TestLateAnswerDropped(t *testing.T) {
 	if err := c.Call(testCtx(t), protocol.TypeExec, protocol.Exec{Command: "true"}, &res, nil); err != nil {
 		t.Fatal(err)
 	}
-	if res.Stdout != "next" {
-		t.Errorf("got %q", res.Stdout)
+	wantAnswerAfterDrop(t, c, res, "next")
+}
+
+// wantAnswerAfterDrop: the call got the answer meant for it (stdout want),
+// and exactly one other answer was dropped.
+func wantAnswerAfterDrop(t *testing.T, c *protocol.Client, res protocol.ExecResult, want string) {
+	t.Helper()
+	if res.Stdout != want {
+		t.Errorf("got %q, want %q", res.Stdout, want)
 	}
 	if c.Dropped() != 1 {
 		t.Errorf("Dropped() = %d, want 1", c.Dropped())
