@@ -25,8 +25,8 @@ func stampOf(path string) (fileStamp, bool) {
 
 // racyWindow: a file changed this recently may change again within the
 // same timestamp tick without its stamp changing, so its check is not
-// remembered yet.
-var racyWindow = 2 * time.Second
+// remembered yet (far above a timestamp tick, a jiffy: 1–10 ms).
+var racyWindow = 100 * time.Millisecond
 
 // checkedFiles remembers which materialised files were compared byte for
 // byte with their content, and in which version: a file whose stamp is

@@ -277,8 +277,9 @@ var listings = listingCache{m: map[string]cachedListing{}}
 // maxCachedDirs bounds the cache (a persona's PATH may name any directory).
 const maxCachedDirs = 64
 
-// racyWindow is a variable for tests.
-var racyWindow = 2 * time.Second
+// racyWindow is far above a file system timestamp tick (a jiffy: 1–10 ms);
+// a variable for tests.
+var racyWindow = 100 * time.Millisecond
 
 type dirStamp struct {
 	dev, ino     uint64
