@@ -28,7 +28,8 @@ deps-test:
 # The build runs beside `go test`, holding bin/.lock; the tests that run the
 # programs (BIN_TESTS, listed last, longest compile and run first) wait for
 # that lock in internal/testbin, and the other packages compile and run
-# meanwhile. -p 3 keeps a compile slot busy while two of those wait. Test
+# meanwhile (a failed build leaves no older program behind for them). -p 3
+# keeps a compile slot busy while two of those wait. Test
 # binaries are linked without DWARF (stack traces and race reports do not
 # use it). TestGeneratedClientIsCurrent compiles oapi-codegen: it runs in
 # `make lint`, and so does vet.
@@ -40,6 +41,7 @@ TEST_FLAGS := -race -vet=off -count=1 -timeout 25m -p 3 -ldflags=-w -gcflags=all
 	-skip '^TestGeneratedClientIsCurrent$$'
 test: deps-test
 	@mkdir -p $(BIN); exec 9>$(BIN)/.lock; flock 9; \
+	  rm -f $(BIN)/vmpersona-guestd $(BIN)/vmpersona-hostd $(BIN)/vmpersonactl; \
 	  $(MAKE) --no-print-directory build & build=$$!; exec 9>&-; \
 	  pkgs=$$($(GO) list ./... | grep -vE '/($(subst $(space),|,$(strip $(BIN_TESTS))))$$'); \
 	  echo "go test $(TEST_FLAGS) ./... (the programs' tests last)"; \
