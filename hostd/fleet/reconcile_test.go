@@ -278,4 +278,36 @@ func TestFleetRolloutRunsOnEveryHost(t *testing.T) {
 			t.Errorf("%s runs %+v after the fleet rollout, want web revision 2", x.vm, st.Active)
 		}
 	}
+
+	// Host a reads the whole catalogue again (as after a restart or a
+	// compaction) and sees the request once more: it reported it done, so
+	// it does not run it twice. A second rollout, run by the same worker
+	// after it, is the point by which the first was looked at.
+	if err := a.b.fullLoad(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r = a.do("POST", "/fleet/rollouts/web", map[string]any{})
+	if r.status != http.StatusAccepted {
+		t.Fatalf("second fleet rollout: %d %v", r.status, r.body)
+	}
+	id2 := r.body["id"]
+	waitFor(t, "host a done with the second rollout", func() bool {
+		st := a.do("GET", "/fleet/rollouts/web", nil).body
+		if st["rollout"].(map[string]any)["id"] != id2 {
+			return false
+		}
+		for _, h := range st["hosts"].([]any) {
+			if hm := h.(map[string]any); hm["host"] == "a" && hm["state"] == "done" {
+				return true
+			}
+		}
+		return false
+	})
+	evs, err := a.st.QueryAudit(store.AuditQuery{Type: store.AuditRolloutStarted, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 {
+		t.Errorf("host a started %d rollouts, want 2 (the first, not again after the re-read, and the second)", len(evs))
+	}
 }
