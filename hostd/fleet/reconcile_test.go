@@ -196,7 +196,13 @@ func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
 		t.Fatalf("delete: %d %v", r.status, r.body)
 	}
 	waitFor(t, "a's copy without rack1", func() bool { _, err := a.st.GetAssignment("rack1"); return err != nil })
-	a.rec.Reassess()
+	// A later change that moves web1 is a pass by which db1 was looked at
+	// again (a pass looks at every instance).
+	probe := map[string]any{"persona": "hardened", "priority": 100, "selector": map[string]any{"instances": []string{"web1"}}}
+	if r := a.do("PUT", "/assignments/probe", probe); r.status != http.StatusCreated {
+		t.Fatalf("probe: %d %v", r.status, r.body)
+	}
+	a.waitActive("web1", "hardened")
 	if got := a.active("db1"); got != "staging" {
 		t.Errorf("db1 runs %q after its assignment was deleted, want staging kept", got)
 	}
