@@ -67,3 +67,19 @@ func BenchmarkActivateEmpty(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTwoScripts runs the large persona's two scripts the way an
+// activation runs them, and nothing else: the reference of
+// BenchmarkActivateLarge/scripts=true (target: at most 1.5× this).
+func BenchmarkTwoScripts(b *testing.B) {
+	m, _ := newManager(b, "")
+	p := benchPersona("two", true)
+	env := m.View().Env
+	for b.Loop() {
+		for _, s := range []string{p.PreActivationScript, p.PostActivationScript} {
+			if sr, err := m.runScript(context.Background(), "bench", s, env, DefaultScriptTimeout); err != nil || sr != nil {
+				b.Fatalf("%v %+v", err, sr)
+			}
+		}
+	}
+}
