@@ -26,6 +26,9 @@ const (
 	AuditRolloutFinished       = "rollout_finished"       // a rollout ended (its summary)
 	AuditFilePushed            = "file_pushed"            // a file was written into a guest (path and size)
 	AuditFilePulled            = "file_pulled"            // a file was read from a guest (path and size)
+	AuditAssignmentSet         = "assignment_set"         // an assignment was created or replaced (persona, selector, priority)
+	AuditAssignmentDeleted     = "assignment_deleted"     // an assignment was deleted
+	AuditLabelsSet             = "labels_set"             // an instance's labels were replaced
 )
 
 // AuditTypes lists every audit event type.
@@ -35,4 +38,5 @@ var AuditTypes = []string{
 	AuditActivationRequested, AuditDeactivationRequested, AuditDefaultActivation,
 	AuditReconciled, AuditAuthFailure, AuditChannelEnabled, AuditGuestRefused, AuditRolloutStarted, AuditRolloutFinished,
 	AuditFilePushed, AuditFilePulled,
+	AuditAssignmentSet, AuditAssignmentDeleted, AuditLabelsSet,
 }

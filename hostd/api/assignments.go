@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/assignment"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Assignments (selector → persona, with a priority) are kept by the store:
@@ -132,6 +135,8 @@ func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return assignmentErr(name, err)
 	}
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditAssignmentSet, Actor: identityOf(r).User, Persona: out.Persona,
+		Detail: fmt.Sprintf("assignment %s revision %d, priority %d, selector %s", out.Name, out.Revision, out.Priority, bytes.TrimSpace(encodeJSON(out.Selector)))})
 	s.assignmentsChanged()
 	w.Header().Set("ETag", etag(out.Revision))
 	status := http.StatusOK
@@ -171,6 +176,7 @@ func (s *Server) deleteAssignment(w http.ResponseWriter, r *http.Request, ps htt
 	if err := as.DeleteAssignment(name, want); err != nil {
 		return assignmentErr(name, err)
 	}
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditAssignmentDeleted, Actor: identityOf(r).User, Detail: "assignment " + name})
 	s.assignmentsChanged()
 	w.WriteHeader(http.StatusNoContent)
 	return nil

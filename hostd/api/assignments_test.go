@@ -40,6 +40,13 @@ func TestAssignmentRoutesOnOneHost(t *testing.T) {
 	e.must(e.do("DELETE", "/assignments/pin", tokOperator, nil), http.StatusForbidden)
 	e.must(e.do("DELETE", "/assignments/pin", tokAdmin, nil), http.StatusNoContent)
 	e.must(e.do("GET", "/assignments/pin", tokViewer, nil), http.StatusNotFound)
+	// Every write answered is audited, the retried one too.
+	for typ, n := range map[string]int{"assignment_set": 3, "assignment_deleted": 1} {
+		r := e.must(e.do("GET", "/audit?type="+typ, tokAdmin, nil), http.StatusOK)
+		if evs := r.json(t)["events"].([]any); len(evs) != n {
+			t.Errorf("%d %s events, want %d: %s", len(evs), typ, n, r.body)
+		}
+	}
 
 	// Bad input names the field.
 	for field, b := range map[string]any{

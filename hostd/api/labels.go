@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"time"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/assignment"
+	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Instance labels are what assignments select by. A libvirt domain's are
@@ -46,6 +49,7 @@ func (s *Server) setInstanceLabels(w http.ResponseWriter, r *http.Request, ps ht
 	if err := s.cfg.Labeler.SetLabels(ctx, is.name, body.Labels); err != nil {
 		return err
 	}
+	s.appendAudit(store.AuditEvent{Type: protocol.AuditLabelsSet, Instance: is.name, Actor: identityOf(r).User, Detail: string(bytes.TrimSpace(encodeJSON(body.Labels)))})
 	s.assignmentsChanged()
 	if body.Labels == nil {
 		body.Labels = map[string]string{}

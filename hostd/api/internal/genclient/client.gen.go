@@ -99,6 +99,8 @@ func (e AuditEventSource) Valid() bool {
 const (
 	AuditEventTypeActivation            AuditEventType = "activation"
 	AuditEventTypeActivationRequested   AuditEventType = "activation_requested"
+	AuditEventTypeAssignmentDeleted     AuditEventType = "assignment_deleted"
+	AuditEventTypeAssignmentSet         AuditEventType = "assignment_set"
 	AuditEventTypeAuthFailure           AuditEventType = "auth_failure"
 	AuditEventTypeChannelEnabled        AuditEventType = "channel_enabled"
 	AuditEventTypeDeactivation          AuditEventType = "deactivation"
@@ -109,6 +111,7 @@ const (
 	AuditEventTypeFilePulled            AuditEventType = "file_pulled"
 	AuditEventTypeFilePushed            AuditEventType = "file_pushed"
 	AuditEventTypeGuestRefused          AuditEventType = "guest_refused"
+	AuditEventTypeLabelsSet             AuditEventType = "labels_set"
 	AuditEventTypeOverride              AuditEventType = "override"
 	AuditEventTypePersonaCreated        AuditEventType = "persona_created"
 	AuditEventTypePersonaDeleted        AuditEventType = "persona_deleted"
@@ -124,6 +127,10 @@ func (e AuditEventType) Valid() bool {
 	case AuditEventTypeActivation:
 		return true
 	case AuditEventTypeActivationRequested:
+		return true
+	case AuditEventTypeAssignmentDeleted:
+		return true
+	case AuditEventTypeAssignmentSet:
 		return true
 	case AuditEventTypeAuthFailure:
 		return true
@@ -144,6 +151,8 @@ func (e AuditEventType) Valid() bool {
 	case AuditEventTypeFilePushed:
 		return true
 	case AuditEventTypeGuestRefused:
+		return true
+	case AuditEventTypeLabelsSet:
 		return true
 	case AuditEventTypeOverride:
 		return true
@@ -654,6 +663,8 @@ func (e RolloutResultResult) Valid() bool {
 const (
 	ListAuditEventsParamsTypeActivation            ListAuditEventsParamsType = "activation"
 	ListAuditEventsParamsTypeActivationRequested   ListAuditEventsParamsType = "activation_requested"
+	ListAuditEventsParamsTypeAssignmentDeleted     ListAuditEventsParamsType = "assignment_deleted"
+	ListAuditEventsParamsTypeAssignmentSet         ListAuditEventsParamsType = "assignment_set"
 	ListAuditEventsParamsTypeAuthFailure           ListAuditEventsParamsType = "auth_failure"
 	ListAuditEventsParamsTypeChannelEnabled        ListAuditEventsParamsType = "channel_enabled"
 	ListAuditEventsParamsTypeDeactivation          ListAuditEventsParamsType = "deactivation"
@@ -664,6 +675,7 @@ const (
 	ListAuditEventsParamsTypeFilePulled            ListAuditEventsParamsType = "file_pulled"
 	ListAuditEventsParamsTypeFilePushed            ListAuditEventsParamsType = "file_pushed"
 	ListAuditEventsParamsTypeGuestRefused          ListAuditEventsParamsType = "guest_refused"
+	ListAuditEventsParamsTypeLabelsSet             ListAuditEventsParamsType = "labels_set"
 	ListAuditEventsParamsTypeOverride              ListAuditEventsParamsType = "override"
 	ListAuditEventsParamsTypePersonaCreated        ListAuditEventsParamsType = "persona_created"
 	ListAuditEventsParamsTypePersonaDeleted        ListAuditEventsParamsType = "persona_deleted"
@@ -679,6 +691,10 @@ func (e ListAuditEventsParamsType) Valid() bool {
 	case ListAuditEventsParamsTypeActivation:
 		return true
 	case ListAuditEventsParamsTypeActivationRequested:
+		return true
+	case ListAuditEventsParamsTypeAssignmentDeleted:
+		return true
+	case ListAuditEventsParamsTypeAssignmentSet:
 		return true
 	case ListAuditEventsParamsTypeAuthFailure:
 		return true
@@ -699,6 +715,8 @@ func (e ListAuditEventsParamsType) Valid() bool {
 	case ListAuditEventsParamsTypeFilePushed:
 		return true
 	case ListAuditEventsParamsTypeGuestRefused:
+		return true
+	case ListAuditEventsParamsTypeLabelsSet:
 		return true
 	case ListAuditEventsParamsTypeOverride:
 		return true
