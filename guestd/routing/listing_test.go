@@ -57,3 +57,44 @@ func statOf(t *testing.T, p string) *unix.Stat_t {
 	}
 	return &st
 }
+
+// An absolute entry in a PATH directory is resolved through that
+// directory's listing: one that is not there costs no stat, and one added
+// since the listing was cached is still found.
+func TestAbsoluteEntryThroughListing(t *testing.T) {
+	old := racyWindow
+	racyWindow = 0
+	t.Cleanup(func() { racyWindow = old })
+	dir := t.TempDir()
+	tool := filepath.Join(dir, "tool")
+	past := time.Now().Add(-time.Hour)
+	os.Chtimes(dir, past, past)
+	build := func() *Table {
+		t.Helper()
+		tb, err := Build(Spec{Restricted: []string{tool, filepath.Join(dir, "absent")}, PathEnv: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	if got := build().RestrictedFiles(); len(got) != 0 {
+		t.Fatalf("nothing there yet: %v", got)
+	}
+	if err := os.WriteFile(tool, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tb := build()
+	if got := tb.RestrictedFiles(); !slices.Equal(got, []string{tool}) {
+		t.Fatalf("after adding it: %v", got)
+	}
+	// Restricted by inode too: a hard link elsewhere is denied.
+	link := filepath.Join(t.TempDir(), "other-name")
+	if err := os.Link(tool, link); err != nil {
+		t.Fatal(err)
+	}
+	d := tb.Route(link, "/")
+	defer d.Close()
+	if d.Kind != Denied {
+		t.Fatalf("hard link of a restricted path: %v", d.Kind)
+	}
+}

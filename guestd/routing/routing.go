@@ -446,6 +446,10 @@ func Build(spec Spec) (*Table, error) {
 		for _, e := range list {
 			if e = strings.TrimSpace(e); e != "" && !strings.ContainsRune(e, '/') {
 				names = append(names, e)
+			} else if t.pathDir(e) >= 0 {
+				// An absolute entry in a PATH directory: the listing
+				// says whether it exists.
+				names = append(names, filepath.Base(e))
 			}
 		}
 	}
@@ -528,6 +532,9 @@ func (t *Table) add(entry string, emit func(kind int, key any), byName bool) err
 		}
 		p := filepath.Clean(entry)
 		emit(keyPath, p)
+		if i := t.pathDir(p); i >= 0 && !t.listing.has(i, filepath.Base(p)) {
+			return nil // no such file: nothing more to resolve
+		}
 		if multi := t.addFile(p, filepath.Base(p), emit); multi && byName {
 			emit(keyName, filepath.Base(p))
 		}
@@ -628,6 +635,15 @@ func countLinks(dirs []string) map[fileID]int {
 		}
 	}
 	return counts
+}
+
+// pathDir returns the index in the table's PATH of the directory of the
+// absolute path p, -1 when it is not one of them.
+func (t *Table) pathDir(p string) int {
+	if !filepath.IsAbs(p) {
+		return -1
+	}
+	return slices.Index(t.dirs, filepath.Dir(filepath.Clean(p)))
 }
 
 func splitPath(pathEnv string) []string {
