@@ -271,8 +271,14 @@ func TestFleetRolloutRunsOnEveryHost(t *testing.T) {
 		if sum["activated"] != want[hm["host"].(string)] || sum["total"] != want[hm["host"].(string)] || sum["failed"] != 0.0 {
 			t.Errorf("host %v: summary %v", hm["host"], sum)
 		}
-		if res, _ := hm["results"].([]any); len(res) != int(want[hm["host"].(string)]) {
+		res, _ := hm["results"].([]any)
+		if len(res) != int(want[hm["host"].(string)]) {
 			t.Errorf("host %v: results %v", hm["host"], res)
+		}
+		for _, x := range res {
+			if xm := x.(map[string]any); xm["result"] != "activated" || xm["duration_ms"] == 0.0 {
+				t.Errorf("host %v: result %v (want activated, with its duration)", hm["host"], xm)
+			}
 		}
 	}
 	for _, x := range []struct {

@@ -205,9 +205,10 @@ func rolloutVerdict(s RolloutSummary) string {
 
 // rolloutOne moves one instance (or, in a dry run, asks its guest what would
 // change).
-func (r *Reconciler) rolloutOne(ctx context.Context, inst string, p protocol.Persona, dryRun bool, actor string) RolloutResult {
+func (r *Reconciler) rolloutOne(ctx context.Context, inst string, p protocol.Persona, dryRun bool, actor string) (res RolloutResult) {
 	start := time.Now()
-	res := RolloutResult{Instance: inst, To: protocol.PersonaRef{Name: p.Name, Revision: p.Revision}}
+	res = RolloutResult{Instance: inst, To: protocol.PersonaRef{Name: p.Name, Revision: p.Revision}}
+	// Named result: the deferred duration is part of what is returned.
 	defer func() { res.DurationMillis = float64(time.Since(start).Microseconds()) / 1000 }()
 	if dryRun {
 		g, err := r.agents.Guest(inst)
