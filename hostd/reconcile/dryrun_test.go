@@ -39,7 +39,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
 	envBefore := envOf(t, h, "vm")
-	waitAuditDelivered(t, g)
+	waitExecAudited(t, h, g, "vm", "env")
 	stateBefore := snapshot(t, g.StateDir)
 
 	d, err := h.r.DryRun(ctxTimeout(t, 30*time.Second), "vm", b)

@@ -247,6 +247,24 @@ func envOf(t testing.TB, h *host, name string) map[string]string {
 	return out
 }
 
+// waitExecAudited waits until the host holds the guest's audit event of an
+// exec of command and the guest has that acknowledgement on disk. The guest
+// records an ordinary exec's event after its answer, so an exec that has
+// answered is not yet in the spool: waiting only for the spool's
+// acknowledgement could pass before the event is written.
+func waitExecAudited(t testing.TB, h *host, g *guest, instance, command string) {
+	t.Helper()
+	waitFor(t, "the exec of "+command+" audited on the host", func() bool {
+		for _, ev := range h.audit(store.AuditQuery{Instance: instance, Type: store.AuditExec}) {
+			if ev.Source == "guest" && ev.Command == command {
+				return true
+			}
+		}
+		return false
+	})
+	waitAuditDelivered(t, g)
+}
+
 // waitAuditDelivered waits until the host has acknowledged every audit event
 // the guest spooled (the guest writes the acknowledgement asynchronously,
 // after the call that recorded the event has been answered).

@@ -73,7 +73,7 @@ func TestSecretVariables(t *testing.T) {
 	if res, err := h.exec("vm", "echo", "connect", value); err != nil || res.ExitCode != 0 {
 		t.Fatalf("echo: %+v, %v", res, err)
 	}
-	waitAuditDelivered(t, g)
+	waitExecAudited(t, h, g, "vm", "echo")
 	evs := h.audit(store.AuditQuery{Instance: "vm", Type: store.AuditExec})
 	if len(evs) == 0 {
 		t.Fatal("no exec audited")
