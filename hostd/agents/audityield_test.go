@@ -13,10 +13,8 @@ import (
 // holds the instance for a long time, the guest's audit events are still
 // stored.
 func TestAuditNotHeldByLongActivation(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	h.connectGuest("vm")
 	a, err := h.m.agent("vm")
 	if err != nil {
 		t.Fatal(err)

@@ -8,13 +8,15 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // TestReconnectBackoff watches the connection loop retry an absent socket in
 // a synctest bubble (virtual time): waits grow from 100 ms with jitter, are
 // capped at 5 s, and an endpoint change retries at once.
 func TestReconnectBackoff(t *testing.T) {
-	dir := shortDir(t)
+	dir := testproc.ShortDir(t)
 	synctest.Test(t, func(t *testing.T) {
 		var (
 			mu       sync.Mutex

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testproc"
+	"github.com/vmpersona/vmpersona/internal/teststore"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -28,7 +30,7 @@ type hungAgent struct {
 
 func newHungAgent(t testing.TB) *hungAgent {
 	t.Helper()
-	ln, err := net.Listen("unix", filepath.Join(shortDir(t), "hung.sock"))
+	ln, err := net.Listen("unix", filepath.Join(testproc.ShortDir(t), "hung.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func TestHungAgentDoesNotBlockOthers(t *testing.T) {
 	h.add("good", good.endpoint())
 	h.add("hung", hung.endpoint())
 	h.waitState("good", StateConnected)
-	waitFor(t, "a connection to the hung agent", func() bool { return hung.accepted() > 0 })
+	testproc.WaitFor(t, "a connection to the hung agent", func() bool { return hung.accepted() > 0 })
 
 	p := h.createPersona(hardened())
 	start := time.Now()
@@ -98,7 +100,7 @@ func TestHungAgentDoesNotBlockOthers(t *testing.T) {
 
 	// The hung agent never gets past the handshake: it is retried, never
 	// published, and says why.
-	waitFor(t, "a second attempt on the hung agent", func() bool { return hung.accepted() > 1 })
+	testproc.WaitFor(t, "a second attempt on the hung agent", func() bool { return hung.accepted() > 1 })
 	st, _ := h.m.Get("hung")
 	if st.State == StateConnected || !strings.Contains(st.LastError, "handshake") {
 		t.Errorf("hung agent status: %+v", st)
@@ -125,8 +127,8 @@ func TestStoppedAgentMidSession(t *testing.T) {
 	h.waitState("stopped", StateConnected)
 	h.waitState("good", StateConnected)
 
-	stopped.signal(syscall.SIGSTOP)
-	defer stopped.signal(syscall.SIGCONT)
+	stopped.Signal(syscall.SIGSTOP)
+	defer stopped.Signal(syscall.SIGCONT)
 
 	_, err := h.m.Exec(ctxTimeout(t, 200*time.Millisecond), "stopped", protocol.Exec{Command: "true"}, nil)
 	if !notConnectedOrDeadline(err) {
@@ -176,7 +178,7 @@ func TestStoppedAgentMidSession(t *testing.T) {
 	if _, err := h.m.Exec(ctxTimeout(t, 2*time.Second), "stopped", protocol.Exec{Command: "true"}, nil); !notConnectedOrDeadline(err) {
 		t.Errorf("Exec after the session ended: %v", err)
 	}
-	stopped.signal(syscall.SIGCONT)
+	stopped.Signal(syscall.SIGCONT)
 	h.waitState("stopped", StateConnected)
 	if _, err := h.m.Exec(ctxTimeout(t, 10*time.Second), "stopped", protocol.Exec{Command: "true"}, nil); err != nil {
 		t.Errorf("Exec after the daemon resumed: %v", err)
@@ -185,7 +187,7 @@ func TestStoppedAgentMidSession(t *testing.T) {
 
 func TestAbsentSocket(t *testing.T) {
 	h := newHost(t, nil)
-	h.add("vm", Endpoint{Kind: KindUnix, Path: filepath.Join(shortDir(t), "nobody.sock")})
+	h.add("vm", Endpoint{Kind: KindUnix, Path: filepath.Join(testproc.ShortDir(t), "nobody.sock")})
 	_, err := h.m.Exec(ctxTimeout(t, 5*time.Second), "vm", protocol.Exec{Command: "true"}, nil)
 	if !errors.Is(err, ErrNotConnected) {
 		t.Errorf("Exec: %v, want ErrNotConnected", err)
@@ -213,7 +215,7 @@ func TestGuestKilledAndRestarted(t *testing.T) {
 	h.add("vm", g.endpoint())
 	first := h.waitState("vm", StateConnected)
 
-	g.kill()
+	g.Kill()
 	st := h.waitState("vm", StateDisconnected)
 	if st.Active != nil || st.AgentVersion != "" {
 		t.Errorf("status of a disconnected agent keeps session data: %+v", st)
@@ -225,7 +227,7 @@ func TestGuestKilledAndRestarted(t *testing.T) {
 		t.Errorf("Exec on a dead guest: %v, want ErrNotConnected", err)
 	}
 
-	g.start()
+	g.Start()
 	again := h.waitState("vm", StateConnected)
 	if !again.ConnectedAt.After(first.ConnectedAt) {
 		t.Errorf("reconnected at %v, first connection at %v", again.ConnectedAt, first.ConnectedAt)
@@ -242,10 +244,8 @@ func TestGuestKilledAndRestarted(t *testing.T) {
 // one (before it may have seen the host's acknowledgement), restarts the
 // guest and the host's manager, and expects each guest event stored once.
 func TestAuditExactlyOnce(t *testing.T) {
-	g := newGuest(t, "--audit-exec")
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	g := h.connectGuest("vm", "--audit-exec")
 
 	const rounds, perRound = 3, 4
 	guestEvents := func() []store.AuditEvent {
@@ -274,11 +274,11 @@ func TestAuditExactlyOnce(t *testing.T) {
 		}
 		// Stored once; the acknowledgement may still be on its way when
 		// the guest or the host goes down.
-		waitFor(t, "this round's exec events", func() bool { return execs(guestEvents()) >= (round+1)*perRound })
+		testproc.WaitFor(t, "this round's exec events", func() bool { return execs(guestEvents()) >= (round+1)*perRound })
 		switch round {
 		case 0: // the guest dies, maybe with unacknowledged events
-			g.kill()
-			g.start()
+			g.Kill()
+			g.Start()
 		case 1: // the host daemon restarts
 			h.m.Close()
 			h.startManager()
@@ -287,17 +287,17 @@ func TestAuditExactlyOnce(t *testing.T) {
 		h.waitState("vm", StateConnected)
 	}
 	want := rounds * perRound
-	waitFor(t, "every exec event", func() bool { return execs(guestEvents()) >= want })
+	testproc.WaitFor(t, "every exec event", func() bool { return execs(guestEvents()) >= want })
 
 	// One more reconnect: anything unacknowledged would come again now.
-	g.kill()
-	g.start()
+	g.Kill()
+	g.Start()
 	h.waitState("vm", StateConnected)
 	if _, err := h.m.Exec(ctxTimeout(t, 10*time.Second), "vm", protocol.Exec{Command: "true"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	want++
-	waitFor(t, "the last exec event", func() bool { return execs(guestEvents()) >= want })
+	testproc.WaitFor(t, "the last exec event", func() bool { return execs(guestEvents()) >= want })
 
 	evs := guestEvents()
 	if n := execs(evs); n != want {
@@ -330,7 +330,7 @@ func TestSetEndpoint(t *testing.T) {
 	if err := h.m.SetEndpoint("vm", b.endpoint()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the session on the new endpoint", func() bool {
+	testproc.WaitFor(t, "the session on the new endpoint", func() bool {
 		st, _ := h.m.Get("vm")
 		return st.State == StateConnected && st.ConnectedAt.After(first.ConnectedAt)
 	})
@@ -352,7 +352,7 @@ func TestSetEndpoint(t *testing.T) {
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	g := newGuest(t)
 	hung := newHungAgent(t)
-	st := openStore(t, t.TempDir())
+	st := teststore.Open(t, t.TempDir())
 	defer st.Close()
 	if _, err := st.GetInstance("warm-up"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
@@ -362,8 +362,8 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	m := NewManager(Config{Store: st, Logger: testLogger(t), Heartbeat: 200 * time.Millisecond, DialTimeout: 300 * time.Millisecond})
 	m.Add("good", g.endpoint(), "static")
 	m.Add("hung", hung.endpoint(), "static")
-	m.Add("absent", Endpoint{Kind: KindUnix, Path: filepath.Join(shortDir(t), "x.sock")}, "static")
-	waitFor(t, "good connected", func() bool { s, _ := m.Get("good"); return s.State == StateConnected })
+	m.Add("absent", Endpoint{Kind: KindUnix, Path: filepath.Join(testproc.ShortDir(t), "x.sock")}, "static")
+	testproc.WaitFor(t, "good connected", func() bool { s, _ := m.Get("good"); return s.State == StateConnected })
 	if _, err := m.Exec(ctxTimeout(t, 10*time.Second), "good", protocol.Exec{Command: "true"}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +373,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		_, err := m.Exec(context.Background(), "good", protocol.Exec{Command: "sleep", Args: []string{"30"}}, nil)
 		inFlight <- err
 	}()
-	waitFor(t, "a connection to the hung agent", func() bool { return hung.accepted() > 0 })
+	testproc.WaitFor(t, "a connection to the hung agent", func() bool { return hung.accepted() > 0 })
 	m.Close()
 	if err := <-inFlight; !errors.Is(err, ErrNotConnected) && !errors.Is(err, context.Canceled) {
 		// The Exec may also have found the session closed before sending.
@@ -407,8 +407,8 @@ func TestStoppedAgentBlockedWrite(t *testing.T) {
 	h := newHost(t, func(c *Config) { c.Heartbeat = 5 * time.Second })
 	h.add("vm", g.endpoint())
 	h.waitState("vm", StateConnected)
-	g.signal(syscall.SIGSTOP)
-	defer g.signal(syscall.SIGCONT)
+	g.Signal(syscall.SIGSTOP)
+	defer g.Signal(syscall.SIGCONT)
 
 	big := make([]byte, 8<<20)
 	_, err := h.m.Exec(ctxTimeout(t, 500*time.Millisecond), "vm", protocol.Exec{Command: "true", Stdin: big}, nil)

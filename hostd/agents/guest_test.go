@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,135 +18,22 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/store"
-	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/internal/testguest"
+	"github.com/vmpersona/vmpersona/internal/testproc"
+	"github.com/vmpersona/vmpersona/internal/teststore"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-// guestdBin is the real guest daemon (internal/testbin builds it once per
-// test run); guestdErr says why it is missing, and fails the tests that need it.
-var (
-	guestdBin string
-	guestdErr error
-)
-
-func TestMain(m *testing.M) {
-	guestdBin, guestdErr = testbin.Path(testbin.Guestd)
-	os.Exit(m.Run())
-}
-
-// waitFor polls cond until it holds, failing the test after a generous
-// limit (a hang guard, not a timing assertion).
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// shortDir is a temporary directory with a short path: unix socket paths are
-// limited to 108 bytes, which t.TempDir() paths can exceed.
-func shortDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ag")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // guest is a real vmpersona-guestd process listening on a unix socket.
-type guest struct {
-	t        testing.TB
-	sock     string
-	stateDir string
-	profile  string
-	cmd      *exec.Cmd
-	exited   chan struct{}
-	log      *bytes.Buffer
-	args     []string
-}
+type guest struct{ *testguest.Guest }
 
 // newGuest starts a guest daemon with the given extra flags.
 func newGuest(t testing.TB, extra ...string) *guest {
 	t.Helper()
-	if guestdErr != nil {
-		t.Fatal(guestdErr)
-	}
-	dir := shortDir(t)
-	g := &guest{
-		t: t, sock: filepath.Join(dir, "g.sock"),
-		stateDir: filepath.Join(dir, "state"), profile: filepath.Join(dir, "profile.sh"),
-	}
-	g.args = append([]string{"--listen", "unix:" + g.sock, "--state-dir", g.stateDir, "--profile-file", g.profile}, extra...)
-	g.start()
-	t.Cleanup(g.kill)
-	return g
+	return &guest{testguest.Start(t, extra, nil)}
 }
 
-func (g *guest) endpoint() Endpoint { return Endpoint{Kind: KindUnix, Path: g.sock} }
-
-func (g *guest) start() {
-	g.t.Helper()
-	if g.cmd != nil {
-		select {
-		case <-g.exited:
-		default:
-			// A second process would take over the socket and the first
-			// would outlive the test: kill it first.
-			g.t.Fatalf("guest daemon (pid %d) is still running: kill it before starting it again", g.cmd.Process.Pid)
-		}
-	}
-	g.log = new(bytes.Buffer)
-	g.cmd = exec.Command(guestdBin, g.args...)
-	g.cmd.Stdout = g.log
-	g.cmd.Stderr = g.log
-	if err := g.cmd.Start(); err != nil {
-		g.t.Fatal(err)
-	}
-	g.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) {
-		cmd.Wait()
-		close(exited)
-	}(g.cmd, g.exited)
-	waitFor(g.t, "the guest daemon's socket", func() bool {
-		select {
-		case <-g.exited:
-			g.t.Fatalf("vmpersona-guestd exited: %s", g.log)
-		default:
-		}
-		c, err := net.Dial("unix", g.sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
-// kill ends the guest daemon with SIGKILL (also when stopped) and waits.
-func (g *guest) kill() {
-	if g.cmd == nil || g.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-g.exited:
-		return
-	default:
-	}
-	g.cmd.Process.Signal(syscall.SIGKILL)
-	<-g.exited
-}
-
-func (g *guest) signal(sig syscall.Signal) {
-	g.t.Helper()
-	if err := g.cmd.Process.Signal(sig); err != nil {
-		g.t.Fatal(err)
-	}
-}
+func (g *guest) endpoint() Endpoint { return Endpoint{Kind: KindUnix, Path: g.Sock} }
 
 // host is the host side under test: a real Badger store and a manager.
 type host struct {
@@ -168,21 +52,12 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func openStore(t testing.TB, dir string) *store.Store {
-	t.Helper()
-	st, err := store.Open(dir, store.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // newHost opens a store in a fresh directory and starts a manager on it.
 // configure may adjust the configuration before the manager starts.
 func newHost(t testing.TB, configure func(*Config)) *host {
 	t.Helper()
 	h := &host{t: t, dir: t.TempDir()}
-	h.st = openStore(t, h.dir)
+	h.st = teststore.Open(t, h.dir)
 	t.Cleanup(func() { h.st.Close() })
 	h.cfg = Config{
 		Store: h.st, Logger: testLogger(t),
@@ -205,6 +80,16 @@ func (h *host) startManager() {
 	h.t.Cleanup(m.Close)
 }
 
+// connectGuest starts a guest daemon with the extra flags given, declares
+// it as instance name and waits for its session.
+func (h *host) connectGuest(name string, extra ...string) *guest {
+	h.t.Helper()
+	g := newGuest(h.t, extra...)
+	h.add(name, g.endpoint())
+	h.waitState(name, StateConnected)
+	return g
+}
+
 func (h *host) add(name string, ep Endpoint) {
 	h.t.Helper()
 	if err := h.m.Add(name, ep, "static"); err != nil {
@@ -215,7 +100,7 @@ func (h *host) add(name string, ep Endpoint) {
 func (h *host) waitState(name, state string) AgentStatus {
 	h.t.Helper()
 	var st AgentStatus
-	waitFor(h.t, name+" "+state, func() bool {
+	testproc.WaitFor(h.t, name+" "+state, func() bool {
 		var err error
 		st, err = h.m.Get(name)
 		if err != nil {
@@ -237,21 +122,12 @@ func (h *host) record(name string) store.InstanceRecord {
 
 func (h *host) audit(q store.AuditQuery) []store.AuditEvent {
 	h.t.Helper()
-	q.Limit = store.MaxAuditLimit
-	evs, err := h.st.QueryAudit(q)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return evs
+	return teststore.Audit(h.t, h.st, q)
 }
 
 func (h *host) createPersona(p protocol.Persona) protocol.Persona {
 	h.t.Helper()
-	out, err := h.st.CreatePersona(p)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out
+	return teststore.CreatePersona(h.t, h.st, p)
 }
 
 // value reads a counter's or gauge's current value.
@@ -296,12 +172,12 @@ func hardened() protocol.Persona {
 func TestConnectAndStatus(t *testing.T) {
 	g := newGuest(t)
 	h := newHost(t, nil)
-	absent := Endpoint{Kind: KindUnix, Path: filepath.Join(shortDir(t), "absent.sock")}
+	absent := Endpoint{Kind: KindUnix, Path: filepath.Join(testproc.ShortDir(t), "absent.sock")}
 	h.add("vm-b", g.endpoint())
 	h.add("vm-a", absent)
 
 	st := h.waitState("vm-b", StateConnected)
-	if st.Name != "vm-b" || st.Source != "static" || st.Endpoint != "unix:"+g.sock {
+	if st.Name != "vm-b" || st.Source != "static" || st.Endpoint != "unix:"+g.Sock {
 		t.Errorf("status names: %+v", st)
 	}
 	if st.AgentVersion == "" || st.BootID == "" || st.ConnectedAt.IsZero() || st.LastError != "" {
@@ -346,10 +222,8 @@ func TestConnectAndStatus(t *testing.T) {
 }
 
 func TestActivateExecDeactivate(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	h.connectGuest("vm")
 	p := h.createPersona(hardened())
 	ctx := ctxTimeout(t, 30*time.Second)
 
@@ -463,10 +337,8 @@ func TestActivateExecDeactivate(t *testing.T) {
 }
 
 func TestReconcileAfterHostRestart(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	g := h.connectGuest("vm")
 	p := h.createPersona(hardened())
 	res, err := h.m.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", "api", 0)
 	if err != nil || res.Result != protocol.ResultActivated {
@@ -479,7 +351,7 @@ func TestReconcileAfterHostRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.st.Close()
-	h.st = openStore(t, h.dir)
+	h.st = teststore.Open(t, h.dir)
 	t.Cleanup(func() { h.st.Close() })
 	h.cfg.Store = h.st
 	h.startManager()
@@ -520,10 +392,8 @@ func TestReconcileAfterHostRestart(t *testing.T) {
 // nothing is reconciled and nothing audited (the deactivation's activation
 // id is not a difference).
 func TestDeactivatedReconnectIsQuiet(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	g := h.connectGuest("vm")
 	p := h.createPersona(hardened())
 	if res, err := h.m.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", "api", 0); err != nil || res.Result != protocol.ResultActivated {
 		t.Fatalf("activate: %+v, %v", res, err)
@@ -548,10 +418,8 @@ func TestDeactivatedReconnectIsQuiet(t *testing.T) {
 // blocked consumer), and every chunk arrives in order once the consumer
 // resumes.
 func TestSlowOutputConsumer(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	h.connectGuest("vm")
 
 	const lines = 300
 	release := make(chan struct{})
@@ -600,10 +468,8 @@ func TestSlowOutputConsumer(t *testing.T) {
 // instance: they run one after another, each answered, and the store's
 // record ends as the guest's last confirmed state.
 func TestConcurrentActivations(t *testing.T) {
-	g := newGuest(t)
 	h := newHost(t, nil)
-	h.add("vm", g.endpoint())
-	h.waitState("vm", StateConnected)
+	h.connectGuest("vm")
 	const n = 4
 	personas := make([]protocol.Persona, n)
 	for i := range personas {

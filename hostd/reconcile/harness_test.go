@@ -15,6 +15,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/internal/testguest"
 	"github.com/vmpersona/vmpersona/internal/testproc"
+	"github.com/vmpersona/vmpersona/internal/teststore"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -66,10 +67,7 @@ func newHost(t testing.TB) *host {
 // host daemon does.
 func (h *host) start() {
 	h.t.Helper()
-	st, err := store.Open(h.dir, store.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	st := teststore.Open(h.t, h.dir)
 	h.st = st
 	h.met = metrics.New()
 	h.r = New(Config{Store: st, Metrics: h.met, Logger: quietLogger(), DefaultPersona: !h.noDefault})
@@ -156,21 +154,12 @@ func (h *host) desired(name string) store.DesiredState {
 
 func (h *host) audit(q store.AuditQuery) []store.AuditEvent {
 	h.t.Helper()
-	q.Limit = store.MaxAuditLimit
-	evs, err := h.st.QueryAudit(q)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return evs
+	return teststore.Audit(h.t, h.st, q)
 }
 
 func (h *host) createPersona(p protocol.Persona) protocol.Persona {
 	h.t.Helper()
-	out, err := h.st.CreatePersona(p)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return out
+	return teststore.CreatePersona(h.t, h.st, p)
 }
 
 func (h *host) updatePersona(p protocol.Persona) protocol.Persona {
