@@ -149,15 +149,7 @@ func startHostd(t testing.TB, dataDir, sock string, extra ...string) *hostd {
 	args := append([]string{"--data-dir", dataDir, "--unix-socket", sock, "--libvirt-uri", "", "--heartbeat", "500ms", "--log-level", "warn"}, extra...)
 	p := startProc(t, hostdBin, args...)
 	p.WaitListening(t, sock, p.stderr)
-	return &hostd{proc: p, sock: sock, dataDir: dataDir, client: unixClient(sock, 60*time.Second)}
-}
-
-func unixClient(sock string, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		MaxIdleConnsPerHost: 200,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
+	return &hostd{proc: p, sock: sock, dataDir: dataDir, client: testproc.UnixHTTP(sock, 60*time.Second)}
 }
 
 // startGuest runs the real guest daemon on a unix socket in dir (made if

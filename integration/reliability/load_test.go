@@ -53,7 +53,7 @@ func TestLoad(t *testing.T) {
 		args = append(args, fmt.Sprintf("--instance=vm%d=%s", i, ep))
 	}
 	h := startHostd(t, filepath.Join(dir, "data"), filepath.Join(dir, "hostd.sock"), args...)
-	h.client = unixClient(h.sock, 60*time.Second)
+	h.client = testproc.UnixHTTP(h.sock, 60*time.Second)
 	for i := 0; i < guests; i++ {
 		h.waitConnected(t, fmt.Sprintf("vm%d", i))
 	}

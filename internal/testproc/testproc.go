@@ -5,9 +5,11 @@ package testproc
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,6 +100,16 @@ func ServeUnix(t testing.TB, sock string, serve func(c net.Conn)) {
 // Hold serves a connection by answering nothing (what it reads is
 // dropped) until it is closed: a peer that hangs.
 func Hold(c net.Conn) { io.Copy(io.Discard, c) }
+
+// UnixHTTP is an HTTP client whose requests all go to the unix socket sock
+// (a daemon's API; the URL's host is not used). timeout 0: none.
+func UnixHTTP(sock string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		MaxIdleConnsPerHost: 200,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+}
 
 // Proc is a started process.
 type Proc struct {

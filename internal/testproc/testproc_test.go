@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -171,5 +172,24 @@ func TestServeUnix(t *testing.T) {
 	held.Close()
 	if _, err := net.Dial("unix", echo); err == nil {
 		t.Error("the socket still accepts after the test")
+	}
+}
+
+func TestUnixHTTP(t *testing.T) {
+	sock := filepath.Join(ShortDir(t), "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) })}
+	go srv.Serve(l)
+	defer srv.Close()
+	res, err := UnixHTTP(sock, 10*time.Second).Get("http://daemon/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if b, _ := io.ReadAll(res.Body); string(b) != "/healthz" {
+		t.Fatalf("answer %q", b)
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -57,12 +56,7 @@ func startArgs(t *testing.T, sock string, args ...string) *hostdProc {
 	return d
 }
 
-func (d *hostdProc) client() *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", d.sock)
-		}}}
-}
+func (d *hostdProc) client() *http.Client { return testproc.UnixHTTP(d.sock, 30*time.Second) }
 
 func (d *hostdProc) do(t *testing.T, method, path string, body any) (int, map[string]any) {
 	t.Helper()

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // These tests prove that exec carries any bytes exactly, through the REST
@@ -62,9 +62,7 @@ func sum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 // apiPost sends one request to the host daemon's unix socket.
 func (d *daemons) apiPost(t *testing.T, path string, body any) *http.Response {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", d.sock)
-	}}}
+	c := testproc.UnixHTTP(d.sock, 0)
 	b, err := json.Marshal(body)
 	if err != nil {
 		t.Fatal(err)

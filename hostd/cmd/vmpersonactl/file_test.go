@@ -27,9 +27,7 @@ import (
 // length < 0 sends the body chunked.
 func (d *daemons) apiDo(t *testing.T, method, path string, body io.Reader, length int64) *http.Response {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", d.sock)
-	}}}
+	c := testproc.UnixHTTP(d.sock, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	req, _ := http.NewRequestWithContext(ctx, method, "http://hostd"+path, body)
