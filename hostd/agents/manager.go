@@ -78,6 +78,7 @@ type Store interface {
 	PutInstance(rec store.InstanceRecord, events ...store.AuditEvent) error
 	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
 	IngestGuestAudit(instance string, b protocol.AuditBatch) (uint64, []store.AuditEvent, error)
+	DeleteInstance(instance string) error
 }
 
 // Config configures a Manager. Zero durations take their defaults.
@@ -214,6 +215,28 @@ func (m *Manager) Remove(name string) {
 	}
 }
 
+// Forget is for an instance that source reports gone from this host (its
+// domain was undefined or migrated away): it stops managing the instance
+// and deletes its instance record, so that the host no longer lists it.
+// An instance of that name from another source (a static one) is left
+// alone, record and all. The desired state is kept.
+func (m *Manager) Forget(name, source string) {
+	m.mu.Lock()
+	a := m.agents[name]
+	if a != nil && a.source != source {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.agents, name)
+	m.mu.Unlock()
+	if a != nil {
+		a.stop()
+	}
+	if err := m.st.DeleteInstance(name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.log.Warn("delete the record of an instance that left the host", "instance", name, "err", err)
+	}
+}
+
 // SetEndpoint changes where an instance's agent is reached (a domain that
 // restarted with a new socket): a session on the old endpoint is closed and
 // the new one dialled at once.
@@ -327,6 +350,7 @@ func (noStore) GetInstance(instance string) (store.InstanceRecord, error) {
 	return store.InstanceRecord{}, fmt.Errorf("instance %q: %w", instance, store.ErrNotFound)
 }
 func (noStore) PutInstance(store.InstanceRecord, ...store.AuditEvent) error { return nil }
+func (noStore) DeleteInstance(string) error                                 { return nil }
 func (noStore) AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error) {
 	return evs, nil
 }

@@ -11,6 +11,9 @@ type Registry interface {
 	Add(name string, ep Endpoint, source string) error
 	Remove(name string)
 	SetEndpoint(name string, ep Endpoint) error
+	// Forget removes the instance of that source and deletes its record:
+	// it left the host.
+	Forget(name, source string)
 }
 
 // Registrar hands the instances one discovery source (libvirt, QMP) finds to
@@ -64,6 +67,17 @@ func (r *Registrar) Unmanage(name string) {
 		delete(r.added, name)
 		r.reg.Remove(name)
 	}
+}
+
+// Forget removes the instance and deletes its record: the source reports
+// it gone from the host (undefined, migrated away). The record goes even
+// when the instance was no longer managed (a domain shut down before it was
+// undefined), but never that of another source's instance of the same name.
+func (r *Registrar) Forget(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.added, name)
+	r.reg.Forget(name, r.source)
 }
 
 // UnmanageAll removes every instance this registrar added.

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,9 +18,10 @@ import (
 // listing then shows the VM on b only.
 //
 // libvirt cannot migrate a VM here (there is no second libvirtd), so the
-// hand-over is what discovery does on each side: a stops managing the
-// instance (the domain is gone from a) and b starts managing the same guest
-// endpoint (the domain appeared on b).
+// hand-over is what discovery does on each side: a forgets the instance
+// (libvirt reports the domain gone or migrated away: it stops managing it
+// and deletes its record) and b starts managing the same guest endpoint
+// (the domain appeared on b).
 func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
 	c := startCluster(t, 1)
 	ep := startGuest(t)
@@ -75,7 +77,10 @@ func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
 	waitFor(t, "vm1 on a in the fleet listing", func() bool { return fmt.Sprint(list(b)) == fmt.Sprint([]row{{"a", "vm1", "web"}}) })
 
 	// The hand-over.
-	a.mgr.Remove("vm1")
+	a.mgr.Forget("vm1", "static")
+	if _, err := a.st.GetInstance("vm1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a's record of vm1 after it left: %v, want it deleted", err)
+	}
 	b.add("vm1", vm{ep, nil})
 	b.waitActive("vm1", "web")
 

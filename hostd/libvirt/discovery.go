@@ -288,6 +288,10 @@ func (d *Discovery) resync(conn *lv.Connect) error {
 	for i := range doms {
 		st, err := d.read(&doms[i])
 		doms[i].Free()
+		if errors.Is(err, errMigrated) {
+			d.forget(st.Name) // not seen: settled here
+			continue
+		}
 		if err != nil {
 			if connLost(conn, err) {
 				return err
@@ -327,13 +331,20 @@ func (d *Discovery) refreshDomain(conn *lv.Connect, name, uuid string) error {
 			d.forget(name)
 			return nil
 		}
+		if errors.Is(err, errMigrated) {
+			if st.Name != name && name != "" {
+				d.drop(name) // renamed, then migrated
+			}
+			d.forget(st.Name)
+			return nil
+		}
 		if connLost(conn, err) {
 			return err
 		}
 		return nil
 	}
 	if st.Name != name && name != "" {
-		d.forget(name) // renamed
+		d.drop(name) // renamed
 	}
 	d.apply(st)
 	return nil
@@ -370,6 +381,10 @@ func (d *Discovery) read(dom *lv.Domain) (agents.Discovered, error) {
 	state, reason, err := dom.GetState()
 	if err != nil {
 		return agents.Discovered{}, err
+	}
+	if leftHost(true, state, reason) {
+		// Still defined here, but the VM runs on another host now.
+		return agents.Discovered{Name: name, UUID: uuid}, errMigrated
 	}
 	persistent, _ := dom.IsPersistent()
 	st := agents.Discovered{Name: name, UUID: uuid, State: runState(state), Persistent: persistent}
@@ -508,11 +523,35 @@ func (d *Discovery) apply(st agents.Discovered) {
 	}
 }
 
-// forget drops a domain that no longer exists.
+// errMigrated is read's answer for a domain stopped because it migrated
+// to another host.
+var errMigrated = errors.New("domain migrated to another host")
+
+// leftHost decides whether a domain has left this host, so that the host
+// drops its instance record (and with it the instance from its published
+// fleet records): libvirt no longer has it (undefined, or a transient
+// domain that stopped), or it stopped because it migrated away. A domain
+// that merely shut down or crashed has not left: its record and desired
+// state stay, they are the user's deliberate choice.
+func leftHost(exists bool, state lv.DomainState, reason int) bool {
+	if !exists {
+		return true
+	}
+	return state == lv.DOMAIN_SHUTOFF && lv.DomainShutoffReason(reason) == lv.DOMAIN_SHUTOFF_MIGRATED
+}
+
+// forget drops a domain that left the host (leftHost), and its record.
 func (d *Discovery) forget(name string) {
 	if name == "" {
 		return
 	}
+	d.reg.Forget(name)
+	d.drop(name)
+}
+
+// drop removes a domain from the listing and the agent manager, keeping
+// the instance's record (a renamed domain).
+func (d *Discovery) drop(name string) {
 	d.unmanage(name)
 	st, ok := d.domains.Delete(name)
 	if ok {
