@@ -71,6 +71,22 @@ func TestDesiredCacheAgreesWithBadger(t *testing.T) {
 	wg.Wait()
 	checkDesiredAgrees(t, s, "vm1", "vm2")
 
+	// A forgotten instance (a VM that left the host) has no desired state
+	// left, in memory or in Badger.
+	if err := s.PutInstance(InstanceRecord{Instance: "vm3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutDesired(DesiredState{Instance: "vm3", Persona: &p, Revision: 3, SetBy: DesiredByActivation}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteInstance("vm3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetDesired("vm3"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetDesired of a forgotten instance: %v, want ErrNotFound", err)
+	}
+	checkDesiredAgrees(t, s, "vm1", "vm2", "vm3")
+
 	if _, err := s.PutDesired(DesiredState{Instance: "vm2", SetBy: DesiredByDeactivation}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +96,9 @@ func TestDesiredCacheAgreesWithBadger(t *testing.T) {
 	}
 	s = openAt(t, dir, Options{})
 	checkDesiredAgrees(t, s, "vm1", "vm2", "vm3")
+	if _, err := s.GetDesired("vm3"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetDesired of a forgotten instance after reopen: %v, want ErrNotFound", err)
+	}
 	if d, err := s.GetDesired("vm2"); err != nil || d.Persona != nil || d.SetBy != DesiredByDeactivation {
 		t.Errorf("vm2 after reopen: %+v, %v", d, err)
 	}

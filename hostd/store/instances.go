@@ -113,12 +113,31 @@ func (s *Store) PutInstance(rec InstanceRecord, events ...AuditEvent) error {
 	})
 }
 
-// DeleteInstance forgets an instance's record (no error when there is none).
+// DeleteInstance forgets an instance: its record and its desired state, in
+// one commit (no error when there is none). It serves a VM that left the
+// host (undefined, or migrated away): should it come back, the host adopts
+// what its guest holds then instead of applying a choice made before it left.
 func (s *Store) DeleteInstance(instance string) error {
 	if err := checkInstance(instance); err != nil {
 		return err
 	}
-	return s.update(func(txn *badger.Txn) error { return txn.Delete(instanceKey(instance)) })
+	mu := s.desiredLock(instance)
+	mu.Lock()
+	defer mu.Unlock()
+	err := s.update(func(txn *badger.Txn) error {
+		if err := txn.Delete(instanceKey(instance)); err != nil {
+			return err
+		}
+		return txn.Delete(desiredKey(instance))
+	})
+	if err != nil {
+		if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrInvalidArgument) {
+			s.reloadDesired(instance) // a commit whose outcome is unknown may have landed
+		}
+		return err
+	}
+	s.desired.m.Delete(instance)
+	return nil
 }
 
 // ListInstances returns every instance record, sorted by instance name
