@@ -125,10 +125,20 @@ func (s *Store) DeleteInstance(instance string) error {
 	mu.Lock()
 	defer mu.Unlock()
 	err := s.update(func(txn *badger.Txn) error {
-		if err := txn.Delete(instanceKey(instance)); err != nil {
-			return err
+		// Only keys that exist are deleted: a domain left defined after it
+		// migrated away is forgotten again at every resync, and a commit
+		// with nothing in it writes nothing.
+		for _, k := range [][]byte{instanceKey(instance), desiredKey(instance)} {
+			if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
 		}
-		return txn.Delete(desiredKey(instance))
+		return nil
 	})
 	if err != nil {
 		if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrInvalidArgument) {
