@@ -40,6 +40,26 @@ func (s *Server) assignments() (AssignmentStore, error) {
 	return as, nil
 }
 
+// assignmentNamed is the assignment name in the path, checked, and the
+// store that keeps assignments.
+func (s *Server) assignmentNamed(ps httprouter.Params) (string, AssignmentStore, error) {
+	name := ps.ByName("name")
+	if err := assignment.CheckName(name); err != nil {
+		return "", nil, err
+	}
+	as, err := s.assignments()
+	return name, as, err
+}
+
+// assignmentToMatch is the revision a change of the assignment must find
+// under the request's If-Match (0: any).
+func assignmentToMatch(ifMatch tagList, as AssignmentStore, name string) (uint64, error) {
+	return ifMatch.revisionToMatch("assignment", name, func() (uint64, error) {
+		cur, err := as.GetAssignment(name)
+		return cur.Revision, assignmentErr(name, err)
+	})
+}
+
 // assignmentsChanged tells the reconciler to look at every instance again.
 func (s *Server) assignmentsChanged() {
 	if s.cfg.Reconciler != nil {
@@ -74,11 +94,7 @@ func (s *Server) listAssignments(w http.ResponseWriter, r *http.Request, _ httpr
 }
 
 func (s *Server) getAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := assignment.CheckName(name); err != nil {
-		return err
-	}
-	as, err := s.assignments()
+	name, as, err := s.assignmentNamed(ps)
 	if err != nil {
 		return err
 	}
@@ -92,11 +108,7 @@ func (s *Server) getAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 }
 
 func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := assignment.CheckName(name); err != nil {
-		return err
-	}
-	as, err := s.assignments()
+	name, as, err := s.assignmentNamed(ps)
 	if err != nil {
 		return err
 	}
@@ -108,28 +120,17 @@ func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := decodeJSON(r, &a); err != nil {
 		return err
 	}
-	if a.Name == "" {
-		a.Name = name
-	}
-	if a.Name != name {
-		return errdefs.InvalidField("name", fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", a.Name, name))
+	if err := nameFromPath(&a.Name, name); err != nil {
+		return err
 	}
 	if err := assignment.Validate(&a); err != nil {
 		return err
 	}
 	// The store checks that the persona exists, in the write's own
 	// transaction (in fleet mode: in etcd, not in this host's copy).
-	var want uint64
-	if ifMatch.present && !ifMatch.any {
-		cur, err := as.GetAssignment(name)
-		if err != nil {
-			return assignmentErr(name, err)
-		}
-		if !ifMatch.matchStrong(cur.Revision) {
-			return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch",
-				fmt.Sprintf("If-Match does not hold: assignment %q is at %s", name, etag(cur.Revision)), "field", "If-Match", "assignment", name)
-		}
-		want = cur.Revision
+	want, err := assignmentToMatch(ifMatch, as, name)
+	if err != nil {
+		return err
 	}
 	out, created, err := as.PutAssignment(a, want, r.Header.Get(HeaderIdempotencyKey))
 	if err != nil {
@@ -149,11 +150,7 @@ func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 }
 
 func (s *Server) deleteAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := assignment.CheckName(name); err != nil {
-		return err
-	}
-	as, err := s.assignments()
+	name, as, err := s.assignmentNamed(ps)
 	if err != nil {
 		return err
 	}
@@ -161,17 +158,9 @@ func (s *Server) deleteAssignment(w http.ResponseWriter, r *http.Request, ps htt
 	if err != nil {
 		return err
 	}
-	var want uint64
-	if ifMatch.present && !ifMatch.any {
-		cur, err := as.GetAssignment(name)
-		if err != nil {
-			return assignmentErr(name, err)
-		}
-		if !ifMatch.matchStrong(cur.Revision) {
-			return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch",
-				fmt.Sprintf("If-Match does not hold: assignment %q is at %s", name, etag(cur.Revision)), "field", "If-Match", "assignment", name)
-		}
-		want = cur.Revision
+	want, err := assignmentToMatch(ifMatch, as, name)
+	if err != nil {
+		return err
 	}
 	if err := as.DeleteAssignment(name, want); err != nil {
 		return assignmentErr(name, err)

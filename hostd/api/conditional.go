@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/vmpersona/vmpersona/errdefs"
 )
 
 // Conditional requests (RFC 9110 §13). A persona's entity tag is its
@@ -108,11 +110,48 @@ func (l tagList) matchWeak(rev uint64) bool {
 }
 
 // preconditionFailed answers a condition that does not hold (412), naming
-// the header and the current entity tag.
+// the header and the persona's current entity tag.
 func preconditionFailed(h, name string, rev uint64, exists bool) error {
-	detail := fmt.Sprintf("%s: persona %q does not exist", h, name)
+	return conditionFails(h, "persona", name, rev, exists)
+}
+
+// conditionFails answers a condition on the resource of the kind ("persona",
+// "assignment") named name that does not hold (412), naming the header and
+// the current entity tag.
+func conditionFails(h, kind, name string, rev uint64, exists bool) error {
+	detail := fmt.Sprintf("%s: %s %q does not exist", h, kind, name)
 	if exists {
-		detail = fmt.Sprintf("%s does not hold: persona %q is at %s", h, name, etag(rev))
+		detail = fmt.Sprintf("%s does not hold: %s %q is at %s", h, kind, name, etag(rev))
 	}
-	return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch", detail, "field", h, "persona", name)
+	return problem(http.StatusPreconditionFailed, "precondition-failed", "Revision mismatch", detail, "field", h, kind, name)
+}
+
+// revisionToMatch is the revision a change must find under the If-Match
+// list l: none (0) without the header or with "*"; else the current
+// revision, read by current, which one of the list's tags must name (412
+// otherwise, naming the kind and name of the resource).
+func (l tagList) revisionToMatch(kind, name string, current func() (uint64, error)) (uint64, error) {
+	if !l.present || l.any {
+		return 0, nil
+	}
+	rev, err := current()
+	if err != nil {
+		return 0, err
+	}
+	if !l.matchStrong(rev) {
+		return 0, conditionFails("If-Match", kind, name, rev, true)
+	}
+	return rev, nil
+}
+
+// nameFromPath checks the name a request body gives (*body) against the
+// one in the path: an empty one takes the path's, another one is refused.
+func nameFromPath(body *string, path string) error {
+	if *body == "" {
+		*body = path
+	}
+	if *body != path {
+		return errdefs.InvalidField("name", fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", *body, path))
+	}
+	return nil
 }

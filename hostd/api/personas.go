@@ -134,10 +134,15 @@ func (s *Server) createPersona(w http.ResponseWriter, r *http.Request, _ httprou
 		}
 		return err
 	}
+	s.personaCreated(w, r, created)
+	return nil
+}
+
+// personaCreated records a new persona's audit event and answers it (201).
+func (s *Server) personaCreated(w http.ResponseWriter, r *http.Request, created protocol.Persona) {
 	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaCreated, Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
 	w.Header().Set("Location", "/personas/"+url.PathEscape(created.Name))
 	writePersona(w, http.StatusCreated, created)
-	return nil
 }
 
 func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
@@ -157,11 +162,8 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err := decodeJSON(r, &p); err != nil {
 		return err
 	}
-	if p.Name == "" {
-		p.Name = name
-	}
-	if p.Name != name {
-		return errdefs.InvalidField("name", fmt.Sprintf("name %q in the body differs from %q in the path; renaming is not supported", p.Name, name))
+	if err := nameFromPath(&p.Name, name); err != nil {
+		return err
 	}
 	if err := validate.Persona(&p); err != nil {
 		return err
@@ -188,19 +190,14 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 		if err != nil {
 			return err
 		}
-		s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaCreated, Actor: identityOf(r).User, Persona: created.Name, Result: "revision " + strconv.FormatUint(created.Revision, 10)})
-		w.Header().Set("Location", "/personas/"+url.PathEscape(created.Name))
-		writePersona(w, http.StatusCreated, created)
+		s.personaCreated(w, r, created)
 		return nil
 	}
 	// The store compares the revision again in the write's transaction, so
 	// a change between this check and the write is a 412 too.
-	var want uint64
-	if ifMatch.present && !ifMatch.any {
-		if !ifMatch.matchStrong(rev) {
-			return preconditionFailed("If-Match", name, rev, true)
-		}
-		want = rev
+	want, err := ifMatch.revisionToMatch("persona", name, func() (uint64, error) { return rev, nil })
+	if err != nil {
+		return err
 	}
 	updated, err := s.storeUpdatePersona(r, p, want)
 	if err != nil {
@@ -229,16 +226,12 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return err
 	}
-	var want uint64
-	if ifMatch.present && !ifMatch.any {
+	want, err := ifMatch.revisionToMatch("persona", name, func() (uint64, error) {
 		rev, _, err := s.cfg.Store.PersonaVersion(name)
-		if err != nil {
-			return personaErr(name, err)
-		}
-		if !ifMatch.matchStrong(rev) {
-			return preconditionFailed("If-Match", name, rev, true)
-		}
-		want = rev
+		return rev, personaErr(name, err)
+	})
+	if err != nil {
+		return err
 	}
 	if err := s.cfg.Store.DeletePersona(name, want, force); err != nil {
 		return personaErr(name, err)
