@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"fmt"
-	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // cluster is a set of real etcd members started in the test process
@@ -26,31 +27,19 @@ type member struct {
 	e                  *embed.Etcd
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startCluster starts n members and waits until they serve.
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	c := &cluster{t: t}
-	var initial []string
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), dir: filepath.Join(t.TempDir(), "etcd")}
-		m.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-		m.clientURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-		initial = append(initial, m.name+"="+m.peerURL.String())
+		m.peerURL = url.URL{Scheme: "http", Host: testproc.FreeTCPAddr(t)}
+		m.clientURL = url.URL{Scheme: "http", Host: testproc.FreeTCPAddr(t)}
 		c.members = append(c.members, m)
 	}
 	errc := make(chan error, n)
 	for _, m := range c.members {
-		go func() { errc <- m.start(strings.Join(initial, ","), "new") }()
+		go func() { errc <- m.start(c.initial(), "new") }()
 	}
 	for range n {
 		if err := <-errc; err != nil {
@@ -99,18 +88,23 @@ func (c *cluster) stop(i int) {
 // restart starts member i again on its data.
 func (c *cluster) restart(i int) {
 	c.t.Helper()
-	var initial []string
-	for _, m := range c.members {
-		initial = append(initial, m.name+"="+m.peerURL.String())
-	}
 	// A member restarted alone in a cluster without quorum becomes ready
 	// only once a quorum is back: start it in the background.
 	m := c.members[i]
-	e, err := embed.StartEtcd(m.config(strings.Join(initial, ","), "existing"))
+	e, err := embed.StartEtcd(m.config(c.initial(), "existing"))
 	if err != nil {
 		c.t.Fatalf("restart etcd member %s: %v", m.name, err)
 	}
 	m.e = e
+}
+
+// initial is the cluster's initial-cluster setting: every member's peer URL.
+func (c *cluster) initial() string {
+	var initial []string
+	for _, m := range c.members {
+		initial = append(initial, m.name+"="+m.peerURL.String())
+	}
+	return strings.Join(initial, ",")
 }
 
 func (c *cluster) stopAll() {

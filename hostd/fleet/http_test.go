@@ -5,14 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,41 +15,14 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/api"
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
-	"github.com/vmpersona/vmpersona/internal/testbin"
+	"github.com/vmpersona/vmpersona/hostd/reconcile"
+	"github.com/vmpersona/vmpersona/internal/testguest"
 )
-
-// guestdBin is the real guest daemon (internal/testbin builds it once per
-// test run).
-var guestdBin string
-
-func TestMain(m *testing.M) {
-	var err error
-	if guestdBin, err = testbin.Path(testbin.Guestd); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	os.Exit(m.Run())
-}
 
 // startGuest runs a real guest daemon on a unix socket; killed at the end.
 func startGuest(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(guestdBin, "--listen", "unix:"+sock, "--state-dir", filepath.Join(dir, "state"),
-		"--profile-file", filepath.Join(dir, "profile.sh"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() })
-	waitFor(t, "the guest's socket", func() bool {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return "unix:" + sock
+	return "unix:" + testguest.Start(t, nil, nil).Sock
 }
 
 const adminToken = "fleet-test-admin-token"
@@ -71,32 +39,81 @@ func newHostd(t *testing.T, name string, endpoints []string, offline string, ins
 	t.Helper()
 	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: endpoints, Host: name, Prefix: "/test/", OfflineActivation: offline}}
 	h.open()
+	hd := serveHostd(t, h, metrics.New(), nil)
+	for n, ep := range instances {
+		hd.addInstance(n, ep)
+	}
+	return hd
+}
+
+// serveHostd serves the REST API of host h over real HTTP, with an agent
+// manager; with a reconciler, wired as vmpersona-hostd wires it (the
+// manager's converger, the backend's rollout runner, the API's). All of it
+// stops, and h closes, when the test ends.
+func serveHostd(t *testing.T, h *host, m *metrics.Metrics, rec *reconcile.Reconciler) *hostd {
+	t.Helper()
 	tokens, err := auth.ParseTokens(strings.NewReader(adminToken + ",alice,1,admin\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := metrics.New()
-	mgr := agents.NewManager(agents.Config{Store: h.st, Metrics: m, Logger: testLogger(), Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 10 * time.Second})
-	for n, ep := range instances {
-		e, err := agents.ParseEndpoint(ep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := mgr.Add(n, e, "static"); err != nil {
-			t.Fatal(err)
-		}
+	mcfg := agents.Config{Store: h.st, Metrics: m, Logger: testLogger(), Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 10 * time.Second}
+	acfg := api.Config{Store: h.b, Fleet: h.b, Metrics: m, Tokens: tokens, Logger: testLogger(), DefaultScriptTimeout: 20 * time.Second}
+	if rec != nil {
+		mcfg.Converger, acfg.Reconciler = rec, rec
 	}
-	s := api.New(api.Config{Store: h.b, Fleet: h.b, Agents: mgr, Metrics: m, Tokens: tokens, Logger: testLogger(), DefaultScriptTimeout: 20 * time.Second})
+	mgr := agents.NewManager(mcfg)
+	if rec != nil {
+		rec.Bind(mgr)
+		h.b.SetRolloutRunner(rec.Rollout)
+	}
+	acfg.Agents = mgr
+	s := api.New(acfg)
 	srv := httptest.NewUnstartedServer(s)
 	srv.Config = api.NewHTTPServer(s, testLogger())
 	srv.Start()
 	h.b.PublishInstances(context.Background(), 50*time.Millisecond, s.InstanceViews)
 	t.Cleanup(func() {
 		srv.Close()
+		if rec != nil {
+			rec.Close()
+		}
 		mgr.Close()
 		h.close()
 	})
 	return &hostd{host: h, srv: srv, mgr: mgr}
+}
+
+// addInstance gives the host's agent manager a static instance.
+func (h *hostd) addInstance(name, ep string) {
+	h.t.Helper()
+	e, err := agents.ParseEndpoint(ep)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.mgr.Add(name, e, "static"); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// fleetRow is one instance of a fleet listing (GET /instances?scope=fleet).
+type fleetRow struct{ host, id, active string }
+
+// fleetListing is the host's fleet listing: host, instance and the
+// persona active on it.
+func (h *hostd) fleetListing() []fleetRow {
+	h.t.Helper()
+	r := h.do("GET", "/instances?scope=fleet", nil)
+	if r.status != http.StatusOK {
+		h.t.Fatalf("scope=fleet: %d %v", r.status, r.body)
+	}
+	var out []fleetRow
+	for _, v := range r.body["instances"].([]any) {
+		m := v.(map[string]any)
+		act, _ := m["active"].(map[string]any)
+		name, _ := act["persona"].(string)
+		out = append(out, fleetRow{fmt.Sprint(m["host"]), fmt.Sprint(m["id"]), name})
+	}
+	return out
 }
 
 type answer struct {
@@ -239,31 +256,16 @@ func TestFleetInstanceListing(t *testing.T) {
 	if r := b.do("POST", "/instances/vm2/personas/web/activate", nil); r.status != http.StatusOK {
 		t.Fatalf("activate on b: %d %v", r.status, r.body)
 	}
-	type row struct{ host, id, active string }
-	list := func(h *hostd) []row {
-		r := h.do("GET", "/instances?scope=fleet", nil)
-		if r.status != http.StatusOK {
-			t.Fatalf("scope=fleet: %d %v", r.status, r.body)
-		}
-		var out []row
-		for _, v := range r.body["instances"].([]any) {
-			m := v.(map[string]any)
-			act, _ := m["active"].(map[string]any)
-			name, _ := act["persona"].(string)
-			out = append(out, row{fmt.Sprint(m["host"]), fmt.Sprint(m["id"]), name})
-		}
-		return out
-	}
-	want := []row{{"a", "vm1", ""}, {"b", "vm2", "web"}}
-	var last []row
+	want := []fleetRow{{"a", "vm1", ""}, {"b", "vm2", "web"}}
+	var last []fleetRow
 	waitFor(t, "both hosts' instances in a's fleet listing", func() bool {
-		last = list(a)
+		last = a.fleetListing()
 		if testing.Verbose() {
 			t.Logf("%v", last)
 		}
 		return fmt.Sprint(last) == fmt.Sprint(want)
 	})
-	if got := list(b); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := b.fleetListing(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("b's fleet listing %v, want %v", got, want)
 	}
 	waitFor(t, "both hosts in GET /fleet/hosts", func() bool {
@@ -280,5 +282,5 @@ func TestFleetInstanceListing(t *testing.T) {
 	}
 	// An instance the host no longer has leaves the listing.
 	b.mgr.Remove("vm2")
-	waitFor(t, "vm2 to leave the fleet listing", func() bool { return fmt.Sprint(list(a)) == fmt.Sprint(want[:1]) })
+	waitFor(t, "vm2 to leave the fleet listing", func() bool { return fmt.Sprint(a.fleetListing()) == fmt.Sprint(want[:1]) })
 }

@@ -59,22 +59,7 @@ func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
 		t.Fatalf("scripts after the activation on a: %q, %v", ran, err)
 	}
 
-	type row struct{ host, id, active string }
-	list := func(h *reconcilingHostd) []row {
-		r := h.do("GET", "/instances?scope=fleet", nil)
-		if r.status != http.StatusOK {
-			t.Fatalf("scope=fleet: %d %v", r.status, r.body)
-		}
-		var out []row
-		for _, v := range r.body["instances"].([]any) {
-			m := v.(map[string]any)
-			act, _ := m["active"].(map[string]any)
-			name, _ := act["persona"].(string)
-			out = append(out, row{fmt.Sprint(m["host"]), fmt.Sprint(m["id"]), name})
-		}
-		return out
-	}
-	waitFor(t, "vm1 on a in the fleet listing", func() bool { return fmt.Sprint(list(b)) == fmt.Sprint([]row{{"a", "vm1", "web"}}) })
+	waitFor(t, "vm1 on a in the fleet listing", func() bool { return fmt.Sprint(b.fleetListing()) == fmt.Sprint([]fleetRow{{"a", "vm1", "web"}}) })
 
 	// The hand-over.
 	a.mgr.Forget("vm1", "static")
@@ -88,9 +73,9 @@ func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
 	if db.PersonaName() != "web" || db.Revision != 2 || db.SetBy != store.DesiredByAdoption {
 		t.Fatalf("vm1's desired state on b: %+v, want web revision 2 set by %q", db, store.DesiredByAdoption)
 	}
-	want := []row{{"b", "vm1", "web"}}
-	waitFor(t, "vm1 on b only in the fleet listing", func() bool { return fmt.Sprint(list(a)) == fmt.Sprint(want) })
-	if got := list(b); fmt.Sprint(got) != fmt.Sprint(want) {
+	want := []fleetRow{{"b", "vm1", "web"}}
+	waitFor(t, "vm1 on b only in the fleet listing", func() bool { return fmt.Sprint(a.fleetListing()) == fmt.Sprint(want) })
+	if got := b.fleetListing(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("b's fleet listing %v, want %v", got, want)
 	}
 	// b's reconciler has looked at vm1 (it adopted it); one more pass over

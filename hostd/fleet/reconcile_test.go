@@ -3,15 +3,11 @@ package fleet
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
-	"github.com/vmpersona/vmpersona/hostd/api"
-	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
@@ -38,10 +34,6 @@ func newReconcilingHostd(t *testing.T, name string, endpoints []string, hostLabe
 	t.Helper()
 	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: endpoints, Host: name, Prefix: "/test/", HostLabels: hostLabels}}
 	h.open()
-	tokens, err := auth.ParseTokens(strings.NewReader(adminToken + ",alice,1,admin\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := metrics.New()
 	// The periodic pass is out of the way: changes must arrive by the
 	// catalogue's watch.
@@ -54,22 +46,7 @@ func newReconcilingHostd(t *testing.T, name string, endpoints []string, hostLabe
 		return reconcile.Facts{Labels: rh.labels[inst]}
 	})
 	h.b.SetOnChange(rec.Reassess)
-	mgr := agents.NewManager(agents.Config{Store: h.st, Metrics: m, Logger: testLogger(), Converger: rec,
-		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 10 * time.Second})
-	rec.Bind(mgr)
-	h.b.SetRolloutRunner(rec.Rollout)
-	s := api.New(api.Config{Store: h.b, Fleet: h.b, Agents: mgr, Reconciler: rec, Metrics: m, Tokens: tokens, Logger: testLogger(), DefaultScriptTimeout: 20 * time.Second})
-	srv := httptest.NewUnstartedServer(s)
-	srv.Config = api.NewHTTPServer(s, testLogger())
-	srv.Start()
-	h.b.PublishInstances(context.Background(), 50*time.Millisecond, s.InstanceViews)
-	t.Cleanup(func() {
-		srv.Close()
-		rec.Close()
-		mgr.Close()
-		h.close()
-	})
-	rh.hostd = &hostd{host: h, srv: srv, mgr: mgr}
+	rh.hostd = serveHostd(t, h, m, rec)
 	for n, v := range vms {
 		rh.add(n, v)
 	}
@@ -81,13 +58,7 @@ func (h *reconcilingHostd) add(name string, v vm) {
 	h.mu.Lock()
 	h.labels[name] = v.labels
 	h.mu.Unlock()
-	e, err := agents.ParseEndpoint(v.ep)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := h.mgr.Add(name, e, "static"); err != nil {
-		h.t.Fatal(err)
-	}
+	h.addInstance(name, v.ep)
 }
 
 // active is the persona the guest confirms ("" for none).

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
 // pki writes a CA and certificates signed by it into dir.
@@ -80,8 +81,8 @@ func TestMutualTLSAndRoles(t *testing.T) {
 	p := newPKI(t)
 	srvCert, srvKey := p.issue(t, "etcd", true)
 	m := &member{name: "m0", dir: filepath.Join(t.TempDir(), "etcd")}
-	m.peerURL = url.URL{Scheme: "http", Host: "127.0.0.1:" + itoa(freePort(t))}
-	m.clientURL = url.URL{Scheme: "https", Host: "127.0.0.1:" + itoa(freePort(t))}
+	m.peerURL = url.URL{Scheme: "http", Host: testproc.FreeTCPAddr(t)}
+	m.clientURL = url.URL{Scheme: "https", Host: testproc.FreeTCPAddr(t)}
 	cfg := m.config("m0="+m.peerURL.String(), "new")
 	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = srvCert, srvKey
 	cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = p.caFile, true
@@ -177,5 +178,3 @@ func TestMutualTLSAndRoles(t *testing.T) {
 		return false
 	})
 }
-
-func itoa(n int) string { return big.NewInt(int64(n)).String() }

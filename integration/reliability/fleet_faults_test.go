@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,16 +37,6 @@ type etcdCluster struct {
 	members []*etcdMember
 }
 
-func loopbackPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func startEtcdCluster(t *testing.T, n int) *etcdCluster {
 	t.Helper()
 	if _, err := os.Stat(etcdBin); err != nil {
@@ -59,8 +48,8 @@ func startEtcdCluster(t *testing.T, n int) *etcdCluster {
 		c.members = append(c.members, &etcdMember{
 			name:      fmt.Sprintf("e%d", i),
 			dir:       filepath.Join(dir, fmt.Sprintf("e%d", i)),
-			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", loopbackPort(t)),
-			clientURL: fmt.Sprintf("http://127.0.0.1:%d", loopbackPort(t)),
+			peerURL:   "http://" + testproc.FreeTCPAddr(t),
+			clientURL: "http://" + testproc.FreeTCPAddr(t),
 		})
 	}
 	for i := range c.members {
