@@ -209,17 +209,8 @@ func (b *bench) directGuest(ctx context.Context) (*protocol.Client, error) {
 // guestNamed starts a guest daemon of its own (socket, state directory,
 // profile named after name) and opens a protocol session with it.
 func (b *bench) guestNamed(ctx context.Context, name string) (*protocol.Client, error) {
-	sock := filepath.Join(b.dir, name+".sock")
-	gdir := filepath.Join(b.dir, name+"-state")
-	if err := os.MkdirAll(gdir, 0o700); err != nil {
-		return nil, err
-	}
-	p, err := b.ps.start("vmpersona-guestd-"+name, b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
-		"--profile-file", filepath.Join(b.dir, name+"-profile.sh"), "--max-exec", "64", "--log-level", "warn")
+	sock, _, err := b.startGuest(ctx, name, "--max-exec", "64")
 	if err != nil {
-		return nil, err
-	}
-	if err := waitSocket(ctx, sock, p, 10*time.Second); err != nil {
 		return nil, err
 	}
 	conn, err := net.DialTimeout("unix", sock, 5*time.Second)

@@ -113,20 +113,11 @@ func (b *bench) idle(ctx context.Context) error {
 // hungGuest: a connected guest daemon is stopped with SIGSTOP; the figure is
 // the time until its host daemon reports the agent no longer connected.
 func (b *bench) hungGuest(ctx context.Context) error {
-	sock := filepath.Join(b.dir, "hung.sock")
-	gdir := filepath.Join(b.dir, "hung-state")
-	if err := os.MkdirAll(gdir, 0o700); err != nil {
-		return err
-	}
-	g, err := b.ps.start("vmpersona-guestd-hung", b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
-		"--profile-file", filepath.Join(b.dir, "hung-profile.sh"), "--log-level", "warn")
+	sock, g, err := b.startGuest(ctx, "hung")
 	if err != nil {
 		return err
 	}
 	defer g.stop()
-	if err := waitSocket(ctx, sock, g, 10*time.Second); err != nil {
-		return err
-	}
 	hsock := filepath.Join(b.dir, "hostd-hung.sock")
 	hp, err := b.startHostd(ctx, "hostd-hung-data", hsock, []string{"hung=unix:" + sock})
 	if err != nil {

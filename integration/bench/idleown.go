@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/vmpersona/vmpersona/protocol"
@@ -21,20 +19,11 @@ func (b *bench) idleOwn(ctx context.Context) error {
 	if b.cfg.quick {
 		window = 5 * time.Second
 	}
-	sock := filepath.Join(b.dir, "quiet.sock")
-	gdir := filepath.Join(b.dir, "quiet-state")
-	if err := os.MkdirAll(gdir, 0o700); err != nil {
-		return err
-	}
-	g, err := b.ps.start("vmpersona-guestd-quiet", b.bins.guestd, "--listen", "unix:"+sock, "--state-dir", gdir,
-		"--profile-file", filepath.Join(b.dir, "quiet-profile.sh"), "--log-level", "warn")
+	sock, g, err := b.startGuest(ctx, "quiet")
 	if err != nil {
 		return err
 	}
 	defer g.stop()
-	if err := waitSocket(ctx, sock, g, 10*time.Second); err != nil {
-		return err
-	}
 	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
 	if err != nil {
 		return err

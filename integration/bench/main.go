@@ -356,23 +356,11 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	// The guest daemon; --max-exec 64 so that 32 commands in flight are
 	// not refused as busy (the default admits 16).
-	b.guestSock = filepath.Join(b.dir, "guest.sock")
-	gdir := filepath.Join(b.dir, "guest-state")
-	if err := os.MkdirAll(gdir, 0o700); err != nil {
+	if b.guestSock, b.guestd, err = b.startGuest(ctx, "guest", "--max-exec", "64"); err != nil {
 		return err
 	}
-	b.guestd, err = b.ps.start("vmpersona-guestd", b.bins.guestd, "--listen", "unix:"+b.guestSock, "--state-dir", gdir,
-		"--profile-file", filepath.Join(b.dir, "profile.sh"), "--max-exec", "64", "--log-level", "warn")
-	if err != nil {
+	if err := waitSocket(ctx, b.qgaSock, b.qgad, 10*time.Second); err != nil {
 		return err
-	}
-	for _, w := range []struct {
-		sock string
-		p    *proc
-	}{{b.qgaSock, b.qgad}, {b.guestSock, b.guestd}} {
-		if err := waitSocket(ctx, w.sock, w.p, 10*time.Second); err != nil {
-			return err
-		}
 	}
 	b.hostdSock = filepath.Join(b.dir, "hostd.sock")
 	b.hostd, err = b.startHostd(ctx, "hostd-data", b.hostdSock, []string{"vm=unix:" + b.guestSock})
@@ -380,6 +368,27 @@ func (b *bench) setup(ctx context.Context) error {
 		return err
 	}
 	return waitConnected(ctx, unixClient(b.hostdSock, 4), 1, 30*time.Second)
+}
+
+// startGuest starts a guest daemon of its own (socket, state directory and
+// profile named after name, in the bench's directory) with the extra flags
+// given, and waits until it listens.
+func (b *bench) startGuest(ctx context.Context, name string, extra ...string) (sock string, p *proc, err error) {
+	sock = filepath.Join(b.dir, name+".sock")
+	gdir := filepath.Join(b.dir, name+"-state")
+	if err := os.MkdirAll(gdir, 0o700); err != nil {
+		return "", nil, err
+	}
+	args := append([]string{"--listen", "unix:" + sock, "--state-dir", gdir,
+		"--profile-file", filepath.Join(b.dir, name+"-profile.sh"), "--log-level", "warn"}, extra...)
+	if p, err = b.ps.start("vmpersona-guestd-"+name, b.bins.guestd, args...); err != nil {
+		return "", nil, err
+	}
+	if err := waitSocket(ctx, sock, p, 10*time.Second); err != nil {
+		p.stop()
+		return "", nil, err
+	}
+	return sock, p, nil
 }
 
 func (b *bench) startHostd(ctx context.Context, data, sock string, instances []string) (*proc, error) {
