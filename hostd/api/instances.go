@@ -139,7 +139,7 @@ func (s *Server) activePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	if err != nil {
 		return err
 	}
-	v.Stale = sync.Sync != reconcile.SyncInSync
+	v.Stale = sync.Sync != apitypes.SyncInSync
 	writeJSON(w, http.StatusOK, v)
 	return nil
 }
@@ -258,7 +258,7 @@ func (s *Server) unchanged(inst string, p protocol.Persona) (apitypes.Activation
 		return apitypes.ActivationResult{}, false, nil
 	}
 	sync, err := s.cfg.Reconciler.Status(is.name, is.agent, is.managed)
-	if err != nil || sync.Sync != reconcile.SyncInSync {
+	if err != nil || sync.Sync != apitypes.SyncInSync {
 		return apitypes.ActivationResult{}, false, err
 	}
 	return apitypes.ActivationResult{Instance: inst, Result: apitypes.ResultUnchanged, Persona: p.Name,

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/assignment"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -47,7 +48,7 @@ func TestAssignmentsOnOneHost(t *testing.T) {
 	h.updatePersona(p)
 	h.r.Reassess()
 	put(assignment.Assignment{Name: "noise", Persona: "web", Priority: -5, Selector: assignment.Selector{Instances: []string{"vm9"}}})
-	waitFor(t, "a pass after the update", func() bool { return h.status("vm1").Sync == SyncDrifted })
+	waitFor(t, "a pass after the update", func() bool { return h.status("vm1").Sync == apitypes.SyncDrifted })
 	if d := h.desired("vm1"); d.Revision != 1 || d.SetBy != store.DesiredByAssignment {
 		t.Fatalf("vm1's desired state after the persona's update: %+v", d)
 	}

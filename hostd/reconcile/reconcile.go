@@ -24,15 +24,6 @@ import (
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-// Sync states of an instance (the API's).
-const (
-	SyncInSync      = apitypes.SyncInSync
-	SyncDrifted     = apitypes.SyncDrifted
-	SyncPending     = apitypes.SyncPending
-	SyncUnreachable = apitypes.SyncUnreachable
-	SyncFailed      = apitypes.SyncFailed
-)
-
 // SyncStates lists every sync state, in a stable order.
 var SyncStates = apitypes.SyncStates
 

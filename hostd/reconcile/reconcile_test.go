@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/agents"
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -32,7 +33,7 @@ func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
 	st, _ := h.m.Get("vm")
-	if s := h.status("vm"); s.Sync != SyncInSync || s.Desired.Persona == nil || *s.Desired.Persona != "web" || s.Desired.Revision != p.Revision ||
+	if s := h.status("vm"); s.Sync != apitypes.SyncInSync || s.Desired.Persona == nil || *s.Desired.Persona != "web" || s.Desired.Revision != p.Revision ||
 		!s.Active.Confirmed || s.Active.BootID == "" || s.Active.BootID != st.BootID || s.Active.ActivationID != st.Active.ActivationID {
 		t.Fatalf("status after activation: %+v", s)
 	}
@@ -41,7 +42,7 @@ func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 	up.RestrictedCommands = append(up.RestrictedCommands, "cat")
 	p2 := h.updatePersona(up)
 	s := h.status("vm")
-	if s.Sync != SyncDrifted || s.LatestRevision != p2.Revision || s.Desired.Revision != p.Revision || s.Active.Revision != p.Revision {
+	if s.Sync != apitypes.SyncDrifted || s.LatestRevision != p2.Revision || s.Desired.Revision != p.Revision || s.Active.Revision != p.Revision {
 		t.Fatalf("status after an update: %+v, want drifted at desired revision %d, latest %d", s, p.Revision, p2.Revision)
 	}
 	if !strings.Contains(s.SyncReason, "rollout") {
@@ -56,7 +57,7 @@ func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 	if err != nil || sum.Total != 1 || sum.Activated != 1 {
 		t.Fatalf("rollout: %+v, %v", sum, err)
 	}
-	if s := h.status("vm"); s.Sync != SyncInSync || s.Active.Revision != p2.Revision || s.Desired.Revision != p2.Revision {
+	if s := h.status("vm"); s.Sync != apitypes.SyncInSync || s.Active.Revision != p2.Revision || s.Desired.Revision != p2.Revision {
 		t.Errorf("status after the rollout: %+v", s)
 	}
 	var pe *protocol.Error
@@ -100,7 +101,7 @@ func TestDeliberateDeactivationSurvives(t *testing.T) {
 		if st.Active != nil {
 			t.Errorf("%s: the guest holds %q, want none (deliberately deactivated)", when, st.Active.Persona.Name)
 		}
-		if s := h.status("vm"); s.Sync != SyncInSync {
+		if s := h.status("vm"); s.Sync != apitypes.SyncInSync {
 			t.Errorf("%s: status %+v, want in_sync", when, s)
 		}
 	}
@@ -163,7 +164,7 @@ func TestConvergeOnReconnect(t *testing.T) {
 	if st.Active.Persona.Name != "web" || st.Active.Revision != p.Revision {
 		t.Errorf("after reconnect the guest holds %+v, want web revision %d", st.Active, p.Revision)
 	}
-	if s := h.status("vm"); s.Sync != SyncDrifted {
+	if s := h.status("vm"); s.Sync != apitypes.SyncDrifted {
 		t.Errorf("status: %+v, want drifted (revision %d desired, persona moved on)", s, p.Revision)
 	}
 	// The record's correction (the guest lost its persona) and the
@@ -199,7 +200,7 @@ func TestFailedConvergence(t *testing.T) {
 		t.Fatalf("activate: %+v, %v", res, err)
 	}
 	s := h.status("vm")
-	if s.Sync != SyncFailed || s.SyncScript == nil || s.SyncScript.ExitCode != 7 || !strings.Contains(s.SyncScript.Stderr, "cannot start") ||
+	if s.Sync != apitypes.SyncFailed || s.SyncScript == nil || s.SyncScript.ExitCode != 7 || !strings.Contains(s.SyncScript.Stderr, "cannot start") ||
 		s.Active.Persona != nil || !strings.Contains(s.SyncReason, "rolled_back") {
 		t.Errorf("status after a failed activation: %+v", s)
 	}

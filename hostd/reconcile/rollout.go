@@ -28,16 +28,6 @@ type (
 	RolloutSummary = apitypes.RolloutSummary
 )
 
-// Results of one instance in a rollout.
-const (
-	RolloutActivated = apitypes.RolloutActivated
-	RolloutInSync    = apitypes.RolloutInSync
-	RolloutError     = apitypes.RolloutError
-	RolloutPending   = apitypes.RolloutPending
-	RolloutSkipped   = apitypes.RolloutSkipped
-	RolloutDryRun    = apitypes.RolloutDryRun
-)
-
 // ErrInvalidRollout reports a rollout request the reconciler refuses; it is
 // wrapped in *RequestError naming the field.
 var ErrInvalidRollout = errors.New("invalid rollout request")
@@ -131,13 +121,13 @@ func (r *Reconciler) Rollout(ctx context.Context, persona string, q RolloutReque
 		case res.Failed():
 			sum.Failed++
 			failures++
-		case res.Result == RolloutActivated:
+		case res.Result == apitypes.RolloutActivated:
 			sum.Activated++
-		case res.Result == RolloutInSync:
+		case res.Result == apitypes.RolloutInSync:
 			sum.InSync++
-		case res.Result == RolloutPending:
+		case res.Result == apitypes.RolloutPending:
 			sum.Pending++
-		case res.Result == RolloutSkipped:
+		case res.Result == apitypes.RolloutSkipped:
 			sum.Skipped++
 			sum.Stopped = true
 		}
@@ -156,12 +146,12 @@ func (r *Reconciler) Rollout(ctx context.Context, persona string, q RolloutReque
 		mu.Unlock()
 		stop := failed >= q.MaxFailures
 		if ctx.Err() != nil {
-			report(RolloutResult{Instance: inst, Result: RolloutSkipped, From: r.holding(inst), To: to, Error: "the rollout was cancelled: " + ctx.Err().Error()})
+			report(RolloutResult{Instance: inst, Result: apitypes.RolloutSkipped, From: r.holding(inst), To: to, Error: "the rollout was cancelled: " + ctx.Err().Error()})
 			continue
 		}
 		if stop {
 			<-sem
-			report(RolloutResult{Instance: inst, Result: RolloutSkipped, From: r.holding(inst), To: to, Error: fmt.Sprintf("not started: %d failures reached max_failures %d", failed, q.MaxFailures)})
+			report(RolloutResult{Instance: inst, Result: apitypes.RolloutSkipped, From: r.holding(inst), To: to, Error: fmt.Sprintf("not started: %d failures reached max_failures %d", failed, q.MaxFailures)})
 			continue
 		}
 		wg.Add(1)
@@ -213,7 +203,7 @@ func (r *Reconciler) rolloutOne(ctx context.Context, inst string, p protocol.Per
 	if dryRun {
 		g, err := r.agents.Guest(inst)
 		if err != nil {
-			res.Result, res.Error = RolloutError, err.Error()
+			res.Result, res.Error = apitypes.RolloutError, err.Error()
 			return res
 		}
 		if act := g.Active(); act != nil {
@@ -221,26 +211,26 @@ func (r *Reconciler) rolloutOne(ctx context.Context, inst string, p protocol.Per
 		}
 		d, err := g.DryRun(ctx, p)
 		if err != nil {
-			res.Result, res.Error = RolloutError, err.Error()
+			res.Result, res.Error = apitypes.RolloutError, err.Error()
 			return res
 		}
-		res.Result, res.Diff = RolloutDryRun, &d
+		res.Result, res.Diff = apitypes.RolloutDryRun, &d
 		return res
 	}
 	unlock, err := r.lock(ctx, inst)
 	if err != nil {
-		res.Result, res.Error = RolloutError, err.Error()
+		res.Result, res.Error = apitypes.RolloutError, err.Error()
 		return res
 	}
 	defer unlock()
 	d := desiredOf(inst, p, store.DesiredByRollout, actor)
 	if _, err := r.st.PutDesired(d); err != nil {
-		res.Result, res.Error = RolloutError, err.Error()
+		res.Result, res.Error = apitypes.RolloutError, err.Error()
 		return res
 	}
 	g, err := r.agents.Guest(inst)
 	if err != nil {
-		res.Result, res.Error = RolloutPending, err.Error()+"; the instance converges when its agent connects"
+		res.Result, res.Error = apitypes.RolloutPending, err.Error()+"; the instance converges when its agent connects"
 		return res
 	}
 	if act := g.Active(); act != nil {
@@ -249,11 +239,11 @@ func (r *Reconciler) rolloutOne(ctx context.Context, inst string, p protocol.Per
 	o := r.converge(ctx, g, d, actor, ReasonRollout, "")
 	switch {
 	case !o.changed:
-		res.Result = RolloutInSync
+		res.Result = apitypes.RolloutInSync
 	case o.err != nil && errors.Is(o.err, agents.ErrNotConnected):
-		res.Result, res.Error = RolloutPending, o.err.Error()+"; the instance converges when its agent connects"
+		res.Result, res.Error = apitypes.RolloutPending, o.err.Error()+"; the instance converges when its agent connects"
 	case o.err != nil:
-		res.Result, res.Error = RolloutError, o.err.Error()
+		res.Result, res.Error = apitypes.RolloutError, o.err.Error()
 	default:
 		res.Result, res.Phase, res.Script, res.Error = o.res.Result, o.res.Phase, o.res.Script, o.res.Error
 	}

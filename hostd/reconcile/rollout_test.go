@@ -67,7 +67,7 @@ func TestRolloutStopsAtMaxFailures(t *testing.T) {
 	p2 := h.updatePersona(protocol.Persona{Name: "web", EnvironmentVariables: map[string]string{"TIER": "two"},
 		PostActivationScript: "#!/bin/sh\nif [ -n \"$ROLLOUT_REFUSE\" ]; then echo \"refused on this guest\" >&2; exit 9; fi"})
 	for _, name := range names {
-		if s := h.status(name); s.Sync != SyncDrifted {
+		if s := h.status(name); s.Sync != apitypes.SyncDrifted {
 			t.Fatalf("%s after the update: %s, want drifted", name, s.Sync)
 		}
 	}
@@ -112,18 +112,18 @@ func TestRolloutStopsAtMaxFailures(t *testing.T) {
 		s := h.status(name)
 		switch r.Result {
 		case apitypes.RolloutActivated:
-			if failing[name] || st.Active == nil || st.Active.Revision != p2.Revision || s.Sync != SyncInSync {
+			if failing[name] || st.Active == nil || st.Active.Revision != p2.Revision || s.Sync != apitypes.SyncInSync {
 				t.Errorf("%s activated: holds %+v, sync %s", name, st.Active, s.Sync)
 			}
 		case apitypes.RolloutRolledBack:
 			if !failing[name] || r.Script == nil || r.Script.ExitCode != 9 || !strings.Contains(r.Script.Stderr, "refused") || r.Phase != "post" {
 				t.Errorf("%s rolled back: %+v", name, r)
 			}
-			if st.Active == nil || st.Active.Revision != p1.Revision || s.Sync != SyncFailed || s.SyncScript == nil {
+			if st.Active == nil || st.Active.Revision != p1.Revision || s.Sync != apitypes.SyncFailed || s.SyncScript == nil {
 				t.Errorf("%s after a rollback: holds %+v, status %+v; want revision %d, failed", name, st.Active, s, p1.Revision)
 			}
 		case apitypes.RolloutSkipped:
-			if st.Active == nil || st.Active.Revision != p1.Revision || s.Sync != SyncDrifted || s.Desired.Revision != p1.Revision {
+			if st.Active == nil || st.Active.Revision != p1.Revision || s.Sync != apitypes.SyncDrifted || s.Desired.Revision != p1.Revision {
 				t.Errorf("%s skipped: holds %+v, status %+v; want revision %d, drifted", name, st.Active, s, p1.Revision)
 			}
 		default:

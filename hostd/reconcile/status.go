@@ -75,7 +75,7 @@ func (r *Reconciler) Status(instance string, st agents.AgentStatus, managed bool
 
 	switch {
 	case !connected:
-		out.Sync = SyncUnreachable
+		out.Sync = apitypes.SyncUnreachable
 		out.SyncReason = "no session with the guest's agent"
 		if !managed {
 			out.SyncReason = "the instance has no managed agent"
@@ -85,24 +85,24 @@ func (r *Reconciler) Status(instance string, st agents.AgentStatus, managed bool
 			out.SyncReason = "agent " + st.State
 		}
 	case !haveDesired:
-		out.Sync = SyncPending
+		out.Sync = apitypes.SyncPending
 		out.SyncReason = "the instance has not been reconciled yet"
 	case !holds(act, d) && failed:
-		out.Sync = SyncFailed
+		out.Sync = apitypes.SyncFailed
 		out.SyncReason = "the last attempt to apply " + describeDesired(d) + " failed: " + f.reason
 		out.SyncScript = f.script
 		out.FailedAt = f.at
 	case !holds(act, d):
-		out.Sync = SyncPending
+		out.Sync = apitypes.SyncPending
 		out.SyncReason = "the guest holds " + describeActive(act) + "; desired is " + describeDesired(d)
 	case deleted:
-		out.Sync = SyncDrifted
+		out.Sync = apitypes.SyncDrifted
 		out.SyncReason = fmt.Sprintf("persona %q was deleted", d.Persona.Name)
 	case d.Persona != nil && latest > d.Revision:
-		out.Sync = SyncDrifted
+		out.Sync = apitypes.SyncDrifted
 		out.SyncReason = fmt.Sprintf("persona %q is at revision %d; the instance runs revision %d until a rollout", d.Persona.Name, latest, d.Revision)
 	default:
-		out.Sync = SyncInSync
+		out.Sync = apitypes.SyncInSync
 	}
 	return out, nil
 }
