@@ -70,16 +70,14 @@ func (s *Store) GetAssignment(name string) (assignment.Assignment, error) {
 func (s *Store) ListAssignments() ([]assignment.Assignment, error) {
 	out := []assignment.Assignment{}
 	err := s.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixAssignment), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		return eachValue(txn, prefixAssignment, func(name string, v []byte) error {
 			var sa storedAssignment
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &sa) }); err != nil {
-				return fmt.Errorf("assignment %s: %w", it.Item().Key(), err)
+			if err := json.Unmarshal(v, &sa); err != nil {
+				return fmt.Errorf("assignment %s%s: %w", prefixAssignment, name, err)
 			}
 			out = append(out, sa.Assignment)
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
 }
@@ -154,34 +152,7 @@ func (s *Store) DeleteAssignment(name string, ifMatch uint64) error {
 
 // replicaAssignments applies a replica batch's assignments in txn.
 func replicaAssignments(txn *badger.Txn, b ReplicaBatch) error {
-	if b.Full {
-		var stale [][]byte
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixAssignment)})
-		for it.Rewind(); it.Valid(); it.Next() {
-			if _, ok := b.Assignments[string(it.Item().Key()[len(prefixAssignment):])]; !ok {
-				stale = append(stale, it.Item().KeyCopy(nil))
-			}
-		}
-		it.Close()
-		for _, k := range stale {
-			if err := txn.Delete(k); err != nil {
-				return err
-			}
-		}
-	}
-	for name, a := range b.Assignments {
-		if a == nil {
-			if err := txn.Delete(assignmentKey(name)); err != nil {
-				return err
-			}
-			continue
-		}
-		if a.Name != name {
-			return fmt.Errorf("replica: assignment %q stored under %q: %w", a.Name, name, ErrInvalidArgument)
-		}
-		if err := writeAssignment(txn, storedAssignment{Assignment: *a}); err != nil {
-			return err
-		}
-	}
-	return nil
+	return applyReplica(txn, "assignment", prefixAssignment, b.Full, b.Assignments,
+		func(a *assignment.Assignment) string { return a.Name },
+		func(a *assignment.Assignment) error { return writeAssignment(txn, storedAssignment{Assignment: *a}) })
 }

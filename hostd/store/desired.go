@@ -78,16 +78,14 @@ func (s *Store) desiredLock(instance string) *sync.Mutex {
 // loadDesired reads every desired state from Badger into the cache.
 func (s *Store) loadDesired() error {
 	return s.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixDesired)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		return eachValue(txn, prefixDesired, func(instance string, v []byte) error {
 			d := new(DesiredState)
-			if err := it.Item().Value(func(v []byte) error { return decodeDesired(v, d) }); err != nil {
+			if err := decodeDesired(v, d); err != nil {
 				return err
 			}
-			s.desired.m.Store(string(it.Item().Key()[len(prefixDesired):]), d)
-		}
-		return nil
+			s.desired.m.Store(instance, d)
+			return nil
+		})
 	})
 }
 
@@ -202,16 +200,14 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 func (s *Store) ListDesired() ([]DesiredState, error) {
 	out := []DesiredState{}
 	err := s.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixDesired)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		return eachValue(txn, prefixDesired, func(_ string, v []byte) error {
 			var d DesiredState
-			if err := it.Item().Value(func(v []byte) error { return decodeDesired(v, &d) }); err != nil {
+			if err := decodeDesired(v, &d); err != nil {
 				return err
 			}
 			out = append(out, d)
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err

@@ -167,14 +167,25 @@ func (s *Store) ListInstances() ([]InstanceRecord, error) {
 }
 
 func eachInstance(txn *badger.Txn, fn func(InstanceRecord) error) error {
-	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixInstance)})
-	defer it.Close()
-	for it.Rewind(); it.Valid(); it.Next() {
+	return eachValue(txn, prefixInstance, func(_ string, v []byte) error {
 		var r InstanceRecord
-		if err := it.Item().Value(func(v []byte) error { return decodeInstance(v, &r) }); err != nil {
+		if err := decodeInstance(v, &r); err != nil {
 			return err
 		}
-		if err := fn(r); err != nil {
+		return fn(r)
+	})
+}
+
+// eachValue calls fn, in key order, with the name (the key after prefix)
+// and the value of every key under prefix. v is valid only during the
+// call.
+func eachValue(txn *badger.Txn, prefix string, fn func(name string, v []byte) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefix)})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		name := string(item.Key()[len(prefix):])
+		if err := item.Value(func(v []byte) error { return fn(name, v) }); err != nil {
 			return err
 		}
 	}

@@ -65,21 +65,17 @@ func (s *Store) loadPersonas() (*personaCache, error) {
 	byName := map[string]*protocol.Persona{}
 	var def string
 	err := s.view(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(prefixPersona)})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			name := string(it.Item().Key()[len(prefixPersona):])
-			var p *protocol.Persona
-			err := it.Item().Value(func(v []byte) (err error) {
-				p, err = decodePersona(v)
-				return err
-			})
+		err := eachValue(txn, prefixPersona, func(name string, v []byte) error {
+			p, err := decodePersona(v)
 			if err != nil {
 				return fmt.Errorf("persona %q: decode: %w", name, err)
 			}
 			byName[name] = p
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		var err error
 		def, err = currentDefault(txn)
 		return err
 	})
@@ -198,6 +194,30 @@ func defaultAfter(cur, name string, claims bool) string {
 // second default (*DefaultConflictError). The server-kept fields of p are
 // ignored; the stored persona is returned.
 func (s *Store) CreatePersona(p protocol.Persona) (protocol.Persona, error) {
+	return s.writePersona(p, func(txn *badger.Txn, p protocol.Persona) (protocol.Persona, error) {
+		_, err := txn.Get(personaKey(p.Name))
+		if err == nil {
+			return p, fmt.Errorf("persona %q: %w", p.Name, ErrExists)
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return p, err
+		}
+		if p.DefaultPersona {
+			if err := claimDefault(txn, p.Name); err != nil {
+				return p, err
+			}
+		}
+		now := s.now()
+		p.Revision, p.CreatedAt, p.UpdatedAt = 1, now, now
+		return p, nil
+	})
+}
+
+// writePersona validates and normalizes p, then, under the persona lock and
+// in one transaction, has write check it against what is stored and give
+// the persona to store (with its server-kept fields), stores that, and
+// brings the in-memory catalogue up to date.
+func (s *Store) writePersona(p protocol.Persona, write func(txn *badger.Txn, p protocol.Persona) (protocol.Persona, error)) (protocol.Persona, error) {
 	if err := validate.Persona(&p); err != nil {
 		return protocol.Persona{}, err
 	}
@@ -206,21 +226,10 @@ func (s *Store) CreatePersona(p protocol.Persona) (protocol.Persona, error) {
 	defer s.personaMu.Unlock()
 	var stored *protocol.Persona
 	err := s.update(func(txn *badger.Txn) error {
-		_, err := txn.Get(personaKey(p.Name))
-		if err == nil {
-			return fmt.Errorf("persona %q: %w", p.Name, ErrExists)
-		}
-		if !errors.Is(err, badger.ErrKeyNotFound) {
+		out, err := write(txn, p)
+		if err != nil {
 			return err
 		}
-		if p.DefaultPersona {
-			if err := claimDefault(txn, p.Name); err != nil {
-				return err
-			}
-		}
-		now := s.now()
-		out := p
-		out.Revision, out.CreatedAt, out.UpdatedAt = 1, now, now
 		stored, err = putPersona(txn, out)
 		return err
 	})
@@ -279,20 +288,13 @@ func (s *Store) ListPersonas() ([]protocol.Persona, error) {
 // the stored revision (ErrPreconditionFailed). ErrNotFound when missing,
 // *DefaultConflictError when p claims the default another persona holds.
 func (s *Store) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Persona, error) {
-	if err := validate.Persona(&p); err != nil {
-		return protocol.Persona{}, err
-	}
-	validate.Normalize(&p)
-	s.personaMu.Lock()
-	defer s.personaMu.Unlock()
-	var stored *protocol.Persona
-	err := s.update(func(txn *badger.Txn) error {
+	return s.writePersona(p, func(txn *badger.Txn, p protocol.Persona) (protocol.Persona, error) {
 		old, err := getPersona(txn, p.Name)
 		if err != nil {
-			return err
+			return p, err
 		}
 		if ifMatch != 0 && ifMatch != old.Revision {
-			return fmt.Errorf("persona %q is at revision %d, not %d: %w", p.Name, old.Revision, ifMatch, ErrPreconditionFailed)
+			return p, fmt.Errorf("persona %q is at revision %d, not %d: %w", p.Name, old.Revision, ifMatch, ErrPreconditionFailed)
 		}
 		if p.DefaultPersona {
 			err = claimDefault(txn, p.Name)
@@ -300,20 +302,11 @@ func (s *Store) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Pers
 			err = releaseDefault(txn, p.Name)
 		}
 		if err != nil {
-			return err
+			return p, err
 		}
-		out := p
-		out.Revision, out.CreatedAt, out.UpdatedAt = old.Revision+1, old.CreatedAt, s.now()
-		stored, err = putPersona(txn, out)
-		return err
+		p.Revision, p.CreatedAt, p.UpdatedAt = old.Revision+1, old.CreatedAt, s.now()
+		return p, nil
 	})
-	if err != nil {
-		s.personaWriteFailed(err)
-		return protocol.Persona{}, err
-	}
-	c := s.personas.Load()
-	s.personas.Store(c.with(p.Name, stored, defaultAfter(c.def, p.Name, p.DefaultPersona)))
-	return clonePersona(stored), nil
 }
 
 // DeletePersona removes a persona. ifMatch as in UpdatePersona. While an

@@ -53,34 +53,11 @@ func (s *Store) ApplyReplica(b ReplicaBatch) error {
 			applied = false
 			return nil
 		}
-		if b.Full {
-			var stale [][]byte
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefixPersona)})
-			for it.Rewind(); it.Valid(); it.Next() {
-				if _, ok := b.Personas[string(it.Item().Key()[len(prefixPersona):])]; !ok {
-					stale = append(stale, it.Item().KeyCopy(nil))
-				}
-			}
-			it.Close()
-			for _, k := range stale {
-				if err := txn.Delete(k); err != nil {
-					return err
-				}
-			}
-		}
-		for name, p := range b.Personas {
-			if p == nil {
-				if err := txn.Delete(personaKey(name)); err != nil {
-					return err
-				}
-				continue
-			}
-			if p.Name != name {
-				return fmt.Errorf("replica: persona %q stored under %q: %w", p.Name, name, ErrInvalidArgument)
-			}
-			if _, err := putPersona(txn, *p); err != nil {
-				return err
-			}
+		err = applyReplica(txn, "persona", prefixPersona, b.Full, b.Personas,
+			func(p *protocol.Persona) string { return p.Name },
+			func(p *protocol.Persona) error { _, err := putPersona(txn, *p); return err })
+		if err != nil {
+			return err
 		}
 		if err := replicaAssignments(txn, b); err != nil {
 			return err
@@ -136,4 +113,41 @@ func replicaRevision(txn *badger.Txn) (int64, error) {
 		return 0, fmt.Errorf("replica: fleet revision of %d bytes", len(v))
 	}
 	return int64(binary.BigEndian.Uint64(v)), nil
+}
+
+// applyReplica applies in txn the entries of one kind ("persona") of a
+// replica batch, each stored under prefix + its name: a full batch first
+// deletes every key it does not hold; a nil entry deletes its key; put
+// stores each other one, which must bear the name it is listed under.
+func applyReplica[V any](txn *badger.Txn, kind, prefix string, full bool, batch map[string]*V, nameOf func(*V) string, put func(*V) error) error {
+	if full {
+		var stale [][]byte
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+		for it.Rewind(); it.Valid(); it.Next() {
+			if _, ok := batch[string(it.Item().Key()[len(prefix):])]; !ok {
+				stale = append(stale, it.Item().KeyCopy(nil))
+			}
+		}
+		it.Close()
+		for _, k := range stale {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	for name, v := range batch {
+		if v == nil {
+			if err := txn.Delete([]byte(prefix + name)); err != nil {
+				return err
+			}
+			continue
+		}
+		if n := nameOf(v); n != name {
+			return fmt.Errorf("replica: %s %q stored under %q: %w", kind, n, name, ErrInvalidArgument)
+		}
+		if err := put(v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
