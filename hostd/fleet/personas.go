@@ -132,31 +132,56 @@ func (b *Backend) CreatePersona(p protocol.Persona) (protocol.Persona, error) {
 // CreatePersonaRequest creates p; a retry with the same reqID after an
 // unknown outcome answers the persona that request created.
 func (b *Backend) CreatePersonaRequest(p protocol.Persona, reqID string) (protocol.Persona, error) {
+	return b.writePersona("create", p, reqID, func(o observed) (personaWrite, error) {
+		if o.persona != nil {
+			cur, env, err := decodePersona(o.persona)
+			if err == nil && reqID != "" && env.RequestID == reqID {
+				return personaWrite{retried: cur}, nil
+			}
+			return personaWrite{}, fmt.Errorf("persona %q: %w", p.Name, store.ErrExists)
+		}
+		now := time.Now().UTC()
+		return personaWrite{created: now, updated: now, revision: 1}, nil
+	})
+}
+
+// personaWrite is what a persona write makes of what it observed: the
+// server-kept fields of the persona to store, or the persona an earlier
+// attempt of the same request stored.
+type personaWrite struct {
+	created, updated time.Time
+	revision         uint64 // once committed
+	retried          *protocol.Persona
+}
+
+// writePersona validates and normalizes p and writes it to the fleet under
+// op: at each attempt, plan checks p against what is stored (o), then the
+// persona and the default claim are written if neither key changed since.
+func (b *Backend) writePersona(op string, p protocol.Persona, reqID string, plan func(o observed) (personaWrite, error)) (protocol.Persona, error) {
 	if err := validate.Persona(&p); err != nil {
 		return protocol.Persona{}, err
 	}
 	validate.Normalize(&p)
 	var out protocol.Persona
-	err := b.write("create", func(ctx context.Context) (int64, bool, error) {
+	err := b.write(op, func(ctx context.Context) (int64, bool, error) {
 		o, err := b.observe(ctx, p.Name)
 		if err != nil {
 			return 0, false, err
 		}
-		if o.persona != nil {
-			cur, env, err := decodePersona(o.persona)
-			if err == nil && reqID != "" && env.RequestID == reqID {
-				out = *cur
-				return o.persona.ModRevision, true, nil
-			}
-			return 0, false, fmt.Errorf("persona %q: %w", p.Name, store.ErrExists)
+		w, err := plan(o)
+		if err != nil {
+			return 0, false, err
+		}
+		if w.retried != nil {
+			out = *w.retried
+			return o.persona.ModRevision, true, nil
 		}
 		ops, err := b.defaultOps(p.Name, p.DefaultPersona, o)
 		if err != nil {
 			return 0, false, err
 		}
-		now := time.Now().UTC()
 		np := p
-		np.CreatedAt, np.UpdatedAt = now, now
+		np.CreatedAt, np.UpdatedAt = w.created, w.updated
 		val, err := encodeEnvelope(np, reqID, b.host)
 		if err != nil {
 			return 0, false, err
@@ -166,7 +191,7 @@ func (b *Backend) CreatePersonaRequest(p protocol.Persona, reqID string) (protoc
 		if err != nil || !resp.Succeeded {
 			return 0, false, err
 		}
-		np.Revision = 1
+		np.Revision = w.revision
 		out = np
 		return resp.Header.Revision, true, nil
 	})
@@ -181,50 +206,22 @@ func (b *Backend) UpdatePersona(p protocol.Persona, ifMatch uint64) (protocol.Pe
 // UpdatePersonaRequest replaces the persona p.Name, its revision (the key's
 // Version) going up by one. ifMatch 0 updates whatever the revision.
 func (b *Backend) UpdatePersonaRequest(p protocol.Persona, ifMatch uint64, reqID string) (protocol.Persona, error) {
-	if err := validate.Persona(&p); err != nil {
-		return protocol.Persona{}, err
-	}
-	validate.Normalize(&p)
-	var out protocol.Persona
-	err := b.write("update", func(ctx context.Context) (int64, bool, error) {
-		o, err := b.observe(ctx, p.Name)
-		if err != nil {
-			return 0, false, err
-		}
+	return b.writePersona("update", p, reqID, func(o observed) (personaWrite, error) {
 		if o.persona == nil {
-			return 0, false, fmt.Errorf("persona %q: %w", p.Name, store.ErrNotFound)
+			return personaWrite{}, fmt.Errorf("persona %q: %w", p.Name, store.ErrNotFound)
 		}
 		cur, env, err := decodePersona(o.persona)
 		if err != nil {
-			return 0, false, err
+			return personaWrite{}, err
 		}
 		if reqID != "" && env.RequestID == reqID {
-			out = *cur
-			return o.persona.ModRevision, true, nil
+			return personaWrite{retried: cur}, nil
 		}
 		if ifMatch != 0 && ifMatch != cur.Revision {
-			return 0, false, fmt.Errorf("persona %q is at revision %d, not %d: %w", p.Name, cur.Revision, ifMatch, store.ErrPreconditionFailed)
+			return personaWrite{}, fmt.Errorf("persona %q is at revision %d, not %d: %w", p.Name, cur.Revision, ifMatch, store.ErrPreconditionFailed)
 		}
-		ops, err := b.defaultOps(p.Name, p.DefaultPersona, o)
-		if err != nil {
-			return 0, false, err
-		}
-		np := p
-		np.CreatedAt, np.UpdatedAt = cur.CreatedAt, time.Now().UTC()
-		val, err := encodeEnvelope(np, reqID, b.host)
-		if err != nil {
-			return 0, false, err
-		}
-		resp, err := b.cli.Txn(ctx).If(b.unchanged(p.Name, o)...).
-			Then(append(ops, clientv3.OpPut(b.personaKey(p.Name), val))...).Commit()
-		if err != nil || !resp.Succeeded {
-			return 0, false, err
-		}
-		np.Revision = cur.Revision + 1
-		out = np
-		return resp.Header.Revision, true, nil
+		return personaWrite{created: cur.CreatedAt, updated: time.Now().UTC(), revision: cur.Revision + 1}, nil
 	})
-	return out, err
 }
 
 // DeletePersona removes a persona from the fleet. While an instance record
