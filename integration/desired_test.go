@@ -56,7 +56,7 @@ func TestDesiredStateOnRealVM(t *testing.T) {
 	if _, err := strconv.Atoi(pid); err != nil {
 		t.Fatalf("pidof vmpersona-guestd: %q", pid)
 	}
-	h.Exec(id, execReq{Command: "kill", Args: []string{"-9", pid}})
+	h.Exec(id, apitypes.ExecRequest{Command: "kill", Args: []string{"-9", pid}})
 	waitFor(t, reconnTimeout, "a new guestd session", func() (bool, string) {
 		inst, _ := h.Instance(id)
 		return inst.Agent.State == "connected" && inst.Agent.ConnectedAt.After(first.Agent.ConnectedAt), fmt.Sprintf("%+v", inst.Agent)
@@ -64,7 +64,7 @@ func TestDesiredStateOnRealVM(t *testing.T) {
 	stayBare("after guestd was killed")
 
 	bootID := first.Agent.BootID
-	h.Exec(id, execReq{Command: "reboot", Args: []string{"-f"}, TimeoutSeconds: 5})
+	h.Exec(id, apitypes.ExecRequest{Command: "reboot", Args: []string{"-f"}, TimeoutSeconds: 5})
 	waitFor(t, bootTimeout, "the VM back after reboot", func() (bool, string) {
 		inst, _ := h.Instance(id)
 		return inst.Agent.State == "connected" && inst.Agent.BootID != "" && inst.Agent.BootID != bootID, fmt.Sprintf("%+v", inst.Agent)
@@ -100,7 +100,7 @@ func TestDesiredStateOnRealVM(t *testing.T) {
 	if ans.Summary.Activated != 1 || len(ans.Results) != 1 || ans.Results[0].Result != apitypes.RolloutActivated {
 		t.Errorf("rollout: %+v", ans)
 	}
-	if _, _, st := h.Exec(id, execReq{Command: "cat", Args: []string{"/proc/version"}}); st != http.StatusForbidden {
+	if _, _, st := h.Exec(id, apitypes.ExecRequest{Command: "cat", Args: []string{"/proc/version"}}); st != http.StatusForbidden {
 		t.Errorf("cat after the rollout: %d, want 403", st)
 	}
 	inst, _ = h.Instance(id)

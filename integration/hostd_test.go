@@ -204,18 +204,6 @@ func (h *Hostd) MustCtl(args ...string) string {
 	return r.Stdout
 }
 
-// --- the REST API's documents: the API's own types --------------------
-
-type (
-	instanceDoc = apitypes.Instance
-	activeDoc   = apitypes.ActivePersona
-	activateDoc = apitypes.ActivationResult
-	execReq     = apitypes.ExecRequest
-	execDoc     = apitypes.ExecResult
-	problemDoc  = apitypes.Problem
-	auditDoc    = apitypes.AuditEvent
-)
-
 // --- helpers over the API -------------------------------------------------
 
 func (h *Hostd) CreatePersona(p protocol.Persona) {
@@ -223,32 +211,32 @@ func (h *Hostd) CreatePersona(p protocol.Persona) {
 	h.Must(http.StatusCreated, http.MethodPost, "/personas", p, nil)
 }
 
-func (h *Hostd) Instance(id string) (instanceDoc, int) {
-	var doc instanceDoc
+func (h *Hostd) Instance(id string) (apitypes.Instance, int) {
+	var doc apitypes.Instance
 	st, _, _ := h.Do(http.MethodGet, "/instances/"+id, nil, &doc)
 	return doc, st
 }
 
-func (h *Hostd) Active(id string) activeDoc {
+func (h *Hostd) Active(id string) apitypes.ActivePersona {
 	h.t.Helper()
-	var doc activeDoc
+	var doc apitypes.ActivePersona
 	h.Must(http.StatusOK, http.MethodGet, "/instances/"+id+"/active_persona", nil, &doc)
 	return doc
 }
 
-func (h *Hostd) Activate(id, persona string) activateDoc {
+func (h *Hostd) Activate(id, persona string) apitypes.ActivationResult {
 	h.t.Helper()
-	var doc activateDoc
+	var doc apitypes.ActivationResult
 	h.Must(http.StatusOK, http.MethodPost, "/instances/"+id+"/personas/"+persona+"/activate", nil, &doc)
 	return doc
 }
 
 // Exec runs a command through the API; status is the HTTP status, and for a
 // non-200 answer the problem document is returned.
-func (h *Hostd) Exec(id string, req execReq) (execDoc, problemDoc, int) {
+func (h *Hostd) Exec(id string, req apitypes.ExecRequest) (apitypes.ExecResult, apitypes.Problem, int) {
 	h.t.Helper()
-	var doc execDoc
-	var prob problemDoc
+	var doc apitypes.ExecResult
+	var prob apitypes.Problem
 	st, raw, err := h.Do(http.MethodPost, "/instances/"+id+"/exec", req, &doc)
 	if err != nil {
 		h.t.Fatalf("exec %s on %s: %v", req.Command, id, err)
@@ -260,19 +248,19 @@ func (h *Hostd) Exec(id string, req execReq) (execDoc, problemDoc, int) {
 }
 
 // MustExec runs a command and fails unless it ran (200) with exit code 0.
-func (h *Hostd) MustExec(id string, cmd string, args ...string) execDoc {
+func (h *Hostd) MustExec(id string, cmd string, args ...string) apitypes.ExecResult {
 	h.t.Helper()
-	doc, prob, st := h.Exec(id, execReq{Command: cmd, Args: args, TimeoutSeconds: 60})
+	doc, prob, st := h.Exec(id, apitypes.ExecRequest{Command: cmd, Args: args, TimeoutSeconds: 60})
 	if st != http.StatusOK || doc.ExitCode != 0 {
 		h.t.Fatalf("exec %s %v on %s: status %d exit %d: %+v stdout=%q stderr=%q", cmd, args, id, st, doc.ExitCode, prob, doc.Stdout, doc.Stderr)
 	}
 	return doc
 }
 
-func (h *Hostd) Audit(query string) []auditDoc {
+func (h *Hostd) Audit(query string) []apitypes.AuditEvent {
 	h.t.Helper()
 	var doc struct {
-		Events []auditDoc `json:"events"`
+		Events []apitypes.AuditEvent `json:"events"`
 	}
 	h.Must(http.StatusOK, http.MethodGet, "/audit?"+query, nil, &doc)
 	return doc.Events
@@ -285,9 +273,9 @@ func (h *Hostd) Metrics() string {
 
 // WaitConnected waits until the instance's agent is connected and returns
 // the instance document and how long it took.
-func (h *Hostd) WaitConnected(id string, timeout time.Duration) (instanceDoc, time.Duration) {
+func (h *Hostd) WaitConnected(id string, timeout time.Duration) (apitypes.Instance, time.Duration) {
 	h.t.Helper()
-	var doc instanceDoc
+	var doc apitypes.Instance
 	d := waitFor(h.t, timeout, "agent of "+id+" connected", func() (bool, string) {
 		var st int
 		doc, st = h.Instance(id)
@@ -298,11 +286,11 @@ func (h *Hostd) WaitConnected(id string, timeout time.Duration) (instanceDoc, ti
 
 // WaitActive waits until the instance's agent is connected and confirms
 // persona as active (not stale); persona "" waits for no persona.
-func (h *Hostd) WaitActive(id, persona string, timeout time.Duration) (activeDoc, time.Duration) {
+func (h *Hostd) WaitActive(id, persona string, timeout time.Duration) (apitypes.ActivePersona, time.Duration) {
 	h.t.Helper()
-	var doc activeDoc
+	var doc apitypes.ActivePersona
 	d := waitFor(h.t, timeout, fmt.Sprintf("persona %q active on %s", persona, id), func() (bool, string) {
-		doc = activeDoc{}
+		doc = apitypes.ActivePersona{}
 		st, raw, err := h.Do(http.MethodGet, "/instances/"+id+"/active_persona", nil, &doc)
 		if err != nil || st != http.StatusOK {
 			return false, fmt.Sprintf("%d %s %v", st, raw, err)

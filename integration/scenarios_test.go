@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -56,7 +57,7 @@ func metricValue(metrics, series string) float64 {
 	return -1
 }
 
-func countAudit(evs []auditDoc, match func(auditDoc) bool) int {
+func countAudit(evs []apitypes.AuditEvent, match func(apitypes.AuditEvent) bool) int {
 	n := 0
 	for _, e := range evs {
 		if match(e) {
@@ -115,7 +116,7 @@ func TestSeedFlow(t *testing.T) {
 	h.MustExec(id, "rm", "-f", "/tmp/nothing-here")
 
 	// hardened: restrictions, its own environment, staging's gone.
-	var actDoc activateDoc
+	var actDoc apitypes.ActivationResult
 	h.Must(http.StatusOK, http.MethodPost, "/instances/"+id+"/personas/hardened/activate", nil, &actDoc)
 	if actDoc.Result != "activated" || actDoc.Persona != "hardened" {
 		t.Fatalf("activate hardened: %+v", actDoc)
@@ -129,7 +130,7 @@ func TestSeedFlow(t *testing.T) {
 		t.Errorf("environment under hardened (staging's variables must be gone): %q", res.Stdout)
 	}
 	for _, cmd := range []string{"rm", "/bin/rm", "reboot", "shutdown"} {
-		_, prob, st := h.Exec(id, execReq{Command: cmd, Args: []string{"-f", "/tmp/x"}})
+		_, prob, st := h.Exec(id, apitypes.ExecRequest{Command: cmd, Args: []string{"-f", "/tmp/x"}})
 		if st != http.StatusForbidden || prob.Detail != protocol.DeniedMessage {
 			t.Errorf("%s under hardened: status %d %+v, want 403 %q", cmd, st, prob, protocol.DeniedMessage)
 		}
@@ -138,11 +139,11 @@ func TestSeedFlow(t *testing.T) {
 	if r.Code != 126 || !strings.Contains(r.Stderr+r.Stdout, protocol.DeniedMessage) {
 		t.Errorf("vmpersonactl exec rm under hardened: %+v", r)
 	}
-	_, prob, st := h.Exec(id, execReq{Command: "passwd"})
+	_, prob, st := h.Exec(id, apitypes.ExecRequest{Command: "passwd"})
 	if st != http.StatusOK {
 		t.Errorf("passwd override: status %d %+v", st, prob)
 	}
-	res, _, _ = h.Exec(id, execReq{Command: "passwd"})
+	res, _, _ = h.Exec(id, apitypes.ExecRequest{Command: "passwd"})
 	if res.Route != "override" || res.ExitCode != 1 || !strings.Contains(res.Stderr, "managed centrally") {
 		t.Errorf("passwd under hardened: %+v", res)
 	}
@@ -151,7 +152,7 @@ func TestSeedFlow(t *testing.T) {
 		t.Errorf("ls under hardened: %+v", res)
 	}
 	// deploy has no override under hardened and does not exist in the guest.
-	_, prob, st = h.Exec(id, execReq{Command: "deploy"})
+	_, prob, st = h.Exec(id, apitypes.ExecRequest{Command: "deploy"})
 	if st != http.StatusUnprocessableEntity {
 		t.Errorf("deploy under hardened: status %d %+v, want 422", st, prob)
 	}
@@ -163,7 +164,7 @@ func TestSeedFlow(t *testing.T) {
 		EnvironmentVariables: map[string]string{"APP_ENV": "bad"}})
 	for _, c := range []struct{ persona, result, phase string }{{"bad-pre", "aborted", "pre"}, {"bad-post", "rolled_back", "post"}} {
 		st, raw, err := h.Do(http.MethodPost, "/instances/"+id+"/personas/"+c.persona+"/activate", nil, nil)
-		var p problemDoc
+		var p apitypes.Problem
 		_ = json.Unmarshal(raw, &p)
 		if err != nil || st != http.StatusConflict || p.Result != c.result || p.Phase != c.phase {
 			t.Errorf("activate %s: %d %v %s, want 409 %s/%s", c.persona, st, err, raw, c.result, c.phase)
@@ -176,22 +177,22 @@ func TestSeedFlow(t *testing.T) {
 			t.Errorf("after refused %s APP_ENV=%q", c.persona, res.Stdout)
 		}
 	}
-	if _, _, st := h.Exec(id, execReq{Command: "rm"}); st != http.StatusForbidden {
+	if _, _, st := h.Exec(id, apitypes.ExecRequest{Command: "rm"}); st != http.StatusForbidden {
 		t.Errorf("rm after the refused activations: %d, want 403 (hardened still enforced)", st)
 	}
 
 	// The audit log has the guest's events, each once.
-	var evs []auditDoc
+	var evs []apitypes.AuditEvent
 	waitFor(t, 20*time.Second, "the guest's audit events", func() (bool, string) {
 		evs = h.Audit("instance=" + id)
-		n := countAudit(evs, func(e auditDoc) bool { return e.Source == "guest" && e.Type == "denial" })
+		n := countAudit(evs, func(e apitypes.AuditEvent) bool { return e.Source == "guest" && e.Type == "denial" })
 		return n >= 5, fmt.Sprintf("%d guest denials", n)
 	})
 	for _, want := range []struct{ typ, persona, command string }{
 		{"activation", "staging", ""}, {"activation", "hardened", ""}, {"override", "staging", "deploy"},
 		{"override", "hardened", "passwd"}, {"denial", "hardened", "rm"},
 	} {
-		if countAudit(evs, func(e auditDoc) bool {
+		if countAudit(evs, func(e apitypes.AuditEvent) bool {
 			return e.Source == "guest" && e.Type == want.typ && e.Persona == want.persona && (want.command == "" || e.Command == want.command)
 		}) == 0 {
 			t.Errorf("no guest audit event %+v in %d events", want, len(evs))
@@ -296,7 +297,7 @@ func TestDefaultPersonaOnBoot(t *testing.T) {
 		t.Errorf("default_activation audit events: %+v, want one for baseline", evs)
 	}
 	var instances struct {
-		Instances []instanceDoc `json:"instances"`
+		Instances []apitypes.Instance `json:"instances"`
 	}
 	h.Must(http.StatusOK, http.MethodGet, "/instances", nil, &instances)
 	if len(instances.Instances) != 1 || instances.Instances[0].ActivePersona == nil || *instances.Instances[0].ActivePersona != "baseline" {
@@ -339,7 +340,7 @@ func TestPersonaSurvivesGuestdRestartAndReboot(t *testing.T) {
 		if res := h.MustExec(id, "hello", "x"); res.Route != "override" || strings.TrimSpace(res.Stdout) != "hello from sticky x" {
 			t.Errorf("%s: override: %+v", stage, res)
 		}
-		if _, prob, st := h.Exec(id, execReq{Command: "/bin/rm"}); st != http.StatusForbidden {
+		if _, prob, st := h.Exec(id, apitypes.ExecRequest{Command: "/bin/rm"}); st != http.StatusForbidden {
 			t.Errorf("%s: /bin/rm: %d %+v, want 403", stage, st, prob)
 		}
 	}
@@ -350,14 +351,14 @@ func TestPersonaSurvivesGuestdRestartAndReboot(t *testing.T) {
 	if _, err := strconv.Atoi(pid); err != nil {
 		t.Fatalf("pidof vmpersona-guestd: %q", pid)
 	}
-	_, _, st := h.Exec(id, execReq{Command: "kill", Args: []string{"-9", pid}})
+	_, _, st := h.Exec(id, apitypes.ExecRequest{Command: "kill", Args: []string{"-9", pid}})
 	t.Logf("kill -9 of guestd %s answered %d (the answer may be lost with the daemon)", pid, st)
 	waitFor(t, reconnTimeout, "a new guestd session", func() (bool, string) {
 		inst, _ := h.Instance(id)
 		if inst.Agent.State != "connected" || inst.Agent.ConnectedAt.IsZero() || !inst.Agent.ConnectedAt.After(first.Agent.ConnectedAt) {
 			return false, fmt.Sprintf("%+v", inst.Agent)
 		}
-		doc, _, st := h.Exec(id, execReq{Command: "pidof", Args: []string{"vmpersona-guestd"}})
+		doc, _, st := h.Exec(id, apitypes.ExecRequest{Command: "pidof", Args: []string{"vmpersona-guestd"}})
 		return st == http.StatusOK && strings.TrimSpace(doc.Stdout) != pid && doc.Stdout != "", fmt.Sprintf("pidof: %d %q", st, doc.Stdout)
 	})
 	if !vm.ConsoleContains("vmpersona-guestd exited") {
@@ -367,7 +368,7 @@ func TestPersonaSurvivesGuestdRestartAndReboot(t *testing.T) {
 
 	// Reboot the VM from inside.
 	bootID := first.Agent.BootID
-	_, _, st = h.Exec(id, execReq{Command: "reboot", Args: []string{"-f"}, TimeoutSeconds: 5})
+	_, _, st = h.Exec(id, apitypes.ExecRequest{Command: "reboot", Args: []string{"-f"}, TimeoutSeconds: 5})
 	t.Logf("reboot -f answered %d", st)
 	rebootStart := time.Now()
 	waitFor(t, bootTimeout, "the VM back after reboot", func() (bool, string) {
@@ -435,7 +436,7 @@ func TestHostdRestartReconciles(t *testing.T) {
 	if a.ActivationID == betaActivation || a.ActivationID == act.ActivationID {
 		t.Errorf("reconciled activation %s: want a new activation of alpha (beta was %s, the first alpha %s)", a.ActivationID, betaActivation, act.ActivationID)
 	}
-	whileDown := func(e auditDoc) bool {
+	whileDown := func(e apitypes.AuditEvent) bool {
 		return e.Source == "guest" && (e.ActivationID == betaActivation && e.Type == "activation" ||
 			e.Type == "denial" && e.Command == "dd" || e.Type == "override" && e.Command == "greet")
 	}
@@ -443,7 +444,7 @@ func TestHostdRestartReconciles(t *testing.T) {
 		n := countAudit(h.Audit("instance="+id), whileDown)
 		return n >= 3, fmt.Sprintf("%d of 3", n)
 	})
-	if n := countAudit(h.Audit("instance="+id+"&type=reconciled"), func(auditDoc) bool { return true }); n < 1 {
+	if n := countAudit(h.Audit("instance="+id+"&type=reconciled"), func(apitypes.AuditEvent) bool { return true }); n < 1 {
 		t.Error("no reconciled audit event for the guest converged back to its desired persona")
 	}
 
@@ -525,13 +526,13 @@ func TestTwoVMs(t *testing.T) {
 		t.Errorf("vm2 APP_ENV=%q", r.Stdout)
 	}
 	h.MustExec(vms[0].Name, "rm", "-f", "/tmp/x")
-	if _, _, st := h.Exec(vms[1].Name, execReq{Command: "rm", Args: []string{"-f", "/tmp/x"}}); st != http.StatusForbidden {
+	if _, _, st := h.Exec(vms[1].Name, apitypes.ExecRequest{Command: "rm", Args: []string{"-f", "/tmp/x"}}); st != http.StatusForbidden {
 		t.Errorf("rm on the hardened VM: %d, want 403", st)
 	}
 	if r := h.MustExec(vms[0].Name, "deploy"); r.Route != "override" {
 		t.Errorf("deploy on the staging VM: %+v", r)
 	}
-	if _, _, st := h.Exec(vms[1].Name, execReq{Command: "deploy"}); st != http.StatusUnprocessableEntity {
+	if _, _, st := h.Exec(vms[1].Name, apitypes.ExecRequest{Command: "deploy"}); st != http.StatusUnprocessableEntity {
 		t.Errorf("deploy on the hardened VM: %d, want 422 (no override, no such command)", st)
 	}
 	out := h.MustCtl("instances")

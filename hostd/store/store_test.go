@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/validate"
 	"github.com/vmpersona/vmpersona/protocol"
+	"github.com/vmpersona/vmpersona/rules"
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -512,10 +513,10 @@ func (b *syncBuffer) String() string {
 func TestLargePersona(t *testing.T) {
 	s := openTemp(t)
 	p := persona("big")
-	p.PreActivationScript = "#!/bin/sh\n" + strings.Repeat("#", validate.MaxScriptLen-10)
+	p.PreActivationScript = "#!/bin/sh\n" + strings.Repeat("#", rules.MaxScriptLen-10)
 	p.CommandOverrides = map[string]string{}
 	for i := range 13 {
-		p.CommandOverrides[fmt.Sprintf("c%d", i)] = "#!/bin/sh\n" + strings.Repeat(string(rune('a'+i)), validate.MaxScriptLen-10)
+		p.CommandOverrides[fmt.Sprintf("c%d", i)] = "#!/bin/sh\n" + strings.Repeat(string(rune('a'+i)), rules.MaxScriptLen-10)
 	}
 	mustCreate(t, s, p)
 	p.PostActivationScript = p.PreActivationScript

@@ -27,21 +27,6 @@ import (
 // errdefs.ErrInvalid.
 var ErrInvalid = errdefs.New(errdefs.ErrInvalid, "invalid-field", "invalid persona")
 
-// Limits, those of package rules (both daemons apply them). Each is
-// inclusive: a value of exactly the limit is accepted.
-const (
-	MaxNameLen         = rules.MaxNameLen
-	MaxEnvVars         = rules.MaxEnvVars
-	MaxEnvNameLen      = rules.MaxEnvNameLen
-	MaxEnvValueLen     = rules.MaxEnvValueLen
-	MaxScriptLen       = rules.MaxScriptLen
-	MaxOverrides       = rules.MaxOverrides
-	MaxCommandNameLen  = rules.MaxCommandNameLen
-	MaxCommandPathLen  = rules.MaxCommandPathLen
-	MaxCommandEntries  = rules.MaxCommandEntries
-	MaxPersonaTextSize = rules.MaxPersonaTextSize
-)
-
 // Error is a refused persona: Field is the JSON path of the offending value,
 // Detail says what is wrong with it.
 type Error struct {
@@ -128,8 +113,8 @@ func checkPersona(p *protocol.Persona) *Error {
 	default:
 		return fail("enforcement", "%q is neither \"kernel\" nor \"agent\"", p.Enforcement)
 	}
-	if len(p.RequestEnv) > MaxEnvVars {
-		return fail("request_env", "has %d names, at most %d allowed", len(p.RequestEnv), MaxEnvVars)
+	if len(p.RequestEnv) > rules.MaxEnvVars {
+		return fail("request_env", "has %d names, at most %d allowed", len(p.RequestEnv), rules.MaxEnvVars)
 	}
 	if err := rules.UserName(p.ExecUser); err != nil {
 		return fail("exec_user", "%v", err)
@@ -141,8 +126,8 @@ func checkPersona(p *protocol.Persona) *Error {
 	}
 	total := len(p.Name)
 
-	n, e := checkMap("environment_variables", "variables", p.EnvironmentVariables, MaxEnvVars, checkEnvName,
-		func(f, v string) *Error { return checkText(f, v, MaxEnvValueLen) })
+	n, e := checkMap("environment_variables", "variables", p.EnvironmentVariables, rules.MaxEnvVars, checkEnvName,
+		func(f, v string) *Error { return checkText(f, v, rules.MaxEnvValueLen) })
 	if e != nil {
 		return e
 	}
@@ -158,15 +143,15 @@ func checkPersona(p *protocol.Persona) *Error {
 		return fail(f, "%v", err)
 	}
 
-	if e := checkText("pre_activation_script", p.PreActivationScript, MaxScriptLen); e != nil {
+	if e := checkText("pre_activation_script", p.PreActivationScript, rules.MaxScriptLen); e != nil {
 		return e
 	}
-	if e := checkText("post_activation_script", p.PostActivationScript, MaxScriptLen); e != nil {
+	if e := checkText("post_activation_script", p.PostActivationScript, rules.MaxScriptLen); e != nil {
 		return e
 	}
 	total += len(p.PreActivationScript) + len(p.PostActivationScript)
 
-	n, e = checkMap("command_overrides", "overrides", p.CommandOverrides, MaxOverrides, checkCommandName, checkOverrideTarget)
+	n, e = checkMap("command_overrides", "overrides", p.CommandOverrides, rules.MaxOverrides, checkCommandName, checkOverrideTarget)
 	if e != nil {
 		return e
 	}
@@ -179,8 +164,8 @@ func checkPersona(p *protocol.Persona) *Error {
 		{"restricted_commands", p.RestrictedCommands},
 		{"allowed_commands", p.AllowedCommands},
 	} {
-		if n := len(list.entries); n > MaxCommandEntries {
-			return fail(list.field, "has %d entries, at most %d allowed", n, MaxCommandEntries)
+		if n := len(list.entries); n > rules.MaxCommandEntries {
+			return fail(list.field, "has %d entries, at most %d allowed", n, rules.MaxCommandEntries)
 		}
 		for i, c := range list.entries {
 			if e := checkCommand(list.field+"["+strconv.Itoa(i)+"]", c); e != nil {
@@ -194,8 +179,8 @@ func checkPersona(p *protocol.Persona) *Error {
 		return e
 	}
 
-	if total > MaxPersonaTextSize {
-		return fail("", "names, values and scripts add up to %d bytes, at most %d allowed", total, MaxPersonaTextSize)
+	if total > rules.MaxPersonaTextSize {
+		return fail("", "names, values and scripts add up to %d bytes, at most %d allowed", total, rules.MaxPersonaTextSize)
 	}
 	return nil
 }
@@ -272,8 +257,8 @@ func checkCommandName(field, c string) *Error {
 	switch {
 	case c == "":
 		return fail(field, "command name must not be empty")
-	case len(c) > MaxCommandNameLen:
-		return fail(field, "command name is %d bytes long, at most %d allowed", len(c), MaxCommandNameLen)
+	case len(c) > rules.MaxCommandNameLen:
+		return fail(field, "command name is %d bytes long, at most %d allowed", len(c), rules.MaxCommandNameLen)
 	case strings.IndexByte(c, 0) >= 0:
 		return fail(field, "command name contains a NUL byte")
 	case strings.IndexByte(c, '/') >= 0:
@@ -289,8 +274,8 @@ func checkCommandName(field, c string) *Error {
 // checkAbsPath: an absolute, clean path with a file name.
 func checkAbsPath(field, p string) *Error {
 	switch {
-	case len(p) > MaxCommandPathLen:
-		return fail(field, "path is %d bytes long, at most %d allowed", len(p), MaxCommandPathLen)
+	case len(p) > rules.MaxCommandPathLen:
+		return fail(field, "path is %d bytes long, at most %d allowed", len(p), rules.MaxCommandPathLen)
 	case strings.IndexByte(p, 0) >= 0:
 		return fail(field, "path contains a NUL byte")
 	case !utf8.ValidString(p):
@@ -325,7 +310,7 @@ func checkCommand(field, c string) *Error {
 func checkOverrideTarget(field, v string) *Error {
 	switch {
 	case strings.HasPrefix(v, "#!"):
-		return checkText(field, v, MaxScriptLen)
+		return checkText(field, v, rules.MaxScriptLen)
 	case strings.HasPrefix(v, "/"):
 		return checkAbsPath(field, v)
 	case v == "":
