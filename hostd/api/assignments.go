@@ -51,6 +51,17 @@ func (s *Server) assignmentNamed(ps httprouter.Params) (string, AssignmentStore,
 	return name, as, err
 }
 
+// assignmentChange is the assignment a change names in its path (checked),
+// the store that keeps assignments, and the change's If-Match.
+func (s *Server) assignmentChange(r *http.Request, ps httprouter.Params) (string, AssignmentStore, tagList, error) {
+	name, as, err := s.assignmentNamed(ps)
+	if err != nil {
+		return "", nil, tagList{}, err
+	}
+	ifMatch, err := parseTagList(r, "If-Match")
+	return name, as, ifMatch, err
+}
+
 // assignmentToMatch is the revision a change of the assignment must find
 // under the request's If-Match (0: any).
 func assignmentToMatch(ifMatch tagList, as AssignmentStore, name string) (uint64, error) {
@@ -108,11 +119,7 @@ func (s *Server) getAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 }
 
 func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name, as, err := s.assignmentNamed(ps)
-	if err != nil {
-		return err
-	}
-	ifMatch, err := parseTagList(r, "If-Match")
+	name, as, ifMatch, err := s.assignmentChange(r, ps)
 	if err != nil {
 		return err
 	}
@@ -150,11 +157,7 @@ func (s *Server) putAssignment(w http.ResponseWriter, r *http.Request, ps httpro
 }
 
 func (s *Server) deleteAssignment(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name, as, err := s.assignmentNamed(ps)
-	if err != nil {
-		return err
-	}
-	ifMatch, err := parseTagList(r, "If-Match")
+	name, as, ifMatch, err := s.assignmentChange(r, ps)
 	if err != nil {
 		return err
 	}

@@ -41,11 +41,7 @@ func (s *Server) listPersonas(w http.ResponseWriter, r *http.Request, _ httprout
 }
 
 func (s *Server) getPersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := validate.Name(name); err != nil {
-		return err
-	}
-	ifNoneMatch, err := parseTagList(r, "If-None-Match")
+	name, ifNoneMatch, err := personaTarget(r, ps, "If-None-Match")
 	if err != nil {
 		return err
 	}
@@ -146,11 +142,7 @@ func (s *Server) personaCreated(w http.ResponseWriter, r *http.Request, created 
 }
 
 func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := validate.Name(name); err != nil {
-		return err
-	}
-	ifMatch, err := parseTagList(r, "If-Match")
+	name, ifMatch, err := personaTarget(r, ps, "If-Match")
 	if err != nil {
 		return err
 	}
@@ -214,11 +206,7 @@ func (s *Server) updatePersona(w http.ResponseWriter, r *http.Request, ps httpro
 }
 
 func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	name := ps.ByName("name")
-	if err := validate.Name(name); err != nil {
-		return err
-	}
-	ifMatch, err := parseTagList(r, "If-Match")
+	name, ifMatch, err := personaTarget(r, ps, "If-Match")
 	if err != nil {
 		return err
 	}
@@ -244,6 +232,17 @@ func (s *Server) deletePersona(w http.ResponseWriter, r *http.Request, ps httpro
 	s.appendAudit(store.AuditEvent{Type: protocol.AuditPersonaDeleted, Actor: identityOf(r).User, Persona: name, Detail: detail})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// personaTarget is the persona a request names in its path (checked) and
+// the request's conditional header h (If-Match, If-None-Match).
+func personaTarget(r *http.Request, ps httprouter.Params, h string) (string, tagList, error) {
+	name := ps.ByName("name")
+	if err := validate.Name(name); err != nil {
+		return "", tagList{}, err
+	}
+	tags, err := parseTagList(r, h)
+	return name, tags, err
 }
 
 // personaErr says which persona a store error is about.
