@@ -74,12 +74,10 @@ func (s *Server) queryAudit(w http.ResponseWriter, r *http.Request, _ httprouter
 	if err != nil {
 		return err
 	}
-	page := apitypes.AuditPage{Events: make([]apitypes.AuditEvent, len(evs))}
-	for i, ev := range evs {
-		// The stored event and the API's have the same fields: a field
-		// added to one and not the other does not compile.
-		page.Events[i] = apitypes.AuditEvent(ev)
+	if evs == nil {
+		evs = []apitypes.AuditEvent{}
 	}
+	page := apitypes.AuditPage{Events: evs}
 	if more && len(evs) > 0 {
 		page.Next = evs[len(evs)-1].ID
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -39,31 +40,12 @@ const (
 	auditIDLen                 = 32 // hex of 8 bytes time + 8 bytes sequence
 )
 
-// AuditEvent is one entry of the audit log.
-type AuditEvent struct {
-	ID string `json:"id"` // assigned by the store, sortable (ingestion order), used as a cursor
-	// Time is when the event happened as the host sees it: a host event's
-	// own time, a guest event's ingestion time (the guest's claim is
-	// GuestTime).
-	Time         time.Time `json:"time"`
-	Instance     string    `json:"instance,omitempty"`
-	Actor        string    `json:"actor,omitempty"`
-	Type         string    `json:"type"`
-	Persona      string    `json:"persona,omitempty"`
-	Command      string    `json:"command,omitempty"`
-	Route        string    `json:"route,omitempty"`
-	Result       string    `json:"result,omitempty"`
-	ActivationID string    `json:"activation_id,omitempty"`
-	Source       string    `json:"source"` // "host" or "guest"
-	GuestSpool   string    `json:"guest_spool,omitempty"`
-	GuestSeq     uint64    `json:"guest_seq,omitempty"`
-	Detail       string    `json:"detail,omitempty"`
-	// GuestTime is the time a guest event carries, by the guest's clock,
-	// clamped to [ingestion − MaxGuestClockPast, ingestion +
-	// MaxGuestClockAhead]; ClockSkew says it was clamped.
-	GuestTime time.Time `json:"guest_time,omitzero"`
-	ClockSkew bool      `json:"clock_skew,omitempty"`
-}
+// AuditEvent is one entry of the audit log, the API's type. The store
+// assigns its ID (sortable in ingestion order, the cursor of a query); a
+// host event's Time is its own, a guest event's its ingestion, and its
+// GuestTime the guest's claim, clamped to [ingestion − MaxGuestClockPast,
+// ingestion + MaxGuestClockAhead]. What the store writes is auditRecord.
+type AuditEvent = apitypes.AuditEvent
 
 // AuditQuery selects audit events. Empty fields do not filter.
 type AuditQuery struct {
