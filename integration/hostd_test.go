@@ -176,9 +176,18 @@ type ctlResult struct {
 // Ctl runs the real vmpersonactl against this daemon's socket.
 func (h *Hostd) Ctl(args ...string) ctlResult {
 	h.t.Helper()
+	return h.CtlIn(nil, args...)
+}
+
+// CtlIn runs vmpersonactl with stdin as its standard input.
+func (h *Hostd) CtlIn(stdin []byte, args ...string) ctlResult {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, env.ctl, append([]string{"--socket", h.Sock}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()

@@ -28,6 +28,8 @@ const (
 	TypeExecOutput     Type = 0x21 // guest → host: binary output chunk, FlagMore set
 	TypeExecResult     Type = 0x22 // guest → host: ExecResult
 	TypeExecCredit     Type = 0x23 // host → guest: ExecCredit for a streamed Exec with a Window; never answered
+	TypeExecInput      Type = 0x24 // host → guest: binary standard input of an Exec with an InputWindow; FlagMore until the last; never answered
+	TypeExecInputAck   Type = 0x25 // guest → host: ExecCredit for input the command took, FlagMore set (capability exec-stdin)
 	TypeAuditBatch     Type = 0x30 // guest → host: AuditBatch (unsolicited request)
 	TypeAuditAck       Type = 0x31 // host → guest: AuditAck (answers an AuditBatch)
 	TypeError          Type = 0x7f // either way: Error, answers any request
@@ -38,6 +40,7 @@ var typeNames = map[Type]string{
 	TypeActivate: "activate", TypeActivateResult: "activate_result", TypeDeactivate: "deactivate",
 	TypeDryRun: "dry_run", TypeDryRunResult: "dry_run_result",
 	TypeExec: "exec", TypeExecOutput: "exec_output", TypeExecResult: "exec_result", TypeExecCredit: "exec_credit",
+	TypeExecInput: "exec_input", TypeExecInputAck: "exec_input_ack",
 	TypeFileOpen: "file_open", TypeFileOpened: "file_opened", TypeFileWrite: "file_write",
 	TypeFileRead: "file_read", TypeFileData: "file_data", TypeFileClose: "file_close",
 	TypeAuditBatch: "audit_batch", TypeAuditAck: "audit_ack", TypeError: "error",
@@ -61,6 +64,7 @@ const (
 	CapAuditSpool = "audit-spool" // audit events survive restarts until acknowledged
 	CapProfile    = "profile"     // the persona's environment reaches login shells
 	CapDryRun     = "dry-run"     // DryRun: what an activation would change
+	CapExecStdin  = "exec-stdin"  // Exec.InputWindow: standard input streamed in ExecInput frames
 )
 
 // Enforcement levels of a persona's restrictions.
@@ -245,6 +249,12 @@ type Exec struct {
 	// acknowledged with ExecCredit; the command waits (its pipe fills)
 	// until more credit arrives. 0: no pacing.
 	Window int `json:"window,omitempty"`
+	// InputWindow, when > 0 (to a guest announcing CapExecStdin), says
+	// that the command's standard input follows in ExecInput frames (after
+	// Stdin, when that is set too): at most InputWindow bytes beyond those
+	// the guest has acknowledged with ExecInputAck, and at most
+	// MaxInputWindow.
+	InputWindow int `json:"input_window,omitempty"`
 	// AuditExec is the host's setting for auditing every exec, which a
 	// persona's audit_exec overrides; unset: the guest's --audit-exec.
 	AuditExec *bool `json:"audit_exec,omitempty"`
@@ -256,6 +266,15 @@ type Exec struct {
 type ExecCredit struct {
 	Bytes int `json:"bytes"`
 }
+
+// MaxInputWindow bounds Exec.InputWindow: the most standard input a guest
+// holds for one command that has not taken it yet.
+const MaxInputWindow = 4 << 20
+
+// ExecInputAck (guest → host, as a response with FlagMore, the Exec's id)
+// carries an ExecCredit: Bytes of standard input the command took since the
+// last one, or < 0 when the command's input is closed (it exited or closed
+// it): the host sends no more.
 
 // Routes an exec can take.
 const (

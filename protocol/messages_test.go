@@ -235,6 +235,7 @@ func TestTypeNames(t *testing.T) {
 	want := map[protocol.Type]string{
 		0x01: "hello", 0x02: "hello_ack", 0x03: "ping", 0x04: "pong", 0x10: "activate", 0x11: "activate_result",
 		0x12: "deactivate", 0x13: "dry_run", 0x14: "dry_run_result", 0x20: "exec", 0x21: "exec_output", 0x22: "exec_result", 0x23: "exec_credit",
+		0x24: "exec_input", 0x25: "exec_input_ack",
 		0x40: "file_open", 0x41: "file_opened", 0x42: "file_write", 0x43: "file_read", 0x44: "file_data", 0x45: "file_close", 0x30: "audit_batch",
 		0x31: "audit_ack", 0x7f: "error",
 	}

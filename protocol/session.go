@@ -76,6 +76,9 @@ type Handler struct {
 	// Other handlers run concurrently, at most SessionConfig.MaxInFlight at
 	// once (beyond that a request is answered busy).
 	Serial bool
+	// Input handlers' requests may be followed by ExecInput frames: the
+	// handler reads them through Request.Input.
+	Input bool
 	// Serve returns the answer, or an error: a *Error is sent as it is,
 	// any other error as an Error of code internal. ctx ends when the
 	// session does.
@@ -91,6 +94,7 @@ type Request struct {
 	Payload []byte
 	s       *Session
 	win     *window
+	in      *Input
 }
 
 // Decode decodes the JSON payload; it fails with a *Error of code
@@ -206,6 +210,12 @@ func (s *Session) credit(f Frame) {
 // served forgets the window of a request whose handler returned; an output
 // still waiting for credit gives up.
 func (s *Session) served(r *Request) {
+	if r.in != nil {
+		s.mu.Lock()
+		delete(s.inputs, r.ID)
+		s.mu.Unlock()
+		r.in.close(false)
+	}
 	if r.win == nil {
 		return
 	}
@@ -296,6 +306,7 @@ type Session struct {
 	mu      sync.Mutex
 	pending map[uint64]*call
 	windows map[uint64]*window // paced answers being served (guest)
+	inputs  map[uint64]*Input  // standard inputs of requests being served (guest)
 
 	writes chan *outFrame
 	urgent chan *outFrame // heartbeats: written before queued frames
@@ -341,6 +352,7 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 		ctx: ctx, stop: stop,
 		pending:  make(map[uint64]*call),
 		windows:  make(map[uint64]*window),
+		inputs:   make(map[uint64]*Input),
 		writes:   make(chan *outFrame),
 		urgent:   make(chan *outFrame),
 		work:     make(chan job),
@@ -537,6 +549,30 @@ type call struct {
 	bytes  int
 	final  *Frame
 	err    error
+
+	// Standard input sent with the call (CallOptions.Input): bytes the
+	// guest acknowledged, whether it wants no more; inReady wakes the
+	// sender.
+	inAcked   int
+	inStopped bool
+	inReady   chan struct{}
+}
+
+// inputAck applies an ExecInputAck (cl.mu held).
+func (cl *call) inputAck(payload []byte) {
+	var c ExecCredit
+	if cl.inReady == nil || Unmarshal(payload, &c) != nil {
+		return
+	}
+	if c.Bytes < 0 {
+		cl.inStopped = true
+	} else {
+		cl.inAcked += c.Bytes
+	}
+	select {
+	case cl.inReady <- struct{}{}:
+	default:
+	}
 }
 
 func (cl *call) signal() {
@@ -558,7 +594,7 @@ func (cl *call) signal() {
 //
 // A nil req sends an empty payload (Ping).
 func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte)) error {
-	return s.CallPaced(ctx, t, req, resp, onOutput, 0)
+	return s.CallWith(ctx, t, req, resp, CallOptions{Output: onOutput})
 }
 
 // CallPaced is Call for a streamed Exec whose Window is window (> 0), to a
@@ -568,6 +604,40 @@ func (s *Session) Call(ctx context.Context, t Type, req, resp any, onOutput func
 // onOutput is. A call that ends before its answer tells the guest to drop
 // the rest of the output.
 func (s *Session) CallPaced(ctx context.Context, t Type, req, resp any, onOutput func(stream byte, data []byte), window int) error {
+	return s.CallWith(ctx, t, req, resp, CallOptions{Output: onOutput, Window: window})
+}
+
+// CallOptions are the streams of a call beside its request and answer.
+type CallOptions struct {
+	// Output receives the answer's ExecOutput chunks, as Call says.
+	Output func(stream byte, data []byte)
+	// Window, when > 0, paces the output as CallPaced says.
+	Window int
+	// Input, with InputWindow > 0, is sent after the request in ExecInput
+	// frames (an Exec whose InputWindow is the same, to a guest announcing
+	// CapExecStdin): at most InputWindow bytes beyond those the guest has
+	// acknowledged, so a command that reads slowly holds Input back rather
+	// than filling memory on either side. Input's end (io.EOF) ends the
+	// command's input; another error ends it too, and fails the call with
+	// an error wrapping ErrInput once the answer is in. The guest saying
+	// the command's input is closed stops the reading.
+	Input       io.Reader
+	InputWindow int
+	// StopInput, when set, is called if the call ends while a Read of
+	// Input still waits, and must make it return: the call returns only
+	// after Input is no longer read.
+	StopInput func()
+}
+
+// ErrInput fails a call whose Input failed before its end.
+var ErrInput = errdefs.New(errdefs.ErrInvalidArgument, "stdin-failed", "protocol: the standard input to send could not be read to its end")
+
+// inputChunk is the most input one ExecInput frame carries.
+const inputChunk = 64 << 10
+
+// CallWith is Call with the streams of o.
+func (s *Session) CallWith(ctx context.Context, t Type, req, resp any, o CallOptions) (err error) {
+	onOutput, window := o.Output, o.Window
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -584,6 +654,10 @@ func (s *Session) CallPaced(ctx context.Context, t Type, req, resp any, onOutput
 	}
 	id := s.nextID.Add(1)
 	cl := &call{epoch: epoch, output: onOutput != nil, ready: make(chan struct{}, 1)}
+	withInput := o.Input != nil && o.InputWindow > 0
+	if withInput {
+		cl.inReady = make(chan struct{}, 1)
+	}
 	s.mu.Lock()
 	s.pending[id] = cl
 	s.mu.Unlock()
@@ -612,6 +686,26 @@ func (s *Session) CallPaced(ctx context.Context, t Type, req, resp any, onOutput
 		// The session ended after the request left, maybe after its
 		// answer came: look once.
 		ended = true
+	}
+	if withInput && !ended {
+		pctx, stop := context.WithCancel(ctx)
+		pumped := make(chan error, 1)
+		go func() { pumped <- s.sendInput(pctx, cl, epoch, id, o.Input, o.InputWindow) }()
+		defer func() {
+			stop()
+			var inErr error
+			select {
+			case inErr = <-pumped:
+			default:
+				if o.StopInput != nil {
+					o.StopInput()
+				}
+				<-pumped // failed, if at all, because it was stopped
+			}
+			if err == nil && inErr != nil {
+				err = fmt.Errorf("%w: %w", ErrInput, inErr)
+			}
+		}()
 	}
 	for {
 		cl.mu.Lock()
@@ -648,6 +742,52 @@ func (s *Session) CallPaced(ctx context.Context, t Type, req, resp any, onOutput
 			// An answer read just before the stream ended still counts
 			// (an AuditAck the guest must record): look once more.
 			ended = true
+		}
+	}
+}
+
+// sendInput sends in as the standard input of call id, within window bytes
+// beyond those the guest acknowledged, until its end, the guest's "no
+// more", or ctx's end. It returns in's error other than io.EOF.
+func (s *Session) sendInput(ctx context.Context, cl *call, epoch uint32, id uint64, in io.Reader, window int) error {
+	buf := make([]byte, min(inputChunk, window))
+	sent := 0
+	for {
+		var room int
+		for {
+			cl.mu.Lock()
+			stop := cl.inStopped || cl.final != nil || cl.err != nil
+			room = window - (sent - cl.inAcked)
+			cl.mu.Unlock()
+			if stop {
+				return nil
+			}
+			if room > 0 {
+				break
+			}
+			select {
+			case <-cl.inReady:
+			case <-ctx.Done():
+				return nil
+			case <-s.closed:
+				return nil
+			}
+		}
+		n, err := in.Read(buf[:min(len(buf), room)])
+		if n > 0 {
+			if s.send(ctx, Header{Type: TypeExecInput, Flags: FlagMore, Epoch: epoch, ID: id}, buf[:n]) != nil {
+				return nil
+			}
+			sent += n
+		}
+		if err != nil {
+			// The end of the input, also when reading it failed: the
+			// command is not left waiting for more.
+			s.send(ctx, Header{Type: TypeExecInput, Epoch: epoch, ID: id}, nil)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
 		}
 	}
 }
@@ -767,6 +907,10 @@ func (s *Session) dispatch(f Frame) {
 		s.credit(f)
 		return
 	}
+	if f.Type == TypeExecInput {
+		s.input(f)
+		return
+	}
 	h, ok := s.cfg.Handlers[f.Type]
 	if !ok || h.Serve == nil {
 		s.answerError(epoch, f.ID, &Error{Code: CodeUnsupportedType, Message: "the " + s.cfg.Side + " does not accept " + f.Type.String()})
@@ -791,6 +935,14 @@ func (s *Session) dispatch(f Frame) {
 	default:
 		s.answerError(epoch, f.ID, &Error{Code: CodeBusy, Message: "too many requests in flight"})
 		return
+	}
+	if h.Input {
+		// Registered before the handler starts: the input's first frames
+		// may arrive before it looks for them.
+		r.in = &Input{s: s, epoch: epoch, id: f.ID, changed: make(chan struct{})}
+		s.mu.Lock()
+		s.inputs[f.ID] = r.in
+		s.mu.Unlock()
 	}
 	j := job{h: h, r: r}
 	select {
@@ -953,6 +1105,9 @@ func (s *Session) deliver(f Frame) {
 	switch {
 	case cl.final != nil || cl.err != nil:
 		s.dropped.Add(1)
+		return
+	case f.Type == TypeExecInputAck:
+		cl.inputAck(f.Payload)
 		return
 	case f.Type != TypeExecOutput:
 		final := f.Clone()

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync"
@@ -65,6 +66,12 @@ type Spec struct {
 	Env   []string
 	Dir   string
 	Stdin []byte
+	// Input, when set, is the standard input (Stdin is then ignored),
+	// read as the process runs and copied to it by a goroutine of its own
+	// until its end, the process closing its input, or the process's end;
+	// Run closes it before it returns, which must make a waiting Read
+	// return.
+	Input io.ReadCloser
 	// Timeout bounds the run (DefaultTimeout when 0); on expiry the whole
 	// process group is killed.
 	Timeout time.Duration
@@ -139,9 +146,33 @@ func Run(ctx context.Context, spec Spec) (Result, error) {
 			continue
 		}
 		group.done()
+		if spec.Input != nil {
+			spec.Input.Close()
+		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrStart, spec.Path, err)
 	}
 	p.group = group
+	var fed chan struct{}
+	if spec.Input != nil && p.in >= 0 {
+		// Streamed input is copied by a goroutine of its own: the poll
+		// loop below serves only the output and the exit.
+		w := os.NewFile(uintptr(p.in), "stdin")
+		p.in = -1
+		fed = make(chan struct{})
+		go func() {
+			defer close(fed)
+			io.Copy(w, spec.Input)
+			w.Close()
+			spec.Input.Close()
+		}()
+		defer func() {
+			// The process has ended: a Read waiting for more input, or
+			// a Write to a pipe a descendant holds, gives up.
+			spec.Input.Close()
+			w.Close()
+			<-fed
+		}()
+	}
 	// A timeout or the caller's cancellation kills the process group and
 	// the cgroup; the loop then sees the process end.
 	stop := context.AfterFunc(ctx, p.kill)
@@ -203,7 +234,7 @@ func startProc(spec Spec, group *cgroup) (*proc, error) {
 	}
 	in = [2]int{-1, -1}
 	stdin := devNullFD()
-	if len(spec.Stdin) > 0 {
+	if len(spec.Stdin) > 0 || spec.Input != nil {
 		if err := unix.Pipe2(in[:], unix.O_CLOEXEC); err != nil {
 			closeFDs(out[0], out[1], errOut[0], errOut[1])
 			return nil, err

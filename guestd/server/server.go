@@ -5,6 +5,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -166,13 +167,16 @@ func (c *conn) handlers() map[protocol.Type]protocol.Handler {
 			}
 			return c.s.cfg.Manager.Diff(req), nil
 		}},
-		protocol.TypeExec: {Answer: protocol.TypeExecResult, Serve: func(ctx context.Context, r *protocol.Request) (any, error) {
+		protocol.TypeExec: {Answer: protocol.TypeExecResult, Input: true, Serve: func(ctx context.Context, r *protocol.Request) (any, error) {
 			var req protocol.Exec
 			if err := r.Decode(&req); err != nil {
 				return nil, err
 			}
+			if req.InputWindow < 0 || req.InputWindow > protocol.MaxInputWindow {
+				return nil, &protocol.Error{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("exec: input_window must be between 0 and %d", protocol.MaxInputWindow)}
+			}
 			r.SetWindow(req.Window)
-			return c.s.exec(ctx, req, r.Output)
+			return c.s.exec(ctx, req, r.Input(req.InputWindow), r.Output)
 		}},
 	}
 	c.fileHandlers(h)
@@ -214,7 +218,7 @@ func (c *conn) hello(protocol.Hello) protocol.HelloAck {
 	view := c.s.cfg.Manager.View()
 	return protocol.HelloAck{
 		AgentVersion: protocol.SoftwareVersion,
-		Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun, protocol.CapFiles},
+		Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAllowlist, protocol.CapAuditSpool, protocol.CapProfile, protocol.CapDryRun, protocol.CapFiles, protocol.CapExecStdin},
 		BootID:       c.s.cfg.BootID,
 		SpoolID:      c.s.cfg.Spool.ID(),
 		Active:       view.Active,
@@ -397,7 +401,10 @@ func (s *Server) writeLater() {
 // exec runs one Exec request through the routing table and returns the
 // final answer; when the request streams, output chunks go to output on the
 // way. ctx ends when the connection does: the command is killed.
-func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream byte, data []byte) error) (any, error) {
+//
+// input, when not nil, is the command's standard input streamed by the host
+// (after req.Stdin).
+func (s *Server) exec(ctx context.Context, req protocol.Exec, input *protocol.Input, output func(stream byte, data []byte) error) (any, error) {
 	fail := func(code, msg string) (any, error) {
 		return nil, &protocol.Error{Code: code, Message: msg, Command: req.Command}
 	}
@@ -528,6 +535,15 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, output func(stream
 	}
 	if req.Stream {
 		spec.OnOutput = func(stream byte, data []byte) { output(stream, data) }
+	}
+	if input != nil {
+		spec.Input = input
+		if len(req.Stdin) > 0 {
+			spec.Input = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(req.Stdin), input), input}
+		}
 	}
 	res, err := execute.Run(ctx, spec)
 	if err != nil {

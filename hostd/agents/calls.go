@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
+	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/protocol"
 )
@@ -107,6 +109,36 @@ func (a *agent) deactivate(ctx context.Context, s *session, actor string, script
 // Errors: ErrUnknownInstance, ErrNotConnected, context.DeadlineExceeded, or
 // *protocol.Error (Code denied, not_found, not_executable, …).
 func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, onOutput func(stream byte, data []byte)) (protocol.ExecResult, error) {
+	return m.ExecWithInput(ctx, instance, req, nil, onOutput)
+}
+
+// Stdin is a command's standard input, read while the command runs.
+type Stdin struct {
+	R io.Reader
+	// Stop, when set, makes a Read of R that waits return: it is called
+	// when the exec ends before R's end.
+	Stop func()
+}
+
+// stdinWindow is how much standard input is on its way to a guest beyond
+// what the command has taken.
+const stdinWindow = 1 << 20
+
+// MaxStdinWhole bounds the standard input sent in one piece to a guest
+// without streamed input (capability exec-stdin).
+const MaxStdinWhole = 4 << 20
+
+// ErrStdinTooLarge refuses streamed input larger than MaxStdinWhole for a
+// guest that takes it in one piece only.
+var ErrStdinTooLarge = errdefs.New(errdefs.ErrTooLarge, "stdin-too-large",
+	"the instance's guest agent takes standard input in one piece, at most 4 MiB: update vmpersona-guestd in the instance for streamed input")
+
+// ExecWithInput is Exec with the command's standard input read from in (nil:
+// none beyond req.Stdin) as the command runs, a window at a time: a command
+// that reads slowly holds in back, and neither daemon holds more than the
+// window. A guest without streamed input (an older agent) gets in whole,
+// up to MaxStdinWhole.
+func (m *Manager) ExecWithInput(ctx context.Context, instance string, req protocol.Exec, in *Stdin, onOutput func(stream byte, data []byte)) (protocol.ExecResult, error) {
 	a, s, err := m.connected(instance)
 	if err != nil {
 		return protocol.ExecResult{}, err
@@ -122,6 +154,7 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 	if bound <= 0 {
 		bound = DefaultExecMaxOutput
 	}
+	var opts protocol.CallOptions
 	switch {
 	case onOutput != nil && slices.Contains(s.hello.Capabilities, protocol.CapExecWindow):
 		// The guest sends at most a window ahead of onOutput: a slow
@@ -131,15 +164,30 @@ func (m *Manager) Exec(ctx context.Context, instance string, req protocol.Exec, 
 		if req.MaxOutput > 0 {
 			onOutput = a.boundOutput(s, req.MaxOutput, onOutput)
 		}
-		err = s.cl.CallPaced(ctx, protocol.TypeExec, req, &res, onOutput, execWindow)
+		opts.Output, opts.Window = onOutput, execWindow
 	case onOutput != nil:
 		// An older guest, unpaced: its stream is bounded.
 		req.Stream, req.MaxOutput = true, bound
-		err = s.cl.Call(ctx, protocol.TypeExec, req, &res, a.boundOutput(s, bound, onOutput))
+		opts.Output = a.boundOutput(s, bound, onOutput)
 	default:
 		req.MaxOutput = bound
-		res, err = call[protocol.ExecResult](ctx, s.cl, protocol.TypeExec, req, nil)
 	}
+	switch {
+	case in == nil:
+	case slices.Contains(s.hello.Capabilities, protocol.CapExecStdin):
+		req.InputWindow = stdinWindow
+		opts.Input, opts.InputWindow, opts.StopInput = in.R, stdinWindow, in.Stop
+	default:
+		b, err := io.ReadAll(io.LimitReader(in.R, MaxStdinWhole-int64(len(req.Stdin))+1))
+		if err != nil {
+			return protocol.ExecResult{}, fmt.Errorf("%w: %w", protocol.ErrInput, err)
+		}
+		if len(req.Stdin)+len(b) > MaxStdinWhole {
+			return protocol.ExecResult{}, ErrStdinTooLarge
+		}
+		req.Stdin = append(req.Stdin, b...)
+	}
+	err = s.cl.CallWith(ctx, protocol.TypeExec, req, &res, opts)
 	if err == nil {
 		if err = checkExecResult(&res, bound); err != nil {
 			a.refuseGuest(s, "exec_result", err)

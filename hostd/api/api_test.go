@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -278,6 +280,9 @@ func TestPersonaErrors(t *testing.T) {
 		{"exec bad user", "POST", "/instances/vm1/exec", `{"command":"true","user":"a b"}`, nil, 422, "user"},
 		{"exec bad group", "POST", "/instances/vm1/exec", `{"command":"true","group":"-x"}`, nil, 422, "group"},
 		{"exec relative cwd", "POST", "/instances/vm1/exec", `{"command":"true","cwd":"tmp"}`, nil, 422, "cwd"},
+		{"exec stdin without newline", "POST", "/instances/vm1/exec", `{"command":"cat"}x`, []string{"Content-Type", apitypes.ExecStdinMediaType}, 400, ""},
+		{"exec stdin twice", "POST", "/instances/vm1/exec", "{\"command\":\"cat\",\"stdin\":\"a\"}\nb", []string{"Content-Type", apitypes.ExecStdinMediaType}, 422, "stdin"},
+		{"exec stdin bad document", "POST", "/instances/vm1/exec", "{\"command\":\"cat\",\"nope\":1}\nb", []string{"Content-Type", apitypes.ExecStdinMediaType}, 400, "nope"},
 		{"no route", "GET", "/nothing", ``, nil, 404, ""},
 		{"wrong method", "PATCH", "/personas", ``, nil, 405, ""},
 	}
@@ -291,6 +296,28 @@ func TestPersonaErrors(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("exec streamed stdin", func(t *testing.T) {
+		r := e.must(e.do("POST", "/instances/vm1/exec", tokOperator, "{\"command\":\"wc\",\"args\":[\"-c\"]}\n"+strings.Repeat("x", 12345),
+			"Content-Type", apitypes.ExecStdinMediaType), 200).json(t)
+		if strings.TrimSpace(r["stdout"].(string)) != "12345" {
+			t.Fatalf("wc -c of 12345 streamed bytes: %v", r["stdout"])
+		}
+		// The document alone: no input.
+		r = e.must(e.do("POST", "/instances/vm1/exec", tokOperator, `{"command":"wc","args":["-c"]}`,
+			"Content-Type", apitypes.ExecStdinMediaType), 200).json(t)
+		if strings.TrimSpace(r["stdout"].(string)) != "0" {
+			t.Fatalf("wc -c of no input: %v", r["stdout"])
+		}
+		// The document is bounded; the input after it is not.
+		big := `{"command":"cat","cwd":"/` + strings.Repeat("a", MaxExecBody) + "\"}\n"
+		e.must(e.do("POST", "/instances/vm1/exec", tokOperator, big, "Content-Type", apitypes.ExecStdinMediaType), 413)
+		r = e.must(e.do("POST", "/instances/vm1/exec", tokOperator, "{\"command\":\"wc\",\"args\":[\"-c\"]}\n"+strings.Repeat("y", MaxExecBody+1000),
+			"Content-Type", apitypes.ExecStdinMediaType), 200).json(t)
+		if strings.TrimSpace(r["stdout"].(string)) != strconv.Itoa(MaxExecBody+1000) {
+			t.Fatalf("wc -c of input beyond the body bound: %v", r["stdout"])
+		}
+	})
 
 	t.Run("huge body", func(t *testing.T) {
 		big := `{"name":"big","pre_activation_script":"` + strings.Repeat("a", MaxPersonaBody+10) + `"}`

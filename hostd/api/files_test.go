@@ -2,13 +2,17 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
@@ -80,5 +84,40 @@ func TestFilesThroughTheAPI(t *testing.T) {
 		if got := seen[typ]; got != want+" ok" && got != want+"; mode 0640 ok" {
 			t.Errorf("%s event: %q", typ, got)
 		}
+	}
+}
+
+// An agent from before streamed input gets the input whole, within
+// agents.MaxStdinWhole; more is 413 naming the update, not a cut input.
+func TestExecStdinToOldGuest(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "old.sock")
+	testproc.ServeUnix(t, sock, func(c net.Conn) {
+		s := protocol.NewSession(c, protocol.SessionConfig{Side: "guest", OnHello: func(protocol.Hello) protocol.HelloAck {
+			return protocol.HelloAck{AgentVersion: "old", BootID: "old", SpoolID: "old",
+				Capabilities: []string{protocol.CapExecStream, protocol.CapExecWindow, protocol.CapAuditSpool}}
+		}, Handlers: map[protocol.Type]protocol.Handler{protocol.TypeExec: {Answer: protocol.TypeExecResult, Serve: func(_ context.Context, r *protocol.Request) (any, error) {
+			var req protocol.Exec
+			if err := r.Decode(&req); err != nil {
+				return nil, err
+			}
+			if req.InputWindow != 0 {
+				return nil, &protocol.Error{Code: protocol.CodeBadRequest, Message: "input_window sent to a guest without exec-stdin"}
+			}
+			return protocol.ExecResult{Stdout: strconv.Itoa(len(req.Stdin)), Route: protocol.RouteDefault}, nil
+		}}}})
+		<-s.Done()
+	})
+	e := newEnv(t, map[string]string{"old": "unix:" + sock})
+	e.waitConnected("old")
+	ct := []string{"Content-Type", apitypes.ExecStdinMediaType}
+	body := "{\"command\":\"wc\"}\n" + strings.Repeat("z", agents.MaxStdinWhole)
+	r := e.must(e.do("POST", "/instances/old/exec", tokOperator, body, ct...), 200).json(t)
+	if r["stdout"] != strconv.Itoa(agents.MaxStdinWhole) {
+		t.Errorf("the old guest got %v bytes of input, want %d", r["stdout"], agents.MaxStdinWhole)
+	}
+	var pr apitypes.Problem
+	json.Unmarshal(e.must(e.do("POST", "/instances/old/exec", tokOperator, body+"z", ct...), 413).body, &pr)
+	if pr.Type != apitypes.ProblemTypePrefix+"stdin-too-large" {
+		t.Errorf("input over the bound to an old guest: %+v", pr)
 	}
 }

@@ -358,6 +358,51 @@ func checkExec(q *apitypes.ExecRequest) error {
 	return nil
 }
 
+// decodeExecStdin reads the request document of an exec whose standard
+// input follows it (apitypes.ExecStdinMediaType): the document, at most
+// MaxExecBody bytes, then one newline; it returns the rest of the body.
+func decodeExecStdin(r *http.Request, req *apitypes.ExecRequest) (io.Reader, error) {
+	dec := json.NewDecoder(&boundedReader{r: r.Body, left: MaxExecBody})
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(req); err != nil {
+		return nil, jsonProblem(err)
+	}
+	if req.Stdin != "" || req.StdinEncoding != "" {
+		return nil, invalid("stdin", "must be absent when the input follows the request (%s)", apitypes.ExecStdinMediaType)
+	}
+	rest := io.MultiReader(dec.Buffered(), r.Body)
+	var nl [1]byte
+	switch n, err := io.ReadFull(rest, nl[:]); {
+	case n == 0 && errors.Is(err, io.EOF):
+		return rest, nil // the document alone: no input
+	case err != nil:
+		return nil, problem(http.StatusBadRequest, "malformed-body", "Malformed body", "reading the body: "+err.Error())
+	case nl[0] != '\n':
+		return nil, problem(http.StatusBadRequest, "malformed-body", "Malformed body",
+			"the request document must be followed by one newline, then the standard input")
+	}
+	return rest, nil
+}
+
+// boundedReader fails once more than left bytes are read (the request
+// document of a streamed-input exec).
+type boundedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, &http.MaxBytesError{Limit: MaxExecBody}
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
 func hasNUL(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] == 0 {
@@ -373,7 +418,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		return err
 	}
 	var req apitypes.ExecRequest
-	if err := decodeJSON(r, &req); err != nil {
+	var stdin io.Reader // the input that follows the request document
+	if apitypes.IsExecStdin(r.Header.Get("Content-Type")) {
+		if stdin, err = decodeExecStdin(r, &req); err != nil {
+			return err
+		}
+	} else if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
 	if err := checkExec(&req); err != nil {
@@ -402,9 +452,19 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	// longer for that answer before giving up on the agent.
 	ctx, cancel := context.WithTimeout(r.Context(), timeout+10*time.Second)
 	defer cancel()
+	rc := http.NewResponseController(w)
+	var in *agents.Stdin
+	if stdin != nil {
+		// The input is read while the output is written, for as long as
+		// the command may run.
+		rc.EnableFullDuplex()
+		deadline, _ := ctx.Deadline()
+		rc.SetReadDeadline(deadline)
+		in = &agents.Stdin{R: stdin, Stop: func() { rc.SetReadDeadline(time.Now()) }}
+	}
 
 	if !stream {
-		res, err := s.cfg.Agents.Exec(ctx, inst, preq, nil)
+		res, err := s.cfg.Agents.ExecWithInput(ctx, inst, preq, in, nil)
 		if err != nil {
 			return err
 		}
@@ -414,7 +474,6 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	rc := http.NewResponseController(w)
 	started := false
 	start := func() {
 		if !started {
@@ -438,7 +497,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		}
 		enc.Encode(apitypes.ExecStreamLine{Stream: name, Data: data, Encoding: encoding})
 	}
-	res, err := s.cfg.Agents.Exec(ctx, inst, preq, func(sb byte, data []byte) {
+	res, err := s.cfg.Agents.ExecWithInput(ctx, inst, preq, in, func(sb byte, data []byte) {
 		if sb != protocol.StreamStdout && sb != protocol.StreamStderr {
 			return
 		}

@@ -211,6 +211,9 @@ func TestOpenAPIMatchesTheTypes(t *testing.T) {
 		switch {
 		case rt.in != nil:
 			c.check(where+" request", obj(obj(obj(body["content"])["application/json"])["schema"]), reflect.TypeOf(rt.in), true)
+			if rt.stdin && obj(obj(body["content"])[apitypes.ExecStdinMediaType]) == nil {
+				t.Errorf("%s: the route takes streamed standard input; the document describes no %s body", where, apitypes.ExecStdinMediaType)
+			}
 		case rt.raw && rt.method == "PUT":
 			if obj(obj(body["content"])["application/octet-stream"]) == nil {
 				t.Errorf("%s: the route reads the file's bytes; the document describes no application/octet-stream body", where)

@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -97,6 +98,9 @@ type route struct {
 	// raw routes carry a file's bytes (application/octet-stream): in the
 	// request body of a PUT, in the answer of a GET.
 	raw bool
+	// stdin routes also take apitypes.ExecStdinMediaType, whose body is not
+	// bounded by bodyMax as a whole: the handler bounds its document.
+	stdin bool
 }
 
 // routeTable is every endpoint of the API. Access is declared here, beside
@@ -137,7 +141,7 @@ func (s *Server) routeTable() []route {
 		{method: "POST", path: "/instances/:id/enable", action: "enabling an instance's channel", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.enableChannel, out: apitypes.EnableResult{}},
 		{method: "PUT", path: "/instances/:id/labels", action: "labelling instances", role: auth.RoleAdmin, bodyMax: MaxSmallBody, long: true, handler: s.setInstanceLabels,
 			in: apitypes.InstanceLabels{}, out: apitypes.InstanceLabels{}},
-		{method: "POST", path: "/instances/:id/exec", action: "running a command in an instance", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, handler: s.exec,
+		{method: "POST", path: "/instances/:id/exec", action: "running a command in an instance", role: auth.RoleOperator, bodyMax: MaxExecBody, long: true, stdin: true, handler: s.exec,
 			in: apitypes.ExecRequest{}, out: apitypes.ExecResult{}, line: apitypes.ExecStreamLine{}},
 
 		{method: "PUT", path: "/instances/:id/files", action: "writing files in guests", role: auth.RoleAdmin, bodyMax: s.cfg.MaxFileBytes, long: true, handler: s.pushFile,
@@ -288,9 +292,12 @@ func (s *Server) serve(rt route) httprouter.Handle {
 			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
 			s.setFleetHeaders(sw)
 		}
-		if rt.bodyMax > 0 {
+		switch {
+		case rt.stdin && apitypes.IsExecStdin(r.Header.Get("Content-Type")):
+			defer drainInput(sw, r)
+		case rt.bodyMax > 0:
 			r.Body = http.MaxBytesReader(sw, r.Body, rt.bodyMax)
-		} else {
+		default:
 			r.Body = http.MaxBytesReader(sw, r.Body, MaxSmallBody)
 		}
 		if rt.long {
@@ -308,6 +315,21 @@ func (s *Server) serve(rt route) httprouter.Handle {
 			}
 		}
 	}
+}
+
+// inputDrain is how long the rest of a streamed input nobody read is taken
+// and dropped after the answer.
+const inputDrain = 2 * time.Second
+
+// drainInput, after a streamed-input request's answer, reads and drops the
+// input the command did not take, for up to inputDrain: an HTTP/1.1 client
+// still sending it when the connection closes fails its write, and may
+// report that instead of the answer it was sent.
+func drainInput(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	rc.SetReadDeadline(time.Now().Add(inputDrain))
+	io.Copy(io.Discard, r.Body)
 }
 
 // authenticate recognises the caller: a bearer token wins; without one, the

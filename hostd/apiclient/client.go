@@ -181,7 +181,11 @@ func (c *Client) request(ctx context.Context, method, path string, query url.Val
 	}
 	switch {
 	case isRaw:
-		req.Header.Set("Content-Type", "application/octet-stream")
+		ct := raw.contentType
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		req.Header.Set("Content-Type", ct)
 		if raw.n >= 0 {
 			req.ContentLength = raw.n
 		}
@@ -246,8 +250,12 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 		}
 		return nil, fmt.Errorf("%w: %s %s: %v", ErrProtocol, method, path, err)
 	}
-	// Read to the end (the trailing newline) so the connection is reused.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if raw, ok := body.(rawBody); !ok || raw.n >= 0 {
+		// Read to the end (the trailing newline) so the connection is
+		// reused; not while a body of unknown length may still be on its
+		// way (the server may take a while to end the answer then).
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	}
 	return resp.Header, nil
 }
 

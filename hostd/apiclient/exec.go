@@ -2,6 +2,7 @@ package apiclient
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,11 +27,21 @@ func execLimit(req apitypes.ExecRequest) time.Duration {
 	return serverExecDefault
 }
 
-func execBody(req apitypes.ExecRequest) apitypes.ExecRequest {
+// execBody is the body of an exec request: the request document, or with
+// stdin the document, a newline and the input (apitypes.ExecStdinMediaType).
+func execBody(req apitypes.ExecRequest, stdin io.Reader) any {
 	if req.Args == nil {
 		req.Args = []string{}
 	}
-	return req
+	if stdin == nil {
+		return req
+	}
+	doc, err := json.Marshal(req)
+	if err != nil {
+		return req // the same error comes from encoding it as a document
+	}
+	doc = append(doc, '\n')
+	return rawBody{r: io.MultiReader(bytes.NewReader(doc), stdin), n: -1, contentType: apitypes.ExecStdinMediaType}
 }
 
 // Exec runs a command in an instance's guest and returns its outcome with
@@ -39,7 +50,15 @@ func execBody(req apitypes.ExecRequest) apitypes.ExecRequest {
 // wrapping ErrForbidden and ErrCommandDenied; one that cannot be started,
 // ErrUnprocessable and ErrCommandNotFound or ErrCommandNotExecutable.
 func (c *Client) Exec(ctx context.Context, id string, req apitypes.ExecRequest) (apitypes.ExecResult, error) {
-	return do[apitypes.ExecResult](ctx, c, execLimit(req), http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req))
+	return c.ExecInput(ctx, id, req, nil)
+}
+
+// ExecInput is Exec with the command's standard input read from stdin
+// (when not nil) as the command runs: its size is not bounded by the
+// request's (req.Stdin must be empty then). The command reads it as it
+// arrives; reading stops when the command closes its input or ends.
+func (c *Client) ExecInput(ctx context.Context, id string, req apitypes.ExecRequest, stdin io.Reader) (apitypes.ExecResult, error) {
+	return do[apitypes.ExecResult](ctx, c, execLimit(req), http.MethodPost, "/instances/"+seg(id)+"/exec", nil, nil, execBody(req, stdin))
 }
 
 // ExecStream runs a command like Exec but writes its output to stdout and
@@ -47,9 +66,17 @@ func (c *Client) Exec(ctx context.Context, id string, req apitypes.ExecRequest) 
 // output are the same as Exec's; a stream that ends without its exit line
 // is an error wrapping ErrProtocol.
 func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecRequest, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
+	return c.ExecStreamInput(ctx, id, req, nil, stdout, stderr)
+}
+
+// ExecStreamInput is ExecStream with the command's standard input read from
+// stdin (when not nil) as the command runs, as ExecInput says: input and
+// output stream at the same time, so a command like cat passes any size
+// through.
+func (c *Client) ExecStreamInput(ctx context.Context, id string, req apitypes.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (apitypes.ExecResult, error) {
 	ctx, cancel := c.withDeadline(ctx, execLimit(req))
 	defer cancel()
-	resp, whole, err := c.openStream(ctx, "exec", "/instances/"+seg(id)+"/exec", url.Values{"stream": {"true"}}, execBody(req))
+	resp, whole, err := c.openStream(ctx, "exec", "/instances/"+seg(id)+"/exec", url.Values{"stream": {"true"}}, execBody(req, stdin))
 	if err != nil {
 		return apitypes.ExecResult{}, err
 	}
@@ -81,8 +108,12 @@ func (c *Client) ExecStream(ctx context.Context, id string, req apitypes.ExecReq
 	if err != nil {
 		return apitypes.ExecResult{}, c.streamErr(err)
 	}
-	// Read to the end of the body so the connection can be reused.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if stdin == nil {
+		// Read to the end of the body so the connection can be reused
+		// (with input still on its way, the server may take a while to
+		// end it: the connection is not reused then).
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	}
 	return res, nil
 }
 

@@ -12,11 +12,13 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
-// rawBody is a request body sent as it is (application/octet-stream); n is
-// its length, -1 when unknown.
+// rawBody is a request body sent as it is (application/octet-stream unless
+// contentType says otherwise); n is its length, -1 when unknown.
 type rawBody struct {
 	r io.Reader
 	n int64
+	// contentType is application/octet-stream when empty.
+	contentType string
 }
 
 // FileTimeout is how long a file transfer may take beyond the client's

@@ -9,6 +9,7 @@
 package apitypes
 
 import (
+	"strings"
 	"time"
 
 	"github.com/vmpersona/vmpersona/protocol"
@@ -192,6 +193,21 @@ type ExecRequest struct {
 	// streamed one (which is otherwise not cut). A cut stream is flagged
 	// stdout_truncated / stderr_truncated.
 	MaxOutputBytes int `json:"max_output_bytes,omitempty"`
+}
+
+// ExecStdinMediaType is the Content-Type of an exec request whose standard
+// input is streamed: the body is the ExecRequest document (without stdin),
+// one newline ("\n"), then the command's standard input, byte for byte,
+// until the end of the body. The command reads it as it arrives, so its
+// size is not bounded by the request body's limit; the request document
+// itself is.
+const ExecStdinMediaType = "application/vnd.vmpersona.exec-stdin"
+
+// IsExecStdin reports whether a Content-Type header names
+// ExecStdinMediaType (parameters aside).
+func IsExecStdin(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), ExecStdinMediaType)
 }
 
 // Encodings of exec input and output strings.

@@ -9,13 +9,13 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
-	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // Exit codes of exec beyond the remote command's own, as shells use them.
@@ -52,8 +52,9 @@ restricted one is refused. Output is streamed to this program's standard
 output and error as it arrives, and vmpersonactl exits with the command's
 exit code (128+N when a signal N killed it, 124 when --timeout killed it).
 Input and output are byte for byte: binary data, pipes and files of any
-size stream through (standard input is read whole, up to 8 MiB of text or
-6 MiB of other bytes).
+size stream through. With --stdin this program's standard input streams to
+the command as the command reads it (to an older guest agent: whole, up to
+4 MiB).
 
 Output is cut only at --max-output, or with --output json at the guest's
 --max-output bound (1 MiB by default). A cut output prints a warning on
@@ -99,20 +100,10 @@ vmpersonactl -o json exec vm1 -- id`,
 				if len(env) > 0 {
 					req.Env = env
 				}
+				var in io.Reader
 				if *stdin {
-					b, err := io.ReadAll(io.LimitReader(a.io.in, maxInput+1))
-					if err != nil {
-						return fmt.Errorf("read standard input: %w", err)
-					}
-					if len(b) > maxInput {
-						return fmt.Errorf("standard input is larger than %d bytes", maxInput)
-					}
-					// Text goes as it is; other bytes in base64 (a JSON
-					// string holds text only), which is a third larger.
-					req.Stdin, req.StdinEncoding = protocol.EncodeOutput(b)
-					if len(req.Stdin) > maxInput-64<<10 {
-						return fmt.Errorf("standard input is too large for one request (at most about 8 MiB of text or 6 MiB of other bytes)")
-					}
+					// Streamed as the command reads it, byte for byte.
+					in = &inputReader{r: a.io.in}
 				}
 				if *maxOutput < 0 {
 					return usageErrorf("--max-output must not be negative")
@@ -124,12 +115,15 @@ vmpersonactl -o json exec vm1 -- id`,
 				}
 				var res apitypes.ExecResult
 				if a.json() {
-					res, err = c.Exec(ctx, args[0], req)
+					res, err = c.ExecInput(ctx, args[0], req, in)
 					if err == nil {
 						err = writeJSON(a.io.out, res)
 					}
 				} else {
-					res, err = c.ExecStream(ctx, args[0], req, a.io.rawOut, a.io.rawErr)
+					res, err = c.ExecStreamInput(ctx, args[0], req, in, a.io.rawOut, a.io.rawErr)
+				}
+				if err == nil && in != nil {
+					err = in.(*inputReader).failed()
 				}
 				if err != nil {
 					return execError(ctx, a, err)
@@ -152,6 +146,33 @@ vmpersonactl -o json exec vm1 -- id`,
 			}
 		},
 	}
+}
+
+// inputReader is this program's standard input on its way to a command; it
+// keeps a read error, which the HTTP client would take for the input's end.
+type inputReader struct {
+	r   io.Reader
+	mu  sync.Mutex
+	err error
+}
+
+func (r *inputReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.mu.Lock()
+		if r.err == nil {
+			r.err = fmt.Errorf("read standard input: %w", err)
+		}
+		r.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed is the read error, if any.
+func (r *inputReader) failed() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }
 
 // truncatedStreams names the streams that were cut.

@@ -62,15 +62,32 @@ func sum(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 // apiPost sends one request to the host daemon's unix socket.
 func (d *daemons) apiPost(t *testing.T, path string, body any) *http.Response {
 	t.Helper()
-	c := testproc.UnixHTTP(d.sock, 0)
 	b, err := json.Marshal(body)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return d.apiPostRaw(t, path, "application/json", bytes.NewReader(b))
+}
+
+// stdinBody is the body of an exec whose standard input follows the
+// request document.
+func stdinBody(t *testing.T, req apitypes.ExecRequest, stdin io.Reader) io.Reader {
+	t.Helper()
+	doc, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return io.MultiReader(bytes.NewReader(append(doc, '\n')), stdin)
+}
+
+// apiPostRaw sends one request with a body of the given type.
+func (d *daemons) apiPostRaw(t *testing.T, path, contentType string, body io.Reader) *http.Response {
+	t.Helper()
+	c := testproc.UnixHTTP(d.sock, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://hostd"+path, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/json")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://hostd"+path, body)
+	req.Header.Set("Content-Type", contentType)
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +101,18 @@ func (d *daemons) apiPost(t *testing.T, path string, body any) *http.Response {
 // that is not whole UTF-8 characters.
 func (d *daemons) execStreamAPI(t *testing.T, req apitypes.ExecRequest) (stdout, stderr []byte, res apitypes.ExecResult) {
 	t.Helper()
-	resp := d.apiPost(t, "/instances/vm1/exec?stream=true", req)
+	return readExecStream(t, d.apiPost(t, "/instances/vm1/exec?stream=true", req))
+}
+
+// execStreamStdinAPI is execStreamAPI with the command's standard input
+// streamed after the request document.
+func (d *daemons) execStreamStdinAPI(t *testing.T, req apitypes.ExecRequest, stdin io.Reader) (stdout, stderr []byte, res apitypes.ExecResult) {
+	t.Helper()
+	return readExecStream(t, d.apiPostRaw(t, "/instances/vm1/exec?stream=true", apitypes.ExecStdinMediaType, stdinBody(t, req, stdin)))
+}
+
+func readExecStream(t *testing.T, resp *http.Response) (stdout, stderr []byte, res apitypes.ExecResult) {
+	t.Helper()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("streamed exec: %d %s", resp.StatusCode, b)
@@ -181,13 +209,30 @@ func TestExecBytesExact(t *testing.T) {
 				t.Errorf("API buffered, over the bound: %d bytes back, truncated %v; want the first 1 MiB, flagged", len(got), res.StdoutTruncated)
 			}
 
-			if len(content) > 6<<20 {
-				return // over the request bound for stdin (documented)
-			}
-			// Standard input, through the CLI and the API.
+			// Standard input, through the CLI (streamed as the command
+			// reads it, any size) and the API.
 			r = runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, string(content), "exec", "vm1", "--stdin", "--", "cat")
 			if r.code != 0 || sum([]byte(r.stdout)) != want {
 				t.Errorf("vmpersonactl exec --stdin cat: exit %d (%s), %d bytes back of %d", r.code, r.stderr, len(r.stdout), len(content))
+			}
+			r = runCtl(t, []string{"VMPERSONA_SOCKET=" + d.sock}, string(content), "-o", "json", "exec", "vm1", "--stdin", "--", "sha256sum")
+			if r.code != 0 || !strings.Contains(r.stdout, want+"  -") {
+				t.Errorf("vmpersonactl -o json exec --stdin sha256sum: exit %d (%s): %s", r.code, r.stderr, r.stdout)
+			}
+			// The API with streamed input: output streams back at the
+			// same time (a cat of any size), or is answered whole.
+			out, _, res = d.execStreamStdinAPI(t, apitypes.ExecRequest{Command: "cat"}, bytes.NewReader(content))
+			if sum(out) != want || res.ExitCode != 0 {
+				t.Errorf("API streamed stdin and stdout: %d bytes back of %d; result %+v", len(out), len(content), res)
+			}
+			resp := d.apiPostRaw(t, "/instances/vm1/exec", apitypes.ExecStdinMediaType, stdinBody(t, apitypes.ExecRequest{Command: "sha256sum"}, bytes.NewReader(content)))
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want+"  -") {
+				t.Errorf("API streamed stdin, whole answer: %d %s", resp.StatusCode, b)
+			}
+
+			if len(content) > 6<<20 {
+				return // over the request bound for stdin in the document (documented)
 			}
 			in := apitypes.ExecRequest{Command: "sha256sum"}
 			in.Stdin, in.StdinEncoding = string(content), ""
