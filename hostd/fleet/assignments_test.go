@@ -20,11 +20,8 @@ func webAssignment(persona string, priority int) map[string]any {
 // copy; writes compare revisions, a retry with the same Idempotency-Key
 // writes once, bad input names the field.
 func TestAssignmentsAreSharedThroughEtcd(t *testing.T) {
-	c := startCluster(t, 1)
-	a := newHostd(t, "a", c.endpoints(), "", nil)
-	b := newHostd(t, "b", c.endpoints(), "", nil)
-	a.waitConnected()
-	b.waitConnected()
+	t.Parallel()
+	a, b := twoHostds(t)
 	if r := a.do("POST", "/personas", persona("hardened", false)); r.status != http.StatusCreated {
 		t.Fatalf("create persona: %d %v", r.status, r.body)
 	}
@@ -119,11 +116,8 @@ func TestAssignmentsAreSharedThroughEtcd(t *testing.T) {
 // A host that was down while assignments changed and the history was
 // compacted reads everything again: a deleted assignment leaves its copy.
 func TestFullReReadReplacesTheAssignmentsCopy(t *testing.T) {
-	c := startCluster(t, 1)
-	a := newHost(t, "a", c.endpoints())
-	b := newHost(t, "b", c.endpoints())
-	a.waitConnected()
-	b.waitConnected()
+	t.Parallel()
+	a, b := twoHosts(t)
 	if _, err := a.b.CreatePersona(persona("hardened", false)); err != nil {
 		t.Fatal(err)
 	}

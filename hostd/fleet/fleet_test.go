@@ -77,6 +77,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// twoHosts starts a one-member cluster and two hosts, a and b, connected to
+// it.
+func twoHosts(t *testing.T) (a, b *host) {
+	t.Helper()
+	c := startCluster(t, 1)
+	a, b = newHost(t, "a", c.endpoints()), newHost(t, "b", c.endpoints())
+	a.waitConnected()
+	b.waitConnected()
+	return a, b
+}
+
 func (h *host) waitConnected() {
 	h.t.Helper()
 	waitFor(h.t, h.cfg.Host+" connected", func() bool { return h.b.Status().Connected })
@@ -87,6 +98,7 @@ func persona(name string, def bool) protocol.Persona {
 }
 
 func TestPersonaCompareAndSwap(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	a := newHost(t, "a", c.endpoints())
 	a.waitConnected()
@@ -135,6 +147,7 @@ func TestPersonaCompareAndSwap(t *testing.T) {
 }
 
 func TestRetryWithSameRequestIDIsSafe(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	a := newHost(t, "a", c.endpoints())
 	a.waitConnected()
@@ -165,6 +178,7 @@ func TestRetryWithSameRequestIDIsSafe(t *testing.T) {
 }
 
 func TestExactlyOneDefaultWinsARace(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	hosts := []*host{newHost(t, "a", c.endpoints()), newHost(t, "b", c.endpoints())}
 	for _, h := range hosts {
@@ -221,11 +235,8 @@ func TestExactlyOneDefaultWinsARace(t *testing.T) {
 }
 
 func TestWatchAppliesAndResumesFromStoredRevision(t *testing.T) {
-	c := startCluster(t, 1)
-	a := newHost(t, "a", c.endpoints())
-	b := newHost(t, "b", c.endpoints())
-	a.waitConnected()
-	b.waitConnected()
+	t.Parallel()
+	a, b := twoHosts(t)
 	if _, err := a.b.CreatePersona(persona("one", false)); err != nil {
 		t.Fatal(err)
 	}
@@ -260,11 +271,8 @@ func TestWatchAppliesAndResumesFromStoredRevision(t *testing.T) {
 }
 
 func TestCompactionForcesFullReRead(t *testing.T) {
-	c := startCluster(t, 1)
-	a := newHost(t, "a", c.endpoints())
-	b := newHost(t, "b", c.endpoints())
-	a.waitConnected()
-	b.waitConnected()
+	t.Parallel()
+	a, b := twoHosts(t)
 	if _, err := a.b.CreatePersona(persona("old", false)); err != nil {
 		t.Fatal(err)
 	}
@@ -296,6 +304,7 @@ func TestCompactionForcesFullReRead(t *testing.T) {
 }
 
 func TestQuorumLossFailsWritesAndServesTheCopy(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 3)
 	a := newHost(t, "a", c.endpoints())
 	a.waitConnected()

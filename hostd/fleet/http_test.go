@@ -46,6 +46,17 @@ func newHostd(t *testing.T, name string, endpoints []string, offline string, ins
 	return hd
 }
 
+// twoHostds starts a one-member cluster and two host daemons without
+// instances, a and b, connected to it.
+func twoHostds(t *testing.T) (a, b *hostd) {
+	t.Helper()
+	c := startCluster(t, 1)
+	a, b = newHostd(t, "a", c.endpoints(), "", nil), newHostd(t, "b", c.endpoints(), "", nil)
+	a.waitConnected()
+	b.waitConnected()
+	return a, b
+}
+
 // serveHostd serves the REST API of host h over real HTTP, with an agent
 // manager; with a reconciler, wired as vmpersona-hostd wires it (the
 // manager's converger, the backend's rollout runner, the API's). All of it
@@ -146,11 +157,8 @@ func (h *hostd) do(method, path string, body any, hdr ...string) answer {
 }
 
 func TestPersonaCreatedOnOneHostIsServedByAnother(t *testing.T) {
-	c := startCluster(t, 1)
-	a := newHostd(t, "a", c.endpoints(), "", nil)
-	b := newHostd(t, "b", c.endpoints(), "", nil)
-	a.waitConnected()
-	b.waitConnected()
+	t.Parallel()
+	a, b := twoHostds(t)
 
 	created := time.Now()
 	r := a.do("POST", "/personas", persona("shared", false))
@@ -204,6 +212,7 @@ func TestPersonaCreatedOnOneHostIsServedByAnother(t *testing.T) {
 }
 
 func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 3)
 	a := newHostd(t, "a", c.endpoints(), OfflineCached, map[string]string{"vm1": startGuest(t)})
 	strict := newHostd(t, "strict", c.endpoints(), OfflineRefuse, nil)
@@ -244,6 +253,7 @@ func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T)
 }
 
 func TestFleetInstanceListing(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	a := newHostd(t, "a", c.endpoints(), "", map[string]string{"vm1": startGuest(t)})
 	b := newHostd(t, "b", c.endpoints(), "", map[string]string{"vm2": startGuest(t)})

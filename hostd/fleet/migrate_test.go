@@ -23,6 +23,7 @@ import (
 // and deletes its record) and b starts managing the same guest endpoint
 // (the domain appeared on b).
 func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	ep := startGuest(t)
 	a := newReconcilingHostd(t, "a", c.endpoints(), nil, map[string]vm{"vm1": {ep, nil}})

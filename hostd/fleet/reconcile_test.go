@@ -89,6 +89,7 @@ func (h *reconcilingHostd) desired(name string) store.DesiredState {
 // deactivation of one VM still wins for it; a new VM gets its assignment
 // before the fleet default.
 func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	web := map[string]string{"role": "web"}
 	db := map[string]string{"role": "db"}
@@ -183,6 +184,7 @@ func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
 // instances, with the limits asked; each host's progress is readable from
 // any host.
 func TestFleetRolloutRunsOnEveryHost(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	web := map[string]string{"role": "web"}
 	a := newReconcilingHostd(t, "a", c.endpoints(), nil, map[string]vm{"a1": {startGuest(t), web}, "a2": {startGuest(t), web}})

@@ -78,6 +78,7 @@ func (p *pki) issue(t *testing.T, cn string, server bool) (string, string) {
 // catalogue, and its persona writes are refused as forbidden (403), not as
 // unavailable.
 func TestMutualTLSAndRoles(t *testing.T) {
+	t.Parallel()
 	p := newPKI(t)
 	srvCert, srvKey := p.issue(t, "etcd", true)
 	m := &member{name: "m0", dir: filepath.Join(t.TempDir(), "etcd")}
