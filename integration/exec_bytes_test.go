@@ -77,7 +77,7 @@ func TestExecBytesExactOnVM(t *testing.T) {
 				t.Errorf("API streamed stdout: %d bytes of %d, sha256 differs", len(out), len(p.data))
 			}
 			// The buffered answer, within the guest's 1 MiB bound.
-			res, prob, st := h.Exec(vm.Name, execReq{Command: "cat", Args: []string{file}})
+			res, prob, st := h.Exec(vm.Name, apitypes.ExecRequest{Command: "cat", Args: []string{file}})
 			b, err := res.StdoutBytes()
 			switch {
 			case st != http.StatusOK || err != nil:
