@@ -400,6 +400,20 @@ const largeFrame = 64 << 10
 func (w *Writer) WriteFrame(h Header, payload []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.writeFrame(h, payload)
+}
+
+// TryWriteFrame writes one frame if no other write is in progress, and
+// reports whether it did.
+func (w *Writer) TryWriteFrame(h Header, payload []byte) (bool, error) {
+	if !w.mu.TryLock() {
+		return false, nil
+	}
+	defer w.mu.Unlock()
+	return true, w.writeFrame(h, payload)
+}
+
+func (w *Writer) writeFrame(h Header, payload []byte) error {
 	if len(payload) > largeFrame {
 		hdr := w.buf[:HeaderSize]
 		putHeader(hdr, h, payload)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/errdefs"
+	"github.com/vmpersona/vmpersona/internal/ktimer"
 )
 
 // ErrClosed is returned by calls on a session that has ended: the stream
@@ -264,6 +265,12 @@ type SessionConfig struct {
 	// Side names this end in answers ("host" or "guest").
 	Side   string
 	Logger *slog.Logger
+	// KernelTimer makes the liveness watch wait on a timer the kernel
+	// keeps (package ktimer) instead of a Go runtime timer, so that an
+	// idle session's watch wakes no thread but the one waiting for frames
+	// (the guest daemon). Not under testing/synctest: its clock does not
+	// move a kernel timer.
+	KernelTimer bool
 }
 
 // Session is one end of a framed session on a byte stream: the read loop
@@ -296,8 +303,10 @@ type Session struct {
 	reading   atomic.Bool
 	busySince atomic.Int64
 	partial   atomic.Bool
-	// hbSet wakes the watch when the heartbeat is set (the guest's Hello).
+	// hbSet wakes the watch when the heartbeat is set (the guest's Hello);
+	// nudge is the watch's kernel timer, fired for the same reason.
 	hbSet chan struct{}
+	nudge atomic.Pointer[ktimer.Timer]
 	// probes counts the probes sent; probeAnswered those answered in time
 	// (a slow peer told from a dead one).
 	probes        atomic.Uint64
@@ -830,6 +839,28 @@ func noSession(payload []byte) bool {
 
 func (s *Session) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
 
+// pong answers a Ping. When no frame is being written the read loop writes
+// the Pong itself: handing it to the writer goroutine would wake a second
+// thread for every heartbeat of an idle session.
+func (s *Session) pong(epoch uint32, id uint64) {
+	h := Header{Type: TypePong, Flags: FlagResponse, Epoch: epoch, ID: id}
+	if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	}
+	wrote, err := s.w.TryWriteFrame(h, nil)
+	switch {
+	case !wrote:
+		s.send(s.ctx, h, nil)
+	case err != nil:
+		if s.ctx.Err() == nil {
+			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+		}
+		s.Close(fmt.Errorf("write: %w", err))
+	default:
+		s.lastSent.Store(time.Now().UnixNano())
+	}
+}
+
 func (s *Session) readLoop() {
 	defer s.loops.Done()
 	for {
@@ -900,7 +931,7 @@ func (s *Session) dispatch(f Frame) {
 		return
 	}
 	if f.Type == TypePing {
-		s.send(s.ctx, Header{Type: TypePong, Flags: FlagResponse, Epoch: epoch, ID: f.ID}, nil)
+		s.pong(epoch, f.ID)
 		return
 	}
 	if f.Type == TypeExecCredit {
@@ -1055,6 +1086,9 @@ func (s *Session) hello(f Frame) {
 	case s.hbSet <- struct{}{}:
 	default:
 	}
+	if t := s.nudge.Load(); t != nil {
+		t.Reset(0)
+	}
 	if old := s.epoch.Swap(h.Epoch); old != 0 && old != h.Epoch {
 		s.failCalls(ErrReplaced)
 	}
@@ -1183,8 +1217,8 @@ func (s *Session) lastLife(now time.Time, bound time.Duration) time.Time {
 // too goes unanswered for ProbeIntervals intervals.
 func (s *Session) watchLoop(ping bool) {
 	defer s.loops.Done()
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
+	t := s.newWatchClock()
+	defer t.stop()
 	var (
 		due     time.Time // when the timer was meant to fire
 		probeAt time.Time // the outstanding probe, zero for none
@@ -1254,8 +1288,8 @@ func (s *Session) watchLoop(ping bool) {
 			}
 			next = earliest(next, sent.Add(hb))
 		}
-		due = s.arm(t, next)
-		if !s.waitTimer(t) {
+		due = arm(t, next)
+		if !t.wait() {
 			return
 		}
 	}
@@ -1271,27 +1305,82 @@ func earliest(a, b time.Time) time.Time {
 
 // arm sets the timer to fire at at (at once when past) and returns when it
 // is meant to fire.
-func (s *Session) arm(t *time.Timer, at time.Time) time.Time {
+func arm(t watchClock, at time.Time) time.Time {
 	now := time.Now()
 	if at.Before(now) {
 		at = now
 	}
-	t.Reset(at.Sub(now))
+	t.reset(at.Sub(now))
 	return at
 }
 
-// waitTimer waits for the timer or a change of heartbeat; false when the
-// session ended.
-func (s *Session) waitTimer(t *time.Timer) bool {
+// watchClock is the liveness watch's one timer.
+type watchClock interface {
+	reset(d time.Duration)
+	// wait waits for the timer or a change of heartbeat; false when the
+	// session ended.
+	wait() bool
+	stop()
+}
+
+// newWatchClock returns the watch's timer: with KernelTimer one the kernel
+// keeps (its expiry wakes no thread but the one waiting for frames, where a
+// runtime timer wakes the Go runtime's monitor too), else, or where that
+// fails, a runtime timer.
+func (s *Session) newWatchClock() watchClock {
+	if s.cfg.KernelTimer {
+		if t, err := ktimer.New(); err == nil {
+			c := &kernelClock{t: t, s: s, release: context.AfterFunc(s.ctx, func() { t.Close() })}
+			s.nudge.Store(t)
+			return c
+		}
+	}
+	return &runtimeClock{t: time.NewTimer(time.Hour), s: s}
+}
+
+type runtimeClock struct {
+	t *time.Timer
+	s *Session
+}
+
+func (c *runtimeClock) reset(d time.Duration) { c.t.Reset(d) }
+func (c *runtimeClock) stop()                 { c.t.Stop() }
+
+func (c *runtimeClock) wait() bool {
 	select {
-	case <-t.C:
+	case <-c.t.C:
 		return true
-	case <-s.hbSet:
-		t.Stop()
+	case <-c.s.hbSet:
+		c.t.Stop()
 		return true
-	case <-s.closed:
+	case <-c.s.closed:
 		return false
 	}
+}
+
+// kernelClock: a change of heartbeat fires the timer at once (Session.nudge);
+// the end of the session closes it.
+type kernelClock struct {
+	t       *ktimer.Timer
+	s       *Session
+	release func() bool
+}
+
+func (c *kernelClock) reset(d time.Duration) { c.t.Reset(d) }
+
+func (c *kernelClock) stop() {
+	c.s.nudge.Store(nil)
+	c.release()
+	c.t.Close()
+}
+
+func (c *kernelClock) wait() bool {
+	err := c.t.Wait()
+	select {
+	case <-c.s.hbSet:
+	default:
+	}
+	return err == nil && c.s.ctx.Err() == nil
 }
 
 // sendPing sends a Ping ahead of queued frames, waiting at most one interval

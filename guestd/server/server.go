@@ -194,6 +194,7 @@ func (s *Server) newConn(root context.Context, rw io.ReadWriteCloser) *conn {
 		OnSession:    func(uint32) { c.kickAudit() },
 		Side:         "guest",
 		Logger:       s.log,
+		KernelTimer:  true, // an idle guest wakes only for the host's pings
 	})
 	s.handlers.Add(1)
 	go func() {

@@ -102,7 +102,7 @@ func (s *SerialListener) Accept(ctx context.Context) (io.ReadWriteCloser, error)
 		s.mu.Unlock()
 		if f != nil {
 			f.SetReadDeadline(time.Time{})
-			c := &serialConn{f: f, closed: make(chan struct{})}
+			c := &serialConn{f: f, q: newQuietIO(f, f.SetWriteDeadline), closed: make(chan struct{})}
 			s.mu.Lock()
 			s.prev = c
 			s.mu.Unlock()
@@ -148,6 +148,7 @@ func (s *SerialListener) Close() error {
 // serialConn is one view of the port.
 type serialConn struct {
 	f          *os.File
+	q          *quietIO // nil: the port's descriptor blocks
 	readMu     sync.Mutex
 	dead       atomic.Bool
 	eof        atomic.Bool
@@ -162,7 +163,13 @@ func (c *serialConn) Read(p []byte) (int, error) {
 	if c.dead.Load() {
 		return 0, os.ErrClosed
 	}
-	n, err := c.f.Read(p)
+	var n int
+	var err error
+	if c.q != nil {
+		n, err = c.q.read(p)
+	} else {
+		n, err = c.f.Read(p)
+	}
 	if n == 0 && errors.Is(err, io.EOF) {
 		c.eof.Store(true)
 	}
@@ -173,11 +180,19 @@ func (c *serialConn) Write(p []byte) (int, error) {
 	if c.dead.Load() {
 		return 0, os.ErrClosed
 	}
+	if c.q != nil {
+		return c.q.write(p)
+	}
 	return c.f.Write(p)
 }
 
 // SetWriteDeadline bounds writes to the port.
-func (c *serialConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+func (c *serialConn) SetWriteDeadline(t time.Time) error {
+	if c.q != nil {
+		return c.q.setWriteDeadline(t)
+	}
+	return c.f.SetWriteDeadline(t)
+}
 
 // Close ends the view: a read in progress returns, later reads and writes
 // fail. The port itself stays open for the next view.

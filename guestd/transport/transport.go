@@ -142,7 +142,7 @@ func (n *netListener) Accept(ctx context.Context) (io.ReadWriteCloser, error) {
 		}
 		return nil, fmt.Errorf("transport: accept: %w", err)
 	}
-	return c, nil
+	return quiet(c), nil
 }
 
 func (n *netListener) Close() error {

@@ -24,6 +24,7 @@ import (
 	"github.com/vmpersona/vmpersona/guestd/state"
 	"github.com/vmpersona/vmpersona/guestd/sysenv"
 	"github.com/vmpersona/vmpersona/guestd/transport"
+	"github.com/vmpersona/vmpersona/internal/ktimer"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -287,7 +288,20 @@ func watchdog(ctx context.Context) {
 	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		return
 	}
-	t := time.NewTicker(time.Duration(usec) * time.Microsecond / 2)
+	every := time.Duration(usec) * time.Microsecond / 2
+	// A timer the kernel keeps: a runtime ticker would wake the Go
+	// runtime's monitor thread at every tick as well.
+	if t, err := ktimer.New(); err == nil {
+		defer context.AfterFunc(ctx, func() { t.Close() })()
+		for {
+			t.Reset(every)
+			if t.Wait() != nil {
+				return
+			}
+			notify("WATCHDOG=1")
+		}
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
