@@ -14,6 +14,7 @@ import (
 
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -81,8 +82,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // it.
 func twoHosts(t *testing.T) (a, b *host) {
 	t.Helper()
-	c := startCluster(t, 1)
-	a, b = newHost(t, "a", c.endpoints()), newHost(t, "b", c.endpoints())
+	c := testetcd.Start(t, 1)
+	a, b = newHost(t, "a", c.Endpoints()), newHost(t, "b", c.Endpoints())
 	a.waitConnected()
 	b.waitConnected()
 	return a, b
@@ -99,8 +100,8 @@ func persona(name string, def bool) protocol.Persona {
 
 func TestPersonaCompareAndSwap(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	a := newHost(t, "a", c.endpoints())
+	c := testetcd.Start(t, 1)
+	a := newHost(t, "a", c.Endpoints())
 	a.waitConnected()
 
 	p, err := a.b.CreatePersona(persona("web", false))
@@ -148,8 +149,8 @@ func TestPersonaCompareAndSwap(t *testing.T) {
 
 func TestRetryWithSameRequestIDIsSafe(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	a := newHost(t, "a", c.endpoints())
+	c := testetcd.Start(t, 1)
+	a := newHost(t, "a", c.Endpoints())
 	a.waitConnected()
 	// The first attempt commits but its answer is lost: the retry with the
 	// same id answers what it stored instead of a conflict or a second
@@ -179,8 +180,8 @@ func TestRetryWithSameRequestIDIsSafe(t *testing.T) {
 
 func TestExactlyOneDefaultWinsARace(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	hosts := []*host{newHost(t, "a", c.endpoints()), newHost(t, "b", c.endpoints())}
+	c := testetcd.Start(t, 1)
+	hosts := []*host{newHost(t, "a", c.Endpoints()), newHost(t, "b", c.Endpoints())}
 	for _, h := range hosts {
 		h.waitConnected()
 	}
@@ -305,15 +306,15 @@ func TestCompactionForcesFullReRead(t *testing.T) {
 
 func TestQuorumLossFailsWritesAndServesTheCopy(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 3)
-	a := newHost(t, "a", c.endpoints())
+	c := testetcd.Start(t, 3)
+	a := newHost(t, "a", c.Endpoints())
 	a.waitConnected()
 	if _, err := a.b.CreatePersona(persona("kept", false)); err != nil {
 		t.Fatal(err)
 	}
 	before := a.b.Applied()
-	c.stop(1)
-	c.stop(2)
+	c.Kill(1)
+	c.Kill(2)
 
 	start := time.Now()
 	_, err := a.b.CreatePersona(persona("lost", false))
@@ -336,8 +337,8 @@ func TestQuorumLossFailsWritesAndServesTheCopy(t *testing.T) {
 		t.Fatalf("a refused write was kept locally: %v", err)
 	}
 
-	c.restart(1)
-	c.restart(2)
+	c.Restart(1)
+	c.Restart(2)
 	a.waitConnected()
 	if _, err := a.b.CreatePersona(persona("after", false)); err != nil {
 		t.Fatalf("write after healing: %v", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/auth"
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/reconcile"
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 	"github.com/vmpersona/vmpersona/internal/testguest"
 )
 
@@ -50,8 +51,8 @@ func newHostd(t *testing.T, name string, endpoints []string, offline string, ins
 // instances, a and b, connected to it.
 func twoHostds(t *testing.T) (a, b *hostd) {
 	t.Helper()
-	c := startCluster(t, 1)
-	a, b = newHostd(t, "a", c.endpoints(), "", nil), newHostd(t, "b", c.endpoints(), "", nil)
+	c := testetcd.Start(t, 1)
+	a, b = newHostd(t, "a", c.Endpoints(), "", nil), newHostd(t, "b", c.Endpoints(), "", nil)
 	a.waitConnected()
 	b.waitConnected()
 	return a, b
@@ -213,9 +214,9 @@ func TestPersonaCreatedOnOneHostIsServedByAnother(t *testing.T) {
 
 func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 3)
-	a := newHostd(t, "a", c.endpoints(), OfflineCached, map[string]string{"vm1": startGuest(t)})
-	strict := newHostd(t, "strict", c.endpoints(), OfflineRefuse, nil)
+	c := testetcd.Start(t, 3)
+	a := newHostd(t, "a", c.Endpoints(), OfflineCached, map[string]string{"vm1": startGuest(t)})
+	strict := newHostd(t, "strict", c.Endpoints(), OfflineRefuse, nil)
 	a.waitConnected()
 	strict.waitConnected()
 	if r := a.do("POST", "/personas", persona("cached", false)); r.status != http.StatusCreated {
@@ -225,8 +226,8 @@ func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T)
 		st, err := a.mgr.Get("vm1")
 		return err == nil && st.State == "connected"
 	})
-	c.stop(1)
-	c.stop(2)
+	c.Kill(1)
+	c.Kill(2)
 
 	start := time.Now()
 	r := a.do("POST", "/personas", persona("refused", false))
@@ -254,9 +255,9 @@ func TestWithoutQuorumWritesAre503AndReadsAndActivationsUseTheCopy(t *testing.T)
 
 func TestFleetInstanceListing(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
-	a := newHostd(t, "a", c.endpoints(), "", map[string]string{"vm1": startGuest(t)})
-	b := newHostd(t, "b", c.endpoints(), "", map[string]string{"vm2": startGuest(t)})
+	c := testetcd.Start(t, 1)
+	a := newHostd(t, "a", c.Endpoints(), "", map[string]string{"vm1": startGuest(t)})
+	b := newHostd(t, "b", c.Endpoints(), "", map[string]string{"vm2": startGuest(t)})
 	a.waitConnected()
 	b.waitConnected()
 	if r := a.do("POST", "/personas", persona("web", false)); r.status != http.StatusCreated {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 )
 
 // A VM live-migrated from host a to host b keeps its persona: b has never
@@ -24,10 +25,10 @@ import (
 // (the domain appeared on b).
 func TestMigratedVMKeepsItsPersonaOnTheNewHost(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
+	c := testetcd.Start(t, 1)
 	ep := startGuest(t)
-	a := newReconcilingHostd(t, "a", c.endpoints(), nil, map[string]vm{"vm1": {ep, nil}})
-	b := newReconcilingHostd(t, "b", c.endpoints(), nil, nil)
+	a := newReconcilingHostd(t, "a", c.Endpoints(), nil, map[string]vm{"vm1": {ep, nil}})
+	b := newReconcilingHostd(t, "b", c.Endpoints(), nil, nil)
 	a.waitConnected()
 	b.waitConnected()
 

@@ -11,6 +11,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/metrics"
 	"github.com/vmpersona/vmpersona/hostd/reconcile"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 )
 
 // vm is a guest for a fleet host: its agent endpoint and labels.
@@ -90,13 +91,13 @@ func (h *reconcilingHostd) desired(name string) store.DesiredState {
 // before the fleet default.
 func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
+	c := testetcd.Start(t, 1)
 	web := map[string]string{"role": "web"}
 	db := map[string]string{"role": "db"}
-	a := newReconcilingHostd(t, "a", c.endpoints(), map[string]string{"rack": "1"}, map[string]vm{
+	a := newReconcilingHostd(t, "a", c.Endpoints(), map[string]string{"rack": "1"}, map[string]vm{
 		"web1": {startGuest(t), web}, "db1": {startGuest(t), db}, "web9": {startGuest(t), web},
 	})
-	b := newReconcilingHostd(t, "b", c.endpoints(), map[string]string{"rack": "2"}, map[string]vm{
+	b := newReconcilingHostd(t, "b", c.Endpoints(), map[string]string{"rack": "2"}, map[string]vm{
 		"web2": {startGuest(t), web}, "web3": {startGuest(t), web},
 	})
 	a.waitConnected()
@@ -185,10 +186,10 @@ func TestAssignmentsDriveDesiredStateOnEveryHost(t *testing.T) {
 // any host.
 func TestFleetRolloutRunsOnEveryHost(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, 1)
+	c := testetcd.Start(t, 1)
 	web := map[string]string{"role": "web"}
-	a := newReconcilingHostd(t, "a", c.endpoints(), nil, map[string]vm{"a1": {startGuest(t), web}, "a2": {startGuest(t), web}})
-	b := newReconcilingHostd(t, "b", c.endpoints(), nil, map[string]vm{"b1": {startGuest(t), web}})
+	a := newReconcilingHostd(t, "a", c.Endpoints(), nil, map[string]vm{"a1": {startGuest(t), web}, "a2": {startGuest(t), web}})
+	b := newReconcilingHostd(t, "b", c.Endpoints(), nil, map[string]vm{"b1": {startGuest(t), web}})
 	a.waitConnected()
 	b.waitConnected()
 	if r := a.do("POST", "/personas", persona("web", false)); r.status != http.StatusCreated {

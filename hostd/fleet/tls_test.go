@@ -11,18 +11,15 @@ import (
 	"errors"
 	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/vmpersona/vmpersona/errdefs"
-	"github.com/vmpersona/vmpersona/internal/testproc"
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 )
 
 // pki writes a CA and certificates signed by it into dir.
@@ -81,18 +78,7 @@ func TestMutualTLSAndRoles(t *testing.T) {
 	t.Parallel()
 	p := newPKI(t)
 	srvCert, srvKey := p.issue(t, "etcd", true)
-	m := &member{name: "m0", dir: filepath.Join(t.TempDir(), "etcd")}
-	m.peerURL = url.URL{Scheme: "http", Host: testproc.FreeTCPAddr(t)}
-	m.clientURL = url.URL{Scheme: "https", Host: testproc.FreeTCPAddr(t)}
-	cfg := m.config("m0="+m.peerURL.String(), "new")
-	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = srvCert, srvKey
-	cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = p.caFile, true
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	<-e.Server.ReadyNotify()
+	c := testetcd.StartTLS(t, 1, &testetcd.TLS{Cert: srvCert, Key: srvKey, CA: p.caFile})
 
 	// The role setup of the README, through the root user.
 	rootCert, rootKey := p.issue(t, "root", false)
@@ -102,11 +88,9 @@ func TestMutualTLSAndRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL.String()}, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := c.Client(&clientv3.Config{TLS: tlsCfg})
 	defer root.Close()
+	c.WaitLeader(root)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	steps := []func() error{
@@ -147,10 +131,10 @@ func TestMutualTLSAndRoles(t *testing.T) {
 		}
 	}
 
-	w := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: []string{m.clientURL.String()}, CA: p.caFile, Cert: writerCert, Key: writerKey, Prefix: "/test/"}}
+	w := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: c.Endpoints(), CA: p.caFile, Cert: writerCert, Key: writerKey, Prefix: "/test/"}}
 	w.open()
 	t.Cleanup(w.close)
-	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: []string{m.clientURL.String()}, CA: p.caFile, Cert: hostCert, Key: hostKey, Prefix: "/test/"}}
+	h := &host{t: t, dir: t.TempDir(), cfg: Config{Endpoints: c.Endpoints(), CA: p.caFile, Cert: hostCert, Key: hostKey, Prefix: "/test/"}}
 	h.open()
 	t.Cleanup(h.close)
 	if h.b.Host() != "h1" {

@@ -3,8 +3,10 @@ package reliability
 import (
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
@@ -33,10 +35,10 @@ func activeOn(h *hostd, id string) string {
 // refused (503) while the VMs keep their personas.
 func TestFleetAssignmentByLabelWithRealEtcd(t *testing.T) {
 	parallel(t)
-	c := startEtcdCluster(t, 3)
+	c := testetcd.Start(t, 3)
 	dir := testproc.ShortDir(t)
 	fleetArgs := func(name, rack string) []string {
-		return []string{"--fleet-etcd", c.endpoints(), "--fleet-host", name, "--fleet-prefix", "/tier-assign/", "--fleet-host-label", "rack=" + rack}
+		return []string{"--fleet-etcd", strings.Join(c.Endpoints(), ","), "--fleet-host", name, "--fleet-prefix", "/tier-assign/", "--fleet-host-label", "rack=" + rack}
 	}
 	guest := func(name string) string { _, ep := startGuest(t, filepath.Join(dir, name)); return ep }
 	a := startHostd(t, filepath.Join(dir, "a"), filepath.Join(dir, "a.sock"), append(fleetArgs("a", "1"),
@@ -56,10 +58,10 @@ func TestFleetAssignmentByLabelWithRealEtcd(t *testing.T) {
 	a.must(t, "POST", "/personas", map[string]any{"name": "rack2"}, 201)
 
 	// A follower down does not stop it.
-	cli := c.client()
-	leader := c.leader(cli)
+	cli := c.Client(nil)
+	leader := c.Leader(cli)
 	cli.Close()
-	c.kill9((leader + 1) % 3)
+	c.Kill((leader + 1) % 3)
 
 	b.must(t, "PUT", "/assignments/web", map[string]any{"persona": "web", "priority": 10,
 		"selector": map[string]any{"instance_labels": map[string]string{"role": "web"}}}, 201)
@@ -73,7 +75,7 @@ func TestFleetAssignmentByLabelWithRealEtcd(t *testing.T) {
 	}
 
 	// Quorum lost: the write is refused, nothing changes on the VMs.
-	c.kill9(leader)
+	c.Kill(leader)
 	r, err := call(a.client, "PUT", "/assignments/db", map[string]any{"persona": "web",
 		"selector": map[string]any{"instance_labels": map[string]string{"role": "db"}}})
 	if err != nil || r.status != 503 {

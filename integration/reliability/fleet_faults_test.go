@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,8 +12,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/vmpersona/vmpersona/internal/testetcd"
 	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
@@ -23,90 +22,6 @@ import (
 // hostds in fleet mode with real guests, and faults: kill -9 of a follower,
 // of the leader, of two members (quorum lost), and a compaction while a host
 // is down.
-
-const etcdBin = "/usr/bin/etcd"
-
-type etcdMember struct {
-	name, dir          string
-	peerURL, clientURL string
-	p                  *proc
-}
-
-type etcdCluster struct {
-	t       *testing.T
-	members []*etcdMember
-}
-
-func startEtcdCluster(t *testing.T, n int) *etcdCluster {
-	t.Helper()
-	if _, err := os.Stat(etcdBin); err != nil {
-		t.Fatalf("%s is missing: the fleet tier needs Debian's etcd-server (make reliability installs it): %v", etcdBin, err)
-	}
-	c := &etcdCluster{t: t}
-	dir := testproc.ShortDir(t)
-	for i := range n {
-		c.members = append(c.members, &etcdMember{
-			name:      fmt.Sprintf("e%d", i),
-			dir:       filepath.Join(dir, fmt.Sprintf("e%d", i)),
-			peerURL:   "http://" + testproc.FreeTCPAddr(t),
-			clientURL: "http://" + testproc.FreeTCPAddr(t),
-		})
-	}
-	for i := range c.members {
-		c.start(i, "new")
-	}
-	cli := c.client()
-	defer cli.Close()
-	waitUntil(t, "etcd to elect a leader", func() bool { return c.leader(cli) >= 0 })
-	return c
-}
-
-func (c *etcdCluster) start(i int, state string) {
-	m := c.members[i]
-	var initial []string
-	for _, o := range c.members {
-		initial = append(initial, o.name+"="+o.peerURL)
-	}
-	m.p = startProc(c.t, etcdBin, "--name", m.name, "--data-dir", m.dir,
-		"--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
-		"--listen-client-urls", m.clientURL, "--advertise-client-urls", m.clientURL,
-		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", state,
-		"--initial-cluster-token", "vmpersona-fleet-tier", "--log-level", "error", "--logger", "zap")
-}
-
-func (c *etcdCluster) kill9(i int) { c.members[i].p.Kill() }
-
-func (c *etcdCluster) endpoints() string {
-	var out []string
-	for _, m := range c.members {
-		out = append(out, m.clientURL)
-	}
-	return strings.Join(out, ",")
-}
-
-func (c *etcdCluster) client() *clientv3.Client {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(c.endpoints(), ","), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return cli
-}
-
-// leader is the index of the member that leads, -1 when none answers so.
-func (c *etcdCluster) leader(cli *clientv3.Client) int {
-	for i, m := range c.members {
-		if m.p == nil || m.p.Exited() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := cli.Status(ctx, m.clientURL)
-		cancel()
-		if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
-			return i
-		}
-	}
-	return -1
-}
 
 // waitUntil waits for what a fault's recovery brings (an election, a
 // reconnection): longer than a start-up takes.
@@ -140,10 +55,10 @@ func etagRev(a answer) uint64 {
 
 func TestFleetFaultsWithRealEtcd(t *testing.T) {
 	parallel(t)
-	c := startEtcdCluster(t, 3)
+	c := testetcd.Start(t, 3)
 	dir := testproc.ShortDir(t)
 	fleetArgs := func(name string) []string {
-		return []string{"--fleet-etcd", c.endpoints(), "--fleet-host", name, "--fleet-prefix", "/tier/"}
+		return []string{"--fleet-etcd", strings.Join(c.Endpoints(), ","), "--fleet-host", name, "--fleet-prefix", "/tier/"}
 	}
 	_, epA := startGuest(t, filepath.Join(dir, "ga"))
 	_, epB := startGuest(t, filepath.Join(dir, "gb"))
@@ -214,30 +129,30 @@ func TestFleetFaultsWithRealEtcd(t *testing.T) {
 		waitUntil(t, "writes to succeed "+what, func() bool { return acked() >= from+20 })
 		t.Logf("%s: 20 more writes acknowledged in %v", what, time.Since(start).Round(time.Millisecond))
 	}
-	cli := c.client()
+	cli := c.Client(nil)
 	defer cli.Close()
 	progress("before any fault")
 
 	// kill -9 of a follower: writes go on.
-	lead := c.leader(cli)
+	lead := c.Leader(cli)
 	follower := (lead + 1) % 3
-	c.kill9(follower)
+	c.Kill(follower)
 	progress("with a follower killed")
-	c.start(follower, "existing")
+	c.Restart(follower)
 
 	// kill -9 of the leader: writes stop until a new leader is elected.
-	waitUntil(t, "a leader", func() bool { lead = c.leader(cli); return lead >= 0 })
+	waitUntil(t, "a leader", func() bool { lead = c.Leader(cli); return lead >= 0 })
 	killed := time.Now()
 	before := acked()
-	c.kill9(lead)
+	c.Kill(lead)
 	waitUntil(t, "writes after the leader's death", func() bool { return acked() > before })
 	t.Logf("leader kill -9: first acknowledged write %v later", time.Since(killed).Round(time.Millisecond))
 	progress("after the leader was killed")
-	c.start(lead, "existing")
+	c.Restart(lead)
 	waitUntil(t, "three members serving", func() bool {
-		for _, m := range c.members {
+		for _, ep := range c.Endpoints() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, err := cli.Status(ctx, m.clientURL)
+			_, err := cli.Status(ctx, ep)
 			cancel()
 			if err != nil {
 				return false
@@ -248,8 +163,8 @@ func TestFleetFaultsWithRealEtcd(t *testing.T) {
 
 	// kill -9 of two members: quorum lost.
 	fullReadsB := metricValue(t, b, "vmpersona_fleet_full_reads_total")
-	c.kill9(0)
-	c.kill9(1)
+	c.Kill(0)
+	c.Kill(1)
 	start := time.Now()
 	r, err := call(b.client, "POST", "/personas", map[string]any{"name": "during-loss"})
 	if err != nil || r.status != 503 {
@@ -265,8 +180,8 @@ func TestFleetFaultsWithRealEtcd(t *testing.T) {
 	b.waitConnected(t, "vm2")
 	b.must(t, "POST", "/instances/vm2/personas/load/activate", nil, 200)
 	t.Logf("activation on b from its copy without quorum: ok")
-	c.start(0, "existing")
-	c.start(1, "existing")
+	c.Restart(0)
+	c.Restart(1)
 	waitUntil(t, "b connected again", func() bool { return metricValue(t, b, "vmpersona_fleet_connected") == 1 })
 	if n := metricValue(t, b, "vmpersona_fleet_full_reads_total"); n != fullReadsB {
 		t.Fatalf("b read everything again after the quorum came back (%v full reads, was %v); it should catch up from its revision", n, fullReadsB)
