@@ -148,11 +148,8 @@ func (s *Server) fleetHosts(w http.ResponseWriter, r *http.Request, _ httprouter
 // to its own instances. The route is an addition to the contract's table,
 // behind vmpersonactl rollout --fleet.
 func (s *Server) requestFleetRollout(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	if s.cfg.Fleet == nil {
-		return errdefs.WithMessage(errNoFleet, "a fleet rollout needs fleet mode (vmpersona-hostd --fleet-etcd); without it use POST /personas/{name}/rollout")
-	}
-	name := ps.ByName("persona")
-	if err := validate.Name(name); err != nil {
+	name, err := s.fleetPersona(ps, "a fleet rollout needs fleet mode (vmpersona-hostd --fleet-etcd); without it use POST /personas/{name}/rollout")
+	if err != nil {
 		return err
 	}
 	var q apitypes.FleetRolloutRequest
@@ -176,11 +173,8 @@ func (s *Server) requestFleetRollout(w http.ResponseWriter, r *http.Request, ps 
 
 // fleetRollout answers GET /fleet/rollouts/{persona}.
 func (s *Server) fleetRollout(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
-	if s.cfg.Fleet == nil {
-		return errdefs.WithMessage(errNoFleet, "GET /fleet/rollouts needs fleet mode (vmpersona-hostd --fleet-etcd)")
-	}
-	name := ps.ByName("persona")
-	if err := validate.Name(name); err != nil {
+	name, err := s.fleetPersona(ps, "GET /fleet/rollouts needs fleet mode (vmpersona-hostd --fleet-etcd)")
+	if err != nil {
 		return err
 	}
 	st, err := s.cfg.Fleet.FleetRollout(r.Context(), name)
@@ -189,4 +183,14 @@ func (s *Server) fleetRollout(w http.ResponseWriter, r *http.Request, ps httprou
 	}
 	writeJSON(w, http.StatusOK, st)
 	return nil
+}
+
+// fleetPersona is the persona a fleet route names in its path, checked;
+// without fleet mode the request is refused, saying why (msg).
+func (s *Server) fleetPersona(ps httprouter.Params, msg string) (string, error) {
+	if s.cfg.Fleet == nil {
+		return "", errdefs.WithMessage(errNoFleet, msg)
+	}
+	name := ps.ByName("persona")
+	return name, validate.Name(name)
 }
