@@ -15,6 +15,7 @@ import (
 	"github.com/vmpersona/vmpersona/errdefs"
 	"github.com/vmpersona/vmpersona/hostd/store"
 	"github.com/vmpersona/vmpersona/internal/testetcd"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -66,16 +67,11 @@ func (h *host) close() {
 	}
 }
 
-// waitFor polls cond until it holds; the test fails after a minute.
+// waitFor polls cond until it holds; the test fails after a minute (an
+// election or a reconnection under load can take a while).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testproc.WaitWithin(t, time.Minute, what, cond)
 }
 
 // twoHosts starts a one-member cluster and two hosts, a and b, connected to
