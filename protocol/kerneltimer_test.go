@@ -10,8 +10,8 @@ import (
 
 // TestSessionKernelTimerWatch: with KernelTimer (the guest daemon's
 // setting) the guest's watch still probes a silent host once and then ends
-// the session, and a Hello that shortens the heartbeat wakes a watch armed
-// for the old one. Real time: testing/synctest's clock does not move a
+// the session (after Pings moved its timer on), and a Hello that shortens
+// the heartbeat wakes a watch armed for the old one. Real time: testing/synctest's clock does not move a
 // kernel timer.
 func TestSessionKernelTimerWatch(t *testing.T) {
 	host, guest := socketPair(t)
@@ -25,6 +25,14 @@ func TestSessionKernelTimerWatch(t *testing.T) {
 	p.nextOf(protocol.TypeHelloAck)
 	p.send(protocol.Header{Type: protocol.TypeHello, Epoch: 10, ID: 2}, protocol.Hello{Epoch: 10, MinVersion: 1, MaxVersion: 1, HeartbeatMillis: 20})
 	p.nextOf(protocol.TypeHelloAck)
+	// Pings are answered by the read loop, and each moves the watch's
+	// timer on; then the host falls silent.
+	for id := uint64(3); id < 8; id++ {
+		p.send(protocol.Header{Type: protocol.TypePing, Epoch: 10, ID: id}, nil)
+		if f := p.nextOf(protocol.TypePong); f.ID != id {
+			t.Fatalf("pong %d for ping %d", f.ID, id)
+		}
+	}
 	probes := make(chan int, 1)
 	go func() {
 		n := 0

@@ -304,9 +304,10 @@ type Session struct {
 	busySince atomic.Int64
 	partial   atomic.Bool
 	// hbSet wakes the watch when the heartbeat is set (the guest's Hello);
-	// nudge is the watch's kernel timer, fired for the same reason.
+	// nudge is the watch's kernel timer: fired for the same reason, and
+	// moved on by each Ping.
 	hbSet chan struct{}
-	nudge atomic.Pointer[ktimer.Timer]
+	nudge atomic.Pointer[kernelClock]
 	// probes counts the probes sent; probeAnswered those answered in time
 	// (a slow peer told from a dead one).
 	probes        atomic.Uint64
@@ -859,6 +860,11 @@ func (s *Session) pong(epoch uint32, id uint64) {
 	default:
 		s.lastSent.Store(time.Now().UnixNano())
 	}
+	if c := s.nudge.Load(); c != nil {
+		if hb := time.Duration(s.heartbeat.Load()); hb > 0 {
+			c.reset(SilenceIntervals * hb)
+		}
+	}
 }
 
 func (s *Session) readLoop() {
@@ -1086,8 +1092,8 @@ func (s *Session) hello(f Frame) {
 	case s.hbSet <- struct{}{}:
 	default:
 	}
-	if t := s.nudge.Load(); t != nil {
-		t.Reset(0)
+	if c := s.nudge.Load(); c != nil {
+		c.reset(0)
 	}
 	if old := s.epoch.Swap(h.Epoch); old != 0 && old != h.Epoch {
 		s.failCalls(ErrReplaced)
@@ -1288,10 +1294,11 @@ func (s *Session) watchLoop(ping bool) {
 			}
 			next = earliest(next, sent.Add(hb))
 		}
-		due = arm(t, next)
+		arm(t, next)
 		if !t.wait() {
 			return
 		}
+		due = t.due()
 	}
 }
 
@@ -1303,15 +1310,9 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// arm sets the timer to fire at at (at once when past) and returns when it
-// is meant to fire.
-func arm(t watchClock, at time.Time) time.Time {
-	now := time.Now()
-	if at.Before(now) {
-		at = now
-	}
-	t.reset(at.Sub(now))
-	return at
+// arm sets the timer to fire at at (at once when past).
+func arm(t watchClock, at time.Time) {
+	t.reset(max(time.Until(at), 0))
 }
 
 // watchClock is the liveness watch's one timer.
@@ -1320,6 +1321,8 @@ type watchClock interface {
 	// wait waits for the timer or a change of heartbeat; false when the
 	// session ended.
 	wait() bool
+	// due is when the timer was last meant to fire.
+	due() time.Time
 	stop()
 }
 
@@ -1331,7 +1334,7 @@ func (s *Session) newWatchClock() watchClock {
 	if s.cfg.KernelTimer {
 		if t, err := ktimer.New(); err == nil {
 			c := &kernelClock{t: t, s: s, release: context.AfterFunc(s.ctx, func() { t.Close() })}
-			s.nudge.Store(t)
+			s.nudge.Store(c)
 			return c
 		}
 	}
@@ -1339,11 +1342,13 @@ func (s *Session) newWatchClock() watchClock {
 }
 
 type runtimeClock struct {
-	t *time.Timer
-	s *Session
+	t  *time.Timer
+	s  *Session
+	at time.Time
 }
 
-func (c *runtimeClock) reset(d time.Duration) { c.t.Reset(d) }
+func (c *runtimeClock) reset(d time.Duration) { c.at = time.Now().Add(d); c.t.Reset(d) }
+func (c *runtimeClock) due() time.Time        { return c.at }
 func (c *runtimeClock) stop()                 { c.t.Stop() }
 
 func (c *runtimeClock) wait() bool {
@@ -1358,15 +1363,26 @@ func (c *runtimeClock) wait() bool {
 	}
 }
 
-// kernelClock: a change of heartbeat fires the timer at once (Session.nudge);
-// the end of the session closes it.
+// kernelClock: a change of heartbeat fires the timer at once, and each
+// Ping from the host moves it to the end of the silence allowed after that
+// Ping (Session.nudge, Session.pong): while the host pings, the watch never
+// wakes. The end of the session closes it.
 type kernelClock struct {
 	t       *ktimer.Timer
 	s       *Session
 	release func() bool
+	mu      sync.Mutex   // the timer and at move together
+	at      atomic.Int64 // due, UnixNano
 }
 
-func (c *kernelClock) reset(d time.Duration) { c.t.Reset(d) }
+func (c *kernelClock) reset(d time.Duration) {
+	c.mu.Lock()
+	c.at.Store(time.Now().Add(d).UnixNano())
+	c.t.Reset(d)
+	c.mu.Unlock()
+}
+
+func (c *kernelClock) due() time.Time { return time.Unix(0, c.at.Load()) }
 
 func (c *kernelClock) stop() {
 	c.s.nudge.Store(nil)
