@@ -472,17 +472,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		return nil
 	}
 
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	started := false
-	start := func() {
-		if !started {
-			started = true
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.Header().Set("X-Content-Type-Options", "nosniff")
-			w.WriteHeader(http.StatusOK)
-		}
-	}
+	out := newNDJSON(w)
 	// Each stream's chunks go out as text that never ends inside a
 	// character, or as base64 where the bytes are not UTF-8.
 	var split [3]protocol.TextSplitter
@@ -490,12 +480,11 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		if data == "" {
 			return
 		}
-		start()
 		name := apitypes.StreamStdout
 		if sb == protocol.StreamStderr {
 			name = apitypes.StreamStderr
 		}
-		enc.Encode(apitypes.ExecStreamLine{Stream: name, Data: data, Encoding: encoding})
+		out.line(apitypes.ExecStreamLine{Stream: name, Data: data, Encoding: encoding})
 	}
 	res, err := s.cfg.Agents.ExecWithInput(ctx, inst, preq, in, func(sb byte, data []byte) {
 		if sb != protocol.StreamStdout && sb != protocol.StreamStderr {
@@ -503,24 +492,23 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		}
 		d, e := split[sb].Next(data)
 		emit(sb, d, e)
-		rc.Flush()
+		out.flush()
 	})
 	for _, sb := range []byte{protocol.StreamStdout, protocol.StreamStderr} {
 		d, e := split[sb].Flush()
 		emit(sb, d, e)
 	}
 	if err != nil {
-		if !started {
+		if !out.started {
 			return err
 		}
 		// Output went out already: end the stream with the problem.
 		p := toProblem(err)
-		enc.Encode(apitypes.ExecStreamLine{Stream: apitypes.StreamFailed,
+		out.line(apitypes.ExecStreamLine{Stream: apitypes.StreamFailed,
 			StreamError: &apitypes.StreamError{Type: p.Type, Title: p.Title, Status: p.Status, Detail: p.Detail}})
 		return nil
 	}
-	start()
-	enc.Encode(apitypes.ExecStreamLine{Stream: apitypes.StreamExit, ExecResult: &res})
-	rc.Flush()
+	out.line(apitypes.ExecStreamLine{Stream: apitypes.StreamExit, ExecResult: &res})
+	out.flush()
 	return nil
 }

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"sync"
@@ -68,39 +67,26 @@ func (s *Server) rollout(w http.ResponseWriter, r *http.Request, ps httprouter.P
 		return nil
 	}
 
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	rc := http.NewResponseController(w)
+	out := newNDJSON(w)
 	var mu sync.Mutex
-	started := false
-	start := func() {
-		if !started {
-			started = true
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.Header().Set("X-Content-Type-Options", "nosniff")
-			w.WriteHeader(http.StatusOK)
-		}
-	}
 	sum, err := s.cfg.Reconciler.Rollout(ctx, name, req, actor, func(res apitypes.RolloutResult) {
 		mu.Lock()
 		defer mu.Unlock()
-		start()
-		enc.Encode(apitypes.RolloutLine{Kind: apitypes.RolloutLineResult, RolloutResult: &res})
-		rc.Flush()
+		out.line(apitypes.RolloutLine{Kind: apitypes.RolloutLineResult, RolloutResult: &res})
+		out.flush()
 	})
 	mu.Lock()
 	defer mu.Unlock()
 	if err != nil {
-		if !started {
+		if !out.started {
 			return rolloutErr(name, err)
 		}
 		p := toProblem(err)
-		enc.Encode(apitypes.RolloutLine{Kind: apitypes.RolloutLineError, Status: p.Status, Detail: p.Detail})
+		out.line(apitypes.RolloutLine{Kind: apitypes.RolloutLineError, Status: p.Status, Detail: p.Detail})
 		return nil
 	}
-	start()
-	enc.Encode(apitypes.RolloutLine{Kind: apitypes.RolloutLineSummary, Summary: &sum})
-	rc.Flush()
+	out.line(apitypes.RolloutLine{Kind: apitypes.RolloutLineSummary, Summary: &sum})
+	out.flush()
 	return nil
 }
 
