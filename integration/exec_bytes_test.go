@@ -10,13 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testpayload"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -32,49 +32,34 @@ func TestExecBytesExactOnVM(t *testing.T) {
 	h := startHostd(t, hostdOptions{Instances: map[string]string{vm.Name: vm.Endpoint()}})
 	h.WaitConnected(vm.Name, bootTimeout)
 
-	rng := rand.New(rand.NewPCG(15, 1))
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		return b
-	}
-	var text strings.Builder
-	for text.Len() < 1<<20 {
-		fmt.Fprintf(&text, "%d é€😀 жизнь 東京 %s\n", text.Len(), strings.Repeat("ß", text.Len()%37))
-	}
-	for _, p := range []struct {
-		name string
-		data []byte
-	}{{"binary-1KiB", random(1 << 10)}, {"binary-1MiB", random(1 << 20)}, {"binary-20MiB", random(20 << 20)}, {"utf8-text", []byte(text.String())}} {
-		t.Run(p.name, func(t *testing.T) {
-			want := fmt.Sprintf("%x", sha256.Sum256(p.data))
-			file := "/tmp/" + p.name
+	for _, p := range testpayload.Set() {
+		t.Run(p.Name, func(t *testing.T) {
+			want := fmt.Sprintf("%x", sha256.Sum256(p.Data))
+			file := "/tmp/" + p.Name
 
 			// In through vmpersonactl's standard input.
-			r := h.CtlIn(p.data, "exec", "--stdin", "--timeout", "5m", vm.Name, "--", "sh", "-c", `cat > "$1"; sha256sum "$1"`, "sh", file)
+			r := h.CtlIn(p.Data, "exec", "--stdin", "--timeout", "5m", vm.Name, "--", "sh", "-c", `cat > "$1"; sha256sum "$1"`, "sh", file)
 			if r.Code != 0 || !strings.HasPrefix(r.Stdout, want+" ") {
 				t.Fatalf("vmpersonactl exec --stdin: exit %d, guest sha256 %q, want %s (%s)", r.Code, r.Stdout, want, r.Stderr)
 			}
 			// Out through vmpersonactl (streamed), and in and out at once.
 			r = h.Ctl("exec", "--timeout", "5m", vm.Name, "--", "cat", file)
 			if got := fmt.Sprintf("%x", sha256.Sum256([]byte(r.Stdout))); r.Code != 0 || got != want {
-				t.Errorf("vmpersonactl exec cat: exit %d, %d bytes of %d back, sha256 differs", r.Code, len(r.Stdout), len(p.data))
+				t.Errorf("vmpersonactl exec cat: exit %d, %d bytes of %d back, sha256 differs", r.Code, len(r.Stdout), len(p.Data))
 			}
-			r = h.CtlIn(p.data, "exec", "-i", "--timeout", "5m", vm.Name, "--", "cat")
+			r = h.CtlIn(p.Data, "exec", "-i", "--timeout", "5m", vm.Name, "--", "cat")
 			if got := fmt.Sprintf("%x", sha256.Sum256([]byte(r.Stdout))); r.Code != 0 || got != want {
-				t.Errorf("vmpersonactl exec -i cat: exit %d, %d bytes of %d back, sha256 differs (%s)", r.Code, len(r.Stdout), len(p.data), r.Stderr)
+				t.Errorf("vmpersonactl exec -i cat: exit %d, %d bytes of %d back, sha256 differs (%s)", r.Code, len(r.Stdout), len(p.Data), r.Stderr)
 			}
 
 			// The API: streamed input to sha256sum, streamed output of cat.
-			out := h.execStdinStream(t, vm.Name, apitypes.ExecRequest{Command: "sha256sum", TimeoutSeconds: 300}, p.data)
+			out := h.execStdinStream(t, vm.Name, apitypes.ExecRequest{Command: "sha256sum", TimeoutSeconds: 300}, p.Data)
 			if !strings.HasPrefix(string(out), want+" ") {
 				t.Errorf("API streamed stdin: the guest's sha256sum says %q, want %s", out, want)
 			}
 			out = h.execStdinStream(t, vm.Name, apitypes.ExecRequest{Command: "cat", Args: []string{file}, TimeoutSeconds: 300}, nil)
 			if got := fmt.Sprintf("%x", sha256.Sum256(out)); got != want {
-				t.Errorf("API streamed stdout: %d bytes of %d, sha256 differs", len(out), len(p.data))
+				t.Errorf("API streamed stdout: %d bytes of %d, sha256 differs", len(out), len(p.Data))
 			}
 			// The buffered answer, within the guest's 1 MiB bound.
 			res, prob, st := h.Exec(vm.Name, apitypes.ExecRequest{Command: "cat", Args: []string{file}})
@@ -82,9 +67,9 @@ func TestExecBytesExactOnVM(t *testing.T) {
 			switch {
 			case st != http.StatusOK || err != nil:
 				t.Errorf("API buffered cat: %d %+v %v", st, prob, err)
-			case len(p.data) <= 1<<20 && (fmt.Sprintf("%x", sha256.Sum256(b)) != want || res.StdoutTruncated):
-				t.Errorf("API buffered cat: %d bytes of %d, truncated %v", len(b), len(p.data), res.StdoutTruncated)
-			case len(p.data) > 1<<20 && (!res.StdoutTruncated || !bytes.Equal(b, p.data[:1<<20])):
+			case len(p.Data) <= 1<<20 && (fmt.Sprintf("%x", sha256.Sum256(b)) != want || res.StdoutTruncated):
+				t.Errorf("API buffered cat: %d bytes of %d, truncated %v", len(b), len(p.Data), res.StdoutTruncated)
+			case len(p.Data) > 1<<20 && (!res.StdoutTruncated || !bytes.Equal(b, p.Data[:1<<20])):
 				t.Errorf("API buffered cat over the bound: %d bytes, truncated %v; want the first 1 MiB, flagged", len(b), res.StdoutTruncated)
 			}
 		})

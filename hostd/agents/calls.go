@@ -33,23 +33,33 @@ import (
 func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Persona, actor, reason string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
 	req := m.newRequestAudit(instance, audit)
 	defer req.flush()
+	var res protocol.ActivateResult
+	err := m.inSlot(ctx, instance, activationWant(scriptTimeout), func(ctx context.Context, a *agent, s *session) (err error) {
+		res, _, err = a.activate(ctx, s, p, actor, reason, scriptTimeout, req)
+		return err
+	})
+	return res, err
+}
+
+// inSlot runs f with the instance's activation slot held, on its current
+// session, within ctx or (without a deadline in ctx) want.
+func (m *Manager) inSlot(ctx context.Context, instance string, want time.Duration, f func(context.Context, *agent, *session) error) error {
 	a, _, err := m.connected(instance)
 	if err != nil {
-		return protocol.ActivateResult{}, err
+		return err
 	}
-	ctx, cancel := m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
+	ctx, cancel := m.withDefaultDeadline(ctx, want)
 	defer cancel()
 	if err := a.acquire(ctx); err != nil {
-		return protocol.ActivateResult{}, err
+		return err
 	}
 	defer a.release()
 	// The session may have been replaced while this call waited its turn.
 	s, err := a.session()
 	if err != nil {
-		return protocol.ActivateResult{}, err
+		return err
 	}
-	res, _, err := a.activate(ctx, s, p, actor, reason, scriptTimeout, req)
-	return res, err
+	return f(ctx, a, s)
 }
 
 // Deactivate asks the instance's guest to return to no persona (running the
@@ -58,22 +68,12 @@ func (m *Manager) Activate(ctx context.Context, instance string, p protocol.Pers
 func (m *Manager) Deactivate(ctx context.Context, instance, actor string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
 	req := m.newRequestAudit(instance, audit)
 	defer req.flush()
-	a, _, err := m.connected(instance)
-	if err != nil {
-		return protocol.ActivateResult{}, err
-	}
-	ctx, cancel := m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
-	defer cancel()
-	if err := a.acquire(ctx); err != nil {
-		return protocol.ActivateResult{}, err
-	}
-	defer a.release()
-	// The session may have been replaced while this call waited its turn.
-	s, err := a.session()
-	if err != nil {
-		return protocol.ActivateResult{}, err
-	}
-	return a.deactivate(ctx, s, actor, scriptTimeout, req)
+	var res protocol.ActivateResult
+	err := m.inSlot(ctx, instance, activationWant(scriptTimeout), func(ctx context.Context, a *agent, s *session) (err error) {
+		res, err = a.deactivate(ctx, s, actor, scriptTimeout, req)
+		return err
+	})
+	return res, err
 }
 
 // deactivate carries one deactivation to the guest and applies the outcome.

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testpayload"
 	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
@@ -30,29 +30,12 @@ import (
 // payloads are the files every byte-exactness test sends through.
 func payloads(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(15, 15))
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		return b
-	}
-	var text strings.Builder
-	for text.Len() < 1<<20 {
-		// One to four bytes per character, lines of varying length.
-		fmt.Fprintf(&text, "%d é€😀 жизнь 東京 %s\n", text.Len(), strings.Repeat("ß", text.Len()%37))
-	}
-	p := map[string][]byte{
-		"binary-1KiB":  random(1 << 10),
-		"binary-1MiB":  random(1 << 20),
-		"binary-20MiB": random(20 << 20),
-		"utf8-text":    []byte(text.String()),
-	}
-	for name, b := range p {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+	p := map[string][]byte{}
+	for _, c := range testpayload.Set() {
+		if err := os.WriteFile(filepath.Join(dir, c.Name), c.Data, 0o644); err != nil {
 			t.Fatal(err)
 		}
+		p[c.Name] = c.Data
 	}
 	return p
 }
