@@ -840,25 +840,11 @@ func noSession(payload []byte) bool {
 
 func (s *Session) touch() { s.lastRecv.Store(time.Now().UnixNano()) }
 
-// pong answers a Ping. When no frame is being written the read loop writes
-// the Pong itself: handing it to the writer goroutine would wake a second
-// thread for every heartbeat of an idle session.
+// pong answers a Ping, from the read loop when no frame is being written.
 func (s *Session) pong(epoch uint32, id uint64) {
 	h := Header{Type: TypePong, Flags: FlagResponse, Epoch: epoch, ID: id}
-	if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
-		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-	}
-	wrote, err := s.w.TryWriteFrame(h, nil)
-	switch {
-	case !wrote:
+	if !s.writeNow(h) {
 		s.send(s.ctx, h, nil)
-	case err != nil:
-		if s.ctx.Err() == nil {
-			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
-		}
-		s.Close(fmt.Errorf("write: %w", err))
-	default:
-		s.lastSent.Store(time.Now().UnixNano())
 	}
 	if c := s.nudge.Load(); c != nil {
 		if hb := time.Duration(s.heartbeat.Load()); hb > 0 {
@@ -1406,4 +1392,28 @@ func (s *Session) sendPing(hb time.Duration) {
 	ctx, cancel := context.WithTimeout(s.ctx, hb)
 	s.send(ctx, Header{Type: TypePing, Epoch: s.epoch.Load(), ID: s.nextID.Add(1)}, nil)
 	cancel()
+}
+
+// writeNow writes a frame without payload from the calling goroutine when
+// no frame is being written, and reports whether it did: the read loop's
+// Pong, which the writer goroutine would otherwise write after being woken
+// on a second thread, for every heartbeat of an idle session. Like send,
+// it waits for the write (bounded by WriteTimeout).
+func (s *Session) writeNow(h Header) bool {
+	if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	}
+	wrote, err := s.w.TryWriteFrame(h, nil)
+	switch {
+	case !wrote:
+		return false
+	case err != nil:
+		if s.ctx.Err() == nil {
+			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+		}
+		s.Close(fmt.Errorf("write: %w", err))
+	default:
+		s.lastSent.Store(time.Now().UnixNano())
+	}
+	return true
 }
