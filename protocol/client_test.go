@@ -616,6 +616,9 @@ func TestHeartbeatSlowPeer(t *testing.T) {
 		}
 		c.Close(nil)
 		p.conn.Close()
+		// The peer may be in its late answer's sleep: let it wake and
+		// see the stream closed before the bubble ends.
+		time.Sleep(2 * hb)
 	})
 }
 
