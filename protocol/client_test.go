@@ -644,6 +644,7 @@ func TestHeartbeatBytesCount(t *testing.T) {
 				t.Fatalf("byte %d: %v (session: %v)", i, err, c.Err())
 			}
 		}
+		synctest.Wait() // the read loop has taken the last byte's frame
 		if c.Err() != nil {
 			t.Fatalf("session ended while a frame was arriving: %v", c.Err())
 		}
