@@ -361,8 +361,10 @@ func checkExec(q *apitypes.ExecRequest) error {
 // decodeExecStdin reads the request document of an exec whose standard
 // input follows it (apitypes.ExecStdinMediaType): the document, at most
 // MaxExecBody bytes, then one newline; it returns the rest of the body.
-func decodeExecStdin(r *http.Request, req *apitypes.ExecRequest) (io.Reader, error) {
-	dec := json.NewDecoder(&boundedReader{r: r.Body, left: MaxExecBody})
+func decodeExecStdin(w http.ResponseWriter, r *http.Request, req *apitypes.ExecRequest) (io.Reader, error) {
+	// The bound is on the document only: the input after it is read from
+	// the body itself.
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxExecBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(req); err != nil {
 		return nil, jsonProblem(err)
@@ -384,25 +386,6 @@ func decodeExecStdin(r *http.Request, req *apitypes.ExecRequest) (io.Reader, err
 	return rest, nil
 }
 
-// boundedReader fails once more than left bytes are read (the request
-// document of a streamed-input exec).
-type boundedReader struct {
-	r    io.Reader
-	left int64
-}
-
-func (b *boundedReader) Read(p []byte) (int, error) {
-	if b.left <= 0 {
-		return 0, &http.MaxBytesError{Limit: MaxExecBody}
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.r.Read(p)
-	b.left -= int64(n)
-	return n, err
-}
-
 func hasNUL(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] == 0 {
@@ -420,7 +403,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 	var req apitypes.ExecRequest
 	var stdin io.Reader // the input that follows the request document
 	if apitypes.IsExecStdin(r.Header.Get("Content-Type")) {
-		if stdin, err = decodeExecStdin(r, &req); err != nil {
+		if stdin, err = decodeExecStdin(w, r, &req); err != nil {
 			return err
 		}
 	} else if err := decodeJSON(r, &req); err != nil {
