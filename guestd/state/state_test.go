@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,6 +106,49 @@ func TestReplaceFile(t *testing.T) {
 	}
 	if err := ReplaceFile(filepath.Join(p, "x"), nil, 0o600); err == nil {
 		t.Fatal("no error writing under a file")
+	}
+}
+
+// TestReplaceFileReadersSeeOldOrNew: while a file is replaced again and
+// again (over an existing file, as the login profile is), a reader always
+// finds it, whole: the old or the new content, never a missing or partial
+// file.
+func TestReplaceFileReadersSeeOldOrNew(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "profile.sh")
+	a, b := strings.Repeat("a", 3000), strings.Repeat("b", 5000)
+	if err := ReplaceFile(p, []byte(a), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 2000 {
+			if err := ReplaceFile(p, []byte([]string{b, a}[i%2]), 0o644); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for reads := 0; ; reads++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			ents, _ := os.ReadDir(filepath.Dir(p))
+			if len(ents) != 1 {
+				t.Fatalf("files left beside the replaced one: %v", ents)
+			}
+			return
+		default:
+		}
+		got, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("read %d: %v", reads, err)
+		}
+		if s := string(got); s != a && s != b {
+			t.Fatalf("read %d: %d bytes, neither the old nor the new content", reads, len(got))
+		}
 	}
 }
 
