@@ -92,7 +92,9 @@ func (a *agent) deactivate(ctx context.Context, s *session, actor string, script
 	if err != nil {
 		return protocol.ActivateResult{}, a.callErr(s, err)
 	}
-	a.apply(s, res, protocol.Persona{}, id, req)
+	if err := a.apply(s, res, protocol.Persona{}, id, req); err != nil {
+		return protocol.ActivateResult{}, err
+	}
 	return res, nil
 }
 
@@ -228,14 +230,18 @@ func (a *agent) activate(ctx context.Context, s *session, p protocol.Persona, ac
 		a.refuseGuest(s, "activate_result", err)
 		return protocol.ActivateResult{}, id, err
 	}
-	a.apply(s, res, p, id, req)
+	if err := a.apply(s, res, p, id, req); err != nil {
+		return protocol.ActivateResult{}, id, err
+	}
 	return res, id, nil
 }
 
 // apply records an activation outcome: the session's view of what the guest
 // holds, and the instance record when the guest changed persona, with the
-// request's audit events in the same commit.
-func (a *agent) apply(s *session, res protocol.ActivateResult, requested protocol.Persona, id string, req *requestAudit) {
+// request's audit events (and its desired state, when it carries one) in the
+// same commit. It fails only when the request's desired state could not be
+// written: the caller must not acknowledge a choice the host may forget.
+func (a *agent) apply(s *session, res protocol.ActivateResult, requested protocol.Persona, id string, req *requestAudit) error {
 	a.mu.Lock()
 	s.active = cloneActive(res.Active)
 	a.mu.Unlock()
@@ -251,18 +257,33 @@ func (a *agent) apply(s *session, res protocol.ActivateResult, requested protoco
 	case protocol.ResultDeactivated:
 		rec = store.InstanceRecord{Instance: a.name, BootID: s.hello.BootID, ActivationID: id, ActivatedAt: time.Now().UTC()}
 	default:
-		return
+		return nil
 	}
 	rec.UpdatedAt = time.Now().UTC()
 	evs := req.pending()
-	if err := a.m.st.PutInstance(rec, evs...); err != nil {
+	var err error
+	if d := req.desiredState(); d != nil {
+		err = a.m.st.PutInstanceDesired(rec, *d, evs...)
+	} else {
+		err = a.m.st.PutInstance(rec, evs...)
+	}
+	if err != nil {
+		a.log.Error("write instance record after activation", "result", res.Result, "err", err)
+		if req.desiredState() != nil {
+			// The guest holds the persona, the host may not know that it
+			// was chosen: the request fails (its events are written on
+			// their own), and the next connect converges the guest to the
+			// desired state the host does hold.
+			req.desired = nil
+			return fmt.Errorf("%s: record the %s outcome: %w", a.name, res.Result, err)
+		}
 		// The guest holds the persona: the next connect reconciles the
 		// record. The caller still gets the guest's answer.
-		a.log.Error("write instance record after activation", "result", res.Result, "err", err)
-		return
+		return nil
 	}
 	req.done()
 	a.m.countAudit(evs)
+	return nil
 }
 
 // callErr maps a session error: a session that ended is ErrNotConnected;

@@ -72,6 +72,33 @@ func (g *Guest) Activate(ctx context.Context, p protocol.Persona, actor, reason 
 	return g.a.activate(ctx, g.s, p, actor, reason, scriptTimeout, req)
 }
 
+// ApplyDesired brings the guest to the desired state d in this session (an
+// activation of d.Persona at d.Revision, or a deactivation for none; scripts
+// run as for Activate) and records d as the instance's desired state: in the
+// same commit as the instance record of the outcome, or on its own when the
+// outcome changes no record (a failure, a refusal, an error), so the host
+// keeps converging the guest to it. audit are the request's host audit
+// events. An error also when d could not be recorded after the guest
+// changed: the request is not acknowledged then. d must be of this instance.
+func (g *Guest) ApplyDesired(ctx context.Context, d store.DesiredState, reason string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, string, error) {
+	req := g.a.m.newRequestAudit(g.a.name, audit)
+	req.desired = &d
+	defer req.flush()
+	ctx, cancel := g.a.m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
+	defer cancel()
+	if err := g.a.acquire(ctx); err != nil {
+		return protocol.ActivateResult{}, "", err
+	}
+	defer g.a.release()
+	if d.Persona == nil {
+		res, err := g.a.deactivate(ctx, g.s, d.Actor, scriptTimeout, req)
+		return res, "", err
+	}
+	p := *d.Persona
+	p.Revision = d.Revision
+	return g.a.activate(ctx, g.s, p, d.Actor, reason, scriptTimeout, req)
+}
+
 // Deactivate returns the guest to no persona in this session, like
 // Manager.Deactivate.
 func (g *Guest) Deactivate(ctx context.Context, actor string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {

@@ -76,6 +76,11 @@ type Store interface {
 	// PutInstance writes the record and the audit events that go with it
 	// in one commit.
 	PutInstance(rec store.InstanceRecord, events ...store.AuditEvent) error
+	// PutInstanceDesired writes the record, the instance's desired state
+	// and the events in one commit; PutDesired the desired state and the
+	// events.
+	PutInstanceDesired(rec store.InstanceRecord, d store.DesiredState, events ...store.AuditEvent) error
+	PutDesired(d store.DesiredState, events ...store.AuditEvent) ([]store.AuditEvent, error)
 	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
 	IngestGuestAudit(instance string, b protocol.AuditBatch) (uint64, []store.AuditEvent, error)
 	DeleteInstance(instance string) error
@@ -350,7 +355,13 @@ func (noStore) GetInstance(instance string) (store.InstanceRecord, error) {
 	return store.InstanceRecord{}, fmt.Errorf("instance %q: %w", instance, store.ErrNotFound)
 }
 func (noStore) PutInstance(store.InstanceRecord, ...store.AuditEvent) error { return nil }
-func (noStore) DeleteInstance(string) error                                 { return nil }
+func (noStore) PutInstanceDesired(store.InstanceRecord, store.DesiredState, ...store.AuditEvent) error {
+	return nil
+}
+func (noStore) PutDesired(store.DesiredState, ...store.AuditEvent) ([]store.AuditEvent, error) {
+	return nil, nil
+}
+func (noStore) DeleteInstance(string) error { return nil }
 func (noStore) AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error) {
 	return evs, nil
 }

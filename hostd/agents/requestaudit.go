@@ -11,9 +11,16 @@ import (
 // outcome: written in the same commit as the instance record the outcome
 // changes (take), or on their own when no record is written (flush, for a
 // refusal, a failure or an error). Either way each is written once.
+//
+// desired, when set, is the desired state the request chose (reconcile's
+// activations and deactivations through the API): it rides in the same
+// commit as the outcome's instance record, and is written with the events
+// by flush when no record is written, so that the host keeps asking the
+// guest for it (a failed, aborted or cut-off activation stays pending).
 type requestAudit struct {
-	m   *Manager
-	evs []store.AuditEvent
+	m       *Manager
+	evs     []store.AuditEvent
+	desired *store.DesiredState
 }
 
 // newRequestAudit stamps the events with the time of the request.
@@ -41,20 +48,39 @@ func (r *requestAudit) pending() []store.AuditEvent {
 	return r.evs
 }
 
+// desiredState is the desired state the request chose, nil for none.
+func (r *requestAudit) desiredState() *store.DesiredState {
+	if r == nil {
+		return nil
+	}
+	return r.desired
+}
+
 func (r *requestAudit) done() {
 	if r != nil {
-		r.evs = nil
+		r.evs, r.desired = nil, nil
 	}
 }
 
-// flush writes the events no record took, on their own.
+// flush writes the desired state and the events no record took, on their
+// own.
 func (r *requestAudit) flush() {
-	if r == nil || len(r.evs) == 0 {
+	if r == nil || (len(r.evs) == 0 && r.desired == nil) {
 		return
 	}
-	evs := r.evs
-	r.evs = nil
-	stored, err := r.m.st.AppendAudit(evs...)
+	evs, d := r.evs, r.desired
+	r.evs, r.desired = nil, nil
+	var stored []store.AuditEvent
+	var err error
+	if d != nil {
+		stored, err = r.m.st.PutDesired(*d, evs...)
+		if err != nil {
+			r.m.log.Error("desired state write failed", "instance", d.Instance, "err", err)
+			return
+		}
+	} else {
+		stored, err = r.m.st.AppendAudit(evs...)
+	}
 	if err != nil {
 		r.m.log.Error("audit write failed", "type", evs[0].Type, "instance", evs[0].Instance, "err", err)
 		return

@@ -45,6 +45,8 @@ type Store interface {
 	GetPersona(name string) (protocol.Persona, error)
 	DefaultPersona() (protocol.Persona, bool, error)
 	AppendAudit(evs ...store.AuditEvent) ([]store.AuditEvent, error)
+	// Writable reports whether writes are taken now (nil) or why not.
+	Writable() error
 }
 
 // Config configures a Reconciler.
@@ -406,11 +408,7 @@ func (r *Reconciler) apply(ctx context.Context, instance string, d store.Desired
 	}
 	defer g.unlock()
 	o := outcome{changed: true}
-	if d.Persona == nil {
-		o.res, o.err = g.Deactivate(ctx, d.Actor, scriptTimeout, audit...)
-	} else {
-		o.res, o.id, o.err = g.Activate(ctx, *d.Persona, d.Actor, reason, scriptTimeout, audit...)
-	}
+	o.res, o.id, o.err = g.ApplyDesired(ctx, d, reason, scriptTimeout, audit...)
 	r.noteOutcome(instance, d, o)
 	return o.res, o.err
 }
@@ -421,8 +419,31 @@ type lockedGuest struct {
 	unlock func()
 }
 
-// prepare takes the instance's slot and records d as its desired state; the
-// instance must have a live session.
+// prepare takes the instance's slot; the instance must have a live session
+// and the store must take writes.
+//
+// The desired state d is written after the guest answers, in one synced
+// commit with the instance record of the outcome and the request's audit
+// events (agents.Guest.ApplyDesired), not before the guest is asked: one
+// durable host write per activation instead of two. What a crash of the
+// host keeps:
+//   - The client is answered only after that commit: a desired state the
+//     API acknowledged is durable, as before; so is a deliberate
+//     deactivation, which no default then overrides.
+//   - A failed, aborted or cut-off activation still writes d (with the
+//     request's events) before the answer: the host keeps converging the
+//     guest to it, as when d was written first.
+//   - A crash between the guest's change and the commit leaves the guest
+//     on the new persona and the host on the old desired state, which the
+//     reconciler restores when the guest reconnects (the guest's audit log
+//     holds both changes). The request was never acknowledged: its client
+//     saw the connection cut and does not know the outcome, as with any
+//     request cut by a crash. Before, a crash between the desired state's
+//     commit and the guest's answer applied the request after the restart
+//     instead; either outcome is one the client has to check.
+//   - Writable is checked before the guest is asked, so that a store that
+//     refuses writes (low disk space) refuses the request before the guest
+//     changes, as the first write did.
 func (r *Reconciler) prepare(ctx context.Context, instance string, d store.DesiredState) (lockedGuest, error) {
 	if _, err := r.agents.Guest(instance); err != nil {
 		return lockedGuest{}, err
@@ -434,7 +455,7 @@ func (r *Reconciler) prepare(ctx context.Context, instance string, d store.Desir
 	// The session may have been replaced while this call waited its turn.
 	g, err := r.agents.Guest(instance)
 	if err == nil {
-		_, err = r.st.PutDesired(d)
+		err = r.st.Writable()
 	}
 	if err != nil {
 		unlock()

@@ -34,6 +34,9 @@ type Instances interface {
 	// PutInstance writes the record and the host audit events that go with
 	// it in one atomic, durable write.
 	PutInstance(rec InstanceRecord, events ...AuditEvent) error
+	// PutInstanceDesired writes the record, the instance's desired state
+	// and the host audit events in one atomic, durable write.
+	PutInstanceDesired(rec InstanceRecord, d DesiredState, events ...AuditEvent) error
 	DeleteInstance(instance string) error
 	ListInstances() ([]InstanceRecord, error)
 }
@@ -66,6 +69,8 @@ type Backend interface {
 	AuditLog
 	// Ready is nil while the store answers reads (a readiness probe).
 	Ready() error
+	// Writable is nil while the store takes writes.
+	Writable() error
 	Close() error
 }
 

@@ -143,16 +143,9 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 	if err := checkInstance(d.Instance); err != nil {
 		return nil, err
 	}
-	if d.UpdatedAt.IsZero() {
-		d.UpdatedAt = s.now()
-	}
-	d.UpdatedAt = d.UpdatedAt.UTC()
-	if d.Persona == nil {
-		d.Revision = 0
-	}
-	b, err := encodeDesired(&d)
+	b, cached, err := s.encodeDesired(&d)
 	if err != nil {
-		return nil, fmt.Errorf("desired state of %q: encode: %w", d.Instance, err)
+		return nil, err
 	}
 	now := s.now()
 	in := make([]AuditEvent, len(events))
@@ -166,10 +159,6 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 		ev.Time = ev.Time.UTC()
 		ev.Source = SourceHost
 		in[i] = ev
-	}
-	cached := new(DesiredState)
-	if err := decodeDesired(b, cached); err != nil {
-		return nil, fmt.Errorf("desired state of %q: %w", d.Instance, err)
 	}
 	evs := make([]AuditEvent, len(in))
 	mu := s.desiredLock(d.Instance)
@@ -193,6 +182,28 @@ func (s *Store) PutDesired(d DesiredState, events ...AuditEvent) ([]AuditEvent, 
 	}
 	s.desired.m.Store(d.Instance, cached)
 	return evs, nil
+}
+
+// encodeDesired normalises d (UTC time, now when zero; no revision without
+// a persona) and encodes it; cached is what the cache holds once it is
+// written (decoded back, so that it is exactly what a reload would give).
+func (s *Store) encodeDesired(d *DesiredState) (b []byte, cached *DesiredState, err error) {
+	if d.UpdatedAt.IsZero() {
+		d.UpdatedAt = s.now()
+	}
+	d.UpdatedAt = d.UpdatedAt.UTC()
+	if d.Persona == nil {
+		d.Revision = 0
+	}
+	b, err = encodeDesired(d)
+	if err != nil {
+		return nil, nil, fmt.Errorf("desired state of %q: encode: %w", d.Instance, err)
+	}
+	cached = new(DesiredState)
+	if err := decodeDesired(b, cached); err != nil {
+		return nil, nil, fmt.Errorf("desired state of %q: %w", d.Instance, err)
+	}
+	return b, cached, nil
 }
 
 // ListDesired returns every recorded desired state, sorted by instance name

@@ -73,8 +73,41 @@ func (s *Store) GetInstance(instance string) (InstanceRecord, error) {
 // Time becomes now, Source is "host", Type must not be empty); an event
 // without an Instance gets the record's.
 func (s *Store) PutInstance(rec InstanceRecord, events ...AuditEvent) error {
+	return s.putInstance(rec, nil, events)
+}
+
+// PutInstanceDesired writes an instance's record and its desired state d
+// (for the same instance), with the audit events, in one synced commit: an
+// activation asked for through the API writes what the guest now holds and
+// what the request chose as one durable write, after the guest answered.
+func (s *Store) PutInstanceDesired(rec InstanceRecord, d DesiredState, events ...AuditEvent) error {
+	if d.Instance != rec.Instance {
+		return fmt.Errorf("desired state of %q written with the record of %q: %w", d.Instance, rec.Instance, ErrInvalidArgument)
+	}
+	return s.putInstance(rec, &d, events)
+}
+
+// Writable reports whether the store takes writes now (nil), or why not
+// (ErrClosed, ErrStorageLow): a check before an action whose outcome must
+// then be written.
+func (s *Store) Writable() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.disk.refuse()
+}
+
+func (s *Store) putInstance(rec InstanceRecord, d *DesiredState, events []AuditEvent) error {
 	if err := checkInstance(rec.Instance); err != nil {
 		return err
+	}
+	var db []byte
+	var cached *DesiredState
+	if d != nil {
+		var err error
+		if db, cached, err = s.encodeDesired(d); err != nil {
+			return err
+		}
 	}
 	now := s.now()
 	if rec.UpdatedAt.IsZero() {
@@ -103,14 +136,35 @@ func (s *Store) PutInstance(rec InstanceRecord, events ...AuditEvent) error {
 	if size > txnBudgetBytes || len(evs) > txnBudgetEvents {
 		return fmt.Errorf("instance %q: %d audit events are more than one write takes: %w", rec.Instance, len(evs), ErrInvalidArgument)
 	}
-	return s.update(func(txn *badger.Txn) error {
+	put := func(txn *badger.Txn) error {
 		for i := range evs {
 			if err := s.putAudit(txn, &evs[i]); err != nil {
 				return err
 			}
 		}
+		if db != nil {
+			if err := txn.Set(desiredKey(rec.Instance), db); err != nil {
+				return err
+			}
+		}
 		return txn.Set(instanceKey(rec.Instance), b)
-	})
+	}
+	if d == nil {
+		return s.update(put)
+	}
+	// The desired state's cache follows the commit, in commit order (see
+	// desiredCache).
+	mu := s.desiredLock(rec.Instance)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := s.update(put); err != nil {
+		if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrInvalidArgument) {
+			s.reloadDesired(rec.Instance)
+		}
+		return err
+	}
+	s.desired.m.Store(rec.Instance, cached)
+	return nil
 }
 
 // DeleteInstance forgets an instance: its record and its desired state, in
