@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,6 +47,47 @@ type host struct {
 	r   *Reconciler
 	// noDefault disables the default persona for new instances.
 	noDefault bool
+	// writes, when set, counts the host's record writes (set before start).
+	writes *countingStore
+}
+
+// countingStore is the real store, counting the writes of instance records
+// and desired states by kind.
+type countingStore struct {
+	*store.Store
+	mu                                     sync.Mutex
+	desired, instance, instanceWithDesired int
+}
+
+func (c *countingStore) PutDesired(d store.DesiredState, evs ...store.AuditEvent) ([]store.AuditEvent, error) {
+	c.mu.Lock()
+	c.desired++
+	c.mu.Unlock()
+	return c.Store.PutDesired(d, evs...)
+}
+
+func (c *countingStore) PutInstance(rec store.InstanceRecord, evs ...store.AuditEvent) error {
+	c.mu.Lock()
+	c.instance++
+	c.mu.Unlock()
+	return c.Store.PutInstance(rec, evs...)
+}
+
+func (c *countingStore) PutInstanceDesired(rec store.InstanceRecord, d store.DesiredState, evs ...store.AuditEvent) error {
+	c.mu.Lock()
+	c.instanceWithDesired++
+	c.mu.Unlock()
+	return c.Store.PutInstanceDesired(rec, d, evs...)
+}
+
+// counts returns and resets the counts: desired states alone, records
+// alone, both in one commit.
+func (c *countingStore) counts() [3]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := [3]int{c.desired, c.instance, c.instanceWithDesired}
+	c.desired, c.instance, c.instanceWithDesired = 0, 0, 0
+	return n
 }
 
 func quietLogger() *slog.Logger {
@@ -70,9 +112,17 @@ func (h *host) start() {
 	st := teststore.Open(h.t, h.dir)
 	h.st = st
 	h.met = metrics.New()
-	h.r = New(Config{Store: st, Metrics: h.met, Logger: quietLogger(), DefaultPersona: !h.noDefault})
+	var rst interface {
+		Store
+		agents.Store
+	} = st
+	if h.writes != nil {
+		h.writes.Store = st
+		rst = h.writes
+	}
+	h.r = New(Config{Store: rst, Metrics: h.met, Logger: quietLogger(), DefaultPersona: !h.noDefault})
 	h.m = agents.NewManager(agents.Config{
-		Store: st, Metrics: h.met, Logger: quietLogger(), Converger: h.r,
+		Store: rst, Metrics: h.met, Logger: quietLogger(), Converger: h.r,
 		Heartbeat: 500 * time.Millisecond, DialTimeout: 2 * time.Second, CallTimeout: 30 * time.Second,
 	})
 	h.r.Bind(h.m)

@@ -206,6 +206,64 @@ func TestFailedConvergence(t *testing.T) {
 	}
 }
 
+// TestActivationIsOneHostWrite: an activation through the reconciler writes
+// its desired state, the instance record and the request's audit event in
+// one commit, after the guest answered; a failed one writes the desired
+// state (with the request's event) on its own, so it stays pending; both
+// are there after a restart.
+func TestActivationIsOneHostWrite(t *testing.T) {
+	h := &host{t: t, dir: t.TempDir(), noDefault: true, writes: &countingStore{}}
+	h.start()
+	t.Cleanup(h.stop)
+	g := h.connectGuest("vm")
+	ok := h.createPersona(web())
+	bad := web()
+	bad.Name = "bad"
+	bad.PreActivationScript = "#!/bin/sh\nexit 3"
+	bad = h.createPersona(bad)
+	h.writes.counts()
+
+	req := store.AuditEvent{Type: store.AuditActivationRequested, Actor: "alice", Detail: "one write"}
+	res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", ok, "alice", ReasonAPI, 0, req)
+	if err != nil || res.Result != protocol.ResultActivated {
+		t.Fatalf("activate: %+v, %v", res, err)
+	}
+	if n := h.writes.counts(); n != [3]int{0, 0, 1} {
+		t.Errorf("writes of an activation (desired alone, record alone, both): %v, want one of both", n)
+	}
+	if d := h.desired("vm"); d.PersonaName() != ok.Name || d.SetBy != store.DesiredByActivation || d.Actor != "alice" {
+		t.Errorf("desired state after the activation: %+v", d)
+	}
+
+	req.Detail = "failed"
+	res, err = h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", bad, "bob", ReasonAPI, 0, req)
+	if err != nil || res.Result != protocol.ResultAborted {
+		t.Fatalf("activate bad: %+v, %v", res, err)
+	}
+	if n := h.writes.counts(); n != [3]int{1, 0, 0} {
+		t.Errorf("writes of an aborted activation: %v, want the desired state alone", n)
+	}
+	if s := h.status("vm"); s.Sync != apitypes.SyncFailed || s.Desired.Persona == nil || *s.Desired.Persona != "bad" {
+		t.Errorf("status after an aborted activation: %+v", s)
+	}
+	for _, detail := range []string{"one write", "failed"} {
+		n := 0
+		for _, ev := range h.audit(store.AuditQuery{Instance: "vm", Type: store.AuditActivationRequested}) {
+			if ev.Detail == detail {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("request event %q stored %d times, want once", detail, n)
+		}
+	}
+
+	h.restart(map[string]*guest{"vm": g})
+	if d := h.desired("vm"); d.PersonaName() != "bad" || d.Actor != "bob" {
+		t.Errorf("desired state after a restart: %+v", d)
+	}
+}
+
 // TestNewInstanceWithoutDefault: with no default persona, a new instance
 // is recorded as desiring none, and a default persona defined later does
 // not reach it.

@@ -103,3 +103,40 @@ func TestDesiredCacheAgreesWithBadger(t *testing.T) {
 		t.Errorf("vm2 after reopen: %+v, %v", d, err)
 	}
 }
+
+// TestPutInstanceDesired: the record, the desired state and the events go in
+// one write; the desired state is read from memory right after and agrees
+// with Badger after a reopen; a desired state of another instance is refused
+// and writes nothing.
+func TestPutInstanceDesired(t *testing.T) {
+	dir := t.TempDir()
+	s := openAt(t, dir, Options{})
+	p := persona("a")
+	p.Revision = 2
+	rec := InstanceRecord{Instance: "vm1", Persona: &p, Revision: 2, ActivationID: "act-1"}
+	d := DesiredState{Instance: "vm1", Persona: &p, Revision: 2, SetBy: DesiredByActivation, Actor: "alice"}
+	ev := AuditEvent{Type: AuditActivationRequested, Actor: "alice", Detail: "with the record"}
+	if err := s.PutInstanceDesired(rec, d, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetDesired("vm1"); err != nil || got.PersonaName() != "a" || got.Revision != 2 || got.Actor != "alice" {
+		t.Fatalf("desired state: %+v, %v", got, err)
+	}
+	if err := s.PutInstanceDesired(InstanceRecord{Instance: "vm2"}, DesiredState{Instance: "vm1"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("desired state of another instance: %v, want ErrInvalidArgument", err)
+	}
+	if _, err := s.GetInstance("vm2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused write left a record: %v", err)
+	}
+	s.Close()
+
+	s = openAt(t, dir, Options{})
+	checkDesiredAgrees(t, s, "vm1", "vm2")
+	if r, err := s.GetInstance("vm1"); err != nil || r.ActivationID != "act-1" {
+		t.Errorf("record after reopen: %+v, %v", r, err)
+	}
+	evs, err := s.QueryAudit(AuditQuery{Instance: "vm1", Type: AuditActivationRequested})
+	if err != nil || len(evs) != 1 || evs[0].Detail != "with the record" {
+		t.Errorf("events after reopen: %+v, %v", evs, err)
+	}
+}
