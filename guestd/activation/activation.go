@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,6 +85,15 @@ type Manager struct {
 	view atomic.Pointer[View]
 	// files remembers the materialised files already checked.
 	files checkedFiles
+	// gcKept is what the last gcFiles kept (nil: no pass yet); gcDirty is
+	// set when a file was materialised since. Both under mu.
+	gcKept  map[string]bool
+	gcDirty bool
+	// profile is what the profile file holds as this daemon last wrote it
+	// (profileKnown), so that an activation neither reads it back nor
+	// rewrites it unchanged. Under mu.
+	profile      []byte
+	profileKnown bool
 }
 
 // New restores the persisted persona (environment and routing, scripts not
@@ -249,6 +259,7 @@ func (m *Manager) materialise(sub, content string, perm os.FileMode) (string, er
 	// No fsync: a file torn by a crash differs from its content and is
 	// rewritten here before use. ReplaceFile keeps the write descriptor from
 	// processes forked meanwhile, so the file can be executed at once.
+	m.gcDirty = true
 	if err := state.ReplaceFile(path, []byte(content), perm); err != nil {
 		return "", fmt.Errorf("activation: materialise: %w", err)
 	}
@@ -482,31 +493,49 @@ func (m *Manager) writeProfile(v *View) (undo func()) {
 	if path == "" {
 		return func() {}
 	}
-	old, readErr := os.ReadFile(path)
-	restore := func() {
-		if readErr == nil {
-			if err := state.ReplaceFile(path, old, 0o644); err != nil {
-				m.log.Error("profile: restore failed", "path", path, "err", err)
-			}
-		} else if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			m.log.Error("profile: remove failed", "path", path, "err", err)
+	// What the file holds now: as this daemon last wrote it, else read.
+	old, known := m.profile, m.profileKnown
+	if !known {
+		b, err := os.ReadFile(path)
+		old, known = b, err == nil || errors.Is(err, os.ErrNotExist)
+	}
+	// put makes the file hold content (nil: no file) and remembers it when
+	// it is sure of the outcome.
+	m.profile, m.profileKnown = old, known
+	put := func(content []byte) {
+		if cur := m.profile; m.profileKnown && bytes.Equal(cur, content) && (content == nil) == (cur == nil) {
+			return
 		}
+		var err error
+		if content == nil {
+			if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
+				err = nil
+			}
+		} else {
+			err = state.ReplaceFile(path, content, 0o644)
+		}
+		if err != nil {
+			m.log.Error("profile: write failed", "path", path, "err", err)
+		}
+		m.profile, m.profileKnown = content, err == nil
 	}
 	if _, err := os.Stat(filepath.Dir(path)); err != nil {
 		m.log.Warn("profile: directory missing; login shells will not see the persona's environment", "path", path, "err", err)
+		m.profile, m.profileKnown = nil, false
 		return func() {}
 	}
-	if v.Active == nil {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			m.log.Error("profile: remove failed", "path", path, "err", err)
+	restore := func() {
+		if known {
+			put(old)
 		}
+	}
+	if v.Active == nil {
+		put(nil)
 		return restore
 	}
 	// Secret variables stay out of the file, which every user may read:
 	// commands get them through the exec environment only.
-	if err := state.ReplaceFile(path, profileScript(v.Active.Persona.Name, publicEnv(&v.Active.Persona)), 0o644); err != nil {
-		m.log.Error("profile: write failed", "path", path, "err", err)
-	}
+	put(profileScript(v.Active.Persona.Name, publicEnv(&v.Active.Persona)))
 	return restore
 }
 
@@ -532,6 +561,13 @@ func (m *Manager) gcFiles(views ...*View) {
 		keep["scripts/"+hash(p.PreActivationScript)] = true
 		keep["scripts/"+hash(p.PostActivationScript)] = true
 	}
+	// Only this daemon writes these directories (while it holds the state
+	// directory): when it materialised nothing since the last pass and
+	// keeps the same files, the last pass left nothing to remove.
+	if !m.gcDirty && m.gcKept != nil && maps.Equal(keep, m.gcKept) {
+		return
+	}
+	m.gcKept, m.gcDirty = keep, false
 	for _, sub := range []string{"overrides", "scripts"} {
 		dir := filepath.Join(m.cfg.Store.Dir(), sub)
 		ents, err := os.ReadDir(dir)

@@ -166,3 +166,42 @@ func TestCheckedFilesNoticeChanges(t *testing.T) {
 		m.materialise("overrides", content, 0o755) // checked again, remembered
 	}
 }
+
+// Files a previous run left in the state directory are removed by the first
+// activation's pass, even when that activation keeps the same files as the
+// one before; later passes that would keep the same files (nothing
+// materialised since) are skipped, and a persona that drops an override
+// still has its file removed.
+func TestMaterialisedFilesCollected(t *testing.T) {
+	m, dir := newManager(t, "")
+	over := "#!/bin/sh\necho over"
+	withOver := protocol.Persona{Name: "o", CommandOverrides: map[string]string{"tool": over}}
+	act := func(p protocol.Persona) {
+		t.Helper()
+		if res := m.Activate(context.Background(), protocol.Activate{Persona: p}); res.Result != protocol.ResultActivated {
+			t.Fatalf("%s: %+v", p.Name, res)
+		}
+	}
+	stale := filepath.Join(dir, "overrides", "left-by-an-older-run")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte("x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	act(protocol.Persona{Name: "a"})
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("a file left by an older run is still there: %v", err)
+	}
+	act(withOver)
+	act(protocol.Persona{Name: "b"}) // the previous persona still uses the file
+	ents, _ := os.ReadDir(filepath.Join(dir, "overrides"))
+	if len(ents) != 1 {
+		t.Fatalf("overrides while the previous persona uses one: %v", ents)
+	}
+	act(protocol.Persona{Name: "c"})
+	act(protocol.Persona{Name: "d"})
+	if ents, _ := os.ReadDir(filepath.Join(dir, "overrides")); len(ents) != 0 {
+		t.Fatalf("overrides no persona at hand uses: %v", ents)
+	}
+}

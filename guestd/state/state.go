@@ -8,8 +8,11 @@ package state
 import (
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -75,17 +78,18 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 func ReplaceFile(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	syscall.ForkLock.RLock()
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	// Plain system calls on the descriptor: an *os.File would register the
+	// regular file with the poller first (five calls more, all refused).
+	fd, tmp, err := createTemp(dir, "."+filepath.Base(path)+".tmp")
 	if err != nil {
 		syscall.ForkLock.RUnlock()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	_, err = f.Write(data)
+	err = writeAll(fd, data)
 	if err == nil {
-		err = f.Chmod(perm)
+		err = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(perm.Perm())) })
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
 	syscall.ForkLock.RUnlock()
@@ -97,6 +101,46 @@ func ReplaceFile(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// createTemp creates a new file named prefix and a random number in dir,
+// for writing, as os.CreateTemp does.
+func createTemp(dir, prefix string) (fd int, name string, err error) {
+	for range 10000 {
+		name = filepath.Join(dir, prefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		fd, err = unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+		if err == unix.EINTR || err == unix.EEXIST {
+			continue
+		}
+		return fd, name, err
+	}
+	return -1, "", &os.PathError{Op: "createtemp", Path: filepath.Join(dir, prefix+"*"), Err: os.ErrExist}
+}
+
+// writeAll writes data to fd, all of it.
+func writeAll(fd int, data []byte) error {
+	for len(data) > 0 {
+		n, err := unix.Write(fd, data)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+func ignoringEINTR(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 // swapIn puts the file tmp at path. Where path exists the two names are
