@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -91,10 +92,18 @@ func TestSessionStreamedInput(t *testing.T) {
 	}
 }
 
-// blockedReader blocks in Read until it is stopped.
-type blockedReader struct{ stop chan struct{} }
+// blockedReader blocks in Read until it is stopped; reading (when set) is
+// closed once a Read waits.
+type blockedReader struct {
+	stop    chan struct{}
+	reading chan struct{}
+	once    sync.Once
+}
 
 func (b *blockedReader) Read([]byte) (int, error) {
+	if b.reading != nil {
+		b.once.Do(func() { close(b.reading) })
+	}
 	<-b.stop
 	return 0, errors.New("stopped")
 }
@@ -105,10 +114,13 @@ func (b *blockedReader) Read([]byte) (int, error) {
 // the call returns the answer.
 func TestSessionInputStopped(t *testing.T) {
 	host, guest := socketPair(t)
+	src := &blockedReader{stop: make(chan struct{}), reading: make(chan struct{})}
 	c, _ := pair(t, host, guest, protocol.SessionConfig{Handlers: inputExec(func(context.Context, *protocol.Input, protocol.Exec) (any, error) {
+		// The command ends while the host waits in Read for input (an
+		// answer sooner than that finds the input not started at all).
+		<-src.reading
 		return protocol.ExecResult{ExitCode: 3}, nil
 	})}, protocol.ClientConfig{})
-	src := &blockedReader{stop: make(chan struct{})}
 	stopped := false
 	var res protocol.ExecResult
 	err := c.CallWith(testCtx(t), protocol.TypeExec, protocol.Exec{Command: "true", InputWindow: 1024}, &res,

@@ -488,7 +488,27 @@ type outFrame struct {
 // ends, or the session ends. A frame the writer has not taken when ctx ends
 // is never written; one it has taken is written whole (or the write fails
 // and ends the session): either way the stream stays in step.
+//
+// A frame sent within the session's own context (an answer, an output
+// chunk, an acknowledgement: nothing that waits for a caller's deadline)
+// of at most directFrame bytes is written by the calling goroutine itself
+// when no frame is being written: the writer goroutine would otherwise be
+// woken on another thread for it, and the caller woken again when it is
+// done, on the path of every answer. Frames of one goroutine stay in order
+// either way (each send waits for its write); frames of different
+// goroutines were never ordered. Such a write ends when the session does
+// (its connection is closed) or at WriteTimeout, as the writer's.
 func (s *Session) send(ctx context.Context, h Header, payload []byte) error {
+	if ctx == s.ctx && len(payload) <= directFrame {
+		select {
+		case <-s.closed:
+			return ErrClosed
+		default:
+		}
+		if wrote, err := s.tryWrite(h, payload); wrote {
+			return err
+		}
+	}
 	f := &outFrame{h: h, payload: payload, done: make(chan error, 1)}
 	q := s.writes
 	if h.Type == TypePing || h.Type == TypePong {
@@ -1410,26 +1430,39 @@ func (s *Session) sendPing(hb time.Duration) {
 	cancel()
 }
 
+// directFrame bounds the frames send writes from the calling goroutine: a
+// larger one goes through the writer.
+const directFrame = 64 << 10
+
+// tryWrite writes one frame from the calling goroutine if no other write is
+// in progress, and reports whether it did; a failed write ends the session
+// (it may have left half a frame on the stream) and is ErrClosed, as from
+// the writer.
+func (s *Session) tryWrite(h Header, payload []byte) (bool, error) {
+	if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+	}
+	wrote, err := s.w.TryWriteFrame(h, payload)
+	switch {
+	case !wrote:
+		return false, nil
+	case err != nil:
+		if s.ctx.Err() == nil {
+			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+		}
+		s.Close(fmt.Errorf("write: %w", err))
+		return true, ErrClosed
+	}
+	s.lastSent.Store(time.Now().UnixNano())
+	return true, nil
+}
+
 // writeNow writes a frame without payload from the calling goroutine when
 // no frame is being written, and reports whether it did: the read loop's
 // Pong, which the writer goroutine would otherwise write after being woken
 // on a second thread, for every heartbeat of an idle session. Like send,
 // it waits for the write (bounded by WriteTimeout).
 func (s *Session) writeNow(h Header) bool {
-	if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
-		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-	}
-	wrote, err := s.w.TryWriteFrame(h, nil)
-	switch {
-	case !wrote:
-		return false
-	case err != nil:
-		if s.ctx.Err() == nil {
-			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
-		}
-		s.Close(fmt.Errorf("write: %w", err))
-	default:
-		s.lastSent.Store(time.Now().UnixNano())
-	}
-	return true
+	wrote, _ := s.tryWrite(h, nil)
+	return wrote
 }
