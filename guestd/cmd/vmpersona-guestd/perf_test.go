@@ -196,16 +196,20 @@ func liveCPU(pid int) time.Duration {
 
 // BenchmarkExec32 runs /bin/true with 32 in flight, through the daemon
 // (audited, as hostd asks) and spawned directly, in alternating one-second
-// segments, and reports both rates and their ratio.
+// segments, and reports both rates, their ratio and the daemon's CPU time
+// per exec (all its threads, during its segments).
 func BenchmarkExec32(b *testing.B) {
 	e := newEnv(b)
-	e.start("--log-level", "info")
+	d := e.start("--log-level", "info")
 	c := e.connect(nil)
+	pid := d.Cmd.Process.Pid
 	audit := os.Getenv("BENCH_AUDIT") != "0"
 	req := protocol.Exec{Command: "/bin/true", AuditExec: &audit}
+	var done int64 // runs in the last segment
 	segment := func(fn func() error) float64 {
 		stop := time.Now().Add(time.Second)
 		var n atomic.Int64
+		defer func() { done = n.Load() }()
 		var wg sync.WaitGroup
 		for range 32 {
 			wg.Add(1)
@@ -230,12 +234,19 @@ func BenchmarkExec32(b *testing.B) {
 	}
 	bare := func() error { return exec.Command("/bin/true").Run() }
 	var o, r float64
+	var cpu time.Duration
+	var execs int64
 	b.ResetTimer()
 	for b.Loop() {
+		_, cpu0, _ := taskCounters(pid)
 		o += segment(ours)
+		_, cpu1, _ := taskCounters(pid)
+		cpu += cpu1 - cpu0
+		execs += done
 		r += segment(bare)
 	}
 	b.ReportMetric(o/float64(b.N), "ours-exec/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(max(execs, 1)), "guestd-cpu-us/exec")
 	b.ReportMetric(r/float64(b.N), "spawn/s")
 	b.ReportMetric(o/r, "ratio")
 }
