@@ -3,9 +3,13 @@ package store
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/vmpersona/vmpersona/protocol"
 )
 
 // checkDesiredAgrees compares what GetDesired answers (memory) with what
@@ -138,5 +142,105 @@ func TestPutInstanceDesired(t *testing.T) {
 	evs, err := s.QueryAudit(AuditQuery{Instance: "vm1", Type: AuditActivationRequested})
 	if err != nil || len(evs) != 1 || evs[0].Detail != "with the record" {
 		t.Errorf("events after reopen: %+v, %v", evs, err)
+	}
+}
+
+// TestDesiredCopyIsWhatDecodingGives: the desired state the cache keeps
+// after a write, made without the JSON round trip, is exactly what decoding
+// the stored bytes gives (what a reload puts in the cache), over personas
+// with every kind of missing, empty and filled field; where the two could
+// differ (a string that is not UTF-8, a time outside UTC) the copy is not
+// used; and the copy shares nothing with the caller's persona.
+func TestDesiredCopyIsWhatDecodingGives(t *testing.T) {
+	// A field added to the persona must be handled by desiredCopy (a list
+	// or map copied, an omitempty list emptied to nil) and generated here.
+	if n := reflect.TypeOf(protocol.Persona{}).NumField(); n != 18 {
+		t.Fatalf("protocol.Persona has %d fields, desiredCopy and this test know 18: update both", n)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	strs := []string{"", "a", "<&>\u2028\"\\", "ünï", "tool"}
+	pick := func() string { return strs[rng.IntN(len(strs))] }
+	list := func() []string {
+		switch rng.IntN(3) {
+		case 0:
+			return nil
+		case 1:
+			return []string{}
+		}
+		return []string{pick(), pick()}
+	}
+	m := func() map[string]string {
+		switch rng.IntN(3) {
+		case 0:
+			return nil
+		case 1:
+			return map[string]string{}
+		}
+		return map[string]string{pick(): pick(), "K": pick()}
+	}
+	when := func() time.Time {
+		switch rng.IntN(4) {
+		case 0:
+			return time.Time{}
+		case 1:
+			return time.Now().UTC()
+		case 2:
+			return time.Date(2026, 12, 1, 9, 0, 0, 123456789, time.UTC)
+		}
+		return time.Now() // local, with a monotonic reading: not copied
+	}
+	flag := func() *bool {
+		if rng.IntN(3) == 0 {
+			return nil
+		}
+		v := rng.IntN(2) == 0
+		return &v
+	}
+	copied := 0
+	for i := range 3000 {
+		d := DesiredState{Instance: "vm" + pick(), SetBy: DesiredByActivation, Actor: pick(), Revision: uint64(i), UpdatedAt: when()}
+		if rng.IntN(5) > 0 {
+			d.Persona = &protocol.Persona{Name: "p" + pick(), EnvironmentVariables: m(), CommandOverrides: m(),
+				PreActivationScript: pick(), PostActivationScript: pick(), RestrictedCommands: list(), AllowedCommands: list(),
+				DefaultPersona: rng.IntN(2) == 0, Rollout: pick(), Enforcement: pick(), DenyExecWritable: flag(),
+				RequestEnv: list(), SecretVariables: list(), ExecUser: pick(), AuditExec: flag(), Revision: uint64(i),
+				CreatedAt: when(), UpdatedAt: when()}
+			if rng.IntN(50) == 0 {
+				d.Persona.EnvironmentVariables = map[string]string{"BAD": "\xff"}
+			}
+		}
+		b, err := encodeDesired(&d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want DesiredState
+		if err := decodeDesired(b, &want); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := desiredCopy(&d)
+		if !ok {
+			continue
+		}
+		copied++
+		if !reflect.DeepEqual(*got, want) {
+			t.Fatalf("case %d: copy\n%+v\ndecoded\n%+v", i, *got.Persona, *want.Persona)
+		}
+		if d.Persona != nil && got.Persona != nil {
+			if d.Persona.EnvironmentVariables != nil {
+				d.Persona.EnvironmentVariables["CHANGED"] = "by the caller"
+			}
+			if len(d.Persona.RestrictedCommands) > 0 {
+				d.Persona.RestrictedCommands[0] = "changed"
+			}
+			if d.Persona.AuditExec != nil {
+				*d.Persona.AuditExec = !*d.Persona.AuditExec
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Fatalf("case %d: the copy changed with the caller's persona", i)
+			}
+		}
+	}
+	if copied < 500 {
+		t.Fatalf("only %d of 3000 cases were copied", copied)
 	}
 }
