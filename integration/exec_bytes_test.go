@@ -32,7 +32,7 @@ func TestExecBytesExactOnVM(t *testing.T) {
 	h := startHostd(t, hostdOptions{Instances: map[string]string{vm.Name: vm.Endpoint()}})
 	h.WaitConnected(vm.Name, bootTimeout)
 
-	for _, p := range testpayload.Set() {
+	for _, p := range testpayload.Set(testpayload.LargeVM) {
 		t.Run(p.Name, func(t *testing.T) {
 			want := fmt.Sprintf("%x", sha256.Sum256(p.Data))
 			file := "/tmp/" + p.Name

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testpayload"
 	"github.com/vmpersona/vmpersona/internal/testproc"
 )
 
@@ -81,11 +82,16 @@ func leftovers(t *testing.T, dir string, keep ...string) []string {
 	return out
 }
 
+// fileLarge is the largest file of TestFilePushPullBytesExact: 17 MiB,
+// above protocol.DefaultMaxPayload (16 MiB, the largest frame), so a file
+// that is not cut into chunks of protocol.FileChunk fails. It was 20 MiB.
+const fileLarge = 17 << 20
+
 func TestFilePushPullBytesExact(t *testing.T) {
 	d := startDaemons(t, true)
 	local := t.TempDir()
 	guest := t.TempDir()
-	for name, content := range payloads(t, local) {
+	for name, content := range payloads(t, local, fileLarge) {
 		if name == "utf8-text" {
 			continue
 		}
@@ -134,6 +140,7 @@ func TestFilePushPullBytesExact(t *testing.T) {
 			}
 		})
 	}
+	large := testpayload.LargeName(fileLarge)
 	// stdin, of unknown length (sent chunked).
 	content := []byte(strings.Repeat("from stdin\x00\xff\n", 70000))
 	dst := filepath.Join(guest, "stdin")
@@ -142,7 +149,7 @@ func TestFilePushPullBytesExact(t *testing.T) {
 	if got, _ := os.ReadFile(dst); sum(got) != sum(content) {
 		t.Errorf("pushed from stdin: %d bytes of %d", len(got), len(content))
 	}
-	if left := leftovers(t, guest, "binary-1KiB-cli", "binary-1KiB-api", "binary-1MiB-cli", "binary-1MiB-api", "binary-20MiB-cli", "binary-20MiB-api", "stdin"); len(left) != 0 {
+	if left := leftovers(t, guest, "binary-1KiB-cli", "binary-1KiB-api", "binary-1MiB-cli", "binary-1MiB-api", large+"-cli", large+"-api", "stdin"); len(left) != 0 {
 		t.Errorf("the guest's directory holds %v", left)
 	}
 
@@ -152,7 +159,7 @@ func TestFilePushPullBytesExact(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
 		t.Fatal(err)
 	}
-	wantDetail := fmt.Sprintf("path %q; %d bytes", filepath.Join(guest, "binary-20MiB-api"), 20<<20)
+	wantDetail := fmt.Sprintf("path %q; %d bytes", filepath.Join(guest, large+"-api"), fileLarge)
 	found := false
 	for _, ev := range page.Events {
 		if ev.Detail == wantDetail && ev.Result == "ok" && ev.Instance == "vm1" && ev.Actor != "" {
