@@ -29,7 +29,7 @@ func peerClient(t *testing.T) string {
 		// standard library is then already in the build cache from make
 		// build, and only the client itself compiles (with plain flags, a
 		// cold cache compiled some 180 packages of it again).
-		out, err := exec.Command("go", "build", "-trimpath", "-buildmode=pie", "-o", peerClientBin, "./testdata/peerclient").CombinedOutput()
+		out, err := exec.Command("go", "build", "-trimpath", "-buildmode=pie", "-gcflags=all=-dwarf=false", "-o", peerClientBin, "./testdata/peerclient").CombinedOutput()
 		if err != nil {
 			peerClientErr = fmt.Errorf("building peerclient: %v\n%s", err, out)
 		}
