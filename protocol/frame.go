@@ -20,6 +20,8 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"syscall"
+	"unsafe"
 
 	"github.com/vmpersona/vmpersona/errdefs"
 )
@@ -411,6 +413,57 @@ func (w *Writer) TryWriteFrame(h Header, payload []byte) (bool, error) {
 	}
 	defer w.mu.Unlock()
 	return true, w.writeFrame(h, payload)
+}
+
+// TryWriteFrameNow writes one frame, if no other write is in progress, with
+// one write that does not wait (through rc, the stream's raw descriptor).
+// It returns wrote=false when nothing was written (another write in
+// progress, or no room in the stream's buffer). When only part of the frame
+// fit, finish is non-nil: it writes the rest (waiting for room) and must be
+// called, by any goroutine, before any other frame can be written; until
+// then the Writer stays locked.
+func (w *Writer) TryWriteFrameNow(rc syscall.RawConn, h Header, payload []byte) (wrote bool, finish func() error, err error) {
+	if len(payload) > largeFrame || !w.mu.TryLock() {
+		return false, nil, nil
+	}
+	w.buf = AppendFrame(w.buf[:0], h, payload)
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		// A raw system call: the descriptor never blocks, and the Go
+		// scheduler's monitor thread is not woken for it.
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.buf))), uintptr(len(w.buf)))
+			if e == syscall.EINTR {
+				continue
+			}
+			n, werr = int(r), nil
+			if e != 0 {
+				n, werr = 0, e
+			}
+			return true // one attempt: never wait here
+		}
+	}); err != nil {
+		w.mu.Unlock()
+		return false, nil, nil
+	}
+	switch {
+	case n == len(w.buf):
+		w.mu.Unlock()
+		return true, nil, nil
+	case n <= 0 && (werr == syscall.EAGAIN || werr == nil):
+		w.mu.Unlock()
+		return false, nil, nil
+	case n <= 0:
+		w.mu.Unlock()
+		return true, nil, werr
+	}
+	rest := w.buf[n:]
+	return true, func() error {
+		defer w.mu.Unlock()
+		_, err := w.w.Write(rest)
+		return err
+	}, nil
 }
 
 func (w *Writer) writeFrame(h Header, payload []byte) error {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vmpersona/vmpersona/errdefs"
@@ -283,10 +285,14 @@ type Session struct {
 	cfg   SessionConfig
 	guest bool
 	conn  io.ReadWriteCloser
-	w     *Writer
-	r     *Reader
-	ctx   context.Context // ends with the session
-	stop  context.CancelFunc
+	// raw is the stream's descriptor when it is a network connection (its
+	// descriptor never blocks): frames are then written with one
+	// non-blocking attempt by the sender itself.
+	raw  syscall.RawConn
+	w    *Writer
+	r    *Reader
+	ctx  context.Context // ends with the session
+	stop context.CancelFunc
 
 	epoch     atomic.Uint32
 	heartbeat atomic.Int64 // nanoseconds; 0: no heartbeat watch
@@ -372,6 +378,13 @@ func NewSession(conn io.ReadWriteCloser, cfg SessionConfig) *Session {
 		hbSet:    make(chan struct{}, 1),
 	}
 	s.r = NewReader(lifeReader{s, conn}, cfg.MaxPayload)
+	if nc, ok := conn.(net.Conn); ok {
+		if sc, ok := nc.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				s.raw = rc
+			}
+		}
+	}
 	s.epoch.Store(cfg.Epoch)
 	now := time.Now().UnixNano()
 	s.lastRecv.Store(now)
@@ -489,23 +502,34 @@ type outFrame struct {
 // is never written; one it has taken is written whole (or the write fails
 // and ends the session): either way the stream stays in step.
 //
-// A frame sent within the session's own context (an answer, an output
-// chunk, an acknowledgement: nothing that waits for a caller's deadline)
-// of at most directFrame bytes is written by the calling goroutine itself
-// when no frame is being written: the writer goroutine would otherwise be
-// woken on another thread for it, and the caller woken again when it is
-// done, on the path of every answer. Frames of one goroutine stay in order
-// either way (each send waits for its write); frames of different
-// goroutines were never ordered. Such a write ends when the session does
-// (its connection is closed) or at WriteTimeout, as the writer's.
+// A frame of at most directFrame bytes is written by the calling goroutine
+// itself when no frame is being written: the writer goroutine would
+// otherwise be woken on another thread for it, and the caller woken again
+// when it is done, on the path of every request and every answer. On a
+// network connection that write is one attempt that never waits (a frame
+// that does not fit goes to the writer; the rest of one that fits only in
+// part is written by a goroutine of its own while the caller waits as for
+// the writer, so a caller still returns when its context ends); on another
+// stream only a frame sent within the session's own context (an answer, an
+// output chunk, an acknowledgement) is, and that write ends when the
+// session does or at WriteTimeout, as the writer's. Frames of one goroutine
+// stay in order either way (each send waits for its write); frames of
+// different goroutines were never ordered.
 func (s *Session) send(ctx context.Context, h Header, payload []byte) error {
-	if ctx == s.ctx && len(payload) <= directFrame {
+	if len(payload) <= directFrame && (s.raw != nil || ctx == s.ctx) {
 		select {
 		case <-s.closed:
 			return ErrClosed
 		default:
 		}
-		if wrote, err := s.tryWrite(h, payload); wrote {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if s.raw != nil {
+			if wrote, err := s.tryWriteNow(ctx, h, payload); wrote {
+				return err
+			}
+		} else if wrote, err := s.tryWrite(h, payload); wrote {
 			return err
 		}
 	}
@@ -1434,6 +1458,54 @@ func (s *Session) sendPing(hb time.Duration) {
 // larger one goes through the writer.
 const directFrame = 64 << 10
 
+// tryWriteNow is tryWrite on a network connection, in one attempt that
+// does not wait for room; a frame that fit only in part is finished by a
+// goroutine of its own, and the caller waits for it as for the writer.
+func (s *Session) tryWriteNow(ctx context.Context, h Header, payload []byte) (bool, error) {
+	wrote, finish, err := s.w.TryWriteFrameNow(s.raw, h, payload)
+	switch {
+	case !wrote:
+		return false, nil
+	case err != nil:
+		s.writeFailed(err)
+		return true, ErrClosed
+	case finish == nil:
+		s.lastSent.Store(time.Now().UnixNano())
+		return true, nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
+			d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		}
+		err := finish()
+		if err != nil {
+			s.writeFailed(err)
+			err = ErrClosed
+		} else {
+			s.lastSent.Store(time.Now().UnixNano())
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return true, err
+	case <-ctx.Done():
+		return true, ctx.Err()
+	case <-s.closed:
+		return true, ErrClosed
+	}
+}
+
+// writeFailed ends the session after a failed write (it may have left half
+// a frame on the stream).
+func (s *Session) writeFailed(err error) {
+	if s.ctx.Err() == nil {
+		s.cfg.Logger.Warn("write failed; ending the session", "err", err)
+	}
+	s.Close(fmt.Errorf("write: %w", err))
+}
+
 // tryWrite writes one frame from the calling goroutine if no other write is
 // in progress, and reports whether it did; a failed write ends the session
 // (it may have left half a frame on the stream) and is ErrClosed, as from
@@ -1447,10 +1519,7 @@ func (s *Session) tryWrite(h Header, payload []byte) (bool, error) {
 	case !wrote:
 		return false, nil
 	case err != nil:
-		if s.ctx.Err() == nil {
-			s.cfg.Logger.Warn("write failed; ending the session", "err", err)
-		}
-		s.Close(fmt.Errorf("write: %w", err))
+		s.writeFailed(err)
 		return true, ErrClosed
 	}
 	s.lastSent.Store(time.Now().UnixNano())
@@ -1463,6 +1532,10 @@ func (s *Session) tryWrite(h Header, payload []byte) (bool, error) {
 // on a second thread, for every heartbeat of an idle session. Like send,
 // it waits for the write (bounded by WriteTimeout).
 func (s *Session) writeNow(h Header) bool {
+	if s.raw != nil {
+		wrote, _ := s.tryWriteNow(s.ctx, h, nil)
+		return wrote
+	}
 	wrote, _ := s.tryWrite(h, nil)
 	return wrote
 }

@@ -468,3 +468,56 @@ func TestSessionWorkersEndWithSession(t *testing.T) {
 		t.Fatal("the session's handler goroutines outlived it")
 	}
 }
+
+// TestSessionDirectWriteFullStream: on a socket the peer does not read,
+// requests written by their callers fill the stream; each caller still
+// returns when its context ends, and every frame on the stream is whole,
+// a request written in part included (its rest follows once the peer
+// reads), so the session goes on once the peer reads again.
+func TestSessionDirectWriteFullStream(t *testing.T) {
+	host, guest := socketPair(t)
+	s := protocol.NewSession(host, protocol.SessionConfig{Epoch: 7, WriteTimeout: time.Minute, Logger: quiet})
+	defer s.Close(nil)
+	p := newPeer(t, guest)
+	p.epoch = 7
+
+	// Requests, each more than a buffer's chunk, well past what the
+	// stream holds: the last ones are written in part or wait (for room,
+	// or for the writer), and each call ends with its context all the same.
+	arg := string(bytes.Repeat([]byte("y"), 40001))
+	for i := range 40 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+		err := s.Call(ctx, protocol.TypeExec, protocol.Exec{Command: fmt.Sprintf("fill-%d", i), Args: []string{arg}}, nil, nil)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("call %d: %v, want its deadline", i, err)
+		}
+	}
+
+	// The peer reads: whole frames only, then the next call's.
+	done := make(chan error, 1)
+	go func() {
+		var res protocol.ExecResult
+		done <- s.Call(context.Background(), protocol.TypeExec, protocol.Exec{Command: "after"}, &res, nil)
+	}()
+	for n := 0; ; n++ {
+		f := p.next() // fails the test on a torn frame
+		var req protocol.Exec
+		if err := protocol.Unmarshal(f.Payload, &req); err != nil {
+			t.Fatalf("frame %d: %v", n, err)
+		}
+		if req.Command == "after" {
+			p.reply(f, protocol.TypeExecResult, protocol.ExecResult{})
+			break
+		}
+		if len(req.Args) != 1 || req.Args[0] != arg {
+			t.Fatalf("frame %d (%s): argument of %d bytes", n, req.Command, len(req.Args[0]))
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("call after the stream drained: %v", err)
+	}
+	if n := p.r.Skipped(); n != 0 {
+		t.Fatalf("the peer skipped %d bytes of torn frames", n)
+	}
+}
