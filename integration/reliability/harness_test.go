@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755) // the unprivileged client of the auth suite runs from here
 	binDir = dir
+	shortParallel()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -357,6 +359,24 @@ var longRun bool
 func parallel(t *testing.T) {
 	if !longRun {
 		t.Parallel()
+	}
+}
+
+// shortParallelism is how many short suites run at a time when -parallel
+// is not given: four, not go test's default of one per core, since they
+// mostly wait (for a server's 10 s header timeout, an exec's deadline,
+// etcd's election) rather than compute: the package takes about 40 s
+// alone instead of 60.
+const shortParallelism = 4
+
+// shortParallel sets -test.parallel to shortParallelism for the short
+// suites, unless it was given.
+func shortParallel() {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !longRun && !given {
+		flag.Set("test.parallel", strconv.Itoa(shortParallelism))
 	}
 }
 
