@@ -28,8 +28,9 @@ deps-test:
 # The build runs beside `go test`, holding bin/.lock; the tests that run the
 # programs (BIN_TESTS) wait for that lock in internal/testbin (a failed
 # build leaves no older program behind for them). Those tests take longest
-# and their test binaries need nearly every package: they are listed first
-# (go test compiles and runs in command-line order, the longest first),
+# and their test binaries need nearly every package: they are listed first,
+# then the longest of the others (go test compiles and runs in command-line
+# order),
 # and `go test` runs at a lower priority (nice) than the build, so that the
 # programs are ready when their test binaries are, and the short packages
 # fill the cores while the long ones run. -p 4: test runs that wait (for
@@ -39,6 +40,9 @@ deps-test:
 # `make lint`, and so does vet.
 BIN_TESTS := integration/reliability hostd/cmd/vmpersonactl hostd/fleet hostd/cmd/vmpersona-hostd packaging \
 	hostd/api guestd/cmd/vmpersona-guestd hostd/agents hostd/reconcile
+# The longest of the other packages, next.
+LONG_TESTS := hostd/store internal/testetcd guestd/activation guestd/audit
+FIRST_TESTS := $(BIN_TESTS) $(LONG_TESTS)
 empty :=
 space := $(empty) $(empty)
 TEST_FLAGS := -race -vet=off -count=1 -timeout 25m -p 4 -ldflags=-w -gcflags=all=-dwarf=false \
@@ -47,10 +51,10 @@ test: deps-test
 	@mkdir -p $(BIN); exec 9>$(BIN)/.lock; flock 9; \
 	  rm -f $(BIN)/vmpersona-guestd $(BIN)/vmpersona-hostd $(BIN)/vmpersonactl; \
 	  $(MAKE) --no-print-directory build & build=$$!; exec 9>&-; \
-	  pkgs=$$($(GO) list ./... | grep -vE '/($(subst $(space),|,$(strip $(BIN_TESTS))))$$'); \
+	  pkgs=$$($(GO) list ./... | grep -vE '/($(subst $(space),|,$(strip $(FIRST_TESTS))))$$'); \
 	  echo "go test $(TEST_FLAGS) ./... (the programs' tests first)"; \
 	  VMP_TEST_BIN_DIR=$(CURDIR)/$(BIN) VMP_TEST_BIN_VERSION=$(VERSION) CGO_ENABLED=1 \
-	    nice -n 5 $(GO) test $(TEST_FLAGS) $(addprefix ./,$(BIN_TESTS)) $$pkgs || r=1; \
+	    nice -n 5 $(GO) test $(TEST_FLAGS) $(addprefix ./,$(FIRST_TESTS)) $$pkgs || r=1; \
 	  wait $$build || r=1; exit $${r:-0}
 
 # Static checks (CI runs them): vet and staticcheck (pinned) over every build
