@@ -609,7 +609,10 @@ type call struct {
 	// sender.
 	inAcked   int
 	inStopped bool
-	inReady   chan struct{}
+	// inErr is Input's own failure, kept before the end of the input is
+	// sent (so before the guest can answer).
+	inErr   error
+	inReady chan struct{}
 }
 
 // inputAck applies an ExecInputAck (cl.mu held).
@@ -751,10 +754,17 @@ func (s *Session) CallWith(ctx context.Context, t Type, req, resp any, o CallOpt
 			select {
 			case inErr = <-pumped:
 			default:
-				if o.StopInput != nil {
+				// The answer may come before the input's goroutine
+				// returns: a failure it kept before sending the end of
+				// the input is the input's own; one after StopInput is
+				// the stop's.
+				cl.mu.Lock()
+				inErr = cl.inErr
+				cl.mu.Unlock()
+				if inErr == nil && o.StopInput != nil {
 					o.StopInput()
 				}
-				<-pumped // failed, if at all, because it was stopped
+				<-pumped
 			}
 			if err == nil && inErr != nil {
 				err = fmt.Errorf("%w: %w", ErrInput, inErr)
@@ -837,6 +847,11 @@ func (s *Session) sendInput(ctx context.Context, cl *call, epoch uint32, id uint
 		if err != nil {
 			// The end of the input, also when reading it failed: the
 			// command is not left waiting for more.
+			if !errors.Is(err, io.EOF) {
+				cl.mu.Lock()
+				cl.inErr = err
+				cl.mu.Unlock()
+			}
 			s.send(ctx, Header{Type: TypeExecInput, Epoch: epoch, ID: id}, nil)
 			if errors.Is(err, io.EOF) {
 				return nil
