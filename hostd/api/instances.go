@@ -443,7 +443,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request, ps httprouter.Para
 		rc.EnableFullDuplex()
 		deadline, _ := ctx.Deadline()
 		rc.SetReadDeadline(deadline)
-		in = &agents.Stdin{R: stdin, Stop: func() { rc.SetReadDeadline(time.Now()) }}
+		in = &agents.Stdin{R: stdin, Stop: func() { r.Body.Close() }}
 	}
 
 	if !stream {

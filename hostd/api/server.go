@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -294,7 +295,9 @@ func (s *Server) serve(rt route) httprouter.Handle {
 		}
 		switch {
 		case rt.stdin && apitypes.IsExecStdin(r.Header.Get("Content-Type")):
-			defer drainInput(sw, r)
+			f := newInputFeed(r.Body)
+			r.Body = f
+			defer f.drain(sw)
 		case rt.bodyMax > 0:
 			r.Body = http.MaxBytesReader(sw, r.Body, rt.bodyMax)
 		default:
@@ -321,15 +324,50 @@ func (s *Server) serve(rt route) httprouter.Handle {
 // and dropped after the answer.
 const inputDrain = 2 * time.Second
 
-// drainInput, after a streamed-input request's answer, reads and drops the
-// input the command did not take, for up to inputDrain: an HTTP/1.1 client
-// still sending it when the connection closes fails its write, and may
-// report that instead of the answer it was sent.
-func drainInput(w http.ResponseWriter, r *http.Request) {
+// inputFeed hands a streamed-input request's body to its handler through a
+// pipe filled by one goroutine, so that a command that ends before its
+// input does stops taking it at once (Close) without touching the
+// connection's read deadline: a deadline in the past while the server's
+// own read waits at the body's end would cancel the context of every later
+// request on the connection.
+type inputFeed struct {
+	pr   *io.PipeReader
+	done chan struct{}
+}
+
+var errInputStopped = errors.New("the command takes no more input")
+
+func newInputFeed(body io.Reader) *inputFeed {
+	pr, pw := io.Pipe()
+	f := &inputFeed{pr: pr, done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		_, err := io.Copy(pw, body)
+		pw.CloseWithError(err)
+		if err != nil {
+			// Stopped (or the body failed): drop what still comes, within
+			// the deadline drain sets.
+			io.Copy(io.Discard, body)
+		}
+	}()
+	return f
+}
+
+func (f *inputFeed) Read(p []byte) (int, error) { return f.pr.Read(p) }
+
+// Close stops the input: a Read that waits returns at once.
+func (f *inputFeed) Close() error { return f.pr.CloseWithError(errInputStopped) }
+
+// drain, after the answer, reads and drops the input the command did not
+// take, for up to inputDrain: an HTTP/1.1 client still sending it when the
+// connection closes fails its write, and may report that instead of the
+// answer it was sent.
+func (f *inputFeed) drain(w http.ResponseWriter) {
+	f.Close()
 	rc := http.NewResponseController(w)
 	rc.Flush()
 	rc.SetReadDeadline(time.Now().Add(inputDrain))
-	io.Copy(io.Discard, r.Body)
+	<-f.done
 }
 
 // authenticate recognises the caller: a bearer token wins; without one, the
