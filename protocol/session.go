@@ -1481,26 +1481,15 @@ func (s *Session) tryWriteNow(ctx context.Context, h Header, payload []byte) (bo
 	switch {
 	case !wrote:
 		return false, nil
-	case err != nil:
-		s.writeFailed(err)
-		return true, ErrClosed
-	case finish == nil:
-		s.lastSent.Store(time.Now().UnixNano())
-		return true, nil
+	case err != nil || finish == nil:
+		return true, s.wrote(err)
 	}
 	done := make(chan error, 1)
 	go func() {
 		if d, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error }); ok {
 			d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		}
-		err := finish()
-		if err != nil {
-			s.writeFailed(err)
-			err = ErrClosed
-		} else {
-			s.lastSent.Store(time.Now().UnixNano())
-		}
-		done <- err
+		done <- s.wrote(finish())
 	}()
 	select {
 	case err := <-done:
@@ -1530,15 +1519,21 @@ func (s *Session) tryWrite(h Header, payload []byte) (bool, error) {
 		d.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 	}
 	wrote, err := s.w.TryWriteFrame(h, payload)
-	switch {
-	case !wrote:
+	if !wrote {
 		return false, nil
-	case err != nil:
+	}
+	return true, s.wrote(err)
+}
+
+// wrote takes the outcome of a frame written outside the writer: a failed
+// write ends the session and is ErrClosed; a done one counts as sent.
+func (s *Session) wrote(err error) error {
+	if err != nil {
 		s.writeFailed(err)
-		return true, ErrClosed
+		return ErrClosed
 	}
 	s.lastSent.Store(time.Now().UnixNano())
-	return true, nil
+	return nil
 }
 
 // writeNow writes a frame without payload from the calling goroutine when

@@ -63,13 +63,23 @@ func (g *Guest) Active() *protocol.ActiveState {
 func (g *Guest) Activate(ctx context.Context, p protocol.Persona, actor, reason string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, string, error) {
 	req := g.a.m.newRequestAudit(g.a.name, audit)
 	defer req.flush()
-	ctx, cancel := g.a.m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
-	defer cancel()
-	if err := g.a.acquire(ctx); err != nil {
+	ctx, done, err := g.slot(ctx, scriptTimeout)
+	if err != nil {
 		return protocol.ActivateResult{}, "", err
 	}
-	defer g.a.release()
+	defer done()
 	return g.a.activate(ctx, g.s, p, actor, reason, scriptTimeout, req)
+}
+
+// slot takes the instance's slot for an activation or deactivation with
+// scripts bounded by scriptTimeout, within its deadline; done releases both.
+func (g *Guest) slot(ctx context.Context, scriptTimeout time.Duration) (_ context.Context, done func(), _ error) {
+	ctx, cancel := g.a.m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
+	if err := g.a.acquire(ctx); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return ctx, func() { g.a.release(); cancel() }, nil
 }
 
 // ApplyDesired brings the guest to the desired state d in this session (an
@@ -84,12 +94,11 @@ func (g *Guest) ApplyDesired(ctx context.Context, d store.DesiredState, reason s
 	req := g.a.m.newRequestAudit(g.a.name, audit)
 	req.desired = &d
 	defer req.flush()
-	ctx, cancel := g.a.m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
-	defer cancel()
-	if err := g.a.acquire(ctx); err != nil {
+	ctx, done, err := g.slot(ctx, scriptTimeout)
+	if err != nil {
 		return protocol.ActivateResult{}, "", err
 	}
-	defer g.a.release()
+	defer done()
 	if d.Persona == nil {
 		res, err := g.a.deactivate(ctx, g.s, d.Actor, scriptTimeout, req)
 		return res, "", err
@@ -104,12 +113,11 @@ func (g *Guest) ApplyDesired(ctx context.Context, d store.DesiredState, reason s
 func (g *Guest) Deactivate(ctx context.Context, actor string, scriptTimeout time.Duration, audit ...store.AuditEvent) (protocol.ActivateResult, error) {
 	req := g.a.m.newRequestAudit(g.a.name, audit)
 	defer req.flush()
-	ctx, cancel := g.a.m.withDefaultDeadline(ctx, activationWant(scriptTimeout))
-	defer cancel()
-	if err := g.a.acquire(ctx); err != nil {
+	ctx, done, err := g.slot(ctx, scriptTimeout)
+	if err != nil {
 		return protocol.ActivateResult{}, err
 	}
-	defer g.a.release()
+	defer done()
 	return g.a.deactivate(ctx, g.s, actor, scriptTimeout, req)
 }
 
