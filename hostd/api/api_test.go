@@ -520,3 +520,19 @@ func TestMetricsPassPromtool(t *testing.T) {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out)
 	}
 }
+
+// TestStreamedInputKeepsConnection: a streamed-input exec whose command
+// ends while its input is still being taken does not spoil the keep-alive
+// connection for the requests after it (a stop that set the connection's
+// read deadline in the past while the server's own read waited at the
+// body's end canceled every later request on it: 499).
+func TestStreamedInputKeepsConnection(t *testing.T) {
+	e := newEnv(t, map[string]string{"vm1": startGuest(t)})
+	e.waitConnected("vm1")
+	for i := range 150 {
+		input := strings.Repeat("x", i*97)
+		e.must(e.do("POST", "/instances/vm1/exec", tokOperator, "{\"command\":\"wc\",\"args\":[\"-c\"]}\n"+input,
+			"Content-Type", apitypes.ExecStdinMediaType), 200)
+		e.must(e.do("GET", "/instances/vm1", tokViewer, nil), 200)
+	}
+}
