@@ -3,6 +3,8 @@ package protocol
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/vmpersona/vmpersona/errdefs"
@@ -124,6 +126,26 @@ type Persona struct {
 	Revision  uint64    `json:"revision"`
 	CreatedAt time.Time `json:"created_at,omitzero"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+// Clone deep-copies p (its maps, lists and flags), so the copy and p can
+// change apart.
+func (p Persona) Clone() Persona {
+	p.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
+	p.CommandOverrides = maps.Clone(p.CommandOverrides)
+	p.RestrictedCommands = slices.Clone(p.RestrictedCommands)
+	p.AllowedCommands = slices.Clone(p.AllowedCommands)
+	p.RequestEnv = slices.Clone(p.RequestEnv)
+	p.SecretVariables = slices.Clone(p.SecretVariables)
+	if p.DenyExecWritable != nil {
+		v := *p.DenyExecWritable
+		p.DenyExecWritable = &v
+	}
+	if p.AuditExec != nil {
+		v := *p.AuditExec
+		p.AuditExec = &v
+	}
+	return p
 }
 
 // ActiveState is the persona a guest holds.

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 
@@ -431,7 +429,7 @@ func (a *agent) release() { <-a.actSem }
 func recordOf(instance string, act *protocol.ActiveState, bootID string) store.InstanceRecord {
 	rec := store.InstanceRecord{Instance: instance, BootID: bootID}
 	if act != nil {
-		p := clonePersona(act.Persona)
+		p := act.Persona.Clone()
 		rec.Persona = &p
 		rec.Revision = act.Revision
 		rec.ActivationID = act.ActivationID
@@ -476,14 +474,6 @@ func cloneActive(act *protocol.ActiveState) *protocol.ActiveState {
 		return nil
 	}
 	c := *act
-	c.Persona = clonePersona(act.Persona)
+	c.Persona = act.Persona.Clone()
 	return &c
-}
-
-func clonePersona(p protocol.Persona) protocol.Persona {
-	p.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
-	p.CommandOverrides = maps.Clone(p.CommandOverrides)
-	p.RestrictedCommands = slices.Clone(p.RestrictedCommands)
-	p.AllowedCommands = slices.Clone(p.AllowedCommands)
-	return p
 }

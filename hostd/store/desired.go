@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"maps"
-	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -135,7 +133,7 @@ func (s *Store) GetDesired(instance string) (DesiredState, error) {
 	}
 	d := *v.(*DesiredState)
 	if d.Persona != nil {
-		p := clonePersona(d.Persona)
+		p := d.Persona.Clone()
 		d.Persona = &p
 	}
 	return d, nil
@@ -236,20 +234,10 @@ func desiredCopy(d *DesiredState) (*DesiredState, bool) {
 		!jsonSame(p.RequestEnv...) || !jsonSame(p.SecretVariables...) {
 		return nil, false
 	}
-	p.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
-	p.CommandOverrides = maps.Clone(p.CommandOverrides)
-	p.RestrictedCommands = slices.Clone(p.RestrictedCommands)
-	p.AllowedCommands = cloneOmitEmpty(p.AllowedCommands)
-	p.RequestEnv = cloneOmitEmpty(p.RequestEnv)
-	p.SecretVariables = cloneOmitEmpty(p.SecretVariables)
-	if p.DenyExecWritable != nil {
-		v := *p.DenyExecWritable
-		p.DenyExecWritable = &v
-	}
-	if p.AuditExec != nil {
-		v := *p.AuditExec
-		p.AuditExec = &v
-	}
+	p = p.Clone()
+	p.AllowedCommands = nilIfEmpty(p.AllowedCommands)
+	p.RequestEnv = nilIfEmpty(p.RequestEnv)
+	p.SecretVariables = nilIfEmpty(p.SecretVariables)
 	validate.Normalize(&p)
 	out.Persona = &p
 	return out, true
@@ -280,12 +268,12 @@ func jsonSameTime(t time.Time) bool {
 	return t.IsZero() || (t.Location() == time.UTC && t == t.Round(0))
 }
 
-// cloneOmitEmpty copies a list whose field is omitted when empty.
-func cloneOmitEmpty(s []string) []string {
+// nilIfEmpty: a list whose field is omitted when empty decodes as nil.
+func nilIfEmpty(s []string) []string {
 	if len(s) == 0 {
 		return nil
 	}
-	return slices.Clone(s)
+	return s
 }
 
 // ListDesired returns every recorded desired state, sorted by instance name

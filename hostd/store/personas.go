@@ -50,16 +50,6 @@ func (c *personaCache) with(name string, p *protocol.Persona, def string) *perso
 	return newPersonaCache(m, def)
 }
 
-// clonePersona deep-copies p so callers may change what they get.
-func clonePersona(p *protocol.Persona) protocol.Persona {
-	out := *p
-	out.EnvironmentVariables = maps.Clone(p.EnvironmentVariables)
-	out.CommandOverrides = maps.Clone(p.CommandOverrides)
-	out.RestrictedCommands = slices.Clone(p.RestrictedCommands)
-	out.AllowedCommands = slices.Clone(p.AllowedCommands)
-	return out
-}
-
 // loadPersonas reads every persona and the default claim from Badger.
 func (s *Store) loadPersonas() (*personaCache, error) {
 	byName := map[string]*protocol.Persona{}
@@ -239,7 +229,7 @@ func (s *Store) writePersona(p protocol.Persona, write func(txn *badger.Txn, p p
 	}
 	c := s.personas.Load()
 	s.personas.Store(c.with(p.Name, stored, defaultAfter(c.def, p.Name, p.DefaultPersona)))
-	return clonePersona(stored), nil
+	return stored.Clone(), nil
 }
 
 // GetPersona reads a persona; ErrNotFound when there is none of that name.
@@ -252,7 +242,7 @@ func (s *Store) GetPersona(name string) (protocol.Persona, error) {
 	if !ok {
 		return protocol.Persona{}, fmt.Errorf("persona %q: %w", name, ErrNotFound)
 	}
-	return clonePersona(p), nil
+	return p.Clone(), nil
 }
 
 // PersonaVersion returns the revision and update time of a persona without
@@ -278,7 +268,7 @@ func (s *Store) ListPersonas() ([]protocol.Persona, error) {
 	c := s.personas.Load()
 	out := make([]protocol.Persona, len(c.sorted))
 	for i, p := range c.sorted {
-		out[i] = clonePersona(p)
+		out[i] = p.Clone()
 	}
 	return out, nil
 }
@@ -360,7 +350,7 @@ func (s *Store) DefaultPersona() (p protocol.Persona, ok bool, err error) {
 	if !ok {
 		return p, false, nil // cannot happen: deletes release the claim in the same transaction
 	}
-	return clonePersona(cp), true, nil
+	return cp.Clone(), true, nil
 }
 
 // instancesHolding names the instances whose record holds persona name.
