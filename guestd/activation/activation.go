@@ -511,8 +511,11 @@ func (m *Manager) writeProfile(v *View) (undo func()) {
 			if err = os.Remove(path); errors.Is(err, os.ErrNotExist) {
 				err = nil
 			}
+			os.Remove(state.PreviousName(path))
 		} else {
-			err = state.ReplaceFile(path, content, 0o644)
+			// The previous profile is kept beside it (hidden) and written
+			// over by the next activation: no file created per activation.
+			err = state.ReplaceFileReusing(path, content, 0o644)
 		}
 		if err != nil {
 			m.log.Error("profile: write failed", "path", path, "err", err)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -114,6 +116,14 @@ func TestReplaceFile(t *testing.T) {
 // finds it, whole: the old or the new content, never a missing or partial
 // file.
 func TestReplaceFileReadersSeeOldOrNew(t *testing.T) {
+	for name, replace := range replacers {
+		t.Run(name, func(t *testing.T) { testReadersSeeOldOrNew(t, replace) })
+	}
+}
+
+var replacers = map[string]func(string, []byte, os.FileMode) error{"ReplaceFile": ReplaceFile, "ReplaceFileReusing": ReplaceFileReusing}
+
+func testReadersSeeOldOrNew(t *testing.T, ReplaceFile func(string, []byte, os.FileMode) error) {
 	p := filepath.Join(t.TempDir(), "profile.sh")
 	a, b := strings.Repeat("a", 3000), strings.Repeat("b", 5000)
 	if err := ReplaceFile(p, []byte(a), 0o644); err != nil {
@@ -136,7 +146,7 @@ func TestReplaceFileReadersSeeOldOrNew(t *testing.T) {
 				t.Fatal(err)
 			}
 			ents, _ := os.ReadDir(filepath.Dir(p))
-			if len(ents) != 1 {
+			if len(ents) != 1 && (len(ents) != 2 || ents[0].Name() != filepath.Base(PreviousName(p))) {
 				t.Fatalf("files left beside the replaced one: %v", ents)
 			}
 			return
@@ -148,6 +158,67 @@ func TestReplaceFileReadersSeeOldOrNew(t *testing.T) {
 		}
 		if s := string(got); s != a && s != b {
 			t.Fatalf("read %d: %d bytes, neither the old nor the new content", reads, len(got))
+		}
+	}
+}
+
+// TestReplaceFileReusingSparesOpenFiles: a reader that opened the file keeps
+// reading what it opened however often the file is replaced meanwhile (the
+// previous file is written over only when no one has it open), and a file
+// with no reader left is reused instead of a new one being created.
+func TestReplaceFileReusingSparesOpenFiles(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "profile.sh")
+	if err := ReplaceFileReusing(p, []byte("first"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for i, content := range []string{"second", "third, longer", "fourth"} {
+		if err := ReplaceFileReusing(p, []byte(content), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		fi, _ := os.Stat(p)
+		if err != nil || string(got) != content || fi.Mode().Perm() != 0o640 {
+			t.Fatalf("replacement %d: %q %v %v", i, got, err, fi.Mode())
+		}
+		b := make([]byte, 64)
+		n, _ := held.ReadAt(b, 0)
+		if string(b[:n]) != "first" {
+			t.Fatalf("after replacement %d a reader of the first file reads %q", i, b[:n])
+		}
+	}
+	// No reader now: the previous file is written over, not made anew.
+	// A file is known by its inode and its birth time (an inode number
+	// alone may be handed out again at once to a new file).
+	type ident struct {
+		ino   uint64
+		btime unix.StatxTimestamp
+	}
+	inodes := func() [2]ident {
+		var r [2]ident
+		for i, f := range []string{p, PreviousName(p)} {
+			var st unix.Statx_t
+			if err := unix.Statx(unix.AT_FDCWD, f, 0, unix.STATX_INO|unix.STATX_BTIME, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mask&unix.STATX_BTIME == 0 {
+				t.Skip("this file system does not report birth times: cannot tell a reused file from a new one")
+			}
+			r[i] = ident{st.Ino, st.Btime}
+		}
+		return r
+	}
+	before := inodes()
+	for i, content := range []string{"fifth", "sixth"} {
+		if err := ReplaceFileReusing(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := inodes(); got != [2]ident{before[(i+1)%2], before[i%2]} {
+			t.Fatalf("replacement %d with no reader: inodes (file, previous) %v, want the two files %v exchanged", i, got, before)
 		}
 	}
 }
