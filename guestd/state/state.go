@@ -125,7 +125,13 @@ func ReplaceFileReusing(path string, data []byte, perm os.FileMode) error {
 	syscall.ForkLock.RLock()
 	fd, err := openPrevious(prev)
 	if err == nil {
+		// Written over from the start, then cut to length: truncating to
+		// zero first would make ext4 write the new data out at close (its
+		// auto_da_alloc heuristic for a file rewritten after truncation).
 		err = writeAll(fd, data)
+		if err == nil {
+			err = ignoringEINTR(func() error { return unix.Ftruncate(fd, int64(len(data))) })
+		}
 		if err == nil {
 			err = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(perm.Perm())) })
 		}
@@ -154,7 +160,7 @@ func PreviousName(path string) string {
 	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".prev")
 }
 
-// openPrevious opens the file at prev empty for writing: the existing one
+// openPrevious opens the file at prev for writing from its start: the existing one
 // when it is a regular file with one link that no one else has open (held
 // under a write lease until the descriptor is closed), else a new one.
 func openPrevious(prev string) (int, error) {
@@ -163,8 +169,7 @@ func openPrevious(prev string) (int, error) {
 		var st unix.Stat_t
 		ok := unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1 &&
 			// Granted only when no other descriptor has the file open.
-			ignoringEINTR(func() error { _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); return err }) == nil &&
-			ignoringEINTR(func() error { return unix.Ftruncate(fd, 0) }) == nil
+			ignoringEINTR(func() error { _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); return err }) == nil
 		if ok {
 			return fd, nil
 		}
