@@ -584,14 +584,34 @@ func atof(s string) float64 {
 
 // scaleReads samples API read latency while something else runs.
 type scaleReads struct {
-	mu   sync.Mutex
-	lat  samples
-	errs int
-	err  error
+	// every paces the reads (one started every interval, the next at once
+	// when one took longer); 0 reads back to back.
+	every time.Duration
+	mu    sync.Mutex
+	lat   samples
+	errs  int
+	err   error
 }
 
 func (s *scaleReads) run(ctx context.Context, c func() error, stop <-chan struct{}) {
+	next := time.Now()
 	for {
+		if s.every > 0 {
+			next = next.Add(s.every)
+			if now := time.Now(); next.Before(now) {
+				next = now
+			}
+			timer := time.NewTimer(time.Until(next))
+			select {
+			case <-stop:
+				timer.Stop()
+				return
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+			}
+		}
 		select {
 		case <-stop:
 			return
