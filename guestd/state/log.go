@@ -41,6 +41,9 @@ const (
 	// an empty persona, 60 of a persona with 100 variables and 50 inline
 	// overrides.
 	minRegion = 1 << 20
+	// firstRegion is the smallest size of the first log file made in a
+	// state directory (about 100 records of an empty persona).
+	firstRegion = 64 << 10
 	// maxRecord bounds a record's payload (a persona's text is at most
 	// 16 MiB; its JSON a little more).
 	maxRecord = 64 << 20
@@ -314,6 +317,12 @@ func (s *Store) replace(buf []byte) error {
 		}
 	}
 	size := max(minRegion, 8*len(buf))
+	if s.seq == 0 {
+		// The first log of a state directory: a guest that activates
+		// once (most of a fleet, most days) writes and syncs 64 KiB, not
+		// 1 MiB; the first replacement makes a full one.
+		size = max(firstRegion, min(minRegion, 16*len(buf)))
+	}
 	size = (size + 4095) &^ 4095
 	data := make([]byte, size)
 	copy(data, buf)

@@ -154,6 +154,40 @@ func TestReplaceWhenFull(t *testing.T) {
 	}
 }
 
+// TestFirstLogIsSmall: the first log file of a state directory holds about
+// a hundred small records (a guest that activates once writes 64 KiB, not
+// 1 MiB); the file that replaces it is full size, and every record
+// survives the change of file.
+func TestFirstLogIsSmall(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	size := func() int64 {
+		fi, err := os.Stat(filepath.Join(dir, logFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	p := persona("small")
+	for i := range 400 {
+		p.Revision = uint64(i + 1)
+		if err := s.Save(p); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 && size() != firstRegion {
+			t.Fatalf("first log file: %d bytes, want %d", size(), int64(firstRegion))
+		}
+	}
+	if size() != minRegion {
+		t.Fatalf("log file after 400 records: %d bytes, want %d", size(), minRegion)
+	}
+	s.Close()
+	s2, _ := Open(dir)
+	if a, err := s2.Load(); err != nil || a.Revision != 400 {
+		t.Fatalf("after the first replacement: %+v %v", a, err)
+	}
+}
+
 // A guest upgraded in place keeps its active persona: active.json is read
 // while the log holds nothing, and removed once a record is durable.
 func TestMigrateActiveJSON(t *testing.T) {
