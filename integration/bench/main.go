@@ -49,6 +49,9 @@ type config struct {
 	profDur   time.Duration
 	only      string
 	heartbeat time.Duration
+	// flatGuests leaves the scale figure's guest daemons beside hostd
+	// instead of in a CPU group of their own.
+	flatGuests bool
 	// sizes derived from quick
 	execN     int
 	segDur    time.Duration
@@ -70,6 +73,7 @@ func main() {
 	flag.BoolVar(&cfg.quick, "quick", false, "scaled-down run (fewer samples, 100 agents)")
 	flag.IntVar(&cfg.agents, "agents", 0, "connected agents in the scale figure (default 1000, 100 with -quick)")
 	flag.BoolVar(&cfg.skipScale, "skip-scale", false, "skip the scale figure")
+	flag.BoolVar(&cfg.flatGuests, "flat-guests", false, "run the scale figure's guest daemons as plain processes beside hostd, not in a CPU cgroup of their own (as a KVM host's guests are)")
 	flag.BoolVar(&cfg.skipVM, "skip-vm", false, "skip the real-VM figure (QEMU TCG)")
 	flag.StringVar(&cfg.root, "root", "", "repository root (default: found from the working directory)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the run directory (daemon state, sockets)")

@@ -44,6 +44,25 @@ func (b *bench) scale(ctx context.Context) error {
 	sock := func(i int) string { return filepath.Join(sdir, fmt.Sprintf("%04d.sock", i)) }
 	gdir := func(i int) string { return filepath.Join(sdir, fmt.Sprintf("%04d", i)) }
 
+	// The guest daemons share one CPU group, as a KVM host's guests do.
+	var (
+		group    *cpuGroup
+		groupErr error
+	)
+	if !b.cfg.flatGuests {
+		g, err := newCPUGroup(fmt.Sprintf("vmpersona-bench-guests-%d", os.Getpid()))
+		if err != nil {
+			b.note("scale: the guest daemons ran beside hostd as plain processes: no CPU cgroup of their own (%v)", err)
+		} else {
+			group = g
+			defer func() {
+				if err := group.remove(); err != nil {
+					slog.Warn("scale: removing the guests' CPU group", "dir", group.dir, "err", err)
+				}
+			}()
+		}
+	}
+
 	// Real processes first, while memory allows.
 	avail := memAvailableKiB()
 	real := 0
@@ -58,6 +77,11 @@ func (b *bench) scale(ctx context.Context) error {
 			return err
 		}
 		guests = append(guests, p)
+		if group != nil {
+			if err := group.add(p.pid()); err != nil && groupErr == nil {
+				groupErr = fmt.Errorf("guest daemon %d: %w", i, err)
+			}
+		}
 		return nil
 	}
 	limit := n
@@ -109,6 +133,12 @@ func (b *bench) scale(ctx context.Context) error {
 		how = fmt.Sprintf("%d real guestd processes + %d in-process guest servers", real, n-real)
 	}
 	slog.Info("scale: guests up", "agents", n, "how", how)
+	if groupErr != nil {
+		b.note("scale: not every guest daemon went into the guests' CPU group, first: %v", groupErr)
+	}
+	if group != nil {
+		b.note("scale: the %d guest daemons ran in a CPU cgroup of their own (%s), as a KVM host's guests run under libvirt's machine.slice beside the host's services (-flat-guests: beside hostd as plain processes)", real, group.dir)
+	}
 
 	instances := make([]string, n)
 	for i := range n {
