@@ -335,14 +335,7 @@ func (s *Spool) Record(ev protocol.AuditEvent) (protocol.AuditEvent, error) {
 	}
 	s.mu.Lock()
 	ev.Seq = s.nextSeq
-	s.nextSeq++
-	line, _ := json.Marshal(ev)
-	line = append(line, '\n')
-	if len(s.events)+1 > s.limits.MaxEvents || s.bytes+len(line) > s.limits.MaxBytes {
-		s.makeRoomLocked(len(line))
-	}
-	s.events = append(s.events, entry{ev: ev, size: len(line)})
-	s.bytes += len(line)
+	line := s.queueLocked(ev)
 	var err error
 	if s.f == nil {
 		err = errors.New("audit spool: file not open")
@@ -372,6 +365,19 @@ func (s *Spool) RecordWith(ev protocol.AuditEvent, persist func(protocol.AuditEv
 		s.mu.Unlock()
 		return ev, err
 	}
+	line := s.queueLocked(ev)
+	if s.f != nil {
+		s.f.Write(line)
+	}
+	s.mu.Unlock()
+	s.logged(ev)
+	return ev, nil
+}
+
+// queueLocked queues ev (numbered by the caller with nextSeq, which it
+// moves on), making room for it when the spool is full, and returns its
+// line for the spool file.
+func (s *Spool) queueLocked(ev protocol.AuditEvent) []byte {
 	s.nextSeq++
 	line, _ := json.Marshal(ev)
 	line = append(line, '\n')
@@ -380,12 +386,7 @@ func (s *Spool) RecordWith(ev protocol.AuditEvent, persist func(protocol.AuditEv
 	}
 	s.events = append(s.events, entry{ev: ev, size: len(line)})
 	s.bytes += len(line)
-	if s.f != nil {
-		s.f.Write(line)
-	}
-	s.mu.Unlock()
-	s.logged(ev)
-	return ev, nil
+	return line
 }
 
 // Sync makes every event appended to the spool file durable. It takes only

@@ -85,13 +85,7 @@ func ReplaceFile(path string, data []byte, perm os.FileMode) error {
 		syscall.ForkLock.RUnlock()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	err = writeAll(fd, data)
-	if err == nil {
-		err = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(perm.Perm())) })
-	}
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
+	err = fill(fd, data, perm, false)
 	syscall.ForkLock.RUnlock()
 	if err == nil {
 		err = swapIn(tmp, path)
@@ -128,16 +122,7 @@ func ReplaceFileReusing(path string, data []byte, perm os.FileMode) error {
 		// Written over from the start, then cut to length: truncating to
 		// zero first would make ext4 write the new data out at close (its
 		// auto_da_alloc heuristic for a file rewritten after truncation).
-		err = writeAll(fd, data)
-		if err == nil {
-			err = ignoringEINTR(func() error { return unix.Ftruncate(fd, int64(len(data))) })
-		}
-		if err == nil {
-			err = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(perm.Perm())) })
-		}
-		if cerr := unix.Close(fd); err == nil {
-			err = cerr
-		}
+		err = fill(fd, data, perm, true)
 	}
 	syscall.ForkLock.RUnlock()
 	if err == nil {
@@ -152,6 +137,23 @@ func ReplaceFileReusing(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// fill writes data into the file open at fd from its start, cuts the file
+// to that length when cut is set (a file written over), gives it perm and
+// closes fd.
+func fill(fd int, data []byte, perm os.FileMode, cut bool) error {
+	err := writeAll(fd, data)
+	if err == nil && cut {
+		err = ignoringEINTR(func() error { return unix.Ftruncate(fd, int64(len(data))) })
+	}
+	if err == nil {
+		err = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(perm.Perm())) })
+	}
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // PreviousName is where ReplaceFileReusing keeps the file it replaced: a

@@ -250,3 +250,22 @@ func TestOpenRemovesStaleTemps(t *testing.T) {
 		t.Errorf("Open removed a real state file: %v", err)
 	}
 }
+
+// TestReplaceFileReusingShorter: a file written over a longer previous one
+// ends where the new content ends (no tail of the old profile left behind).
+func TestReplaceFileReusingShorter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "profile.sh")
+	long := "export A=" + strings.Repeat("x", 4096) + "\n"
+	for i, content := range []string{long, "export B=1\n", "export C=2\n", long, "export D=3\n"} {
+		if err := ReplaceFileReusing(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != content {
+			t.Fatalf("write %d: the file holds %d bytes (%.20q…), want %q", i, len(got), got, content)
+		}
+	}
+}

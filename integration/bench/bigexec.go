@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 )
 
@@ -67,15 +66,11 @@ func (b *bench) bigExec(ctx context.Context) error {
 	if err := os.WriteFile(file, data, 0o644); err != nil {
 		return err
 	}
-	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	api, q, err := b.bothSides()
 	if err != nil {
 		return err
 	}
 	defer api.Close()
-	q, err := dialQGA(b.qgaSock)
-	if err != nil {
-		return fmt.Errorf("qemu-ga: %w", err)
-	}
 	defer q.close()
 	ours := func() error {
 		var out, errOut countWriter

@@ -18,10 +18,11 @@ import (
 
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
+	"github.com/vmpersona/vmpersona/internal/testpersona"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
-const trueScript = "#!/bin/sh\ntrue"
+const trueScript = testpersona.TrueScript
 
 // footprint: idle RSS of both daemons and qemu-ga, the guest binary's size.
 func (b *bench) footprint(ctx context.Context) error {
@@ -62,18 +63,29 @@ func (b *bench) footprint(ctx context.Context) error {
 	return nil
 }
 
+// bothSides connects to the two agents a figure compares: ours through
+// hostd's REST API, and qemu-ga.
+func (b *bench) bothSides() (*apiclient.Client, *qga, error) {
+	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	if err != nil {
+		return nil, nil, err
+	}
+	q, err := dialQGA(b.qgaSock)
+	if err != nil {
+		api.Close()
+		return nil, nil, fmt.Errorf("qemu-ga: %w", err)
+	}
+	return api, q, nil
+}
+
 // execLatency: /bin/true round trip, ours through the REST API vs qemu-ga
 // (guest-exec + tight guest-exec-status polling) vs a bare spawn.
 func (b *bench) execLatency(ctx context.Context) error {
-	api, err := apiclient.New(apiclient.Config{URL: "unix:" + b.hostdSock})
+	api, q, err := b.bothSides()
 	if err != nil {
 		return err
 	}
 	defer api.Close()
-	q, err := dialQGA(b.qgaSock)
-	if err != nil {
-		return fmt.Errorf("qemu-ga: %w", err)
-	}
 	defer q.close()
 	var guestSide samples
 	ours := func() error {
@@ -251,32 +263,6 @@ func (b *bench) execThroughput(ctx context.Context) error {
 	return nil
 }
 
-// bigPersona has 100 variables, 50 inline overrides, 200 restrictions and
-// trivial scripts.
-func bigPersona(name string) protocol.Persona {
-	p := protocol.Persona{
-		Name:                 name,
-		EnvironmentVariables: map[string]string{},
-		PreActivationScript:  trueScript,
-		PostActivationScript: trueScript,
-		CommandOverrides:     map[string]string{},
-	}
-	for i := range 100 {
-		p.EnvironmentVariables[fmt.Sprintf("BENCH_VAR_%03d", i)] = fmt.Sprintf("value-%d-%s", i, name)
-	}
-	for i := range 50 {
-		p.CommandOverrides[fmt.Sprintf("tool%02d", i)] = fmt.Sprintf("#!/bin/sh\necho override %d \"$@\"", i)
-	}
-	for i := range 200 {
-		if i%2 == 0 {
-			p.RestrictedCommands = append(p.RestrictedCommands, fmt.Sprintf("denied%03d", i))
-		} else {
-			p.RestrictedCommands = append(p.RestrictedCommands, fmt.Sprintf("/usr/local/bin/denied%03d", i))
-		}
-	}
-	return p
-}
-
 // activation: a large persona's activation (alternating two of them so
 // that each is a real change) vs spawning its two scripts directly.
 func (b *bench) activation(ctx context.Context) error {
@@ -286,7 +272,7 @@ func (b *bench) activation(ctx context.Context) error {
 	}
 	defer api.Close()
 	for _, n := range []string{"big-a", "big-b"} {
-		if _, err := api.CreatePersona(ctx, bigPersona(n)); err != nil {
+		if _, err := api.CreatePersona(ctx, testpersona.Large(n, true)); err != nil {
 			return fmt.Errorf("create %s: %w", n, err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/apiclient"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/daemon"
+	"github.com/vmpersona/vmpersona/internal/testpersona"
 )
 
 // profileRun runs the host daemon and the guest server code in this one
@@ -63,7 +64,7 @@ func profileRun(ctx context.Context, out string, dur time.Duration, agents int) 
 	}
 	defer api.Close()
 	for _, n := range []string{"big-a", "big-b"} {
-		if _, err := api.CreatePersona(ctx, bigPersona(n)); err != nil {
+		if _, err := api.CreatePersona(ctx, testpersona.Large(n, true)); err != nil {
 			return err
 		}
 	}
