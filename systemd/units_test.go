@@ -228,6 +228,8 @@ func TestContract(t *testing.T) {
 		{guestd, "Service", "Type", "notify"},
 		{guestd, "Service", "Restart", "always"},
 		{guestd, "Service", "StateDirectory", "vmpersona-guest"},
+		{guestd, "Service", "RuntimeDirectory", "vmpersona-guest"},
+		{guestd, "Service", "RuntimeDirectoryMode", "0755"},
 		// Before every ordinary service, after /var is mounted.
 		{env, "Unit", "DefaultDependencies", "no"},
 		{env, "Unit", "Before", "sysinit.target shutdown.target"},
@@ -259,6 +261,9 @@ func TestContract(t *testing.T) {
 	}
 	if !strings.Contains(hostd.get("Service", "ExecStart"), "/usr/sbin/vmpersona-hostd ") {
 		t.Errorf("ExecStart=%q", hostd.get("Service", "ExecStart"))
+	}
+	if !strings.Contains(guestd.get("Service", "ExecStart"), "--run-dir /run/vmpersona-guest") {
+		t.Errorf("guestd ExecStart=%q: commands run as other users would be listed as \"3\"", guestd.get("Service", "ExecStart"))
 	}
 	if !strings.Contains(guestd.get("Service", "ExecStart"), "--listen virtio-serial:org.vmpersona.agent.0") {
 		t.Errorf("guestd ExecStart=%q", guestd.get("Service", "ExecStart"))

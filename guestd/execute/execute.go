@@ -55,6 +55,11 @@ type Spec struct {
 	// file opened, whatever happens to its path meanwhile. Run does not
 	// close it.
 	Exe *os.File
+	// ExeLink, when set with Exe, is a link to /proc/self/fd/3 (see
+	// Names) the child executes Exe through, so that the process is listed
+	// under the link's name; if that fails, Exe is executed as
+	// /proc/self/fd/3.
+	ExeLink string
 	// Domain, when set, is the Landlock domain the process (and all it
 	// starts) runs in.
 	Domain *confine.Domain
@@ -242,12 +247,16 @@ func startProc(spec Spec, group *cgroup) (*proc, error) {
 		stdin = in[0]
 	}
 	files := []uintptr{uintptr(stdin), uintptr(out[1]), uintptr(errOut[1])}
-	path := spec.Path
+	path, viaLink := spec.Path, false
 	if spec.Exe != nil {
 		// The descriptor becomes fd 3 in the child, without close-on-exec:
-		// the kernel resolves /proc/self/fd/3 to the opened file, and a
-		// script's interpreter can open the same path again.
-		path = "/proc/self/fd/3"
+		// the kernel resolves /proc/self/fd/3 (or a link to it) to the
+		// opened file, and a script's interpreter can open the same path
+		// again.
+		path = fdPath
+		if spec.ExeLink != "" {
+			path, viaLink = spec.ExeLink, true
+		}
 		files = append(files, spec.Exe.Fd())
 	}
 	args := spec.Args
@@ -268,6 +277,15 @@ func startProc(spec Spec, group *cgroup) (*proc, error) {
 	err := spec.Domain.Start(func() error {
 		var err error
 		pid, err = syscall.ForkExec(path, args, attr)
+		if err != nil && viaLink {
+			// The link could not be used (removed meanwhile, say): the
+			// descriptor's own path gives the answer.
+			if pidfd >= 0 {
+				unix.Close(pidfd)
+				pidfd = -1
+			}
+			pid, err = syscall.ForkExec(fdPath, args, attr)
+		}
 		return err
 	})
 	if spec.Exe != nil {

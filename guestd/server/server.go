@@ -44,7 +44,10 @@ type Config struct {
 	Spool   *audit.Spool
 	// Limiter bounds concurrent execs.
 	Limiter *execute.Limiter
-	BootID  string
+	// Names, when set, gives every command's process its name in the
+	// process table (else it is listed as "3").
+	Names  *execute.Names
+	BootID string
 	// MaxOutput is the default per-stream output bound of an exec.
 	MaxOutput int
 	// ExecTimeout is the default exec timeout.
@@ -530,8 +533,10 @@ func (s *Server) exec(ctx context.Context, req protocol.Exec, input *protocol.In
 	}
 	defer exe.Close()
 	maxOut := outputBound(req, s.cfg.MaxOutput)
+	name := argv0(req.Command, d)
 	spec := execute.Spec{
-		Path: path, Exe: exe, Domain: view.Domain, Credential: cred, Args: append([]string{argv0(req.Command, d)}, req.Args...), Env: env, Dir: cwd,
+		Path: path, Exe: exe, ExeLink: s.cfg.Names.Path(name, cred), Domain: view.Domain, Credential: cred,
+		Args: append([]string{name}, req.Args...), Env: env, Dir: cwd,
 		Stdin: req.Stdin, Timeout: timeout, MaxOutput: maxOut,
 	}
 	if req.Stream {

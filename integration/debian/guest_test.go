@@ -265,6 +265,19 @@ func TestGuestBootsAgentFromPackage(t *testing.T) {
 	if !strings.Contains(r.Stdout, "systemd") {
 		t.Errorf("PID 1 is %q, not systemd", r.Stdout)
 	}
+	// Through the unit's run directory (/run/vmpersona-guest) a command is
+	// listed by ps under its own name, also when it runs as another user.
+	for _, user := range []string{"", "nobody"} {
+		req := map[string]any{"command": "cat", "args": []string{"/proc/self/comm"}}
+		if user != "" {
+			req["user"] = user
+		}
+		var comm execResult
+		st, body, _ := h.do(http.MethodPost, "/instances/"+name+"/exec", req, &comm)
+		if st != http.StatusOK || comm.Stdout != "cat\n" {
+			t.Errorf("cat as %q is listed as %q: %d %s", user, comm.Stdout, st, body)
+		}
+	}
 
 	// The host package's units under a real systemd: the socket unit made
 	// /run/vmpersona/hostd.sock for group vmpersona, vmpersonactl reaches the

@@ -1306,3 +1306,16 @@ func TestInvalidPersonaFailsAndDeactivationIsAudited(t *testing.T) {
 		return activated == 1 && failed == 4 && deactivated == 1
 	})
 }
+
+// TestCommandsListedByName: ps, top and pgrep list a command the daemon
+// runs under its own name (through a link in the run directory), not as
+// "3" (the descriptor the checked file is executed through).
+func TestCommandsListedByName(t *testing.T) {
+	_, c := startConnected(t)
+	for _, cmd := range []string{"cat", "/bin/cat"} {
+		res := mustRun(t, c, protocol.Exec{Command: cmd, Args: []string{"/proc/self/comm"}})
+		if res.ExitCode != 0 || res.Stdout != "cat\n" {
+			t.Errorf("%s: listed as %q (%+v)", cmd, res.Stdout, res)
+		}
+	}
+}

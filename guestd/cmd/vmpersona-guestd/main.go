@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -86,6 +87,13 @@ OPTIONS
     --state-dir DIR
         Active persona, materialised scripts and the audit spool.
         Default: /var/lib/vmpersona-guest
+    --run-dir DIR
+        Runtime files: the links through which commands are executed, so
+        that ps, top and pgrep list each under its name (the file run is
+        still the one the routing table checked). Commands run as another
+        user use them only when every directory down to DIR is searchable
+        by others (the systemd unit: /run/vmpersona-guest).
+        Default: STATE-DIR/run
     --profile-file FILE
         The persona's variables as shell export lines, for login shells;
         removed on deactivation; empty disables it.
@@ -136,6 +144,7 @@ func run() int {
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
 	listen := fs.String("listen", transport.DefaultEndpoint, "")
 	stateDir := fs.String("state-dir", "/var/lib/vmpersona-guest", "")
+	runDir := fs.String("run-dir", "", "")
 	profile := fs.String("profile-file", "/etc/profile.d/vmpersona.sh", "")
 	maxExec := fs.Int("max-exec", 16, "")
 	maxOutput := fs.Int("max-output", execute.DefaultMaxOutput, "")
@@ -215,8 +224,16 @@ func run() int {
 		return 1
 	}
 	defer l.Close()
+	if *runDir == "" {
+		*runDir = filepath.Join(*stateDir, "run")
+	}
+	names, err := openNames(*runDir)
+	if err != nil {
+		// Commands still run, each listed as "3" in the process table.
+		log.Warn("commands are not given their names in the process table", "err", err)
+	}
 	srv := server.New(server.Config{
-		Manager: mgr, Spool: spool, Limiter: execute.NewLimiter(*maxExec), BootID: bootID(),
+		Manager: mgr, Spool: spool, Limiter: execute.NewLimiter(*maxExec), Names: names, BootID: bootID(),
 		MaxOutput: *maxOutput, ExecTimeout: *execTimeout, AuditExec: *auditExec, Logger: log,
 	})
 	log.Info("vmpersona-guestd started", "version", protocol.SoftwareVersion, "listen", l.String(),
@@ -232,6 +249,15 @@ func run() int {
 	}
 	log.Info("vmpersona-guestd stopped")
 	return 0
+}
+
+// openNames makes runDir (mode 0755) and the links in it that give
+// commands their names.
+func openNames(runDir string) (*execute.Names, error) {
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return nil, err
+	}
+	return execute.OpenNames(filepath.Join(runDir, "names"))
 }
 
 // syncServices sets the persisted persona's variables in systemd's
