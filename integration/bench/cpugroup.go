@@ -18,6 +18,9 @@ import (
 // scheduler, which a host never sees.
 type cpuGroup struct {
 	dir, parent string
+	// enabled: the cpu controller was enabled for parent's children by
+	// newCPUGroup (cgroup v2), and remove disables it again.
+	enabled bool
 }
 
 // newCPUGroup makes (or reuses) the group name under this process's own CPU
@@ -36,6 +39,7 @@ func newCPUGroup(name string) (*cpuGroup, error) {
 	v1, v2 := cgroupMounts(string(mounts))
 	v1Path, v2Path, v2ok := ownCgroups(string(own))
 	var parent string
+	enabled := false
 	switch {
 	case v1 != "" && v1Path != "":
 		parent = filepath.Join(v1, v1Path)
@@ -46,12 +50,14 @@ func newCPUGroup(name string) (*cpuGroup, error) {
 			if err := os.WriteFile(ctl, []byte("+cpu"), 0); err != nil {
 				return nil, fmt.Errorf("cannot enable the cpu controller in %s: %w", parent, err)
 			}
+			enabled = true
 		}
 	default:
 		return nil, errors.New("no cgroup CPU controller is mounted")
 	}
-	g := &cpuGroup{dir: filepath.Join(parent, name), parent: parent}
+	g := &cpuGroup{dir: filepath.Join(parent, name), parent: parent, enabled: enabled}
 	if err := os.Mkdir(g.dir, 0o755); err != nil && !os.IsExist(err) {
+		g.restore()
 		return nil, err
 	}
 	return g, nil
@@ -105,8 +111,8 @@ func (g *cpuGroup) add(pid int) error {
 	return os.WriteFile(filepath.Join(g.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
 }
 
-// remove moves what is still in the group back to the parent and removes
-// the group.
+// remove moves what is still in the group back to the parent, removes the
+// group and disables the cpu controller again if newCPUGroup enabled it.
 func (g *cpuGroup) remove() error {
 	b, err := os.ReadFile(filepath.Join(g.dir, "cgroup.procs"))
 	if err != nil {
@@ -115,5 +121,21 @@ func (g *cpuGroup) remove() error {
 	for _, pid := range strings.Fields(string(b)) {
 		os.WriteFile(filepath.Join(g.parent, "cgroup.procs"), []byte(pid), 0)
 	}
-	return os.Remove(g.dir)
+	if err := os.Remove(g.dir); err != nil {
+		return err
+	}
+	return g.restore()
+}
+
+// restore disables the cpu controller for the parent's children if
+// newCPUGroup enabled it.
+func (g *cpuGroup) restore() error {
+	if !g.enabled {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(g.parent, "cgroup.subtree_control"), []byte("-cpu"), 0); err != nil {
+		return fmt.Errorf("cannot disable the cpu controller in %s again: %w", g.parent, err)
+	}
+	g.enabled = false
+	return nil
 }
