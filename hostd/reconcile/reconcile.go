@@ -90,6 +90,11 @@ type Reconciler struct {
 	mu       sync.Mutex
 	locks    map[string]chan struct{} // per instance, cap 1
 	failures map[string]failure       // the last failed attempt, by instance
+	// applying holds the desired state an activation or deactivation is
+	// applying, by instance, from when it has the instance's slot until
+	// its outcome is written: the status shows it (pending) meanwhile,
+	// before it is in the store.
+	applying map[string]store.DesiredState
 }
 
 // failure is a failed attempt to apply a desired state.
@@ -116,7 +121,7 @@ func New(cfg Config) *Reconciler {
 	return &Reconciler{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger, met: cfg.Metrics,
 		ctx: ctx, cancel: cancel, reassess: make(chan struct{}, 1),
-		locks: map[string]chan struct{}{}, failures: map[string]failure{},
+		locks: map[string]chan struct{}{}, failures: map[string]failure{}, applying: map[string]store.DesiredState{},
 	}
 }
 
@@ -407,8 +412,16 @@ func (r *Reconciler) apply(ctx context.Context, instance string, d store.Desired
 		return protocol.ActivateResult{}, err
 	}
 	defer g.unlock()
+	shown := d
+	shown.UpdatedAt = time.Now().UTC()
+	r.mu.Lock()
+	r.applying[instance] = shown
+	r.mu.Unlock()
 	o := outcome{changed: true}
 	o.res, o.id, o.err = g.ApplyDesired(ctx, d, reason, scriptTimeout, audit...)
+	r.mu.Lock()
+	delete(r.applying, instance)
+	r.mu.Unlock()
 	r.noteOutcome(instance, d, o)
 	return o.res, o.err
 }

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/vmpersona/vmpersona/hostd/agents"
 	"github.com/vmpersona/vmpersona/hostd/apitypes"
 	"github.com/vmpersona/vmpersona/hostd/store"
+	"github.com/vmpersona/vmpersona/internal/testproc"
 	"github.com/vmpersona/vmpersona/protocol"
 )
 
@@ -281,3 +283,49 @@ func TestNewInstanceWithoutDefault(t *testing.T) {
 }
 
 func removeAll(dir string) error { return os.RemoveAll(dir) }
+
+// TestStatusShowsActivationUnderWay: while an activation runs (its desired
+// state is written only with its outcome), the instance's status already
+// shows the persona it is being moved to, pending; then in sync.
+func TestStatusShowsActivationUnderWay(t *testing.T) {
+	h := newHost(t)
+	h.connectGuest("vm")
+	first := h.createPersona(web())
+	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", first, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
+		t.Fatalf("activate: %+v, %v", res, err)
+	}
+	release := filepath.Join(t.TempDir(), "release")
+	t.Cleanup(func() { os.WriteFile(release, nil, 0o644) })
+	slow := h.createPersona(protocol.Persona{Name: "slow",
+		PreActivationScript: "#!/bin/sh\nwhile [ ! -e " + release + " ]; do sleep 0.02; done"})
+	done := make(chan error, 1)
+	go func() {
+		res, err := h.r.Activate(ctxTimeout(t, 60*time.Second), "vm", slow, "bob", ReasonAPI, 0)
+		if err == nil && res.Result != protocol.ResultActivated {
+			err = errors.New("result " + res.Result)
+		}
+		done <- err
+	}()
+	var s Status
+	testproc.WaitWithin(t, 20*time.Second, "the status to show the activation under way", func() bool {
+		s = h.status("vm")
+		return s.Desired.Persona != nil && *s.Desired.Persona == "slow"
+	})
+	if s.Sync != apitypes.SyncPending || s.Desired.Actor != "bob" || s.Desired.Revision != slow.Revision ||
+		s.Active.Persona == nil || *s.Active.Persona != "web" || !strings.Contains(s.SyncReason, "applying") {
+		t.Errorf("status during the activation: %+v", s)
+	}
+	// Not yet in the store: it is written with the outcome.
+	if d := h.desired("vm"); d.PersonaName() != "web" {
+		t.Errorf("stored desired state during the activation: %+v", d)
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := h.status("vm"); s.Sync != apitypes.SyncInSync || *s.Desired.Persona != "slow" || *s.Active.Persona != "slow" {
+		t.Errorf("status after the activation: %+v", s)
+	}
+}

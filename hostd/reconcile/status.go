@@ -28,6 +28,14 @@ func (r *Reconciler) Status(instance string, st agents.AgentStatus, managed bool
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return out, err
 	}
+	// An activation or deactivation under way: its desired state is
+	// written with its outcome, and shown until then.
+	r.mu.Lock()
+	pending, applying := r.applying[instance]
+	r.mu.Unlock()
+	if applying {
+		d, haveDesired = pending, true
+	}
 	if haveDesired {
 		out.Desired = apitypes.DesiredState{Revision: d.Revision, SetBy: d.SetBy, Actor: d.Actor, UpdatedAt: d.UpdatedAt}
 		if d.Persona != nil {
@@ -84,6 +92,9 @@ func (r *Reconciler) Status(instance string, st agents.AgentStatus, managed bool
 		} else {
 			out.SyncReason = "agent " + st.State
 		}
+	case applying:
+		out.Sync = apitypes.SyncPending
+		out.SyncReason = "applying " + describeDesired(d) + "; the guest holds " + describeActive(act)
 	case !haveDesired:
 		out.Sync = apitypes.SyncPending
 		out.SyncReason = "the instance has not been reconciled yet"
