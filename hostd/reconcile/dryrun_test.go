@@ -35,9 +35,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 		RestrictedCommands:   []string{"shutdown", "cat"},
 		CommandOverrides:     map[string]string{"deploy": "#!/bin/sh\necho new", "whoami": "/usr/bin/id"},
 	})
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", a, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", a, "alice")
 	envBefore := envOf(t, h, "vm")
 	waitExecAudited(t, h, g, "vm", "env")
 	stateBefore := snapshot(t, g.StateDir)
@@ -82,9 +80,7 @@ func TestDryRunMatchesActivation(t *testing.T) {
 	wantList("allowlist", d.Allowlist, []string{}, []string{}, nil)
 
 	// The real activation.
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", b, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", b, "alice")
 	envAfter := envOf(t, h, "vm")
 
 	// The environment changed exactly as announced (secret values masked).

@@ -193,6 +193,15 @@ func (h *host) status(name string) Status {
 	return s
 }
 
+// activate activates p on instance name through the reconciler, as actor,
+// and fails the test unless the guest took it.
+func (h *host) activate(name string, p protocol.Persona, actor string) {
+	h.t.Helper()
+	if res, err := h.r.Activate(ctxTimeout(h.t, 30*time.Second), name, p, actor, ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
+		h.t.Fatalf("activate %s on %s: %+v, %v", p.Name, name, res, err)
+	}
+}
+
 func (h *host) desired(name string) store.DesiredState {
 	h.t.Helper()
 	d, err := h.st.GetDesired(name)

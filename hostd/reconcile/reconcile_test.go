@@ -31,9 +31,7 @@ func TestUpdateWhileActiveShowsDrift(t *testing.T) {
 	h := newHost(t)
 	h.connectGuest("vm")
 	p := h.createPersona(web())
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", p, "alice")
 	st, _ := h.m.Get("vm")
 	if s := h.status("vm"); s.Sync != apitypes.SyncInSync || s.Desired.Persona == nil || *s.Desired.Persona != "web" || s.Desired.Revision != p.Revision ||
 		!s.Active.Confirmed || s.Active.BootID == "" || s.Active.BootID != st.BootID || s.Active.ActivationID != st.Active.ActivationID {
@@ -138,9 +136,7 @@ func TestConvergeOnReconnect(t *testing.T) {
 	pp := web()
 	pp.PreActivationScript = "#!/bin/sh\necho run >> " + g.Dir + "/runs"
 	p := h.createPersona(pp)
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", p, "alice")
 	up := pp
 	up.RestrictedCommands = []string{"rm", "cat"}
 	h.updatePersona(up)
@@ -291,9 +287,7 @@ func TestStatusShowsActivationUnderWay(t *testing.T) {
 	h := newHost(t)
 	h.connectGuest("vm")
 	first := h.createPersona(web())
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", first, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", first, "alice")
 	release := filepath.Join(t.TempDir(), "release")
 	t.Cleanup(func() { os.WriteFile(release, nil, 0o644) })
 	slow := h.createPersona(protocol.Persona{Name: "slow",

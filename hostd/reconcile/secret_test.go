@@ -47,9 +47,7 @@ func TestSecretVariables(t *testing.T) {
 		t.Errorf("DB_CONN missing from the diff: %+v", d.Environment)
 	}
 
-	if res, err := h.r.Activate(ctxTimeout(t, 30*time.Second), "vm", p, "alice", ReasonAPI, 0); err != nil || res.Result != protocol.ResultActivated {
-		t.Fatalf("activate: %+v, %v", res, err)
-	}
+	h.activate("vm", p, "alice")
 	profile := filepath.Join(g.Dir, "profile.sh")
 	b, err := os.ReadFile(profile)
 	if err != nil {
