@@ -170,6 +170,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := releaseReserveForOpen(dir, opts.MinFreeBytes, log); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
+	if err := removeEmptyMemtables(dir, log); err != nil {
+		return nil, err
+	}
 	db, err := badger.Open(bopts)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
