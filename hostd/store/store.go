@@ -170,7 +170,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := releaseReserveForOpen(dir, opts.MinFreeBytes, log); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	if err := removeEmptyMemtables(dir, log); err != nil {
+	if err := removeEmptyLogs(dir, log); err != nil {
 		return nil, err
 	}
 	db, err := badger.Open(bopts)

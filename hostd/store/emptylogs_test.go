@@ -6,10 +6,16 @@ import (
 	"testing"
 )
 
-// TestOpenAfterCrashLeftEmptyMemtable: a crash between Badger creating a
-// memtable log and sizing it leaves an empty *.mem file; the store still
-// opens, with everything written before.
-func TestOpenAfterCrashLeftEmptyMemtable(t *testing.T) {
+// TestOpenAfterCrashLeftEmptyLog: a crash between Badger creating a
+// memtable log or a value log and sizing it leaves an empty *.mem or *.vlog
+// file; the store still opens, with everything written before.
+func TestOpenAfterCrashLeftEmptyLog(t *testing.T) {
+	for _, name := range []string{"00042.mem", "000042.vlog"} {
+		t.Run(name, func(t *testing.T) { openAfterEmptyLog(t, name) })
+	}
+}
+
+func openAfterEmptyLog(t *testing.T, name string) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{Logger: quietLogger()})
 	if err != nil {
@@ -19,7 +25,7 @@ func TestOpenAfterCrashLeftEmptyMemtable(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	empty := filepath.Join(dir, "00042.mem")
+	empty := filepath.Join(dir, name)
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +35,7 @@ func TestOpenAfterCrashLeftEmptyMemtable(t *testing.T) {
 		t.Fatalf("after reopening: %+v, %v", got, err)
 	}
 	if _, err := os.Stat(empty); !os.IsNotExist(err) {
-		t.Errorf("the empty memtable log is still there: %v", err)
+		t.Errorf("the empty log is still there: %v", err)
 	}
 	// The store takes writes again.
 	mustCreate(t, s, persona("after"))
