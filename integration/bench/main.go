@@ -63,11 +63,19 @@ type config struct {
 }
 
 func main() {
-	// Child mode: a bare httprouter server answering fixed bytes (the
-	// reference of the GET /personas/{name} figure), in its own process
-	// like hostd.
-	if len(os.Args) > 1 && os.Args[1] == "-serve-bare" {
-		os.Exit(serveBare(os.Args[2:]))
+	// Child modes, each in its own process like the daemons: a bare
+	// httprouter server answering fixed bytes (the reference of the GET
+	// /personas/{name} figure), and the two ends of the least exec chain
+	// (chain.go).
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "-serve-bare":
+			os.Exit(serveBare(os.Args[2:]))
+		case "-serve-chain-guest":
+			os.Exit(serveChainGuest(os.Args[2:]))
+		case "-serve-chain-host":
+			os.Exit(serveChainHost(os.Args[2:]))
+		}
 	}
 	var cfg config
 	flag.BoolVar(&cfg.quick, "quick", false, "scaled-down run (fewer samples, 100 agents)")
