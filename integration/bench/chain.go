@@ -177,52 +177,81 @@ func serveChainHost(args []string) int {
 	return 0
 }
 
-// chain starts the chain's two processes and returns its exec operation and
-// a function stopping both.
-func (b *bench) chain(ctx context.Context) (func() error, func(), error) {
+// chainOps are the least chain's operations: the whole chain through its
+// host (rest), and its guest spoken to directly (guest, no HTTP or host).
+type chainOps struct {
+	rest, guest func() error
+	stop        func()
+}
+
+// chain starts the chain's two processes.
+func (b *bench) chain(ctx context.Context) (*chainOps, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	gsock, hsock := filepath.Join(b.dir, "chain-guest.sock"), filepath.Join(b.dir, "chain-host.sock")
 	for _, s := range []string{gsock, hsock} { // an earlier figure's chain left them
 		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	gp, err := b.ps.start("chain-guest", self, "-serve-chain-guest", gsock)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := waitSocket(ctx, gsock, gp, 10*time.Second); err != nil {
 		gp.stop()
-		return nil, nil, err
+		return nil, err
 	}
 	hp, err := b.ps.start("chain-host", self, "-serve-chain-host", hsock, gsock)
 	if err != nil {
 		gp.stop()
-		return nil, nil, err
+		return nil, err
 	}
-	stop := func() { hp.stop(); gp.stop() }
 	if err := waitSocket(ctx, hsock, hp, 10*time.Second); err != nil {
-		stop()
-		return nil, nil, err
+		hp.stop()
+		gp.stop()
+		return nil, err
 	}
+	gc, err := net.Dial("unix", gsock)
+	if err != nil {
+		hp.stop()
+		gp.stop()
+		return nil, err
+	}
+	gr := bufio.NewReader(gc)
 	hc := unixClient(hsock, 64)
 	body, _ := json.Marshal(chainRequest{Command: "/bin/true"})
-	op := func() error {
-		out, err := do(ctx, hc, "POST", "/exec", body, http.StatusOK)
-		if err != nil {
-			return err
-		}
-		var ans chainAnswer
-		if err := json.Unmarshal(out, &ans); err != nil {
-			return err
-		}
+	check := func(ans chainAnswer) error {
 		if ans.ExitCode != 0 {
 			return fmt.Errorf("/bin/true exited %d", ans.ExitCode)
 		}
 		return nil
 	}
-	return op, func() { hc.CloseIdleConnections(); stop() }, nil
+	return &chainOps{
+		rest: func() error {
+			out, err := do(ctx, hc, "POST", "/exec", body, http.StatusOK)
+			if err != nil {
+				return err
+			}
+			var ans chainAnswer
+			if err := json.Unmarshal(out, &ans); err != nil {
+				return err
+			}
+			return check(ans)
+		},
+		guest: func() error { // one caller at a time
+			var ans chainAnswer
+			_ = gc.SetDeadline(time.Now().Add(10 * time.Second))
+			if err := writeChainFrame(gc, chainRequest{Command: "/bin/true"}); err != nil {
+				return err
+			}
+			if err := readChainFrame(gr, &ans); err != nil {
+				return err
+			}
+			return check(ans)
+		},
+		stop: func() { hc.CloseIdleConnections(); gc.Close(); hp.stop(); gp.stop() },
+	}, nil
 }

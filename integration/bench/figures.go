@@ -128,14 +128,15 @@ func (b *bench) execLatency(ctx context.Context) error {
 		return direct.Call(cctx, protocol.TypePing, nil, nil, nil)
 	}
 	healthz := func() error { _, err := do(ctx, hc, "GET", "/healthz", nil, 200); return err }
-	chain, stopChain, err := b.chain(ctx)
+	chain, err := b.chain(ctx)
 	if err != nil {
 		return fmt.Errorf("the least exec chain: %w", err)
 	}
-	defer stopChain()
+	defer chain.stop()
 	res, err := latencies(ctx, b.cfg.execN, 50,
 		side{"ours", ours},
-		side{"chain", chain},
+		side{"chain", chain.rest},
+		side{"chain-guest", chain.guest},
 		side{"protocol", viaProtocol},
 		side{"ping", ping},
 		side{"healthz", healthz},
@@ -152,8 +153,13 @@ func (b *bench) execLatency(ctx context.Context) error {
 	ch := res["chain"]
 	b.add(row{"3. floor p50: the least Go chain (HTTP → host process → unix socket → guest process → os/exec /bin/true)", ms(ch.pct(50)), "qemu-ga " + ms(qg.pct(50)),
 		fmt.Sprintf("%.2f×", float64(ch.pct(50))/float64(qg.pct(50))), "", "—"})
-	b.note("exec round trip: ours over the least chain (the product's guarantees and its own code): %s at p50 (%s − %s)",
-		ms(o.pct(50)-ch.pct(50)), ms(o.pct(50)), ms(ch.pct(50)))
+	cg := res["chain-guest"]
+	b.note("exec round trip: ours over the least chain (the product's guarantees and its own code): %s at p50 (%s − %s); "+
+		"guest side: guestd over protocol.Client %s against the chain's guest spoken to directly %s (%+.3f ms); "+
+		"host side: HTTP and hostd %s against the chain's host %s (%+.3f ms)",
+		ms(o.pct(50)-ch.pct(50)), ms(o.pct(50)), ms(ch.pct(50)),
+		ms(pr.pct(50)), ms(cg.pct(50)), float64(pr.pct(50)-cg.pct(50))/1e6,
+		ms(o.pct(50)-pr.pct(50)), ms(ch.pct(50)-cg.pct(50)), float64((o.pct(50)-pr.pct(50))-(ch.pct(50)-cg.pct(50)))/1e6)
 	b.note("exec round trip: the guest's own duration_ms (process start to exit, inside guestd) has p50 %s of the %s round trip",
 		ms(guestSide.pct(50)), ms(o.pct(50)))
 	for _, p := range []float64{50, 99} {
@@ -258,17 +264,17 @@ var execTrueBody = []byte(`{"command":"/bin/true","args":[]}`)
 func (b *bench) execThroughput(ctx context.Context) error {
 	c := unixClient(b.hostdSock, 64)
 	defer c.CloseIdleConnections()
-	chain, stopChain, err := b.chain(ctx)
+	chain, err := b.chain(ctx)
 	if err != nil {
 		return fmt.Errorf("the least exec chain: %w", err)
 	}
-	defer stopChain()
+	defer chain.stop()
 	res := throughput(ctx, 32, b.cfg.segDur, b.cfg.segs,
 		side{"ours", func() error {
 			_, err := do(ctx, c, "POST", "/instances/vm/exec", execTrueBody, 200)
 			return err
 		}},
-		side{"chain", chain},
+		side{"chain", chain.rest},
 		side{"bare", func() error { return bareRun("/bin/true") }})
 	o, r, ch := res["ours"], res["bare"], res["chain"]
 	b.spawnRate32 = r.perSec()
