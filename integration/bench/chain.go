@@ -182,6 +182,8 @@ func serveChainHost(args []string) int {
 type chainOps struct {
 	rest, guest func() error
 	stop        func()
+	// hostPid and guestPid are the chain's processes.
+	hostPid, guestPid int
 }
 
 // chain starts the chain's two processes.
@@ -252,6 +254,7 @@ func (b *bench) chain(ctx context.Context) (*chainOps, error) {
 			}
 			return check(ans)
 		},
-		stop: func() { hc.CloseIdleConnections(); gc.Close(); hp.stop(); gp.stop() },
+		stop:    func() { hc.CloseIdleConnections(); gc.Close(); hp.stop(); gp.stop() },
+		hostPid: hp.pid(), guestPid: gp.pid(),
 	}, nil
 }
