@@ -167,14 +167,7 @@ func serveChainHost(args []string) int {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ans)
 	})
-	l, err := net.Listen("unix", args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}
-	_ = srv.Serve(l)
-	return 0
+	return serveUnix(args[0], r)
 }
 
 // chainOps are the least chain's operations: the whole chain through its

@@ -380,15 +380,7 @@ func (b *bench) activation(ctx context.Context) error {
 	if err := f.Sync(); err != nil {
 		return err
 	}
-	k := 0
-	floor := func() error {
-		k++
-		block[0] = byte(k)
-		if _, err := f.WriteAt(block, 0); err != nil {
-			return err
-		}
-		return syscall.Fdatasync(int(f.Fd()))
-	}
+	floor := overwriteSync(f, block, 0)
 	// The same empty activation straight to a guest daemon over the
 	// protocol (no HTTP, no hostd, no host commits): the rest is the
 	// host's share.
@@ -456,14 +448,7 @@ func (b *bench) activation(ctx context.Context) error {
 	if _, err := f.WriteAt(big, 4096); err != nil {
 		return err
 	}
-	bigFloor := func() error {
-		k++
-		big[0] = byte(k)
-		if _, err := f.WriteAt(big, 4096); err != nil {
-			return err
-		}
-		return syscall.Fdatasync(int(f.Fd()))
-	}
+	bigFloor := overwriteSync(f, big, 4096)
 	hostCommitLarge := func() error {
 		h++
 		p := large[h%2]
@@ -511,6 +496,20 @@ func (b *bench) activation(ctx context.Context) error {
 		"through hostd " + ms(o.pct(50)), fmt.Sprintf("%.2f×", float64(o.pct(50))/float64(res["direct large"].pct(50))), "", "—"})
 	b.add(row{"4. activation, large persona p99", ms(o.pct(99)), "2 scripts " + ms(r.pct(99)), fmt.Sprintf("%.2f×", float64(o.pct(99))/float64(r.pct(99))), "", "—"})
 	return nil
+}
+
+// overwriteSync returns an operation that overwrites buf at off in f (its
+// first byte changed each time) and makes it durable with fdatasync.
+func overwriteSync(f *os.File, buf []byte, off int64) func() error {
+	k := 0
+	return func() error {
+		k++
+		buf[0] = byte(k)
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return err
+		}
+		return syscall.Fdatasync(int(f.Fd()))
+	}
 }
 
 // auditIngestion: execs of an overridden command, 32 in flight; each is

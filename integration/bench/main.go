@@ -501,12 +501,18 @@ func serveBare(args []string) int {
 		}
 		_, _ = w.Write(body)
 	})
-	l, err := net.Listen("unix", args[0])
+	return serveUnix(args[0], r)
+}
+
+// serveUnix serves h on a unix socket at path until the process is
+// stopped (child modes); it returns the exit code.
+func serveUnix(path string, h http.Handler) int {
+	l, err := net.Listen("unix", path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	_ = srv.Serve(l)
 	return 0
 }
