@@ -123,12 +123,7 @@ func (b *bench) execLatency(ctx context.Context) error {
 	// to hostd over its unix socket (no guest involved).
 	hc := unixClient(b.hostdSock, 2)
 	defer hc.CloseIdleConnections()
-	ping := func() error {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return direct.Call(cctx, protocol.TypePing, nil, nil, nil)
-	}
-	healthz := func() error { _, err := do(ctx, hc, "GET", "/healthz", nil, 200); return err }
+	ping, healthz := pingOp(ctx, direct), healthzOp(ctx, hc)
 	chain, err := b.chain(ctx)
 	if err != nil {
 		return fmt.Errorf("the least exec chain: %w", err)
@@ -389,20 +384,8 @@ func (b *bench) activation(ctx context.Context) error {
 		return fmt.Errorf("direct guest session: %w", err)
 	}
 	defer dg.Close(nil)
-	d := 0
-	direct := func() error {
-		d++
-		var r protocol.ActivateResult
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		name := []string{"empty-a", "empty-b"}[d%2]
-		err := dg.Call(cctx, protocol.TypeActivate, protocol.Activate{Revision: uint64(d), ActivationID: fmt.Sprintf("bench-%d", d),
-			Persona: protocol.Persona{Name: name}}, &r, nil)
-		if err == nil && r.Result != protocol.ResultActivated {
-			err = fmt.Errorf("activation result %q", r.Result)
-		}
-		return err
-	}
+	empties := [2]protocol.Persona{{Name: "empty-a"}, {Name: "empty-b"}}
+	direct := activateAlternating(ctx, dg, "bench", empties)
 	// The large persona straight to a guest daemon too: splits its
 	// activation into the guest's share and the host's.
 	lg, err := b.guestNamed(ctx, "act-direct-large")
@@ -411,19 +394,7 @@ func (b *bench) activation(ctx context.Context) error {
 	}
 	defer lg.Close(nil)
 	large := [2]protocol.Persona{testpersona.Large("big-a", true), testpersona.Large("big-b", true)}
-	l := 0
-	directLarge := func() error {
-		l++
-		var r protocol.ActivateResult
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		err := lg.Call(cctx, protocol.TypeActivate, protocol.Activate{Revision: uint64(l), ActivationID: fmt.Sprintf("bench-large-%d", l),
-			Persona: large[l%2]}, &r, nil)
-		if err == nil && r.Result != protocol.ResultActivated {
-			err = fmt.Errorf("activation result %q", r.Result)
-		}
-		return err
-	}
+	directLarge := activateAlternating(ctx, lg, "bench-large", large)
 	hc := unixClient(b.hostdSock, 2)
 	defer hc.CloseIdleConnections()
 	// The host's durable write alone: what hostd commits after the guest
@@ -434,13 +405,7 @@ func (b *bench) activation(ctx context.Context) error {
 		return err
 	}
 	defer st.Close()
-	h := 0
-	hostCommit := func() error {
-		h++
-		name := []string{"empty-a", "empty-b"}[h%2]
-		return st.PutInstance(store.InstanceRecord{Instance: "vm", Persona: &protocol.Persona{Name: name}, Revision: uint64(h), ActivationID: fmt.Sprintf("bench-%d", h)},
-			store.AuditEvent{Type: protocol.AuditActivationRequested, Actor: "bench", Detail: name})
-	}
+	hostCommit := commitAlternating(st, "vm", empties)
 	// A large persona's durable writes on each side: the guest's state
 	// record holding it (a 16 KiB overwrite + fdatasync stands for it) and
 	// the host's record of it (one synced commit holding one copy).
@@ -449,20 +414,10 @@ func (b *bench) activation(ctx context.Context) error {
 		return err
 	}
 	bigFloor := overwriteSync(f, big, 4096)
-	hostCommitLarge := func() error {
-		h++
-		p := large[h%2]
-		return st.PutInstance(store.InstanceRecord{Instance: "vm-large", Persona: &p, Revision: uint64(h), ActivationID: fmt.Sprintf("bench-%d", h)},
-			store.AuditEvent{Type: protocol.AuditActivationRequested, Actor: "bench", Detail: p.Name})
-	}
+	hostCommitLarge := commitAlternating(st, "vm-large", large)
 	res, err := latencies(ctx, b.cfg.activateN, 5, side{"ours", ours}, side{"16k floor", bigFloor}, side{"host commit large", hostCommitLarge}, side{"scripts", ref}, side{"empty", empty}, side{"floor", floor}, side{"direct", direct},
 		side{"host commit", hostCommit}, side{"direct large", directLarge},
-		side{"ping", func() error {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			return dg.Call(cctx, protocol.TypePing, nil, nil, nil)
-		}},
-		side{"healthz", func() error { _, err := do(ctx, hc, "GET", "/healthz", nil, 200); return err }})
+		side{"ping", pingOp(ctx, dg)}, side{"healthz", healthzOp(ctx, hc)})
 	if err != nil {
 		return err
 	}
@@ -496,6 +451,52 @@ func (b *bench) activation(ctx context.Context) error {
 		"through hostd " + ms(o.pct(50)), fmt.Sprintf("%.2f×", float64(o.pct(50))/float64(res["direct large"].pct(50))), "", "—"})
 	b.add(row{"4. activation, large persona p99", ms(o.pct(99)), "2 scripts " + ms(r.pct(99)), fmt.Sprintf("%.2f×", float64(o.pct(99))/float64(r.pct(99))), "", "—"})
 	return nil
+}
+
+// pingOp is a protocol Ping round trip to a guest daemon.
+func pingOp(ctx context.Context, c *protocol.Client) func() error {
+	return func() error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return c.Call(cctx, protocol.TypePing, nil, nil, nil)
+	}
+}
+
+// healthzOp is an HTTP GET /healthz round trip to hostd.
+func healthzOp(ctx context.Context, hc *http.Client) func() error {
+	return func() error { _, err := do(ctx, hc, "GET", "/healthz", nil, 200); return err }
+}
+
+// activateAlternating activates the two personas in turn straight on a guest
+// daemon over the protocol (each activation a real change), failing unless
+// the guest took it.
+func activateAlternating(ctx context.Context, c *protocol.Client, idPrefix string, ps [2]protocol.Persona) func() error {
+	n := 0
+	return func() error {
+		n++
+		var r protocol.ActivateResult
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		err := c.Call(cctx, protocol.TypeActivate, protocol.Activate{Revision: uint64(n), ActivationID: fmt.Sprintf("%s-%d", idPrefix, n),
+			Persona: ps[n%2]}, &r, nil)
+		if err == nil && r.Result != protocol.ResultActivated {
+			err = fmt.Errorf("activation result %q", r.Result)
+		}
+		return err
+	}
+}
+
+// commitAlternating writes what hostd commits after an activation (the
+// instance record holding the persona, and the request's event: one synced
+// commit), the two personas in turn.
+func commitAlternating(st *store.Store, instance string, ps [2]protocol.Persona) func() error {
+	n := 0
+	return func() error {
+		n++
+		p := ps[n%2]
+		return st.PutInstance(store.InstanceRecord{Instance: instance, Persona: &p, Revision: uint64(n), ActivationID: fmt.Sprintf("bench-%d", n)},
+			store.AuditEvent{Type: protocol.AuditActivationRequested, Actor: "bench", Detail: p.Name})
+	}
 }
 
 // overwriteSync returns an operation that overwrites buf at off in f (its
